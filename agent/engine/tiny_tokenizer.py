@@ -1,0 +1,206 @@
+"""Small byte-level BPE tokenizers with the real models' special tokens and chat formats.
+
+The tiny test models (see `tiny_models`) need a tokenizer that mlx-lm and transformers load the same way
+they load the real ones: a `tokenizer.json`, a `tokenizer_config.json` naming the eos token and carrying
+the chat template, and the special tokens the engine's chat formatting and stop handling look for.
+
+Public names:
+  TokenizerSpec                      what one model family's tokenizer needs (special tokens, template, eos)
+  TOKENIZER_SPECS                    family ("gpt_oss" | "gemma4") -> TokenizerSpec
+  build_tokenizer(family)            -> tokenizers.Tokenizer (trained once per process; deterministic)
+  trained_tokenizer_json(family)     -> str, the tokenizer.json text
+  token_id(family, token)            -> int
+  eos_token_ids(family)              -> list[int], the ids generation_config.json lists
+  write_tokenizer_files(family, dir) writes tokenizer.json, tokenizer_config.json, special_tokens_map.json
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+# Big enough for a few hundred merges, small enough to embed. Role and channel words are included so the
+# chat markup encodes to a few tokens, as it does with the real vocabularies.
+_CORPUS = """
+The quick brown fox jumps over the lazy dog, and the dog does not mind at all.
+A provider serves two models to many users at once, one token at a time.
+Each request has a prompt and a limit on how many tokens it may produce.
+The memory gate decides whether a model can be loaded beside the others that are already resident.
+Keys and values are cached for every layer, so the cost of a sequence grows with its length.
+Sliding window layers keep only the most recent tokens; full attention layers keep them all.
+When the budget is short the agent stops admitting new work rather than killing a stream.
+The coordinator routes each request to a provider that has room, and tries the next one if it is refused.
+Hello! How are you today? I am well, thank you. What would you like to talk about?
+Please summarize the following paragraph in one sentence and answer in plain English.
+Water boils at one hundred degrees at sea level, and it freezes at zero.
+The capital of France is Paris; the capital of Italy is Rome; the capital of Spain is Madrid.
+Reasoning: low medium high. Think step by step, then give the final answer.
+system user assistant developer model analysis commentary final thought channel message
+You are a helpful assistant. Knowledge cutoff and current date are given below.
+One, two, three, four, five, six, seven, eight, nine, ten. 0 1 2 3 4 5 6 7 8 9 10 100 1000
+Numbers, names, places and dates appear in ordinary text more often than one might expect.
+A small model with random weights says nothing useful, but it says it quickly and the same way every time.
+"""
+
+_VOCAB_SIZE = 640  # a target: the corpus may support fewer merges; the trained size is what counts
+
+_HARMONY_TEMPLATE = """\
+{#- Harmony, rendered like gpt-oss's own template (no tools). current_date is optional (the real template
+    always prints today's date) so that prompts, and so token counts, are the same every day. -#}
+{%- set effort = reasoning_effort if reasoning_effort is defined and reasoning_effort else "medium" -%}
+{{- "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\\n" -}}
+{{- "Knowledge cutoff: 2024-06\\n" -}}
+{%- if current_date is defined and current_date %}{{ "Current date: " + current_date + "\\n" }}{% endif -%}
+{{- "\\nReasoning: " + effort + "\\n\\n" -}}
+{{- "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>" -}}
+{%- set has_developer = messages and messages[0].role in ["system", "developer"] -%}
+{%- if has_developer -%}
+{{- "<|start|>developer<|message|># Instructions\\n\\n" + messages[0].content + "\\n\\n<|end|>" -}}
+{%- endif -%}
+{%- for message in messages[1 if has_developer else 0:] -%}
+{%- if message.role == "user" -%}
+{{- "<|start|>user<|message|>" + message.content + "<|end|>" -}}
+{%- elif message.role == "assistant" and loop.last and not add_generation_prompt -%}
+{%- if message.thinking is defined and message.thinking -%}
+{{- "<|start|>assistant<|channel|>analysis<|message|>" + message.thinking + "<|end|>" -}}
+{%- endif -%}
+{{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|return|>" -}}
+{%- elif message.role == "assistant" -%}
+{#- Earlier turns drop their chain of thought, as the real template does. -#}
+{{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|end|>" -}}
+{%- else -%}
+{{- raise_exception("this template renders system, developer, user and assistant messages only") -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- "<|start|>assistant" -}}{%- endif -%}
+"""
+
+_GEMMA_TEMPLATE = """\
+{#- Gemma 4 turns. Thinking is switched on by <|think|> in the system turn; with it off, the generation
+    prompt closes an empty thought channel so the model answers directly. -#}
+{{- bos_token -}}
+{%- set has_system = messages and messages[0].role in ["system", "developer"] -%}
+{%- if enable_thinking or has_system -%}
+{{- "<|turn>system\\n" -}}
+{%- if enable_thinking -%}{{- "<|think|>" -}}{%- endif -%}
+{%- if has_system -%}{{- messages[0].content | trim -}}{%- endif -%}
+{{- "<turn|>\\n" -}}
+{%- endif -%}
+{%- for message in messages[1 if has_system else 0:] -%}
+{%- set role = "model" if message.role == "assistant" else message.role -%}
+{%- set content = message.content.split("<channel|>")[-1] if role == "model" else message.content -%}
+{{- "<|turn>" + role + "\\n" + (content | trim) + "<turn|>\\n" -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- "<|turn>model\\n" -}}
+{%- if not enable_thinking -%}{{- "<|channel>thought\\n<channel|>" -}}{%- endif -%}
+{%- endif -%}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerSpec:
+    special_tokens: tuple[str, ...]  # in id order, from 0
+    eos_token: str  # tokenizer_config.json's eos_token
+    stop_tokens: tuple[str, ...]  # generation_config.json's eos_token_id list, in the real models' order
+    pad_token: str
+    chat_template: str
+    bos_token: str | None = None  # when set, encoding prepends it (gemma's post-processor does)
+    unk_token: str | None = None
+
+
+TOKENIZER_SPECS: dict[str, TokenizerSpec] = {
+    # Real ids: <|endoftext|> 199999, <|return|> 200002, <|call|> 200012; ours are small.
+    "gpt_oss": TokenizerSpec(
+        special_tokens=(
+            "<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>",
+            "<|return|>", "<|call|>", "<|constrain|>",
+        ),
+        eos_token="<|return|>",
+        stop_tokens=("<|return|>", "<|endoftext|>", "<|call|>"),
+        pad_token="<|endoftext|>",
+        chat_template=_HARMONY_TEMPLATE,
+    ),
+    # Same order as the real vocabulary's head (<pad> 0, <eos> 1, <bos> 2, <unk> 3); <turn|> is 106 there.
+    "gemma4": TokenizerSpec(
+        special_tokens=(
+            "<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>",
+        ),
+        eos_token="<eos>",
+        stop_tokens=("<eos>", "<turn|>"),
+        pad_token="<pad>",
+        chat_template=_GEMMA_TEMPLATE,
+        bos_token="<bos>",
+        unk_token="<unk>",
+    ),
+}
+
+
+@functools.cache
+def trained_tokenizer_json(family: str) -> str:
+    spec = TOKENIZER_SPECS[family]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB_SIZE,
+        min_frequency=1,
+        special_tokens=list(spec.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.strip().splitlines(), trainer=trainer)
+    if spec.bos_token is not None:
+        bos = (spec.bos_token, tokenizer.token_to_id(spec.bos_token))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]
+        )
+    return tokenizer.to_str()
+
+
+def build_tokenizer(family: str) -> Tokenizer:
+    """A fresh copy of the family's trained tokenizer (training is cached; callers may mutate the copy)."""
+    return Tokenizer.from_str(trained_tokenizer_json(family))
+
+
+def token_id(family: str, token: str) -> int:
+    found = build_tokenizer(family).token_to_id(token)
+    if found is None:
+        raise KeyError(f"{token!r} is not in the tiny {family} vocabulary")
+    return found
+
+
+def eos_token_ids(family: str) -> list[int]:
+    return [token_id(family, token) for token in TOKENIZER_SPECS[family].stop_tokens]
+
+
+def _tokenizer_config(spec: TokenizerSpec) -> dict:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": spec.eos_token,
+        "pad_token": spec.pad_token,
+        "bos_token": spec.bos_token,
+        "unk_token": spec.unk_token,
+        "chat_template": spec.chat_template,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+    }
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def write_tokenizer_files(family: str, out_dir: Path) -> None:
+    spec = TOKENIZER_SPECS[family]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(trained_tokenizer_json(family), encoding="utf-8")
+    config = _tokenizer_config(spec)
+    _write_json(out_dir / "tokenizer_config.json", config)
+    special = {key: config[key] for key in ("bos_token", "eos_token", "pad_token", "unk_token") if key in config}
+    _write_json(out_dir / "special_tokens_map.json", special)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
