@@ -1,6 +1,6 @@
 """Write the tiny random-weight test models (see agent/engine/tiny_models.py).
 
-    python scripts/make_tiny_models.py --out tiny-models [--only gpt-oss-tiny --only gemma-4-tiny]
+    python scripts/make_tiny_models.py --out tiny-models [--only gpt-oss-tiny gemma-4-tiny ...]
 
 Point DARKBLOOM_TINY_MODELS at the output directory to let test sessions reuse it.
 """
@@ -22,8 +22,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory to write one subdirectory per model into")
     parser.add_argument(
-        "--only", action="append", choices=sorted(VARIANTS), metavar="NAME",
-        help=f"write only this model (repeatable); one of: {', '.join(VARIANTS)}",
+        "--only", action="extend", nargs="+", choices=sorted(VARIANTS), metavar="NAME",
+        help=f"write only these models (repeatable); from: {', '.join(VARIANTS)}",
     )
     return parser.parse_args(argv)
 
@@ -34,7 +34,7 @@ def _weights_bytes(model_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    names = args.only or list(VARIANTS)
+    names = list(dict.fromkeys(args.only or VARIANTS))  # in order, each once
     started = time.perf_counter()
     for index, name in enumerate(names, start=1):
         print(f"[{index}/{len(names)}] {name}: building ...", flush=True)

@@ -277,6 +277,7 @@ def write_tiny_model(name: str, out_dir: Path | str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = out_dir / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a shared cache directory must stay readable
     try:
         _write_files(name, staging)
         if model_dir.exists():

@@ -1,0 +1,170 @@
+"""The memory gate: may a model load here, and may a request enter a slot now.
+
+One module, two callers: the agent runs it against its live KV ledger, the coordinator runs the very
+same functions against the last heartbeat minus what it has sent since, so the two cannot disagree.
+
+    cap          = min(0.9 · RAM, RAM − 2 GiB) − operator reserve        (and ≤ Metal's working set)
+    load need    = weights + activation reserve + min KV budget (≥ one full-context sequence)
+    reservation  = engine KV bytes of prompt + expected output,  expected = min(max_tokens, clip) · ratio
+
+Pure: standard library and the shared catalog/kvcost modules only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent.catalog import ModelSpec
+from agent.kvcost import kv_peak_bytes_at
+from agent.tables import human_bytes
+
+GIB = 1024**3
+SYSTEM_HEADROOM_BYTES = 2 * GIB
+RAM_FRACTION = 0.9
+OUTPUT_CLIP_TOKENS = 4096  # as SGLang: a huge max_tokens says little about the real output length
+EXPECTED_OUTPUT_RATIO_START = 0.7
+EXPECTED_OUTPUT_RATIO_FLOOR = 0.1
+
+
+def memory_cap_bytes(total_bytes: int, operator_reserve_bytes: int = 0, metal_limit_bytes: int | None = None) -> int:
+    """The most memory this agent may ever hold: models, activations and KV together."""
+    cap = min(int(RAM_FRACTION * total_bytes), total_bytes - SYSTEM_HEADROOM_BYTES) - operator_reserve_bytes
+    if metal_limit_bytes is not None:
+        cap = min(cap, metal_limit_bytes)
+    return max(cap, 0)
+
+
+def min_kv_budget_bytes(spec: ModelSpec, min_sequences: int = 1, context_tokens: int | None = None) -> int:
+    """KV a model must be able to hold to be worth loading: min_sequences sequences at full context."""
+    context = context_tokens or spec.max_context
+    return min_sequences * kv_peak_bytes_at(spec, context)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadDecision:
+    model: str
+    fits: bool
+    reason: str
+    cap_bytes: int
+    loaded_bytes: int
+    weights_bytes: int
+    activation_reserve_bytes: int
+    min_kv_budget_bytes: int
+    kv_budget_bytes: int  # what is left for KV if the model loads (0 if it does not fit)
+
+    @property
+    def need_bytes(self) -> int:
+        return self.weights_bytes + self.activation_reserve_bytes + self.min_kv_budget_bytes
+
+
+def load_gate(
+    spec: ModelSpec,
+    *,
+    total_memory_bytes: int,
+    loaded_bytes: int = 0,
+    operator_reserve_bytes: int = 0,
+    min_kv_sequences: int = 1,
+    available_bytes: int | None = None,
+    metal_limit_bytes: int | None = None,
+) -> LoadDecision:
+    """May `spec` load beside `loaded_bytes` already held? `available_bytes` is the OS's live view."""
+    cap = memory_cap_bytes(total_memory_bytes, operator_reserve_bytes, metal_limit_bytes)
+    min_kv = min_kv_budget_bytes(spec, min_kv_sequences)
+    fixed = spec.weights_bytes + spec.activation_reserve_bytes
+    room = cap - loaded_bytes
+    need = fixed + min_kv
+    if need > cap:
+        reason = f"needs {_gib(need)} (weights {_gib(spec.weights_bytes)} + activations " \
+                 f"{_gib(spec.activation_reserve_bytes)} + KV for {min_kv_sequences} full-context sequence(s) " \
+                 f"{_gib(min_kv)}) but this machine's cap is {_gib(cap)}"
+    elif need > room:
+        reason = f"needs {_gib(need)} but only {_gib(room)} of the {_gib(cap)} cap is left beside " \
+                 f"{_gib(loaded_bytes)} already loaded"
+    elif available_bytes is not None and need > available_bytes:
+        reason = f"needs {_gib(need)} but the OS reports only {_gib(available_bytes)} available now"
+    else:
+        budget = room - fixed
+        return LoadDecision(spec.id, True, f"fits: {_gib(budget)} left for KV", cap, loaded_bytes,
+                            spec.weights_bytes, spec.activation_reserve_bytes, min_kv, budget)
+    return LoadDecision(spec.id, False, reason, cap, loaded_bytes, spec.weights_bytes,
+                        spec.activation_reserve_bytes, min_kv, 0)
+
+
+class Verdict(StrEnum):
+    ADMIT = "admit"
+    FULL = "full"  # not now: retry here later, or elsewhere now
+    NEVER = "never"  # not on this slot, whatever it frees
+
+
+@dataclass(frozen=True, slots=True)
+class SlotKV:
+    """A slot's KV ledger: its budget, what admitted requests have reserved, what the caches hold."""
+
+    budget_bytes: int
+    reserved_bytes: int = 0
+    used_bytes: int = 0
+    safety_margin_bytes: int = 0
+
+    @property
+    def free_bytes(self) -> int:
+        # Requests may outgrow their expected-output reservations, so whichever is larger is committed.
+        return self.budget_bytes - self.safety_margin_bytes - max(self.reserved_bytes, self.used_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionDecision:
+    verdict: Verdict
+    reason: str
+    reservation_bytes: int
+    expected_output_tokens: int
+    free_bytes: int
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict is Verdict.ADMIT
+
+
+def expected_output_tokens(max_tokens: int, ratio: float, clip: int = OUTPUT_CLIP_TOKENS) -> int:
+    return max(1, math.ceil(min(max_tokens, clip) * ratio))
+
+
+def reservation_bytes(spec: ModelSpec, prompt_tokens: int, output_tokens: int, pad_to_tokens: int = 0) -> int:
+    """Engine bytes for a request holding prompt + output tokens; in a batch every row is as long as
+    the longest, so `pad_to_tokens` is the longest row it will sit beside."""
+    total = max(prompt_tokens + output_tokens, pad_to_tokens)
+    return kv_peak_bytes_at(spec, total, prompt_tokens=min(prompt_tokens, total))
+
+
+def admit_request(
+    spec: ModelSpec,
+    slot: SlotKV,
+    *,
+    prompt_tokens: int,
+    max_tokens: int,
+    ratio: float = EXPECTED_OUTPUT_RATIO_START,
+    clip: int = OUTPUT_CLIP_TOKENS,
+    pad_to_tokens: int = 0,
+) -> AdmissionDecision:
+    """Check, never commit: the caller adds `reservation_bytes` to its ledger when it admits."""
+    expected = expected_output_tokens(max_tokens, ratio, clip)
+    reservation = reservation_bytes(spec, prompt_tokens, expected, pad_to_tokens)
+    free = slot.free_bytes
+    worst = prompt_tokens + max_tokens
+    if worst > spec.max_context:
+        return AdmissionDecision(Verdict.NEVER, f"prompt {prompt_tokens} + max_tokens {max_tokens} tokens exceeds "
+                                 f"{spec.id}'s context of {spec.max_context}", reservation, expected, free)
+    worst_bytes = reservation_bytes(spec, prompt_tokens, max_tokens)
+    if worst_bytes > slot.budget_bytes - slot.safety_margin_bytes:
+        return AdmissionDecision(Verdict.NEVER, f"{worst} tokens need {_gib(worst_bytes)} of KV, more than the "
+                                 f"slot's whole budget of {_gib(slot.budget_bytes)}", reservation, expected, free)
+    if reservation > free:
+        return AdmissionDecision(Verdict.FULL, f"needs {_gib(reservation)} of KV for {prompt_tokens} + {expected} "
+                                 f"expected tokens, {_gib(max(free, 0))} free now", reservation, expected, free)
+    return AdmissionDecision(Verdict.ADMIT, f"reserved {_gib(reservation)} for {prompt_tokens} + {expected} "
+                             f"expected tokens", reservation, expected, free)
+
+
+def _gib(num_bytes: int) -> str:
+    return human_bytes(num_bytes)

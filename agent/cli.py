@@ -1,0 +1,73 @@
+"""The `darkbloom-agent` command line. Each command parses its flags and calls one function elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agent.errors import DarkbloomError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="A provider node for MLX inference on Apple Silicon.")
+
+
+def _fail(error: DarkbloomError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def kv(
+    model: Annotated[str, typer.Argument(help="A catalog id (see models.toml) or a model directory.")],
+    context: Annotated[Optional[list[int]], typer.Option("--context", "-c", help="Context length(s) to report.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    catalog: Annotated[Optional[Path], typer.Option(help="A models.toml other than the bundled one.")] = None,
+) -> None:
+    """Exact KV cache bytes of MODEL: per token, per sequence, and what mlx-lm allocates at each context."""
+    from agent.catalog import load_catalog, resolve_model
+    from agent.reports import DEFAULT_CONTEXTS, format_kv_report, kv_report
+
+    try:
+        spec = resolve_model(model, load_catalog(catalog))
+    except DarkbloomError as error:
+        _fail(error)
+    contexts = tuple(context) if context else DEFAULT_CONTEXTS
+    if any(n < 1 for n in contexts):
+        _fail(DarkbloomError("--context must be at least 1 token"))
+    report = kv_report(spec, contexts)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_kv_report(report))
+
+
+@app.command()
+def doctor(
+    memory_gb: Annotated[Optional[float], typer.Option(help="Evaluate a machine with this much RAM (GB = GiB here).")] = None,
+    reserve_gb: Annotated[float, typer.Option(help="Memory the operator keeps for other work (GiB).")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    catalog: Annotated[Optional[Path], typer.Option(help="A models.toml other than the bundled one.")] = None,
+) -> None:
+    """Which catalog models fit this machine (or one with --memory-gb), and how much KV each would have."""
+    import psutil
+
+    from agent.admission import GIB
+    from agent.catalog import load_catalog
+    from agent.reports import doctor_report, format_doctor_report
+
+    try:
+        specs = load_catalog(catalog)
+    except DarkbloomError as error:
+        _fail(error)
+    if memory_gb is not None and memory_gb <= 0:
+        _fail(DarkbloomError("--memory-gb must be positive"))
+    memory = int(memory_gb * GIB) if memory_gb is not None else psutil.virtual_memory().total
+    report = doctor_report(specs, memory, int(reserve_gb * GIB))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_doctor_report(report))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared fixtures.
+
+`tiny_models_dir`: a directory holding every tiny model (see agent/engine/tiny_models.py), one
+subdirectory per variant name. Written once per test session into a temporary directory, or, when
+DARKBLOOM_TINY_MODELS names a directory, kept there across sessions: variants already there and up to
+date are reused, missing or stale ones are (re)written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_MODELS_ENV = "DARKBLOOM_TINY_MODELS"
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Imported here so test modules that never touch MLX do not pay for importing it.
+    from agent.engine.tiny_models import VARIANTS, is_up_to_date, write_all
+
+    cache = os.environ.get(TINY_MODELS_ENV)
+    root = Path(cache) if cache else tmp_path_factory.mktemp("tiny-models")
+    stale = [name for name in VARIANTS if not is_up_to_date(root / name, name)]
+    if stale:
+        write_all(root, stale)
+    return root

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.catalog import load_catalog
+from agent.cli import app
+from agent.kvcost import kv_bytes_at, kv_peak_bytes_at
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_kv_json_has_the_documented_keys_and_exact_numbers():
+    result = run("kv", "gemma-4-26b", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    spec = load_catalog()["gemma-4-26b"]
+    assert report["model"] == "gemma-4-26b"
+    assert report["kv_bytes_per_token"] == 20_480
+    assert report["kv_fixed_bytes_per_sequence"] == 200 * 1024**2
+    assert list(report["kv_bytes_at"]) == ["4096", "8192", "32768", "131072"]
+    assert report["kv_bytes_at"]["8192"] == kv_bytes_at(spec, 8192)
+    assert report["kv_peak_bytes_at"]["8192"] == kv_peak_bytes_at(spec, 8192)
+
+
+def test_kv_takes_custom_contexts_and_prints_a_readable_table():
+    result = run("kv", "gpt-oss-20b", "--context", "100", "--context", "1000")
+    assert result.exit_code == 0, result.output
+    assert "24,576 B per token" in result.output and "3.00 MiB per sequence" in result.output
+    assert "1,000" in result.output and "4,096" not in result.output
+
+
+def test_kv_of_an_unknown_model_is_one_clear_error_line():
+    result = run("kv", "llama-70b")
+    assert result.exit_code == 2
+    assert "unknown model 'llama-70b'" in result.output and "Traceback" not in result.output
+
+
+def test_kv_rejects_a_nonpositive_context():
+    result = run("kv", "gpt-oss-20b", "--context", "0")
+    assert result.exit_code == 2 and "at least 1 token" in result.output
+
+
+@pytest.mark.parametrize("memory_gb", [16, 24, 32, 36, 48, 64, 128])
+def test_doctor_reports_every_model_for_each_mac_size(memory_gb):
+    result = run("doctor", "--memory-gb", str(memory_gb), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [m["model"] for m in report["models"]] == ["gpt-oss-20b", "gemma-4-26b"]
+    for model in report["models"]:
+        assert model["fits"] == (model["kv_budget_bytes"] > 0)
+        assert model["reason"]
+
+
+def test_doctor_says_gpt_oss_fits_24_gb_and_gemma_needs_32():
+    fits = {m: {x["model"]: x["fits"] for x in json.loads(run("doctor", "--memory-gb", m, "--json").output)["models"]}
+            for m in ("16", "24", "32")}
+    assert fits == {
+        "16": {"gpt-oss-20b": False, "gemma-4-26b": False},
+        "24": {"gpt-oss-20b": True, "gemma-4-26b": False},
+        "32": {"gpt-oss-20b": True, "gemma-4-26b": True},
+    }
+
+
+def test_doctor_without_a_size_uses_this_machine():
+    result = run("doctor")
+    assert result.exit_code == 0 and "cap" in result.output
+
+
+def test_the_installed_console_script_runs():
+    script = Path(sys.executable).parent / "darkbloom-agent"
+    out = subprocess.run([str(script), "kv", "gpt-oss-20b", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["kv_bytes_per_token"] == 24_576
