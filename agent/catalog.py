@@ -218,9 +218,17 @@ def _describe_quantization(config: dict[str, Any]) -> str:
     quant = config.get("quantization") or config.get("quantization_config")
     if not quant:
         return "none"
-    mode = quant.get("mode") or quant.get("quant_method") or "affine"
-    bits = quant.get("bits")
-    return f"{mode} {bits}-bit" if bits else str(mode)
+
+    def describe(entry: dict[str, Any]) -> str:
+        mode = entry.get("mode") or entry.get("quant_method") or "affine"
+        return f"{mode} {entry['bits']}-bit" if entry.get("bits") else str(mode)
+
+    base = describe(quant)
+    overrides = [describe(v) for v in quant.values() if isinstance(v, dict) and describe(v) != base]
+    if not overrides:
+        return base
+    kinds = ", ".join(sorted(set(overrides)))
+    return f"{base}, {kinds} on {len(overrides)} layers"
 
 
 def resolve_model(model: str, catalog: dict[str, ModelSpec] | None = None) -> ModelSpec:

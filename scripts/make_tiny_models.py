@@ -20,7 +20,7 @@ from agent.engine.tiny_models import VARIANTS, write_tiny_model  # noqa: E402
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="directory to write one subdirectory per model into")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write one subdirectory per model in")
     parser.add_argument(
         "--only", action="extend", nargs="+", choices=sorted(VARIANTS), metavar="NAME",
         help=f"write only these models (repeatable); from: {', '.join(VARIANTS)}",
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         model_started = time.perf_counter()
         model_dir = write_tiny_model(name, args.out)
         elapsed = time.perf_counter() - model_started
-        print(f"[{index}/{len(names)}] {name}: wrote {model_dir} ({_weights_bytes(model_dir):,} B of weights, {elapsed:.2f} s)")
+        weights = f"{_weights_bytes(model_dir):,} B of weights"
+        print(f"[{index}/{len(names)}] {name}: wrote {model_dir} ({weights}, {elapsed:.2f} s)")
     print(f"wrote {len(names)} model(s) to {args.out} in {time.perf_counter() - started:.2f} s")
     return 0
 

@@ -138,3 +138,18 @@ def test_gemma_at_real_head_counts_dims_and_window_is_predicted_exactly():
     for prompt in [1, 2, 255, 256, 257]:
         assert_exact(model, spec, [prompt], max_tokens=2)
     assert_exact(model, spec, [3, 40], max_tokens=2)
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-tiny", "gemma-4-tiny"])
+def test_a_loaded_quantized_model_directory_is_predicted_from_its_own_files(tiny_models_dir, name):
+    # The spec comes from config.json and the safetensors headers (bf16 KV), the caches from mlx_lm.load.
+    from mlx_lm import load
+
+    from agent.catalog import spec_from_model_dir
+
+    model, _ = load(str(tiny_models_dir / name))
+    spec = spec_from_model_dir(tiny_models_dir / name)
+    assert spec.kv_dtype == "bfloat16"
+    for prompt in [1, 40, 300]:
+        assert_exact(model, spec, [prompt], max_tokens=3)
+    assert_exact(model, spec, [7, 33], max_tokens=3)

@@ -111,7 +111,9 @@ def test_tiny_models_ship_an_eos_token_and_chat_template(tiny_models_dir: Path, 
 
 def test_harmony_template_renders_reasoning_effort_and_channels(tiny_models_dir: Path) -> None:
     _, tokenizer = _load(tiny_models_dir, "gpt-oss-tiny")
-    render = lambda messages, **kw: tokenizer.apply_chat_template(messages, tokenize=False, **kw)  # noqa: E731
+
+    def render(messages: list[dict], **template_vars) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **template_vars)
 
     assert "Reasoning: medium" in render(HI, add_generation_prompt=True)
     system = {"role": "system", "content": "Be brief."}
@@ -179,6 +181,21 @@ def test_generation_is_deterministic_across_runs(tiny_models_dir: Path, tmp_path
         model, tokenizer = mlx_lm.load(str(model_dir))
         runs.append(_generate(model, tokenizer, tokenizer.apply_chat_template(HI, add_generation_prompt=True), 12))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("name", NARROW)
+def test_generation_stops_at_an_eos_token_from_generation_config(tiny_models_dir: Path, name: str) -> None:
+    # Random weights still predict a stop token after some one-token prompts. Find one with a single
+    # batched forward pass rather than pinning token ids that could shift with MLX's kernels (Metal vs CPU).
+    model, tokenizer = _load(tiny_models_dir, name)
+    eos_ids = set(json.loads((tiny_models_dir / name / "generation_config.json").read_text())["eos_token_id"])
+    every_token = mx.arange(len(tokenizer.get_vocab()))[:, None]
+    greedy_next = model(every_token)[:, -1].argmax(axis=-1).tolist()
+    stopping = [first for first, following in enumerate(greedy_next) if following in eos_ids]
+    assert stopping, "no one-token prompt leads to a stop token"
+
+    responses = list(mlx_lm.stream_generate(model, tokenizer, stopping[:1], max_tokens=8))
+    assert len(responses) == 1 and responses[0].finish_reason == "stop" and responses[0].token in eos_ids
 
 
 @pytest.mark.parametrize("name", NARROW)

@@ -21,10 +21,10 @@ Public names:
                                         tokenizer.json are what this code writes now (for reusing a cache)
 
 Quantization, as the MLX releases do it (`mlx-community/gpt-oss-20b-MXFP4-Q8`,
-`mlx-community/gemma-4-26b-a4b-it-4bit`):
-  gpt-oss: experts MXFP4 (group 32), everything else 8-bit affine (group 64), router 8-bit per the model.
-  gemma-4: 4-bit affine (group 64), router.proj 8-bit per the model's own quant_predicate.
-Non-quantized weights, activations and the KV cache are bfloat16, as on a Mac. Unquantized models
+`mlx-community/gemma-4-26b-a4b-it-4bit`), with mlx-lm's own quantize_model and each model's quant_predicate:
+  gpt-oss: experts MXFP4 (group 32); everything else, router included, 8-bit affine (group 64 assumed).
+  gemma-4: 4-bit affine (group 64); router.proj 8-bit.
+Other weights, activations and the KV cache are bfloat16, as in the releases. Unquantized models
 (quantize=False) stay float32: MLX's CPU backend runs the experts' unquantized gather_mm in float32 only.
 """
 
@@ -125,12 +125,8 @@ def _gpt_oss_arch() -> dict[str, Any]:
         "output_router_logits": False,
         "rms_norm_eps": 1e-05,
         "rope_scaling": {
-            "beta_fast": 32.0,
-            "beta_slow": 1.0,
-            "factor": 32.0,
-            "original_max_position_embeddings": 4096,
-            "rope_type": "yarn",
-            "truncate": False,
+            "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+            "rope_type": "yarn", "truncate": False,
         },
         "rope_theta": 150000,
         "router_aux_loss_coef": 0.9,
@@ -168,7 +164,9 @@ def _gemma_arch() -> dict[str, Any]:
         "rms_norm_eps": 1e-06,
         "tie_word_embeddings": True,
         "rope_parameters": {
-            "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+            "full_attention": {
+                "partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"
+            },
             "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
         },
         "torch_dtype": "bfloat16",
@@ -292,7 +290,7 @@ def write_tiny_model(name: str, out_dir: Path | str) -> Path:
 
 
 def write_all(out_dir: Path | str, names: list[str] | None = None) -> list[Path]:
-    return [write_tiny_model(name, out_dir) for name in (names or list(VARIANTS))]
+    return [write_tiny_model(name, out_dir) for name in (list(VARIANTS) if names is None else names)]
 
 
 def is_up_to_date(model_dir: Path | str, name: str) -> bool:

@@ -155,9 +155,11 @@ def trained_tokenizer_json(family: str) -> str:
     )
     tokenizer.train_from_iterator(_CORPUS.strip().splitlines(), trainer=trainer)
     if spec.bos_token is not None:
-        bos = (spec.bos_token, tokenizer.token_to_id(spec.bos_token))
+        # Like gemma's own tokenizer: plain encoding prepends <bos>. Chat prompts carry it from the template,
+        # and mlx-lm does not add it again to a prompt that already starts with it.
+        bos, bos_id = spec.bos_token, tokenizer.token_to_id(spec.bos_token)
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
         )
     return tokenizer.to_str()
 
