@@ -3,10 +3,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+
+pip_install() {
+  # Silent on success (pip and setuptools warnings are noise to a newcomer); everything on failure.
+  local out
+  if ! out=$(.venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "setup: pip install $* failed" >&2
+    exit 1
+  fi
+}
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
 echo "setup: installing darkbloom-agent and its dependencies (mlx[cpu] on Linux, mlx on macOS)"
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+pip_install --upgrade pip
+pip_install -e ".[test]"
