@@ -65,6 +65,19 @@ def doctor(
     typer.echo(json.dumps(report, indent=2) if as_json else format_doctor_report(report))
 
 
+@app.command()
+def protocol(
+    schema: Annotated[bool, typer.Option("--schema", help="Print the JSON Schema of every wire message.")] = False,
+) -> None:
+    """The agent <-> coordinator wire protocol."""
+    from agent.protocol import PROTOCOL_VERSION, json_schema
+
+    if schema:
+        typer.echo(json.dumps(json_schema(), indent=2))
+    else:
+        typer.echo(f"darkbloom protocol version {PROTOCOL_VERSION}; --schema prints its JSON Schema")
+
+
 def main() -> None:
     app()
 

@@ -1,8 +1,14 @@
 """Errors that cross a boundary: the wire, the CLI, the operator's terminal.
 
     DarkbloomError (code)                 root; `code` is a stable string, never a traceback
-    ├── CatalogError      catalog_invalid     models.toml / config.json / safetensors unreadable or invalid
-    └── ConfigError       config_invalid      agent configuration unusable
+    ├── CatalogError      catalog_invalid     models.toml / config.json unreadable or invalid (agent.catalog)
+    ├── WeightsError      weights_invalid     a safetensors header that cannot be read (agent.safetensors_info)
+    ├── ConfigError       config_invalid      agent configuration unusable (agent.config)
+    └── ProtocolError     protocol_invalid    a frame or chat body that cannot be used (returned, not raised)
+        ├── FrameTooLarge        frame_too_large
+        ├── FrameNotJson         frame_not_json
+        ├── UnknownMessageType   unknown_message_type
+        └── InvalidField         invalid_field       .field = dotted path, .request_id if known
 
 Later layers add their own branches under the root; `is_retryable` is the one place that decides
 whether another attempt can help.

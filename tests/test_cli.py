@@ -80,3 +80,12 @@ def test_the_installed_console_script_runs():
     script = Path(sys.executable).parent / "darkbloom-agent"
     out = subprocess.run([str(script), "kv", "gpt-oss-20b", "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["kv_bytes_per_token"] == 24_576
+
+
+def test_protocol_schema_prints_both_directions_of_the_wire():
+    result = run("protocol", "--schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    text = json.dumps(schema)
+    for message_type in ("register", "heartbeat", "inference_request", "inference_response_chunk", "cancel"):
+        assert f'"{message_type}"' in text
