@@ -1,0 +1,123 @@
+"""The agent's side of the link, sans I/O: frames in, frames and events out. No socket, no clock.
+
+The pump (agent.link.client) feeds it what the websocket receives and sends what it returns; the
+daemon turns its events into engine calls and hands the engine's output back as frames built here,
+so sequence numbers and per-request bookkeeping live in one place.
+
+    session = LinkSession(register_frame)
+    out = session.connected()                 -> [Register]
+    events, replies = session.receive(text)   -> Registered / Submit / Cancel / Load / Unload events,
+                                                 and error frames for what could not be used
+    session.chunk(request_id, content, reasoning) -> InferenceResponseChunk with the next seq
+    session.complete(...) / session.error(...) end a request; session.lost() forgets all of them
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agent.frames import (
+    Cancel,
+    Delta,
+    ErrorFrame,
+    FinishReason,
+    Heartbeat,
+    InferenceComplete,
+    InferenceError,
+    InferenceRequest,
+    InferenceResponseChunk,
+    LoadModel,
+    MemoryStatus,
+    Register,
+    Registered,
+    SlotStatus,
+    ThermalState,
+    UnloadModel,
+    Usage,
+)
+from agent.protocol import Direction, ProtocolError, parse_message
+
+Event = Registered | InferenceRequest | Cancel | LoadModel | UnloadModel
+
+
+class LinkState(StrEnum):
+    DISCONNECTED = "disconnected"
+    REGISTERING = "registering"  # register sent, registered not yet received
+    READY = "ready"
+
+
+@dataclass(slots=True)
+class _Stream:
+    num_chunks: int = 0
+
+
+@dataclass(slots=True)
+class LinkSession:
+    register: Register
+    heartbeat_interval_s: float = 2.0
+    state: LinkState = LinkState.DISCONNECTED
+    provider_id: str | None = None
+    num_heartbeats: int = 0
+    streams: dict[str, _Stream] = field(default_factory=dict)
+
+    def connected(self) -> list[Register]:
+        self.state = LinkState.REGISTERING
+        return [self.register]
+
+    def receive(self, data: str | bytes) -> tuple[list[Event], list[ErrorFrame]]:
+        message = parse_message(data, direction=Direction.TO_AGENT)
+        if isinstance(message, ProtocolError):
+            return [], [message.to_frame()]
+        if isinstance(message, ErrorFrame):
+            return [], []  # the coordinator's complaint about one of ours; the pump logs it
+        if isinstance(message, Registered):
+            self.state = LinkState.READY
+            self.provider_id = message.provider_id
+            self.heartbeat_interval_s = message.heartbeat_interval_s
+            return [message], []
+        if isinstance(message, InferenceRequest):
+            if message.request_id in self.streams:
+                return [], [ErrorFrame(code="duplicate_request", message="request_id is already running here",
+                                       request_id=message.request_id)]
+            self.streams[message.request_id] = _Stream()
+        return [message], []
+
+    def heartbeat(self, slots: list[SlotStatus], memory: MemoryStatus, *, thermal: ThermalState = ThermalState.UNKNOWN,
+                  draining: bool = False) -> Heartbeat:
+        self.num_heartbeats += 1
+        return Heartbeat(seq=self.num_heartbeats, slots=tuple(slots), memory=memory, thermal=thermal,
+                         draining=draining)
+
+    def chunk(self, request_id: str, content: str = "", reasoning: str = "") -> InferenceResponseChunk | None:
+        stream = self.streams.get(request_id)
+        if stream is None or not (content or reasoning):
+            return None
+        stream.num_chunks += 1
+        return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
+                                      delta=Delta(content=content, reasoning=reasoning))
+
+    def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,
+                 ttft_s: float | None = None) -> InferenceComplete | None:
+        stream = self.streams.pop(request_id, None)
+        if stream is None:
+            return None
+        return InferenceComplete(request_id=request_id, usage=Usage(prompt_tokens=prompt_tokens,
+                                 completion_tokens=completion_tokens), finish_reason=finish_reason,
+                                 num_chunks=stream.num_chunks, ttft_s=ttft_s)
+
+    def error(self, request_id: str, code: str, message: str, retryable: bool = False) -> InferenceError | None:
+        if self.streams.pop(request_id, None) is None:
+            return None
+        return InferenceError(request_id=request_id, code=code, message=message, retryable=retryable)
+
+    def forget(self, request_id: str) -> None:
+        """A request that ended without a frame (rejected at admission, cancelled by the coordinator)."""
+        self.streams.pop(request_id, None)
+
+    def lost(self) -> list[str]:
+        """The link dropped: every in-flight request is the coordinator's to retry or fail now."""
+        orphans = list(self.streams)
+        self.streams.clear()
+        self.state = LinkState.DISCONNECTED
+        return orphans

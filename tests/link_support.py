@@ -1,0 +1,86 @@
+"""A minimal coordinator on a real loopback websocket, and a recording LinkHandler, for link tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from agent.frames import Hardware, MemoryStatus, Register, SlotStatus
+from agent.link.session import Event, LinkSession
+from agent.protocol import PROTOCOL_VERSION
+
+
+@dataclass
+class MiniCoordinator:
+    """Accepts one token, answers register with registered, records every frame it receives."""
+
+    token: str = "good-token"
+    heartbeat_interval_s: float = 30.0
+    frames: asyncio.Queue = field(default_factory=asyncio.Queue)
+    connections: list[ServerConnection] = field(default_factory=list)
+    server: Server | None = None
+    port: int = 0
+
+    async def start(self, port: int = 0) -> None:
+        self.server = await serve(self._handler, "127.0.0.1", port or self.port, process_request=self._auth)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/provider"
+
+    def _auth(self, connection, request):
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "bad provider token\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections.append(ws)
+        async for data in ws:
+            frame = json.loads(data)
+            if frame.get("type") == "register":
+                await ws.send(json.dumps({"type": "registered", "provider_id": "p-1",
+                                          "heartbeat_interval_s": self.heartbeat_interval_s}))
+            await self.frames.put(frame)
+
+    async def send(self, frame: dict | str) -> None:
+        await self.connections[-1].send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def next_frame(self, frame_type: str, timeout: float = 5.0) -> dict:
+        async def wait() -> dict:
+            while True:
+                frame = await self.frames.get()
+                if frame.get("type") == frame_type:
+                    return frame
+        return await asyncio.wait_for(wait(), timeout)
+
+
+@dataclass
+class RecordingHandler:
+    state: str = "idle"
+    events: list[Event] = field(default_factory=list)
+    lost: list[list[str]] = field(default_factory=list)
+    state_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def register_frame(self) -> Register:
+        return Register(protocol_version=PROTOCOL_VERSION, agent_version="test",
+                        hardware=Hardware(chip="Test M0", memory_bytes=16 * 2**30, gpu_cores=8), models=())
+
+    def heartbeat_frame(self, session: LinkSession):
+        slots = [SlotStatus(model="gpt-oss-tiny", state=self.state)]
+        return session.heartbeat(slots, MemoryStatus(total_bytes=16 * 2**30, available_bytes=8 * 2**30,
+                                                     cap_bytes=14 * 2**30))
+
+    async def handle(self, event: Event, link) -> None:
+        self.events.append(event)
+
+    async def link_lost(self, request_ids: list[str]) -> None:
+        self.lost.append(request_ids)
