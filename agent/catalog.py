@@ -106,6 +106,7 @@ class CatalogEntry(BaseModel):
     activation_reserve_bytes: int = Field(ge=0)
     activation_reserve_basis: str
     architecture: dict[str, Any]
+    files: dict[str, dict[str, Any]] = {}  # weight file -> {sha256, bytes}; checked by agent.model_store
 
 
 def default_catalog_path() -> Path:

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from agent.cli_models import models_app
+from agent.cli_service import service_app
+from agent.cli_support import fail as _fail
 from agent.errors import DarkbloomError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A provider node for MLX inference on Apple Silicon.")
-
-
-def _fail(error: DarkbloomError) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code=2)
+app.add_typer(service_app, name="service")
+app.add_typer(models_app, name="models")
 
 
 @app.command()

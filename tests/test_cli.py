@@ -89,3 +89,32 @@ def test_protocol_schema_prints_both_directions_of_the_wire():
     text = json.dumps(schema)
     for message_type in ("register", "heartbeat", "inference_request", "inference_response_chunk", "cancel"):
         assert f'"{message_type}"' in text
+
+
+def test_service_render_prints_a_valid_launch_agent_plist_on_any_os():
+    import plistlib
+
+    result = run("service", "render", "--config", "/tmp/agent.toml", "--program", "/opt/bin/darkbloom-agent")
+    assert result.exit_code == 0, result.output
+    plist = plistlib.loads(result.output.encode())
+    assert plist["ProgramArguments"] == ["/opt/bin/darkbloom-agent", "start", "--config", "/tmp/agent.toml"]
+
+
+def test_service_install_on_linux_says_it_is_macos_only():
+    if sys.platform == "darwin":
+        return
+    result = run("service", "install")
+    assert result.exit_code == 2 and "macOS" in result.output
+
+
+def test_models_list_shows_every_catalog_model_in_an_empty_cache(tmp_path):
+    result = run("models", "list", "--cache-dir", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert {(m["model"], m["state"]) for m in json.loads(result.output)} == {("gpt-oss-20b", "missing"),
+                                                                              ("gemma-4-26b", "missing")}
+
+
+def test_models_verify_of_a_model_not_in_the_cache_is_a_clear_error(tmp_path):
+    result = run("models", "verify", "gpt-oss-20b", "--cache-dir", str(tmp_path), "--offline")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is not in the cache" in result.output and "pull it first" in result.output
