@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from agent.cli_coordinator import coordinator_app
+from agent.cli_daemon import start, status, stop
 from agent.cli_models import models_app
 from agent.cli_service import service_app
 from agent.cli_support import fail as _fail
@@ -16,6 +18,10 @@ from agent.errors import DarkbloomError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A provider node for MLX inference on Apple Silicon.")
 app.add_typer(service_app, name="service")
 app.add_typer(models_app, name="models")
+app.add_typer(coordinator_app, name="coordinator")
+app.command()(start)
+app.command()(status)
+app.command()(stop)
 
 
 @app.command()

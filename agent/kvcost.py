@@ -18,6 +18,7 @@ This module is pure: standard library only, shared by the agent and the coordina
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -123,6 +124,20 @@ class RotatingCacheShape:
         self.offset += num_tokens
         self.idx = self.length
 
+    def extend(self, other: RotatingCacheShape) -> None:
+        """Join another batch (BatchRotatingKVCache.extend): both are put in temporal order unless
+        they are aligned already, then right-aligned to the larger idx and cut to the larger length."""
+        if self.is_empty and other.is_empty:
+            return
+        if self.rotated != other.rotated or self.idx != other.idx:
+            for shape in (self, other):
+                if shape.rotated:
+                    shape.idx, shape.rotated = shape.length, False
+        self.length = max(self.length, other.length)
+        self.idx = max(self.idx, other.idx)
+        self.offset = max(self.offset, other.offset)
+        self.is_empty = False
+
     def _update_in_place(self) -> None:
         # A decode step: grow by up to 256 tokens until the window is allocated, then rotate.
         if self.is_empty or (self.offset >= self.length and self.length < self.window):
@@ -204,6 +219,7 @@ def kv_peak_bytes_at(
     return _replay(spec, total_tokens, prompt_tokens, batch_size, chunk)[1]
 
 
+@functools.lru_cache(maxsize=65536)  # admission asks the same few shapes again and again
 def _replay(
     spec: ModelSpec, total_tokens: int, prompt_tokens: int | None, batch_size: int, chunk: int
 ) -> tuple[int, int]:

@@ -17,3 +17,6 @@ for model in gpt-oss-20b gemma-4-26b; do
   echo "== darkbloom-agent kv $model =="
   .venv/bin/darkbloom-agent kv "$model"
 done
+echo
+echo "== a real local inference: coordinator + agent (tiny models on MLX) + the openai SDK =="
+.venv/bin/python scripts/local_demo.py

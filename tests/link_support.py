@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -20,7 +21,7 @@ class MiniCoordinator:
 
     token: str = "good-token"
     heartbeat_interval_s: float = 30.0
-    frames: asyncio.Queue = field(default_factory=asyncio.Queue)
+    frames: dict[str, asyncio.Queue] = field(default_factory=lambda: defaultdict(asyncio.Queue))  # by type
     connections: list[ServerConnection] = field(default_factory=list)
     server: Server | None = None
     port: int = 0
@@ -49,18 +50,20 @@ class MiniCoordinator:
             if frame.get("type") == "register":
                 await ws.send(json.dumps({"type": "registered", "provider_id": "p-1",
                                           "heartbeat_interval_s": self.heartbeat_interval_s}))
-            await self.frames.put(frame)
+            await self.frames[str(frame.get("type"))].put(frame)
 
-    async def send(self, frame: dict | str) -> None:
-        await self.connections[-1].send(frame if isinstance(frame, str) else json.dumps(frame))
+    async def send(self, frame: dict | str | bytes) -> None:
+        await self.connections[-1].send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
 
     async def next_frame(self, frame_type: str, timeout: float = 5.0) -> dict:
-        async def wait() -> dict:
-            while True:
-                frame = await self.frames.get()
-                if frame.get("type") == frame_type:
-                    return frame
-        return await asyncio.wait_for(wait(), timeout)
+        """The next frame of this type not returned yet (frames of other types stay queued)."""
+        return await asyncio.wait_for(self.frames[frame_type].get(), timeout)
+
+    def drain_frames(self, frame_type: str) -> list[dict]:
+        queue, out = self.frames[frame_type], []
+        while not queue.empty():
+            out.append(queue.get_nowait())
+        return out
 
 
 @dataclass

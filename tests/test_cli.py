@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,36 @@ def test_models_verify_of_a_model_not_in_the_cache_is_a_clear_error(tmp_path):
     result = run("models", "verify", "gpt-oss-20b", "--cache-dir", str(tmp_path), "--offline")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "is not in the cache" in result.output and "pull it first" in result.output
+
+
+def test_status_reads_the_file_the_daemon_keeps(tmp_path, monkeypatch):
+    from agent.status_file import write_status
+
+    path = tmp_path / "status.json"
+    write_status(path, {"pid": os.getpid(), "state": "running", "uptime_s": 12.0, "link": "ready",
+                        "coordinator_url": "ws://127.0.0.1:1/ws/provider", "num_served": 3, "num_in_flight": 1,
+                        "slots": [{"model": "gpt-oss-20b", "state": "running", "num_running": 1, "num_waiting": 0,
+                                   "kv_budget_bytes": 2**30, "kv_reserved_bytes": 2**20, "kv_used_bytes": 2**19,
+                                   "reason": ""}]})
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(path))
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert "running" in result.output and "gpt-oss-20b" in result.output and "1.00 GiB" in result.output
+
+
+def test_status_without_a_daemon_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(tmp_path / "none.json"))
+    result = run("status")
+    assert result.exit_code == 2 and "has not run here" in result.output
+
+
+def test_stop_without_a_running_agent_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(tmp_path / "none.json"))
+    result = run("stop")
+    assert result.exit_code == 0 and "not running" in result.output
+
+
+def test_start_without_a_coordinator_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run("start", "--model", "gpt-oss-20b")
+    assert result.exit_code == 2 and "no coordinator" in result.output

@@ -1,0 +1,103 @@
+"""`darkbloom-agent start | status | stop`: the daemon in the foreground, and questions to a running one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agent.cli_support import fail
+from agent.errors import DarkbloomError
+
+
+def start(
+    coordinator: Annotated[Optional[str], typer.Option(help="Coordinator URL (wss://…, or ws:// on loopback).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="A catalog id or a model directory; repeat for more.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="The agent.toml (default ~/.config/darkbloom/agent.toml).")] = None,
+    token: Annotated[Optional[str], typer.Option(help="The provider token (prefer the config file or DARKBLOOM_PROVIDER_TOKEN).")] = None,
+    reserve_gb: Annotated[Optional[float], typer.Option(help="Memory the owner keeps for other work (GiB).")] = None,
+) -> None:
+    """Run the agent in the foreground (launchd runs it this way) until SIGTERM / SIGINT, then drain."""
+    import asyncio
+
+    from agent.config import load_config
+    from agent.daemon import Daemon, resolve_models
+    from agent.hardware import probe_hardware
+    from agent.logs import configure_logging
+
+    flags = {"coordinator_url": coordinator, "models": tuple(model) if model else None, "provider_token": token,
+             "reserve_gb": reserve_gb}
+    try:
+        cfg = load_config(config, os.environ, flags)
+        if not cfg.coordinator_url:
+            raise DarkbloomError("no coordinator: give --coordinator URL (or coordinator_url in the config)")
+        if cfg.provider_token is None:
+            raise DarkbloomError("no provider token: give --token, DARKBLOOM_PROVIDER_TOKEN or provider_token")
+        entries = resolve_models(cfg)
+    except DarkbloomError as error:
+        fail(error)
+    configure_logging(cfg.log_format, cfg.log_level)
+    daemon = Daemon(cfg, entries, probe_hardware().to_wire())
+    raise typer.Exit(code=asyncio.run(daemon.run()))
+
+
+def status(
+    config: Annotated[Optional[Path], typer.Option(help="The agent.toml whose status_path to read.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Slots, their states and KV, the link and the uptime of the running agent."""
+    from agent.config import load_config
+    from agent.status_file import read_status
+    from agent.tables import human_bytes, render_table
+
+    try:
+        cfg = load_config(config, os.environ, {})
+    except DarkbloomError as error:
+        fail(error)
+    current = read_status(cfg.status_path)
+    if current is None:
+        fail(f"no agent status at {cfg.status_path}: the agent has not run here (start it with `darkbloom-agent start`)")
+    if as_json:
+        typer.echo(json.dumps(current, indent=2))
+        return
+    alive = "running" if current["is_alive"] else "not running (last status below)"
+    typer.echo(f"agent pid {current['pid']}: {alive}; state {current['state']}, up {current['uptime_s']:.0f} s, "
+               f"link {current['link']} to {current['coordinator_url']}, {current['num_served']} served, "
+               f"{current['num_in_flight']} in flight")
+    rows = [[s["model"], s["state"], s["num_running"], s["num_waiting"], human_bytes(s["kv_budget_bytes"]),
+             human_bytes(s["kv_reserved_bytes"]), human_bytes(s["kv_used_bytes"]), s.get("reason") or ""]
+            for s in current["slots"]]
+    typer.echo(render_table(["model", "state", "running", "waiting", "KV budget", "reserved", "used", "note"], rows))
+
+
+def stop(
+    config: Annotated[Optional[Path], typer.Option(help="The agent.toml whose status_path to read.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain to finish.")] = 180.0,
+) -> None:
+    """Ask the running agent to drain and exit (SIGTERM), and wait until it has."""
+    from agent.config import load_config
+    from agent.status_file import read_status
+
+    try:
+        cfg = load_config(config, os.environ, {})
+    except DarkbloomError as error:
+        fail(error)
+    current = read_status(cfg.status_path)
+    if current is None or not current["is_alive"]:
+        typer.echo("the agent is not running")
+        return
+    os.kill(current["pid"], signal.SIGTERM)
+    typer.echo(f"asked agent pid {current['pid']} to drain and stop …")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = read_status(cfg.status_path)
+        if latest is None or not latest["is_alive"]:
+            typer.echo("stopped")
+            return
+        time.sleep(0.2)
+    fail(f"agent pid {current['pid']} is still draining after {timeout:.0f} s")

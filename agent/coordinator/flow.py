@@ -1,0 +1,213 @@
+"""One request's life after admission: dispatch or queue, attempts until the first token, then the stream.
+
+    start()   dispatch (or wait in the queue) → the agent answers:
+                rejected          → the next provider at once (a "full" one is skipped until its next heartbeat)
+                accepted          → the first-token timeout starts now (not at the send: a load or a long
+                                    prefill behind `accepted` must not look like a dead provider)
+                error / link lost / timeout before the first token → another provider, same request id,
+                                    at most `max_attempts` failures
+              and returns once the first token (or an empty completion) is in. Raises ApiError before that.
+    next()    Token ... then Finished (settled from the agent's usage) or Broken (an error after the first
+              token: never retried, the stream ends with finish_reason "error").
+    close()   every exit: cancels the attempt at the agent if one is open, and releases the hold unless
+              the request was settled. Idempotent.
+
+Public names: RequestFlow, Token, Finished, Broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from agent.coordinator.accounts import Accounts, ReleaseReason
+from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
+from agent.coordinator.exchange import Exchange, LinkLost
+from agent.coordinator.router import Router
+from agent.frames import (
+    FinishReason, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected, InferenceResponseChunk,
+    Usage,
+)
+
+log = structlog.get_logger("agent.coordinator.flow")
+DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    content: str
+    reasoning: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    message: str
+    code: str = "provider_failed"
+
+
+class RequestFlow:
+    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange) -> None:
+        self.router, self.accounts, self.exchange = router, accounts, exchange
+        self.settings = router.settings
+        self.num_chunks = 0
+        self.is_closed = False  # settled or released
+        self._first: InferenceResponseChunk | InferenceComplete | None = None
+
+    # -- before the first token
+    async def start(self) -> None:
+        while True:
+            await self._dispatch()
+            first = await self._await_first()
+            if first is not None:
+                self._first = first
+                return
+
+    async def _dispatch(self) -> None:
+        router, exchange = self.router, self.exchange
+        submission = router.submit(exchange)
+        if submission.refusal is not None:
+            if exchange.last_failure:
+                raise ProviderFailed(f"the request failed on every provider that could serve it; "
+                                     f"last: {exchange.last_failure}")
+            raise NoProvider(submission.refusal)
+        if submission.is_saturated:
+            raise Saturated(f"every provider that can serve {exchange.model} is full and its queue is full "
+                            f"({self.settings.queue_depth} requests); retry later",
+                            retry_after_s=router.retry_after_s(exchange))
+        waiter = submission.waiter
+        if waiter is None:
+            return
+        try:
+            # Shielded: a timeout racing the wake-up must not cancel a future that says "dispatched".
+            async with asyncio.timeout(max(0.0, waiter.deadline - router.clock())):
+                await asyncio.shield(waiter.future)
+        except TimeoutError:
+            pass
+        finally:
+            if not waiter.future.done():
+                router.dequeue(waiter)
+        if not waiter.future.done():
+            self._after_wait()
+
+    def _after_wait(self) -> None:
+        """The queue wait ran out: one last look, then 429 (capable but full) or 503 (none can)."""
+        exchange = self.exchange
+        placement = self.router.try_dispatch(exchange)
+        if exchange.provider is not None:
+            return
+        if placement.can_ever:
+            raise Saturated(f"every provider that can serve {exchange.model} stayed full for "
+                            f"{self.settings.queue_max_wait_s:g} s; retry later",
+                            retry_after_s=self.router.retry_after_s(exchange))
+        raise NoProvider(placement.why_never())
+
+    async def _await_first(self) -> InferenceResponseChunk | InferenceComplete | None:
+        """The current attempt's first token, or None when it failed and another attempt should follow."""
+        exchange, loop = self.exchange, asyncio.get_running_loop()
+        deadline, waiting_for = loop.time() + self.settings.accept_timeout_s, "accepted"
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await exchange.next_event()
+            except TimeoutError:
+                self.router.abandon(exchange, reason="timeout")
+                self._failed("timeout", f"{self.exchange.provider_id} sent no {waiting_for} in time")
+                return None
+            if isinstance(frame, InferenceRejected):
+                return None  # the router marked the provider; the next placement skips it
+            if isinstance(frame, InferenceAccepted):
+                deadline = loop.time() + self.settings.first_token_timeout_s
+                waiting_for = "first token"
+            elif isinstance(frame, InferenceResponseChunk):
+                self.router.metrics.attempt(exchange.model, "streamed")
+                return frame
+            elif isinstance(frame, InferenceComplete):
+                if frame.finish_reason in DELIVERED:
+                    self.router.metrics.attempt(exchange.model, "streamed")
+                    return frame
+                self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
+                return None
+            elif isinstance(frame, InferenceError):
+                # Retried whatever `retryable` says: another machine may well run what this one could not,
+                # and max_attempts bounds a request that fails everywhere.
+                self._failed("error", f"{self.exchange.provider_id}: {frame.code}: {frame.message}")
+                return None
+            elif isinstance(frame, LinkLost):
+                self._failed("link_lost", f"{frame.provider_id}'s link dropped ({frame.reason})")
+                return None
+
+    def _failed(self, outcome: str, message: str) -> None:
+        exchange = self.exchange
+        self.router.metrics.attempt(exchange.model, outcome)
+        exchange.num_failures += 1
+        exchange.last_failure = message
+        exchange.excluded[self.exchange.provider_id] = f"failed this request: {message}"
+        log.warning("request.attempt_failed", request_id=exchange.request_id, provider_id=self.exchange.provider_id,
+                    outcome=outcome, message=message, attempt=exchange.num_failures)
+        if exchange.num_failures >= self.settings.max_attempts:
+            raise ProviderFailed(f"the request failed {exchange.num_failures} times before its first token; "
+                                 f"last: {message}")
+
+    # -- after it
+    async def next(self) -> Token | Finished | Broken:
+        while True:
+            frame, self._first = self._first, None
+            if frame is None:
+                try:
+                    async with asyncio.timeout(self.settings.stall_timeout_s):
+                        frame = await self.exchange.next_event()
+                except TimeoutError:
+                    self.router.abandon(self.exchange, reason="stalled")
+                    self._release(ReleaseReason.TIMEOUT)
+                    return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s",
+                                  "provider_stalled")
+            event = self._convert(frame)
+            if event is not None:
+                return event
+
+    def _convert(self, frame: object) -> Token | Finished | Broken | None:
+        if isinstance(frame, InferenceResponseChunk):
+            self.num_chunks += 1
+            return Token(frame.delta.content, frame.delta.reasoning)
+        if isinstance(frame, InferenceComplete):
+            self._settle(frame.usage)  # the tokens were delivered, whatever ended the stream
+            if frame.finish_reason in DELIVERED:
+                return Finished(frame.finish_reason.value, frame.usage)
+            return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
+        if isinstance(frame, InferenceError):
+            self._release(ReleaseReason.PROVIDER_ERROR)
+            return Broken(f"the provider failed mid-stream: {frame.code}: {frame.message}")
+        if isinstance(frame, LinkLost):
+            self._release(ReleaseReason.PROVIDER_ERROR)
+            return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
+        return None
+
+    # -- the end, whichever it is
+    def close(self, reason: ReleaseReason) -> None:
+        if self.exchange.provider is not None:
+            self.router.abandon(self.exchange, reason=reason.value,
+                                settle_late=reason is ReleaseReason.CLIENT_DISCONNECT)
+        self._release(reason)
+
+    def _settle(self, usage: Usage) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,
+                                 completion_tokens=usage.completion_tokens)
+
+    def _release(self, reason: ReleaseReason) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self.accounts.release(self.exchange.request_id, reason, produced_output_tokens=self.num_chunks)
+
+
+def release_reason(error: ApiError) -> ReleaseReason:
+    return ReleaseReason.PROVIDER_ERROR if isinstance(error, ProviderFailed) else ReleaseReason.NO_CAPACITY

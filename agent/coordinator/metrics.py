@@ -1,0 +1,75 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps in one process).
+
+Counters and histograms are updated where things happen; gauges (queue depth, providers by state,
+free KV, requests in flight) are read from the router when scraped, so they can never drift.
+
+    darkbloom_requests_total{model,outcome}            consumer requests by how they ended
+    darkbloom_time_to_first_token_seconds{model}       arrival at the coordinator -> first token
+    darkbloom_queue_wait_seconds{model}                time queued before dispatch
+    darkbloom_attempts_total{model,outcome}            sends to a provider by how they ended
+    darkbloom_load_requests_total{model}               load_model frames sent (pre-warming)
+    darkbloom_provider_evictions_total                 providers dropped for missed heartbeats
+    darkbloom_bad_frames_total{code}                   agent frames that failed validation
+    darkbloom_queue_depth{model}, darkbloom_providers{model,state}, darkbloom_free_kv_bytes{model},
+    darkbloom_requests_in_flight{model}                (gauges, at scrape time)
+
+Public names: Metrics, CONTENT_TYPE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("darkbloom_requests", "Consumer requests by outcome", ["model", "outcome"], registry=r)
+        self.ttft = Histogram("darkbloom_time_to_first_token_seconds", "Arrival to first token", ["model"],
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.queue_wait = Histogram("darkbloom_queue_wait_seconds", "Time queued before dispatch", ["model"],
+                                    buckets=TTFT_BUCKETS, registry=r)
+        self.attempts = Counter("darkbloom_attempts", "Sends to a provider by outcome", ["model", "outcome"],
+                                registry=r)
+        self.loads = Counter("darkbloom_load_requests", "load_model frames sent", ["model"], registry=r)
+        self.evictions = Counter("darkbloom_provider_evictions", "Providers evicted for missed heartbeats",
+                                 registry=r)
+        self.bad_frames = Counter("darkbloom_bad_frames", "Agent frames that failed validation", ["code"],
+                                  registry=r)
+
+    def watch(self, gauges: Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]) -> None:
+        """Add gauges computed at scrape time: (name, help, label names, [(label values, value)])."""
+        self.registry.register(_ScrapeTimeGauges(gauges))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def request(self, model: str, outcome: str) -> None:
+        self.requests.labels(model or "", outcome).inc()
+
+    def attempt(self, model: str, outcome: str) -> None:
+        self.attempts.labels(model, outcome).inc()
+
+
+class _ScrapeTimeGauges:
+    def __init__(self, gauges: Callable[[], Iterable[Any]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, help_text, labels, samples in self._gauges():
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            for values, value in samples:
+                family.add_metric(values, value)
+            yield family
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []

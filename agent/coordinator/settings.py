@@ -1,0 +1,62 @@
+"""The coordinator's knobs, in one frozen record, with defaults for one person's local use.
+
+Times are seconds of the event loop's clock; tests scale them down rather than sleeping.
+
+Public names: CoordinatorSettings, ReasoningField, DEFAULT_HOST, DEFAULT_PORT, is_loopback_host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+# Where reasoning goes in responses: `reasoning` (OpenRouter, vLLM ≥ 0.10, Ollama), `reasoning_content`
+# (DeepSeek, older vLLM), or both (a client that reads either sees it; one that sums both sees it twice).
+ReasoningField = Literal["reasoning", "reasoning_content", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    # agents
+    heartbeat_interval_s: float = 2.0  # sent to each agent in `registered`
+    missed_heartbeats: int = 3  # a provider silent for this many intervals is evicted
+    provider_token: str | None = None  # None: any token is accepted (local use)
+    register_timeout_s: float = 10.0
+    # the queue, per model
+    queue_depth: int = 256
+    queue_max_wait_s: float = 30.0
+    retry_after_s: float = 2.0  # the Retry-After of a 429 when no agent gave a better hint
+    # one request's attempts
+    max_attempts: int = 3  # provider failures (error, link loss, timeout) before the first token
+    accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
+    first_token_timeout_s: float = 180.0  # counted from inference_accepted, never from the send
+    stall_timeout_s: float = 120.0  # between chunks once the first token has arrived
+    cancel_grace_s: float = 10.0  # a cancelled request still counts as the agent's until it says it ended
+    # admission as the agents run it
+    kv_safety_margin: float = 0.05  # of each slot's budget; the engine's default (heartbeats do not carry it)
+    default_max_tokens: int = 4096  # a request without max_tokens, as the engine treats it
+    max_requests_per_slot: int | None = 32  # the engine's max_num_seqs (heartbeats do not carry it either)
+    # pre-warming
+    prewarm_free_fraction: float = 0.25  # load another provider when warm free KV falls below this share
+    prewarm_queue_per_load: int = 8  # one more concurrent load for every this many queued requests
+    load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
+    load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
+    # responses
+    reasoning_field: ReasoningField = "reasoning"
+
+    @property
+    def eviction_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.missed_heartbeats
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,170 @@
+"""`darkbloom-agent start`: the engine, the provider and the link, run until told to stop.
+
+    startup    resolve models → engine → load each model through the gate (keep warm) → link
+    main loop  the link pumps; a watcher turns slot state changes into immediate heartbeats,
+               keeps the status file and the sleep assertion current
+    shutdown   SIGTERM/SIGINT → drain: refuse new work, let streams finish until the deadline,
+               cancel the rest → stop the link and the engine → exit 0
+A refused provider token ends the daemon with EXIT_AUTH_REFUSED (no restart storm under launchd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+import structlog
+
+from agent.catalog import load_catalog
+from agent.config import AgentConfig
+from agent.engine.core import EngineConfig
+from agent.engine.models import ModelEntry
+from agent.engine.types import EngineError, SlotState
+from agent.errors import ConfigError
+from agent.frames import Hardware
+from agent.link.client import EXIT_AUTH_REFUSED, Link, LinkAuthRefused
+from agent.provider import MemoryReading, Provider
+from agent.sleep_guard import SleepGuard
+from agent.status_file import write_status
+
+log = structlog.get_logger("agent.daemon")
+
+WATCH_INTERVAL_S = 0.02  # slot states are polled this often: a change is heartbeated within ~20 ms
+STATUS_INTERVAL_S = 1.0
+EngineFactory = Callable[[Mapping[str, ModelEntry], EngineConfig], object]
+
+
+def resolve_models(config: AgentConfig) -> dict[str, ModelEntry]:
+    """Each `models` item: a catalog id (its files must be in the Hugging Face cache) or a model directory."""
+    from agent.model_store import snapshot_dir
+
+    catalog = load_catalog(config.catalog)
+    entries: dict[str, ModelEntry] = {}
+    for item in config.models:
+        path = Path(item).expanduser()
+        if item in catalog:
+            spec = catalog[item]
+            model_dir = snapshot_dir(spec.repo, spec.revision)
+            if not (model_dir / "config.json").is_file():
+                raise ConfigError(f"model {item!r} is not downloaded: run `darkbloom-agent models pull {item}`")
+            entries[item] = ModelEntry.from_dir(item, model_dir, spec)
+        elif (path / "config.json").is_file():
+            entries[path.name] = ModelEntry.from_dir(path.name, path)
+        else:
+            raise ConfigError(f"model {item!r} is neither a catalog id ({', '.join(sorted(catalog))}) "
+                              "nor a model directory with a config.json")
+    if not entries:
+        raise ConfigError("no models to serve: give --model ID_OR_DIR (or `models` in the config)")
+    return entries
+
+
+def system_memory() -> MemoryReading:
+    memory = psutil.virtual_memory()
+    return MemoryReading(total_bytes=memory.total, available_bytes=memory.available)
+
+
+def mlx_engine_factory(entries: Mapping[str, ModelEntry], engine_config: EngineConfig):
+    from agent.engine.mlx_engine import MLXEngine
+
+    return MLXEngine(entries, config=engine_config)
+
+
+class Daemon:
+    def __init__(self, config: AgentConfig, entries: Mapping[str, ModelEntry], hardware: Hardware, *,
+                 engine_factory: EngineFactory = mlx_engine_factory,
+                 read_memory: Callable[[], MemoryReading] = system_memory, sleep_guard: SleepGuard | None = None):
+        self.config = config
+        idle = config.unload_after_minutes * 60 if config.idle_policy == "unload_after_minutes" else None
+        engine_config = EngineConfig(operator_reserve_bytes=config.operator_reserve_bytes, idle_unload_after_s=idle)
+        self.engine = engine_factory(entries, engine_config)
+        self.provider = Provider(self.engine, {k: e.spec for k, e in entries.items()}, hardware, read_memory,
+                                 operator_reserve_bytes=config.operator_reserve_bytes)
+        token = config.provider_token.get_secret_value() if config.provider_token else ""
+        self.link = Link(config.coordinator_url, token, self.provider)
+        self.sleep_guard = sleep_guard or SleepGuard()
+        self.started_at = time.time()
+        self.should_exit = asyncio.Event()
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.should_exit.set)
+        await self.engine.start()
+        link_task = asyncio.create_task(self.link.run(), name="link")
+        watch_task = asyncio.create_task(self._watch(), name="watch")
+        loads = asyncio.create_task(self._load_all(), name="load")
+        stop_task = asyncio.create_task(self.should_exit.wait())
+        done, _ = await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if link_task in done and isinstance(link_task.exception(), LinkAuthRefused):
+            log.error("agent.auth_refused", error=str(link_task.exception()))
+            code = EXIT_AUTH_REFUSED
+        else:
+            await self.drain()
+        for task in (link_task, watch_task, loads, stop_task):
+            task.cancel()
+        await asyncio.gather(link_task, watch_task, loads, stop_task, return_exceptions=True)
+        await self.engine.stop()
+        self.sleep_guard.close()
+        self._write_status("stopped")
+        log.info("agent.stopped", code=code)
+        return code
+
+    async def _load_all(self) -> None:
+        for model in self.provider.specs:
+            try:
+                await self.engine.load(model)
+            except EngineError as exc:
+                log.warning("slot.load_refused", model=model, code=exc.code, reason=str(exc))
+            self.provider.state_changed.set()
+
+    async def drain(self) -> None:
+        """Stop accepting; let streams finish until the deadline; then cancel what is left."""
+        deadline = time.monotonic() + self.config.drain_deadline_s
+        self.provider.draining = True
+        self.provider.state_changed.set()
+        log.info("agent.drain", in_flight=self.provider.num_in_flight, deadline_s=self.config.drain_deadline_s)
+        while self.provider.num_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for request_id in list(self.provider.tasks):
+            await self.engine.cancel(request_id)
+        pending = list(self.provider.tasks.values())
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        await asyncio.sleep(0.05)  # let the sender flush the last frames
+        self.link.stop()
+
+    async def _watch(self) -> None:
+        states: dict[str, SlotState] = {}
+        last_status = 0.0
+        while True:
+            slots = self.engine.snapshot().slots
+            now_states = {slot.model: slot.state for slot in slots}
+            if now_states != states:
+                states = now_states
+                self.provider.state_changed.set()
+                last_status = 0.0
+            self.sleep_guard.update(any(slot.state is SlotState.RUNNING for slot in slots))
+            if time.monotonic() - last_status >= STATUS_INTERVAL_S:
+                self._write_status("draining" if self.provider.draining else "running")
+                last_status = time.monotonic()
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    def _write_status(self, state: str) -> None:
+        slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason}
+                 for slot in self.engine.snapshot().slots]
+        try:
+            write_status(self.config.status_path, {
+                "pid": os.getpid(), "state": state, "started_at": self.started_at,
+                "uptime_s": round(time.time() - self.started_at, 1), "coordinator_url": self.config.coordinator_url,
+                "link": self.link.state.value, "provider_id": self.provider.provider_id,
+                "num_in_flight": self.provider.num_in_flight, "num_served": self.provider.num_served, "slots": slots,
+            })
+        except OSError as exc:
+            log.warning("status.write_failed", path=str(self.config.status_path), error=str(exc))

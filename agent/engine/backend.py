@@ -1,0 +1,65 @@
+"""What runs the models, as the engine sees it: the MLX thread, or the fake engine's simulation.
+
+The engine (agent/engine/core.py) keeps the slots, the memory gate, the ledgers and the streams; a
+backend loads models, turns requests into prompts, and runs admitted jobs, reporting after every step
+what it generated and what its caches hold. Reports are delivered on the event loop, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.catalog import ModelSpec
+from agent.engine.batch_kv import BatchKV
+from agent.engine.types import ChatRequest, Event
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    num_tokens: int
+    payload: Any = None  # the backend's own form (token ids and where the channel splitter starts)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An admitted request, for the backend to run."""
+
+    request: ChatRequest
+    prompt: Prompt
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    weights_bytes: int  # what the loaded weights really occupy
+
+
+@dataclass(slots=True)
+class StepReport:
+    model: str
+    events: list[tuple[str, Event]]  # (request_id, event), in order
+    used_bytes: int  # every cache of the model, as allocated now
+    batch: BatchKV | None  # the generation batch's shape, for the ledger's predictions (None: no model)
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+
+
+Deliver = Callable[[StepReport], None]
+
+
+class Backend(Protocol):
+    @property
+    def is_running(self) -> bool: ...
+
+    async def start(self, deliver: Deliver) -> None: ...
+    async def stop(self) -> None: ...
+    async def load(self, model: str, spec: ModelSpec, source: Path | None) -> Loaded: ...
+    async def unload(self, model: str) -> None: ...
+    async def prepare(self, model: str, request: ChatRequest) -> Prompt: ...
+    def insert(self, model: str, job: Job) -> None: ...
+    def cancel(self, model: str, request_id: str) -> None: ...

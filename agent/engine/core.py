@@ -1,0 +1,293 @@
+"""The engine: model slots under the memory gate, admission against each slot's live KV ledger, and
+one stream per request. The same class runs MLX (MLXEngine) and the simulation (FakeEngine); only the
+backend differs.
+
+    load      load_gate(weights exact + activation reserve + one full-context sequence) beside what
+              is loaded → cold → loading → idle, or the refusal's reason (still cold), or failed
+    submit    encode the prompt off the loop → admit_request against the ledger → a stream, or
+              RequestRefused at once with the verdict and reason
+    cancel    the backend takes the request out at its next step; the stream ends `cancelled`
+    reports   after every step: events to their streams, used bytes and batch shape to the ledger
+
+With several models loaded, the KV room left beside all their weights and reserves is split in
+proportion to their minimum budgets (one full-context sequence each), recomputed on every load and
+unload; a slot whose rows already hold more than its new share admits nothing until they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from agent.admission import Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes
+from agent.engine.backend import Backend, Job, StepReport
+from agent.engine.ledger import KVLedger
+from agent.engine.memory import MemoryProbe, SystemMemory
+from agent.engine.models import model_entries
+from agent.engine.ratio import OutputRatio
+from agent.engine.slot import Slot
+from agent.engine.stream import RequestStream
+from agent.engine.types import (
+    ChatRequest, Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, InvalidRequest, LoadFailed,
+    LoadRefused, RequestRefused, SlotSnapshot, SlotState, UnknownModel, Usage,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    operator_reserve_bytes: int = 0
+    min_kv_sequences: int = 1  # full-context sequences a model must be able to hold to load
+    max_kv_budget_bytes: int | None = None  # per slot, if the operator wants less than the gate allows
+    kv_safety_margin: float = 0.05  # of the budget: transient copies when rows join, leave and grow
+    max_num_seqs: int = 32  # admitted requests per slot
+    default_max_tokens: int = 4096  # for a request without max_tokens (within the context)
+    idle_unload_after_s: float | None = None  # None: keep warm
+    idle_check_interval_s: float = 5.0
+
+
+class Engine:
+    def __init__(
+        self,
+        backend: Backend,
+        models: Mapping[str, object],
+        *,
+        memory: MemoryProbe | None = None,
+        config: EngineConfig = EngineConfig(),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.backend, self.config, self.memory = backend, config, memory or SystemMemory()
+        self._clock, self._sleep = clock, sleep
+        self._slots = {entry.spec.id: Slot(entry.spec.id, entry.spec, entry.source)
+                       for entry in model_entries(models)}
+        self._requests: dict[str, Slot] = {}
+        self._residency = asyncio.Lock()  # one load or unload at a time: each sees the others' memory
+        self._running = False
+        self._idle_task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._slots)
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        await self.backend.start(self._deliver)
+        self._running = True
+        if self.config.idle_unload_after_s is not None:
+            self._idle_task = asyncio.create_task(self._unload_idle_slots(), name="engine-idle-unload")
+        log.info("engine.start", models=self.models)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        await self.backend.stop()  # its last reports end every request it held
+        for slot in self._slots.values():
+            for request_id in list(slot.streams):
+                self._finish(slot, request_id, Finish(FinishReason.CANCELLED, Usage(0, 0), "engine_stopped",
+                                                      "the engine stopped"))
+            if slot.state in (SlotState.IDLE, SlotState.RUNNING):
+                slot.transition(SlotState.UNLOADING, "engine stopped")
+            if slot.state in (SlotState.UNLOADING, SlotState.LOADING):
+                slot.transition(SlotState.COLD, "engine stopped")
+            slot.ledger, slot.weights_bytes = None, 0
+        log.info("engine.stop")
+
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(tuple(slot.snapshot() for slot in self._slots.values()))
+
+    def output_ratio(self, model: str) -> OutputRatio:
+        """The slot's expected-output ratio and its history of changes (it outlives loads)."""
+        return self._slot(model).ratio
+
+    async def load(self, model: str) -> SlotSnapshot:
+        slot = self._slot(model)
+        async with self._residency:
+            self._require_running()
+            if slot.ledger is not None:
+                return slot.snapshot()
+            decision = self._gate(slot)
+            if not decision.fits:
+                slot.reason = decision.reason
+                log.warning("slot.load_refused", model=model, reason=decision.reason)
+                raise LoadRefused(decision)
+            slot.transition(SlotState.LOADING)
+            try:
+                loaded = await self.backend.load(model, slot.spec, slot.source)
+            except Exception as exc:
+                if slot.state is SlotState.LOADING:  # else stop() got there first
+                    slot.transition(SlotState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
+                raise LoadFailed(f"{model} failed to load: {exc}") from exc
+            slot.weights_bytes = loaded.weights_bytes
+            slot.ledger = KVLedger(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs)
+            self._rebalance()
+            slot.transition(SlotState.IDLE)
+            slot.idle_since = self._clock()
+            return slot.snapshot()
+
+    async def unload(self, model: str) -> SlotSnapshot:
+        """Running requests are cancelled: the coordinator unloads idle slots, the operator means it."""
+        slot = self._slot(model)
+        async with self._residency:
+            if slot.state is SlotState.FAILED:
+                slot.transition(SlotState.COLD, slot.reason)
+            if slot.ledger is None:
+                return slot.snapshot()
+            slot.transition(SlotState.UNLOADING)
+            try:
+                await self.backend.unload(model)
+            except Exception as exc:
+                slot.transition(SlotState.FAILED, f"unload failed: {type(exc).__name__}: {exc}")
+            else:
+                slot.transition(SlotState.COLD)
+            for request_id in list(slot.streams):
+                self._finish(slot, request_id, Finish(FinishReason.CANCELLED, Usage(0, 0), "model_unloaded",
+                                                      f"{model} was unloaded"))
+            slot.ledger, slot.weights_bytes = None, 0
+            self._rebalance()
+            return slot.snapshot()
+
+    async def submit(self, request: ChatRequest) -> RequestStream:
+        slot = self._slots.get(request.model)
+        if slot is None:
+            raise RequestRefused(Verdict.NEVER, f"model {request.model!r} is not served here", code="unknown_model")
+        self._require_serving(slot)
+        if request.request_id in self._requests:
+            raise InvalidRequest(f"request id {request.request_id!r} is already running")
+        try:
+            prompt = await self.backend.prepare(request.model, request)
+        except EngineNotRunning:
+            self._require_serving(slot)  # the model was unloaded meanwhile: refused as not ready
+            raise
+        self._require_serving(slot)  # encoding took a moment: the slot may have started unloading
+        if request.request_id in self._requests:
+            raise InvalidRequest(f"request id {request.request_id!r} is already running")
+        room = slot.spec.max_context - prompt.num_tokens
+        max_tokens = request.max_tokens or min(self.config.default_max_tokens, max(room, 1))
+        decision = slot.ledger.admit(request.request_id, prompt.num_tokens, max_tokens)
+        if not decision.admitted:
+            log.info("admit.reject", model=slot.model, request_id=request.request_id, verdict=str(decision.verdict),
+                     reason=decision.reason)
+            raise RequestRefused(decision.verdict, decision.reason, decision=decision)
+        stream = RequestStream(request.request_id, prompt.num_tokens, decision, self.cancel)
+        slot.streams[request.request_id] = stream
+        self._requests[request.request_id] = slot
+        if slot.state is SlotState.IDLE:
+            slot.transition(SlotState.RUNNING)
+        self.backend.insert(slot.model, Job(request, prompt, max_tokens))
+        log.debug("admit.accept", model=slot.model, request_id=request.request_id, prompt_tokens=prompt.num_tokens,
+                  reservation_bytes=decision.reservation_bytes)
+        return stream
+
+    async def cancel(self, request_id: str) -> bool:
+        slot = self._requests.get(request_id)
+        if slot is None:
+            return False
+        self.backend.cancel(slot.model, request_id)
+        return True
+
+    def _deliver(self, report: StepReport) -> None:
+        slot = self._slots.get(report.model)
+        if slot is None:
+            return
+        for request_id, event in report.events:
+            stream = slot.streams.get(request_id)
+            if stream is None:
+                continue
+            if isinstance(event, Delta):
+                stream.push(event)
+                if slot.ledger is not None:
+                    slot.ledger.progress(request_id, event.num_tokens)
+            else:
+                self._finish(slot, request_id, event)
+        if slot.ledger is not None and report.batch is not None:
+            slot.ledger.reconcile(report.used_bytes, report.batch)
+        slot.prefill_rate.add(report.prefill_tokens, report.prefill_seconds)
+        slot.decode_rate.add(report.decode_tokens, report.decode_seconds)
+
+    def _finish(self, slot: Slot, request_id: str, finish: Finish) -> None:
+        stream = slot.streams.pop(request_id)
+        self._requests.pop(request_id, None)
+        stream.push(finish)
+        if slot.ledger is not None:
+            observed = finish.reason in (FinishReason.STOP, FinishReason.LENGTH)
+            slot.ledger.release(request_id, observed=observed, completion_tokens=finish.usage.completion_tokens)
+        if finish.reason is FinishReason.ERROR:
+            log.warning("request.failed", model=slot.model, request_id=request_id, code=finish.error_code,
+                        message=finish.error_message)
+        if not slot.streams and slot.state is SlotState.RUNNING:
+            slot.transition(SlotState.IDLE)
+            slot.idle_since = self._clock()
+
+    def _slot(self, model: str) -> Slot:
+        slot = self._slots.get(model)
+        if slot is None:
+            raise UnknownModel(f"model {model!r} is not served here (known: {', '.join(self._slots) or 'none'})")
+        return slot
+
+    def _require_running(self) -> None:
+        if not self._running or not self.backend.is_running:
+            raise EngineNotRunning("the engine is not running")
+
+    def _require_serving(self, slot: Slot) -> None:
+        self._require_running()
+        if not slot.is_serving:
+            why = f": {slot.reason}" if slot.reason else ""
+            raise RequestRefused(Verdict.FULL, f"{slot.model} is {slot.state}{why}; it serves only once loaded",
+                                 code="model_not_ready")
+
+    def _gate(self, slot: Slot):
+        others = [s for s in self._slots.values() if s is not slot and s.ledger is not None]
+        loaded = sum(self._held_bytes(s) for s in others)
+        return load_gate(slot.spec, total_memory_bytes=self.memory.total_bytes(), loaded_bytes=loaded,
+                         operator_reserve_bytes=self.config.operator_reserve_bytes,
+                         min_kv_sequences=self.config.min_kv_sequences,
+                         available_bytes=self.memory.available_bytes(),
+                         metal_limit_bytes=self.memory.metal_limit_bytes())
+
+    def _held_bytes(self, slot: Slot) -> int:
+        """What a loaded slot keeps when another model loads: weights, reserve, its KV minimum or more."""
+        committed = max(slot.ledger.reserved_bytes, slot.ledger.used_bytes)
+        minimum = min_kv_budget_bytes(slot.spec, self.config.min_kv_sequences)
+        return slot.spec.weights_bytes + slot.spec.activation_reserve_bytes + max(minimum, committed)
+
+    def _rebalance(self) -> None:
+        loaded = [slot for slot in self._slots.values() if slot.ledger is not None]
+        if not loaded:
+            return
+        cap = memory_cap_bytes(self.memory.total_bytes(), self.config.operator_reserve_bytes,
+                               self.memory.metal_limit_bytes())
+        room = cap - sum(slot.spec.weights_bytes + slot.spec.activation_reserve_bytes for slot in loaded)
+        minimums = {slot.model: min_kv_budget_bytes(slot.spec, self.config.min_kv_sequences) for slot in loaded}
+        for slot in loaded:
+            budget = max(0, room) * minimums[slot.model] // max(1, sum(minimums.values()))
+            if self.config.max_kv_budget_bytes is not None:
+                budget = min(budget, self.config.max_kv_budget_bytes)
+            slot.ledger.safety_margin_bytes = int(budget * self.config.kv_safety_margin)
+            slot.ledger.set_budget(budget)
+
+    async def _unload_idle_slots(self) -> None:
+        limit = self.config.idle_unload_after_s
+        while True:
+            await self._sleep(self.config.idle_check_interval_s)
+            now = self._clock()
+            for slot in list(self._slots.values()):
+                if slot.state is SlotState.IDLE and now - slot.idle_since >= limit:
+                    log.info("slot.idle_unload", model=slot.model, idle_s=round(now - slot.idle_since, 1))
+                    await self.unload(slot.model)

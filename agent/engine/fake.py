@@ -1,0 +1,122 @@
+"""FakeEngine: the engine with a simulated backend, for the daemon's, the coordinator's and the fleet's tests.
+
+Same class, same methods, same slots, memory gate, ledgers and admission as MLXEngine; only the
+backend is simulated, on asyncio alone (no MLX, no threads). Each model's batch is simulated with the
+real batching rules on integers (`BatchKV`), so its KV bytes are exactly what mlx-lm would allocate
+for the same schedule, and its time follows a `FakeTiming`:
+
+    prefill      prompt tokens at `prefill_tps` (per slot, in 512-token chunks between decode steps)
+    decode step  (1 + batch_slowdown · (n − 1)) / decode_tps seconds for n streams: one token each
+    load/unload  load_seconds / unload_seconds
+
+Output is deterministic (words chosen by a hash of the messages), or scripted per request by a
+`FakeScript` (reasoning and content text, output length, a failure after k tokens, a first-token
+delay). Loads can be scripted to fail. All delays are simulated seconds × `time_scale` of real time
+(0.001 runs a minute in 60 ms); `clock` and `sleep` can be replaced for virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from agent.engine.backend import Deliver, Job, Loaded, Prompt
+from agent.engine.core import Engine, EngineConfig
+from agent.engine.fake_batch import FakeBatch
+from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
+from agent.engine.memory import SimulatedMemory
+from agent.engine.types import ChatRequest, EngineNotRunning
+
+__all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
+
+
+def default_script(request: ChatRequest) -> FakeScript:
+    return FakeScript()
+
+
+class SimulatedTime:
+    """Simulated seconds from real time: one simulated second lasts `scale` real seconds."""
+
+    def __init__(self, scale: float) -> None:
+        if scale <= 0:
+            raise ValueError("time_scale must be > 0 (pass clock and sleep for virtual time)")
+        self.scale, self._origin = scale, time.monotonic()
+
+    def clock(self) -> float:
+        return (time.monotonic() - self._origin) / self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) * self.scale)
+
+
+class FakeBackend:
+    def __init__(self, timing: FakeTiming, scripts: Callable[[ChatRequest], FakeScript],
+                 sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str]) -> None:
+        self.timing, self.scripts, self.sleep, self.fail_loads = timing, scripts, sleep, dict(fail_loads)
+        self._batches: dict[str, FakeBatch] = {}
+        self._deliver: Deliver | None = None
+        self._running = False
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver, self._running = deliver, True
+
+    async def stop(self) -> None:
+        self._running = False
+        for batch in self._batches.values():
+            await batch.close("engine_stopped", "the engine stopped")
+        self._batches.clear()
+
+    async def load(self, model: str, spec, source) -> Loaded:
+        await self.sleep(self.timing.load_seconds)
+        if model in self.fail_loads:
+            raise RuntimeError(self.fail_loads[model])
+        self._batches[model] = FakeBatch(model, spec, self.timing, self.sleep, self._deliver)
+        return Loaded(spec.weights_bytes)
+
+    async def unload(self, model: str) -> None:
+        batch = self._batches.pop(model, None)
+        if batch is not None:
+            await batch.close("model_unloaded", f"{model} was unloaded")
+        await self.sleep(self.timing.unload_seconds)
+
+    async def prepare(self, model: str, request: ChatRequest) -> Prompt:
+        if not self._running:
+            raise EngineNotRunning("the engine is not running")
+        num_tokens = 3 + sum(4 + len(message["content"]) // 4 for message in request.messages)
+        return Prompt(num_tokens, (self.scripts(request), script_seed(request)))
+
+    def insert(self, model: str, job: Job) -> None:
+        self._batches[model].insert(job)
+
+    def cancel(self, model: str, request_id: str) -> None:
+        batch = self._batches.get(model)
+        if batch is not None:
+            batch.cancel(request_id)
+
+
+class FakeEngine(Engine):
+    def __init__(
+        self,
+        models: Mapping[str, object],
+        *,
+        memory_bytes: int,
+        timing: FakeTiming = FakeTiming(),
+        scripts: Callable[[ChatRequest], FakeScript] = default_script,
+        fail_loads: Mapping[str, str] | None = None,
+        config: EngineConfig = EngineConfig(),
+        time_scale: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        simulated = SimulatedTime(time_scale)
+        clock, sleep = clock or simulated.clock, sleep or simulated.sleep
+        backend = FakeBackend(timing, scripts, sleep, fail_loads or {})
+        super().__init__(backend, models, memory=SimulatedMemory(memory_bytes), config=config, clock=clock,
+                         sleep=sleep)
+
+

@@ -1,0 +1,276 @@
+"""The MLX thread: the one thread that loads models and runs every model's batch.
+
+Commands (load, unload, insert, cancel, stop) arrive on a thread-safe queue; the thread drains it
+between steps, steps every model that has work, and hands each step's events, cache bytes and batch
+shape to the event loop with one `call_soon_threadsafe` per model and step. It blocks on the queue
+only when no model has work. Nothing here ever waits on the event loop or on a consumer.
+
+A load evaluates the weights a slice at a time between other models' steps (agent/engine/loading.py).
+Tokenizers load and prompts are encoded off this thread (HF tokenizers, no MLX).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import structlog
+from mlx_lm.generate import generation_stream
+from mlx_lm.sample_utils import greedy_sampler
+from mlx_lm.utils import load_config, load_tokenizer
+
+from agent.catalog import ModelSpec
+from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
+from agent.engine.batcher import Batcher, Row
+from agent.engine.chat import ChatFormat
+from agent.engine.loading import IncrementalLoad, wired_limit
+from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
+from agent.engine.types import ChatRequest, EngineNotRunning, Event, Finish, FinishReason, Usage
+from agent.kvcost import PREFILL_CHUNK_TOKENS
+
+log = structlog.get_logger(__name__)
+
+@dataclass(slots=True)
+class _Load:
+    model: str
+    source: Path
+    spec: ModelSpec
+    chat: ChatFormat
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Unload:
+    model: str
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Insert:
+    model: str
+    job: Job
+
+
+@dataclass(slots=True)
+class _Cancel:
+    model: str
+    request_id: str
+
+
+_STOP = object()
+
+
+class MLXBackend:
+    def __init__(self, *, chunk: int = PREFILL_CHUNK_TOKENS, max_prefill_rows: int = 8) -> None:
+        self.chunk, self.max_prefill_rows = chunk, max_prefill_rows
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deliver: Deliver | None = None
+        self._chats: dict[str, ChatFormat] = {}  # loop side: encodes prompts
+        # Owned by the MLX thread:
+        self._batchers: dict[str, Batcher] = {}
+        self._formats: dict[str, ChatFormat] = {}
+        self._loading: dict[str, tuple[_Load, IncrementalLoad]] = {}
+        self._uids = itertools.count()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def start(self, deliver: Deliver) -> None:
+        self._loop, self._deliver = asyncio.get_running_loop(), deliver
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    async def load(self, model: str, spec: ModelSpec, source: Path | None) -> Loaded:
+        if source is None:
+            raise FileNotFoundError(f"{model}: no model directory to load from")
+        config = await asyncio.to_thread(load_config, source)
+        tokenizer = await asyncio.to_thread(load_tokenizer, source, eos_token_ids=config.get("eos_token_id"))
+        chat = ChatFormat(tokenizer, config.get("model_type", ""))
+        loaded = await self._call(_Load(model, Path(source), spec, chat, self._future()))
+        self._chats[model] = chat
+        return loaded
+
+    async def unload(self, model: str) -> None:
+        self._chats.pop(model, None)
+        await self._call(_Unload(model, self._future()))
+
+    def chat_format(self, model: str) -> ChatFormat:
+        """The loaded model's chat formatting (its tokenizer, template and channel splitter)."""
+        return self._chats[model]
+
+    async def prepare(self, model: str, request: ChatRequest) -> Prompt:
+        chat = self._chats.get(model)
+        if chat is None:
+            raise EngineNotRunning(f"{model} is not loaded")
+        encoded = await asyncio.to_thread(chat.encode, request)
+        return Prompt(len(encoded.token_ids), encoded)
+
+    def insert(self, model: str, job: Job) -> None:
+        self._inbox.put(_Insert(model, job))
+
+    def cancel(self, model: str, request_id: str) -> None:
+        self._inbox.put(_Cancel(model, request_id))
+
+    def _future(self) -> asyncio.Future:
+        return self._loop.create_future()
+
+    async def _call(self, command: _Load | _Unload) -> Any:
+        if not self.is_running:
+            raise EngineNotRunning("the MLX thread is not running")
+        self._inbox.put(command)
+        return await command.future
+
+    # Everything below runs on the MLX thread.
+
+    def _run(self) -> None:
+        with mx.stream(generation_stream), wired_limit():
+            try:
+                while self._turn():
+                    pass
+            except BaseException as exc:  # a bug: end every request and load rather than hang them
+                log.exception("engine.thread_crashed")
+                self._shutdown(f"the engine thread failed: {exc}")
+            finally:
+                self._batchers.clear()
+                self._loading.clear()
+                gc.collect()
+                mx.synchronize()
+                mx.clear_cache()
+        # This thread's MLX streams die with it, not at interpreter exit (where a still-joinable stream
+        # thread aborts the process: "terminate called without an active exception", mlx#3126).
+        mx.clear_streams()
+
+    def _turn(self) -> bool:
+        busy = bool(self._loading) or any(batcher.has_work for batcher in self._batchers.values())
+        for command in self._drain(block=not busy):
+            if command is _STOP:
+                self._shutdown("the engine stopped")
+                return False
+            self._handle(command)
+        for model, batcher in self._batchers.items():
+            if batcher.has_work:
+                self._report(model, batcher, batcher.step())
+        for model, (command, job) in list(self._loading.items()):
+            self._advance_load(model, command, job)
+        return True
+
+    def _drain(self, *, block: bool) -> list[object]:
+        commands = [self._inbox.get()] if block else []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                commands.append(self._inbox.get_nowait())
+        return commands
+
+    def _handle(self, command: object) -> None:
+        if isinstance(command, _Insert):
+            self._insert(command)
+        elif isinstance(command, _Cancel):
+            batcher = self._batchers.get(command.model)
+            if batcher is not None:
+                events = batcher.remove(command.request_id, lambda row: row.finish(FinishReason.CANCELLED))
+                self._report(command.model, batcher, events)
+        elif isinstance(command, _Load):
+            try:
+                self._loading[command.model] = (command, IncrementalLoad(command.source))
+            except Exception as exc:
+                self._resolve(command.future, exc)
+        elif isinstance(command, _Unload):
+            self._unload(command)
+
+    def _insert(self, command: _Insert) -> None:
+        batcher, chat = self._batchers.get(command.model), self._formats.get(command.model)
+        request, prompt = command.job.request, command.job.prompt
+        try:
+            if batcher is None or chat is None:
+                raise EngineNotRunning(f"{command.model} is not loaded")
+            guard = Guard()
+            sampler = make_sampler(request)
+            batcher.add(Row(
+                request_id=request.request_id, uid=next(self._uids), prompt=list(prompt.payload.token_ids),
+                max_tokens=command.job.max_tokens,
+                sampler=sampler if sampler is greedy_sampler else guard.sampler(sampler),
+                processors=[guard.processor(p) for p in make_processors(request)],
+                stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
+                splitter=chat.splitter(prompt.payload, request.stop), guard=guard,
+            ))
+        except Exception as exc:
+            event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])
+            if batcher is None:
+                self._send(StepReport(command.model, [(request.request_id, event)], 0, None))
+            else:
+                self._report(command.model, batcher, [(request.request_id, event)])
+
+    def _advance_load(self, model: str, command: _Load, job: IncrementalLoad) -> None:
+        try:
+            if not job.advance():
+                return
+            self._batchers[model] = Batcher(job.model, command.spec, chunk=self.chunk,
+                                            max_prefill_rows=self.max_prefill_rows)
+            self._formats[model] = command.chat
+            result: Loaded | BaseException = Loaded(job.weights_bytes)
+        except Exception as exc:
+            result = exc
+        del self._loading[model]
+        self._resolve(command.future, result)
+
+    def _unload(self, command: _Unload) -> None:
+        batcher = self._batchers.pop(command.model, None)
+        self._formats.pop(command.model, None)
+        if batcher is not None:
+            events = batcher.remove_all(lambda row: row.finish(FinishReason.CANCELLED, "model_unloaded",
+                                                               f"{command.model} was unloaded"))
+            self._report(command.model, batcher, events)
+            del batcher
+        gc.collect()
+        mx.clear_cache()
+        self._resolve(command.future, None)
+
+    def _shutdown(self, message: str) -> None:
+        for model, batcher in self._batchers.items():
+            events = batcher.remove_all(lambda row: row.finish(FinishReason.CANCELLED, "engine_stopped", message))
+            self._report(model, batcher, events)
+        for command, _ in self._loading.values():
+            self._resolve(command.future, EngineNotRunning(message))
+        self._loading.clear()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                command = self._inbox.get_nowait()
+                if isinstance(command, (_Load, _Unload)):
+                    self._resolve(command.future, EngineNotRunning(message))
+
+    def _report(self, model: str, batcher: Batcher, events: list[tuple[str, Event]]) -> None:
+        timing, batcher.timing = batcher.timing, type(batcher.timing)()
+        self._send(StepReport(model, events, batcher.used_bytes(), batcher.batch_kv(), timing.prefill_tokens,
+                              timing.prefill_seconds, timing.decode_tokens, timing.decode_seconds))
+
+    def _send(self, report: StepReport) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._deliver, report)
+
+    def _resolve(self, future: asyncio.Future, result: object) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)

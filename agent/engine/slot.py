@@ -1,0 +1,114 @@
+"""A model slot: its residency state machine, its KV ledger, its open streams and its speed.
+
+    cold ──load──▶ loading ──▶ idle ⇄ running
+     ▲               │          │        │
+     │               ▼          ▼        ▼
+     └──────────── failed    unloading ──▶ cold
+
+One owner (the engine, on the event loop) changes the state, only through `transition`, which checks
+the move is allowed and logs it (`slot.state`). A refused load never leaves cold (the reason is kept);
+a failed load or unload ends in failed, with the reason, and a new load may be tried from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.catalog import ModelSpec
+from agent.engine.ledger import KVLedger
+from agent.engine.ratio import OutputRatio
+from agent.engine.stream import RequestStream
+from agent.engine.types import SlotSnapshot, SlotState
+from agent.kvcost import kv_bytes_per_token
+
+log = structlog.get_logger(__name__)
+
+ALLOWED: dict[SlotState, frozenset[SlotState]] = {
+    SlotState.COLD: frozenset({SlotState.LOADING}),
+    SlotState.LOADING: frozenset({SlotState.IDLE, SlotState.FAILED, SlotState.COLD}),
+    SlotState.IDLE: frozenset({SlotState.RUNNING, SlotState.UNLOADING}),
+    SlotState.RUNNING: frozenset({SlotState.IDLE, SlotState.UNLOADING}),
+    SlotState.UNLOADING: frozenset({SlotState.COLD, SlotState.FAILED}),
+    SlotState.FAILED: frozenset({SlotState.LOADING, SlotState.COLD}),
+}
+SERVING = frozenset({SlotState.IDLE, SlotState.RUNNING})
+STATS_WINDOW_SECONDS = 0.5  # rates are measured over windows at least this long, then averaged
+STATS_SMOOTHING = 0.3
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: the engine tried a move the state machine does not allow."""
+
+
+@dataclass(slots=True)
+class RateAverage:
+    """Tokens per second, as a moving average of windows of at least STATS_WINDOW_SECONDS."""
+
+    value: float = 0.0
+    _tokens: int = 0
+    _seconds: float = 0.0
+
+    def add(self, num_tokens: int, seconds: float) -> None:
+        self._tokens += num_tokens
+        self._seconds += seconds
+        if self._seconds >= STATS_WINDOW_SECONDS:
+            rate = self._tokens / self._seconds
+            self.value = rate if self.value == 0.0 else self.value + STATS_SMOOTHING * (rate - self.value)
+            self._tokens, self._seconds = 0, 0.0
+
+
+@dataclass(slots=True)
+class Slot:
+    model: str
+    spec: ModelSpec
+    source: Path | None = None
+    state: SlotState = SlotState.COLD
+    reason: str = ""
+    ratio: OutputRatio = field(init=False)
+    ledger: KVLedger | None = None  # while loaded
+    streams: dict[str, RequestStream] = field(default_factory=dict)
+    weights_bytes: int = 0
+    idle_since: float = 0.0
+    prefill_rate: RateAverage = field(default_factory=RateAverage)
+    decode_rate: RateAverage = field(default_factory=RateAverage)
+
+    def __post_init__(self) -> None:
+        self.ratio = OutputRatio(model=self.model)  # outlives loads: what it learned still holds
+
+    def transition(self, to: SlotState, reason: str = "") -> None:
+        if to not in ALLOWED[self.state]:
+            raise InvalidTransition(f"slot {self.model}: {self.state} -> {to} is not allowed")
+        log.info("slot.state", model=self.model, old=str(self.state), new=str(to), reason=reason or None)
+        self.state = to
+        if reason or to in (SlotState.LOADING, SlotState.IDLE):
+            self.reason = reason
+
+    @property
+    def is_serving(self) -> bool:
+        return self.state in SERVING
+
+    @property
+    def num_running(self) -> int:
+        return sum(1 for stream in self.streams.values() if stream.has_started)
+
+    def snapshot(self) -> SlotSnapshot:
+        ledger = self.ledger
+        running = self.num_running
+        return SlotSnapshot(
+            model=self.model,
+            state=self.state,
+            num_running=running,
+            num_waiting=len(self.streams) - running,
+            kv_bytes_per_token=kv_bytes_per_token(self.spec),
+            kv_budget_bytes=ledger.budget_bytes if ledger else 0,
+            kv_reserved_bytes=ledger.reserved_bytes if ledger else 0,
+            kv_used_bytes=ledger.used_bytes if ledger else 0,
+            prefill_tps=round(self.prefill_rate.value, 1),
+            decode_tps=round(self.decode_rate.value, 1),
+            weights_bytes=self.weights_bytes,
+            expected_output_ratio=round(self.ratio.value, 4),
+            reason=self.reason,
+        )

@@ -1,0 +1,234 @@
+"""The engine's interface: requests in, events out, slot snapshots, and the errors a caller can meet.
+
+No MLX here: the daemon, the coordinator's tests and the fake engine use these without it.
+
+    ChatRequest        one chat completion (from an OpenAI request body: `ChatRequest.from_openai`)
+    Delta, Finish      the events of a request's stream: deltas, then exactly one Finish with usage
+    SlotState          cold → loading → idle ⇄ running → unloading → cold, and failed
+    SlotSnapshot       one slot for heartbeats (the wire names of DESIGN.md §5 heartbeat.slots)
+    Engine             the methods the real and the fake engine share
+
+    EngineError (DarkbloomError)
+    ├── RequestRefused   admission said no now (verdict full) or never here (verdict never), with the reason
+    ├── InvalidRequest   the request cannot be served as written
+    ├── UnknownModel     no slot for that model
+    ├── LoadRefused      the memory gate refused the load (the slot stays cold)
+    ├── LoadFailed       the load itself failed (the slot is failed, with the reason)
+    └── EngineNotRunning start() first, or the engine has stopped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.admission import AdmissionDecision, LoadDecision, Verdict
+from agent.errors import DarkbloomError
+
+if TYPE_CHECKING:
+    from agent.engine.stream import RequestStream
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
+
+
+class EngineError(DarkbloomError):
+    code = "engine_error"
+
+
+class RequestRefused(EngineError):
+    def __init__(self, verdict: Verdict, reason: str, *, code: str | None = None,
+                 decision: AdmissionDecision | None = None) -> None:
+        super().__init__(reason)
+        self.verdict, self.reason, self.decision = verdict, reason, decision
+        self.code = code or ("kv_full" if verdict is Verdict.FULL else "cannot_fit")
+        self.retryable = verdict is Verdict.FULL  # here, later; NEVER means try another provider
+
+
+class InvalidRequest(EngineError):
+    code = "invalid_request"
+
+
+class UnknownModel(EngineError):
+    code = "unknown_model"
+
+
+class LoadRefused(EngineError):
+    code = "load_refused"
+
+    def __init__(self, decision: LoadDecision) -> None:
+        super().__init__(f"{decision.model} cannot load here: {decision.reason}")
+        self.decision = decision
+
+
+class LoadFailed(EngineError):
+    code = "load_failed"
+    retryable = True
+
+
+class EngineNotRunning(EngineError):
+    code = "engine_not_running"
+    retryable = True
+
+
+class _Body(BaseModel):
+    """The fields of an OpenAI chat-completions body the engine uses; the rest are the caller's."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    reasoning_effort: str | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    n: int = Field(default=1, ge=1, le=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    request_id: str
+    model: str
+    messages: tuple[Mapping[str, str], ...]  # {"role": ..., "content": ...}, content as plain text
+    max_tokens: int | None = None  # None: the engine's default, within the context
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    seed: int | None = None  # per request, even inside a batch (each request samples with its own key)
+    stop: tuple[str, ...] = ()
+    reasoning_effort: str | None = None  # gpt-oss: low | medium | high; gemma: thinks unless none/minimal/None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
+    # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
+    logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
+
+    @classmethod
+    def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any]) -> ChatRequest:
+        try:
+            parsed = _Body.model_validate(body)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            raise InvalidRequest(f"invalid chat request: {where}: {error['msg']}") from exc
+        if parsed.reasoning_effort is not None and parsed.reasoning_effort not in REASONING_EFFORTS:
+            raise InvalidRequest(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}")
+        stop = (parsed.stop,) if isinstance(parsed.stop, str) else tuple(parsed.stop or ())
+        return cls(
+            request_id=request_id, model=model, messages=tuple(_message(m) for m in parsed.messages),
+            max_tokens=parsed.max_completion_tokens or parsed.max_tokens, temperature=parsed.temperature,
+            top_p=parsed.top_p, top_k=parsed.top_k, seed=parsed.seed, stop=tuple(s for s in stop if s),
+            reasoning_effort=parsed.reasoning_effort, presence_penalty=parsed.presence_penalty,
+            frequency_penalty=parsed.frequency_penalty,
+        )
+
+
+def _message(message: Mapping[str, Any]) -> dict[str, str]:
+    role, content = message.get("role"), message.get("content")
+    if role not in ("system", "developer", "user", "assistant"):
+        raise InvalidRequest(f"message role {role!r} is not supported (system, developer, user, assistant)")
+    if isinstance(content, list):
+        if any(not isinstance(part, Mapping) or part.get("type") != "text" for part in content):
+            raise InvalidRequest("only text message content is supported")
+        content = "".join(str(part.get("text", "")) for part in content)
+    if not isinstance(content, str):
+        raise InvalidRequest(f"a {role} message needs text content")
+    return {"role": role, "content": content}
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Text generated since the previous event; `num_tokens` counts the tokens behind it (some carry no text)."""
+
+    content: str = ""
+    reasoning: str = ""
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    usage: Usage
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+Event = Delta | Finish
+
+
+class SlotState(StrEnum):
+    COLD = "cold"
+    LOADING = "loading"
+    IDLE = "idle"
+    RUNNING = "running"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
+                    "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps")
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    model: str
+    state: SlotState
+    num_running: int  # producing tokens
+    num_waiting: int  # admitted, prompt not yet processed
+    kv_bytes_per_token: int
+    kv_budget_bytes: int
+    kv_reserved_bytes: int
+    kv_used_bytes: int
+    prefill_tps: float  # prompt tokens per second while prefilling (moving average)
+    decode_tps: float  # generated tokens per second of the whole batch while decoding (moving average)
+    weights_bytes: int  # loaded weights (0 unless loaded)
+    expected_output_ratio: float
+    reason: str = ""  # why it is failed, or why the last load was refused
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat's `slots[]` entry."""
+        return {name: getattr(self, name) for name in HEARTBEAT_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    slots: tuple[SlotSnapshot, ...]
+
+    def slot(self, model: str) -> SlotSnapshot:
+        for slot in self.slots:
+            if slot.model == model:
+                return slot
+        raise UnknownModel(f"no slot for model {model!r}")
+
+
+class Engine(Protocol):
+    """What the daemon drives; MLXEngine and FakeEngine both are one."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def load(self, model: str) -> SlotSnapshot: ...
+    async def unload(self, model: str) -> SlotSnapshot: ...
+    async def submit(self, request: ChatRequest) -> RequestStream: ...
+    async def cancel(self, request_id: str) -> bool: ...
+    def snapshot(self) -> EngineSnapshot: ...
