@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli_coordinator import coordinator_app
-from agent.cli_daemon import start, status, stop
+from agent.cli_daemon import logs, start, status, stop
 from agent.cli_models import models_app
 from agent.cli_service import service_app
 from agent.cli_support import fail as _fail
@@ -22,6 +22,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.command()(start)
 app.command()(status)
 app.command()(stop)
+app.command()(logs)
 
 
 @app.command()
@@ -54,8 +55,6 @@ def doctor(
     catalog: Annotated[Optional[Path], typer.Option(help="A models.toml other than the bundled one.")] = None,
 ) -> None:
     """Which catalog models fit this machine (or one with --memory-gb), and how much KV each would have."""
-    import psutil
-
     from agent.admission import GIB
     from agent.catalog import load_catalog
     from agent.reports import doctor_report, format_doctor_report
@@ -66,9 +65,37 @@ def doctor(
         _fail(error)
     if memory_gb is not None and memory_gb <= 0:
         _fail(DarkbloomError("--memory-gb must be positive"))
-    memory = int(memory_gb * GIB) if memory_gb is not None else psutil.virtual_memory().total
-    report = doctor_report(specs, memory, int(reserve_gb * GIB))
+    machine = None if memory_gb is not None else _machine_checks()
+    memory = int(memory_gb * GIB) if memory_gb is not None else machine["memory_bytes"]
+    metal = None if machine is None else machine["metal_working_set_bytes"]
+    report = doctor_report(specs, memory, int(reserve_gb * GIB), metal_limit_bytes=metal)
+    if machine is not None:
+        report["machine"] = machine
     typer.echo(json.dumps(report, indent=2) if as_json else format_doctor_report(report))
+
+
+def _machine_checks() -> dict:
+    """This machine as the agent sees it: hardware, room for model weights, and the launchd service."""
+    import platform
+    import shutil
+
+    from agent.hardware import probe_hardware
+    from agent.model_store import cache_root
+
+    hardware = probe_hardware()
+    cache = cache_root(None)
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    service = "macOS only"
+    if platform.system() == "Darwin":
+        from agent.service import LaunchAgentService
+
+        try:
+            service = LaunchAgentService.for_current_user().status().describe()
+        except DarkbloomError as error:
+            service = f"unknown: {error}"
+    return {"chip": hardware.chip, "os_version": hardware.os_version, "memory_bytes": hardware.memory_bytes,
+            "metal_working_set_bytes": hardware.metal_working_set_bytes, "model_cache": str(cache),
+            "disk_free_bytes": shutil.disk_usage(existing).free, "launchd": service, "notes": hardware.notes}
 
 
 @app.command()

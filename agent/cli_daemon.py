@@ -101,3 +101,39 @@ def stop(
             return
         time.sleep(0.2)
     fail(f"agent pid {current['pid']} is still draining after {timeout:.0f} s")
+
+
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines as they come.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines to print first.")] = 50,
+    log_dir: Annotated[Optional[Path], typer.Option(help="Another log directory.")] = None,
+) -> None:
+    """The agent's log as launchd keeps it (~/Library/Logs/darkbloom/agent.log and agent.err.log)."""
+    from agent.service import log_dir as default_log_dir
+
+    directory = log_dir or default_log_dir(Path.home())
+    files = [directory / "agent.log", directory / "agent.err.log"]
+    present = [f for f in files if f.is_file()]
+    if not present:
+        fail(f"no agent log in {directory}: logs are written there when launchd runs the agent "
+             "(`darkbloom-agent service install`); a foreground `start` logs to the terminal")
+    for path in present:
+        typer.echo(f"==> {path} <==")
+        typer.echo("".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:]), nl=False)
+    if not follow:
+        return
+    offsets = {path: path.stat().st_size for path in present}
+    try:
+        while True:
+            for path in present:
+                size = path.stat().st_size if path.exists() else 0
+                if size < offsets[path]:
+                    offsets[path] = 0  # rotated or truncated
+                if size > offsets[path]:
+                    with path.open(errors="replace") as f:
+                        f.seek(offsets[path])
+                        typer.echo(f.read(), nl=False)
+                    offsets[path] = size
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass

@@ -137,7 +137,7 @@ def load_manifest(catalog_path: Path, model_id: str) -> dict[str, FileDigest]:
 
 def snapshot_dir(repo: str, revision: str, cache_dir: Path | None = None) -> Path:
     """Where a commit's files are (catalog revisions are commit hashes; branch names are not resolved)."""
-    return _cache_root(cache_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
+    return cache_root(cache_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
 
 
 def pull_model(
@@ -161,7 +161,7 @@ def pull_model(
     except hf_errors.LocalEntryNotFoundError as exc:
         if offline:
             raise ModelNotCached(f"{spec.id} ({spec.repo}@{spec.revision[:12]}) is not in the cache at "
-                                 f"{_cache_root(cache_dir)} and the hub is off (HF_HUB_OFFLINE); go online "
+                                 f"{cache_root(cache_dir)} and the hub is off (HF_HUB_OFFLINE); go online "
                                  "or copy a cache that has it") from exc
         said = str(exc).splitlines()[0]  # huggingface_hub adds a paragraph of advice after the cause
         raise DownloadFailed(f"cannot reach the Hugging Face hub to pull {spec.id} ({said}); try again") from exc
@@ -171,7 +171,7 @@ def pull_model(
     except hf_errors.HfHubHTTPError as exc:
         raise DownloadFailed(f"the hub refused the download of {spec.id}: {exc}; try again later") from exc
     except OSError as exc:
-        raise ModelStoreError(f"cannot write {spec.id} into {_cache_root(cache_dir)}: {exc}") from exc
+        raise ModelStoreError(f"cannot write {spec.id} into {cache_root(cache_dir)}: {exc}") from exc
     report = verify_model(spec.repo, spec.revision, cache_dir=cache_dir, offline=offline, manifest=manifest,
                           fetch_digests=fetch_digests) if verify else None
     return PullResult(path, decision, report)
@@ -288,11 +288,11 @@ def _missing_files(snapshot: Path) -> list[str]:
 def _scan(cache_dir: Path | None) -> tuple[Any, dict[str, Any]]:
     """huggingface_hub's scan of the cache, and its model repos by id; (None, {}) without a cache."""
     try:
-        info = scan_cache_dir(_cache_root(cache_dir))
+        info = scan_cache_dir(cache_root(cache_dir))
     except hf_errors.CacheNotFound:
         return None, {}
     return info, {repo.repo_id: repo for repo in info.repos if repo.repo_type == "model"}
 
 
-def _cache_root(cache_dir: Path | None) -> Path:
+def cache_root(cache_dir: Path | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else Path(constants.HF_HUB_CACHE)

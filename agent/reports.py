@@ -47,10 +47,12 @@ def format_kv_report(report: dict) -> str:
     return f"{head}\n\n{table}"
 
 
-def doctor_report(catalog: dict[str, ModelSpec], memory_bytes: int, operator_reserve_bytes: int = 0) -> dict:
+def doctor_report(catalog: dict[str, ModelSpec], memory_bytes: int, operator_reserve_bytes: int = 0,
+                  metal_limit_bytes: int | None = None) -> dict:
     models = []
     for spec in catalog.values():
-        gate = load_gate(spec, total_memory_bytes=memory_bytes, operator_reserve_bytes=operator_reserve_bytes)
+        gate = load_gate(spec, total_memory_bytes=memory_bytes, operator_reserve_bytes=operator_reserve_bytes,
+                         metal_limit_bytes=metal_limit_bytes)
         full_context = kv_peak_bytes_at(spec, spec.max_context)
         request = kv_peak_bytes_at(spec, REQUEST_TOKENS)
         models.append({
@@ -65,7 +67,7 @@ def doctor_report(catalog: dict[str, ModelSpec], memory_bytes: int, operator_res
             "full_context_sequences": gate.kv_budget_bytes // full_context,
             f"requests_{REQUEST_TOKENS}_tokens": gate.kv_budget_bytes // request,
         })
-    cap = memory_cap_bytes(memory_bytes, operator_reserve_bytes)
+    cap = memory_cap_bytes(memory_bytes, operator_reserve_bytes, metal_limit_bytes)
     return {"memory_bytes": memory_bytes, "operator_reserve_bytes": operator_reserve_bytes, "cap_bytes": cap,
             "models": models}
 
@@ -79,4 +81,13 @@ def format_doctor_report(report: dict) -> str:
     table = render_table(["model", "fits", "weights", "activations", "KV budget", "full-context seqs",
                           f"{REQUEST_TOKENS}-token reqs"], rows)
     reasons = "\n".join(f"  {m['model']}: {m['reason']}" for m in report["models"])
-    return f"{head}\n\n{table}\n\n{reasons}"
+    text = f"{head}\n\n{table}\n\n{reasons}"
+    machine = report.get("machine")
+    if machine:
+        metal = machine["metal_working_set_bytes"]
+        text += (f"\n\nmachine: {machine['chip'] or 'unknown chip'}, {machine['os_version'] or 'unknown OS'}, "
+                 f"Metal working set {human_bytes(metal) if metal else 'n/a'}\n"
+                 f"model cache: {machine['model_cache']} ({human_bytes(machine['disk_free_bytes'])} free)\n"
+                 f"launchd: {machine['launchd']}")
+        text += "".join(f"\nnote: {note}" for note in machine["notes"])
+    return text

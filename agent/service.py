@@ -77,13 +77,18 @@ def default_program() -> Path:
     return Path(found).absolute()
 
 
+def log_dir(home: Path) -> Path:
+    """Where launchd writes the agent's stdout (agent.log) and stderr (agent.err.log)."""
+    return home / "Library" / "Logs" / "darkbloom"
+
+
 def launch_agent(
     program: Path, config: Path, home: Path, *, path_env: str | None = None,
     drain_deadline_s: float = DEFAULT_DRAIN_DEADLINE_S, label: str = LABEL,
 ) -> dict[str, Any]:
     """The LaunchAgent as a plist dict. PATH puts the program's own directory first; launchd SIGKILLs a
     stopping agent after ExitTimeOut, so that is the drain deadline plus time to close the link."""
-    logs = home / "Library" / "Logs" / "darkbloom"
+    logs = log_dir(home)
     if path_env is None:
         path_env = ":".join(dict.fromkeys([str(program.parent), *DEFAULT_PATH.split(":")]))
     return {
@@ -118,7 +123,7 @@ def plist_problems(plist: dict[str, Any], home: Path) -> list[str]:
         problems.append(f"ProgramArguments must be [program, 'start', '--config', config] (is {args!r})")
     paths = {"program": args[0] if args else "", "config": args[3] if len(args) > 3 else ""}
     paths |= {key: plist.get(key, "") for key in ("StandardOutPath", "StandardErrorPath")}
-    logs = home / "Library" / "Logs" / "darkbloom"
+    logs = log_dir(home)
     for name, value in paths.items():
         path = Path(str(value))
         if not path.is_absolute():

@@ -152,3 +152,15 @@ def test_start_without_a_coordinator_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     result = run("start", "--model", "gpt-oss-20b")
     assert result.exit_code == 2 and "no coordinator" in result.output
+
+
+def test_logs_prints_the_last_lines_of_the_agent_log(tmp_path):
+    (tmp_path / "agent.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    result = run("logs", "--log-dir", str(tmp_path), "-n", "3")
+    assert result.exit_code == 0, result.output
+    assert "line 97\nline 98\nline 99\n" in result.output and "line 96" not in result.output
+
+
+def test_logs_without_a_log_file_explains_where_logs_go(tmp_path):
+    result = run("logs", "--log-dir", str(tmp_path))
+    assert result.exit_code == 2 and "service install" in result.output

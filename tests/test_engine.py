@@ -196,6 +196,23 @@ def test_generation_runs_on_the_mlx_thread_while_the_event_loop_stays_free(tiny_
     assert completion.finish.usage.completion_tokens >= 1
 
 
+def test_presence_and_frequency_penalties_change_only_the_request_that_asks(tiny_models_dir):
+    name = "gpt-oss-tiny"
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            plain = chat("p", name, QUESTIONS[0], max_tokens=24, ignore_eos=True)
+            penalized = chat("q", name, QUESTIONS[0], max_tokens=24, ignore_eos=True, presence_penalty=1.5,
+                             frequency_penalty=1.0)
+            together = await collect_all(engine, [plain, penalized])
+            alone = await collect_all(engine, [chat("p2", name, QUESTIONS[0], max_tokens=24, ignore_eos=True)])
+            return [c.content for c in together], alone[0].content
+
+    (plain, penalized), alone = run(scenario())
+    assert plain == alone and penalized != plain
+
+
 def test_max_tokens_ends_with_length_and_counts_usage(tiny_models_dir):
     name = "gemma-4-tiny"
 
