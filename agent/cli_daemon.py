@@ -46,22 +46,28 @@ def start(
     raise typer.Exit(code=asyncio.run(daemon.run()))
 
 
+def _read_status(config: Path | None) -> tuple[Path, dict | None]:
+    """Where the daemon keeps its status (from the same config it runs with), and what it last wrote."""
+    from agent.config import load_config
+    from agent.status_file import read_status
+
+    try:
+        path = load_config(config, os.environ, {}).status_path
+    except DarkbloomError as error:
+        fail(error)
+    return path, read_status(path)
+
+
 def status(
     config: Annotated[Optional[Path], typer.Option(help="The agent.toml whose status_path to read.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Slots, their states and KV, the link and the uptime of the running agent."""
-    from agent.config import load_config
-    from agent.status_file import read_status
     from agent.tables import human_bytes, render_table
 
-    try:
-        cfg = load_config(config, os.environ, {})
-    except DarkbloomError as error:
-        fail(error)
-    current = read_status(cfg.status_path)
+    path, current = _read_status(config)
     if current is None:
-        fail(f"no agent status at {cfg.status_path}: the agent has not run here (start it with `darkbloom-agent start`)")
+        fail(f"no agent status at {path}: the agent has not run here (start it with `darkbloom-agent start`)")
     if as_json:
         typer.echo(json.dumps(current, indent=2))
         return
@@ -80,14 +86,9 @@ def stop(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain to finish.")] = 180.0,
 ) -> None:
     """Ask the running agent to drain and exit (SIGTERM), and wait until it has."""
-    from agent.config import load_config
     from agent.status_file import read_status
 
-    try:
-        cfg = load_config(config, os.environ, {})
-    except DarkbloomError as error:
-        fail(error)
-    current = read_status(cfg.status_path)
+    path, current = _read_status(config)
     if current is None or not current["is_alive"]:
         typer.echo("the agent is not running")
         return
@@ -95,7 +96,7 @@ def stop(
     typer.echo(f"asked agent pid {current['pid']} to drain and stop …")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        latest = read_status(cfg.status_path)
+        latest = read_status(path)
         if latest is None or not latest["is_alive"]:
             typer.echo("stopped")
             return
