@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from agent.frames import Hardware, MemoryStatus, Register, SlotStatus
 from agent.link.session import Event, LinkSession
@@ -45,12 +46,15 @@ class MiniCoordinator:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections.append(ws)
-        async for data in ws:
-            frame = json.loads(data)
-            if frame.get("type") == "register":
-                await ws.send(json.dumps({"type": "registered", "provider_id": "p-1",
-                                          "heartbeat_interval_s": self.heartbeat_interval_s}))
-            await self.frames[str(frame.get("type"))].put(frame)
+        try:
+            async for data in ws:
+                frame = json.loads(data)
+                if frame.get("type") == "register":
+                    await ws.send(json.dumps({"type": "registered", "provider_id": "p-1",
+                                              "heartbeat_interval_s": self.heartbeat_interval_s}))
+                await self.frames[str(frame.get("type"))].put(frame)
+        except ConnectionClosed:
+            pass  # the agent went away; what it sent is recorded
 
     async def send(self, frame: dict | str | bytes) -> None:
         await self.connections[-1].send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
