@@ -4,6 +4,10 @@
     ├── CatalogError      catalog_invalid     models.toml / config.json unreadable or invalid (agent.catalog)
     ├── WeightsError      weights_invalid     a safetensors header that cannot be read (agent.safetensors_info)
     ├── ConfigError       config_invalid      agent configuration unusable (agent.config)
+    ├── EngineError       engine_error        agent.engine.types: RequestRefused (kv_full | cannot_fit |
+    │                                         model_not_ready | unknown_model), InvalidRequest, UnknownModel,
+    │                                         LoadRefused, LoadFailed, EngineNotRunning
+    ├── LinkAuthRefused   auth_refused        the coordinator refused the provider token (agent.link.client)
     └── ProtocolError     protocol_invalid    a frame or chat body that cannot be used (returned, not raised)
         ├── FrameTooLarge        frame_too_large
         ├── FrameNotJson         frame_not_json

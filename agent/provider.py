@@ -18,7 +18,7 @@ import structlog
 from agent import __version__
 from agent.admission import Verdict, load_gate, memory_cap_bytes
 from agent.catalog import ModelSpec
-from agent.engine.types import ChatRequest, Delta, EngineError, Finish, FinishReason, RequestRefused
+from agent.engine.types import ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused
 from agent.frames import (
     Cancel,
     Hardware,
@@ -52,7 +52,7 @@ class MemoryReading:
 
 @dataclass
 class Provider:
-    engine: object  # agent.engine.types.Engine (real or fake)
+    engine: EngineAPI  # MLXEngine or FakeEngine
     specs: dict[str, ModelSpec]
     hardware: Hardware
     read_memory: Callable[[], MemoryReading]

@@ -1,6 +1,8 @@
 """Measure the engine against bare mlx-lm on the tiny models, and how the expected-output ratio adapts.
 
-    python scripts/bench_engine.py [--json] [--variants gpt-oss-tiny gemma-4-tiny ...] [--repeats 3]
+    python scripts/bench_engine.py [--json] [--variants gpt-oss-tiny gemma-4-tiny ...] [--repeats 7]
+
+(about 7 minutes on a 2-core CPU; this machine's speed drifts by ±15 % between runs, so run it idle)
 
 For each model: the same chat prompts, greedy, `ignore_eos` so every stream makes exactly
 max_tokens tokens, at 1 and 8 concurrent streams, alternating

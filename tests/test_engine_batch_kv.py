@@ -108,7 +108,7 @@ def test_the_predicted_peak_bounds_the_bytes_the_batch_really_holds(batcher):
 
 def test_a_short_prompt_is_not_stuck_behind_a_long_prefill_and_the_long_one_still_advances(batcher):
     chat = batcher.chat
-    batcher.add(make_row(chat, 21, 640, 4))  # ten 64-token chunks
+    batcher.add(make_row(chat, 21, 400, 4))  # seven 64-token chunks
     batcher.step()
     batcher.add(make_row(chat, 22, 20, 4))
     steps = 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.admission import Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes
+from agent.admission import LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes
 from agent.engine.backend import Backend, Job, StepReport
 from agent.engine.ledger import KVLedger
 from agent.engine.memory import MemoryProbe, SystemMemory
@@ -252,7 +252,7 @@ class Engine:
             raise RequestRefused(Verdict.FULL, f"{slot.model} is {slot.state}{why}; it serves only once loaded",
                                  code="model_not_ready")
 
-    def _gate(self, slot: Slot):
+    def _gate(self, slot: Slot) -> LoadDecision:
         others = [s for s in self._slots.values() if s is not slot and s.ledger is not None]
         loaded = sum(self._held_bytes(s) for s in others)
         return load_gate(slot.spec, total_memory_bytes=self.memory.total_bytes(), loaded_bytes=loaded,

@@ -6,7 +6,7 @@ No MLX here: the daemon, the coordinator's tests and the fake engine use these w
     Delta, Finish      the events of a request's stream: deltas, then exactly one Finish with usage
     SlotState          cold → loading → idle ⇄ running → unloading → cold, and failed
     SlotSnapshot       one slot for heartbeats (the wire names of DESIGN.md §5 heartbeat.slots)
-    Engine             the methods the real and the fake engine share
+    EngineAPI          the methods the real and the fake engine share (both are agent.engine.core.Engine)
 
     EngineError (DarkbloomError)
     ├── RequestRefused   admission said no now (verdict full) or never here (verdict never), with the reason
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.errors import DarkbloomError
+from agent.frames import FinishReason, SlotState  # one vocabulary with the wire (re-exported)
 
 if TYPE_CHECKING:
     from agent.engine.stream import RequestStream
@@ -144,13 +144,6 @@ def _message(message: Mapping[str, Any]) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-class FinishReason(StrEnum):
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
@@ -175,15 +168,6 @@ class Finish:
 
 
 Event = Delta | Finish
-
-
-class SlotState(StrEnum):
-    COLD = "cold"
-    LOADING = "loading"
-    IDLE = "idle"
-    RUNNING = "running"
-    UNLOADING = "unloading"
-    FAILED = "failed"
 
 
 HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
@@ -222,7 +206,7 @@ class EngineSnapshot:
         raise UnknownModel(f"no slot for model {model!r}")
 
 
-class Engine(Protocol):
+class EngineAPI(Protocol):
     """What the daemon drives; MLXEngine and FakeEngine both are one."""
 
     async def start(self) -> None: ...
