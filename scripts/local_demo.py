@@ -115,6 +115,7 @@ def main() -> None:
         agent.wait(60)
         coordinator.send_signal(signal.SIGTERM)
         coordinator.wait(30)
+        # uvicorn re-raises the SIGTERM it handled after its graceful shutdown, hence -15 there.
         print(f"\nstopped (agent exit {agent.returncode}, coordinator exit {coordinator.returncode})")
 
 

@@ -103,3 +103,23 @@ def test_harmony_text_without_any_channel_is_content_and_gemma_thought_is_reason
     gemma = ChannelSplitter(TextStateMachine(GEMMA_TRANSITIONS), "normal", GENERIC_FIELDS)
     content, reasoning = gemma.feed("<|channel>thought\nHmm.<channel|>Yes.")
     assert (content, reasoning) == ("Yes.", "Hmm.")
+
+
+def test_a_stray_special_token_outside_any_marker_is_never_emitted():
+    from mlx_lm.generate import TextStateMachine
+
+    markup = ("<|constrain|>", "<|channel|>", "<|message|>", "<|return|>", "<|start|>", "<|end|>")
+    splitter = ChannelSplitter(TextStateMachine(HARMONY_TRANSITIONS), "header", HARMONY_FIELDS, markup)
+    content, reasoning = splitter.feed("<|channel|>final<|message|>Oowing<|start|>ighx <|return|>")
+    content2, _ = splitter.flush()
+    assert content + content2 == "Oowingighx " and reasoning == ""
+
+
+def test_the_tiny_tokenizers_special_tokens_are_the_markup_to_drop(tiny_models_dir):
+    from mlx_lm import load
+
+    from agent.engine.chat import ChatFormat
+
+    _, tokenizer = load(str(tiny_models_dir / "gpt-oss-tiny"))
+    fmt = ChatFormat(tokenizer, "gpt_oss")
+    assert {"<|start|>", "<|end|>", "<|message|>", "<|channel|>"} <= set(fmt._markup)

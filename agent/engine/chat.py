@@ -64,9 +64,11 @@ class EncodedPrompt:
 class ChannelSplitter:
     """One request's generated text, routed to content or reasoning with markup and stop strings removed."""
 
-    def __init__(self, machine: TextStateMachine, initial_state: str, fields: Mapping[str, str]) -> None:
+    def __init__(self, machine: TextStateMachine, initial_state: str, fields: Mapping[str, str],
+                 markup: Sequence[str] = ()) -> None:
         self._state = machine.make_state(initial_state)
         self._fields = fields
+        self._markup = markup  # special tokens outside any recognised marker (a stray `<|start|>`): dropped
         self.is_stopped = False  # a stop string was matched: nothing more is emitted
         self._reasoning_started = False
 
@@ -89,6 +91,8 @@ class ChannelSplitter:
             if state is None:
                 self.is_stopped = True
                 break
+            for token in self._markup:
+                text = text.replace(token, "")
             field = self._fields.get(state)
             if field == CONTENT:
                 content.append(text)
@@ -113,6 +117,10 @@ class ChatFormat:
             self.family, self._fields = "generic", GENERIC_FIELDS
             self._transitions = _think_transitions(tokenizer)
         self._machines: dict[tuple[str, ...], TextStateMachine] = {}
+        # Special tokens arrive whole (each is one token), so removing complete ones is enough.
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self._markup = tuple(sorted({added.content for added in decoder.values() if added.special}, key=len,
+                                    reverse=True))
 
     def encode(self, request: ChatRequest) -> EncodedPrompt:
         kwargs: dict[str, object] = {}
@@ -138,7 +146,7 @@ class ChatFormat:
             for edges in transitions.values():
                 edges.extend((word, None) for word in stop)
             machine = self._machines[key] = TextStateMachine(transitions)
-        return ChannelSplitter(machine, prompt.initial_state, self._fields)
+        return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup)
 
     def _initial_state(self, ids: Sequence[int]) -> str:
         if self.family == "harmony":
