@@ -1,0 +1,128 @@
+"""Side-by-side measurements for bench.py that need no MLX: the full stack vs the engine alone, and
+admission with expected-output vs worst-case reservations.
+
+    stack_vs_engine(...)   the same SimEngine timing, 8 streams × 200 tokens, read (a) straight from the
+                           engine and (b) end to end: client → coordinator (keys, billing) → websocket →
+                           agent → engine and back as SSE. Aggregate tok/s and TTFT for each.
+    admission_counts()     per Mac size and model: how many 32k-max_tokens requests (1,000-token prompts)
+                           one warm slot admits reserving expected output vs prompt + max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from agent.admission import SlotKV, admit_request, load_gate, reservation_bytes
+from agent.coordinator.app import build_app, running
+from agent.coordinator.settings import CoordinatorSettings
+from agent.engine.types import ChatRequest, Delta
+from agent.sim.agent import SimAgent, fleet_catalog
+from agent.sim.engine import SimEngine
+from agent.sim.harness import funded_accounts
+from agent.sim.profiles import GPT_OSS, timing_for
+from agent.engine.fake_script import FakeScript
+from agent.sim.sse import stream_chat
+
+GIB = 2**30
+SCALE = 0.05  # 20× compressed: 200 tokens at ~70 tok/s stream in ~0.15 s of real time
+STREAMS, TOKENS = 8, 200
+
+
+def _script(request: ChatRequest) -> FakeScript:
+    return FakeScript(output_tokens=TOKENS)
+
+
+async def _direct(rounds: int) -> tuple[float, list[float]]:
+    specs = fleet_catalog()
+    engine = SimEngine(specs, memory_bytes=128 * GIB, timings={m: timing_for(m, 128) for m in specs},
+                       scripts=_script, time_scale=SCALE)
+    await engine.start()
+    await engine.load(GPT_OSS)
+    rates, ttfts = [], []
+    for r in range(rounds):
+        started = time.perf_counter()
+
+        async def one(i: int) -> int:
+            request = ChatRequest(f"r{r}-{i}", GPT_OSS, ({"role": "user", "content": f"go {r} {i}"},),
+                                  max_tokens=1000)
+            stream, n = await engine.submit(request), 0
+            async for event in stream:
+                if isinstance(event, Delta):
+                    if n == 0:
+                        ttfts.append(time.perf_counter() - started)
+                    n += 1
+            return n
+
+        counts = await asyncio.gather(*(one(i) for i in range(STREAMS)))
+        rates.append(sum(counts) / (time.perf_counter() - started))
+    await engine.stop()
+    return statistics.median(rates), ttfts
+
+
+async def _end_to_end(rounds: int) -> tuple[float, list[float]]:
+    accounts, key = funded_accounts(Path(tempfile.mkdtemp()) / "keys.db")
+    async with running(build_app(accounts, CoordinatorSettings(heartbeat_interval_s=0.5))) as server:
+        agent = await SimAgent(server.ws_url, memory_gb=128, preload=(GPT_OSS,), time_scale=SCALE,
+                               scripts=_script).start()
+        router = server.coordinator.router
+        while not (router.registry and all(p.heartbeat and p.heartbeat.slots[0].state == "idle"
+                                           for p in router.registry)):
+            await asyncio.sleep(0.01)
+        rates, ttfts = [], []
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            for r in range(rounds):
+                started = time.perf_counter()
+                results = await asyncio.gather(*(stream_chat(http, {
+                    "model": GPT_OSS, "messages": [{"role": "user", "content": f"go {r} {i}"}], "max_tokens": 1000},
+                    key=key) for i in range(STREAMS)))
+                rates.append(sum(x.num_chunks for x in results) / (time.perf_counter() - started))
+                ttfts += [x.ttft_s for x in results if x.ttft_s is not None]
+        await agent.stop()
+    accounts.close()
+    return statistics.median(rates), ttfts
+
+
+async def stack_vs_engine(rounds: int = 5) -> dict:
+    direct_tps, direct_ttft = await _direct(rounds)
+    e2e_tps, e2e_ttft = await _end_to_end(rounds)
+    d50, e50 = statistics.median(direct_ttft), statistics.median(e2e_ttft)
+    return {"streams": STREAMS, "tokens_per_stream": TOKENS, "time_scale": SCALE, "rounds": rounds,
+            "engine_tok_s_real": round(direct_tps, 1), "end_to_end_tok_s_real": round(e2e_tps, 1),
+            "end_to_end_vs_engine": round(e2e_tps / direct_tps, 3),
+            "engine_ttft_p50_ms": round(d50 * 1000, 2), "end_to_end_ttft_p50_ms": round(e50 * 1000, 2),
+            "added_ttft_p50_ms": round((e50 - d50) * 1000, 2)}
+
+
+def admission_counts(prompt_tokens: int = 1000, max_tokens: int = 32768, ratio: float = 0.7) -> list[dict]:
+    rows = []
+    for model, spec in fleet_catalog().items():
+        for gb in (24, 32, 48, 64, 128):
+            gate = load_gate(spec, total_memory_bytes=gb * GIB)
+            if not gate.fits:
+                continue
+            budget = gate.kv_budget_bytes
+            margin = int(budget * 0.05)
+            expected = _count(spec, budget, margin, prompt_tokens, max_tokens, ratio)
+            worst_each = reservation_bytes(spec, prompt_tokens, max_tokens)
+            worst = max(0, (budget - margin) // worst_each)
+            rows.append({"model": model, "memory_gb": gb, "kv_budget_gib": round(budget / GIB, 2),
+                         "admitted_expected": expected, "admitted_worst_case": worst,
+                         "ratio": round(expected / worst, 2) if worst else None})
+    return rows
+
+
+def _count(spec, budget: int, margin: int, prompt: int, max_tokens: int, ratio: float, cap: int = 10_000) -> int:
+    reserved = 0
+    for n in range(cap):
+        decision = admit_request(spec, SlotKV(budget, reserved, 0, margin), prompt_tokens=prompt,
+                                 max_tokens=max_tokens, ratio=ratio)
+        if not decision.admitted:
+            return n
+        reserved += decision.reservation_bytes
+    return cap
