@@ -76,6 +76,7 @@ class Slot:
     reserved_bytes: int = 0
     used_bytes: int = 0
     num_running: int = 0
+    num_waiting: int = 0
     ratio: float | None = None
 
 
@@ -134,7 +135,7 @@ class ScriptedProvider:
 
     def heartbeat_frame(self) -> Heartbeat:
         self._seq += 1
-        slots = tuple(SlotStatus(model=m, state=s.state, num_running=s.num_running, kv_budget_bytes=s.budget_bytes,
+        slots = tuple(SlotStatus(model=m, state=s.state, num_running=s.num_running, num_waiting=s.num_waiting, kv_budget_bytes=s.budget_bytes,
                                  kv_reserved_bytes=s.reserved_bytes, kv_used_bytes=s.used_bytes,
                                  expected_output_ratio=s.ratio) for m, s in self.slots.items())
         memory = MemoryStatus(total_bytes=self.memory_bytes, available_bytes=self.memory_bytes // 2,

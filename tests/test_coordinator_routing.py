@@ -144,6 +144,19 @@ async def test_warm_slots_are_preferred_and_cold_ones_are_prewarmed_before_warm_
             await agent.stop()
 
 
+async def test_a_prefill_backlog_prewarms_a_cold_provider_while_kv_is_still_plentiful():
+    async with coordinator() as server:
+        warm = await provider(server, GPT)
+        cold = await provider(server, GPT, state=SlotState.COLD)
+        await warm.set_slot(GPT.id, num_running=1, num_waiting=1)
+        await asyncio.sleep(0.1)
+        assert cold.loads == []  # one prompt waiting on one slot: not yet a backlog
+        await warm.set_slot(GPT.id, num_running=1, num_waiting=3)  # KV still ~all free
+        await eventually(lambda: cold.loads == [GPT.id])
+        for agent in (warm, cold):
+            await agent.stop()
+
+
 async def test_a_503_says_why_no_provider_can_ever_serve_the_request():
     async with coordinator() as server:
         requests = client(server)
