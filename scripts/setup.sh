@@ -20,4 +20,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing darkbloom-agent and its dependencies (mlx[cpu] on Linux, mlx on macOS)"
 pip_install --upgrade pip
-pip_install -e ".[test]"
+pip_install -e ".[test,bench]"
