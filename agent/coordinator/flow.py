@@ -33,6 +33,7 @@ from agent.frames import (
 
 log = structlog.get_logger("agent.coordinator.flow")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
+RECONNECT_POLL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,8 @@ class RequestFlow:
     async def _dispatch(self) -> None:
         router, exchange = self.router, self.exchange
         submission = router.submit(exchange)
+        if submission.refusal is not None and exchange.last_failure:
+            submission = await self._await_reconnect(submission)
         if submission.refusal is not None:
             if exchange.last_failure:
                 raise ProviderFailed(f"the request failed on every provider that could serve it; "
@@ -96,6 +99,17 @@ class RequestFlow:
                 router.dequeue(waiter)
         if not waiter.future.done():
             self._after_wait()
+
+    async def _await_reconnect(self, submission):
+        """A retry found no provider at all: when every link dropped at once (a network blip, a coordinator
+        hiccup) the agents are reconnecting now, so wait for one, bounded by the queue's max wait, before
+        giving up. A request that never had a provider still gets its 503 at once."""
+        router, exchange = self.router, self.exchange
+        deadline = router.clock() + self.settings.queue_max_wait_s
+        while submission.refusal is not None and router.clock() < deadline:
+            await asyncio.sleep(RECONNECT_POLL_S)
+            submission = router.submit(exchange)
+        return submission
 
     def _after_wait(self) -> None:
         """The queue wait ran out: one last look, then 429 (capable but full) or 503 (none can)."""
