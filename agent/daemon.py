@@ -133,7 +133,7 @@ class Daemon:
         while self.provider.num_in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for request_id in list(self.provider.tasks):
-            await self.engine.cancel(request_id)
+            await self.provider.cancel(request_id)
         pending = list(self.provider.tasks.values())
         if pending:
             await asyncio.wait(pending, timeout=5)

@@ -60,6 +60,7 @@ class Provider:
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)  # cancelled while still being admitted
     provider_id: str | None = None
     num_served: int = 0
 
@@ -106,10 +107,10 @@ class Provider:
             # Its own task: admission may take a moment (tokenizing) and must not hold up a cancel.
             task = asyncio.create_task(self._serve(event, link), name=f"request-{event.request_id}")
             self.tasks[event.request_id] = task
-            task.add_done_callback(lambda _, rid=event.request_id: self.tasks.pop(rid, None))
+            task.add_done_callback(lambda _, rid=event.request_id: self._forget(rid))
         elif isinstance(event, Cancel):
-            cancelled = await self.engine.cancel(event.request_id)
-            log.info("request.cancel", request_id=event.request_id, found=cancelled)
+            found = await self.cancel(event.request_id)
+            log.info("request.cancel", request_id=event.request_id, found=found)
         elif isinstance(event, LoadModel):
             asyncio.create_task(self._residency(self.engine.load, event.model, "load"))
         elif isinstance(event, UnloadModel):
@@ -118,7 +119,20 @@ class Provider:
     async def link_lost(self, request_ids: list[str]) -> None:
         """The coordinator has retried or failed these already: stop them and free their KV."""
         for request_id in request_ids:
-            await self.engine.cancel(request_id)
+            await self.cancel(request_id)
+
+    async def cancel(self, request_id: str) -> bool:
+        """Stop a request wherever it is; one still being admitted is stopped as soon as it is in."""
+        if await self.engine.cancel(request_id):
+            return True
+        if request_id in self.tasks:
+            self.cancelled.add(request_id)
+            return True
+        return False
+
+    def _forget(self, request_id: str) -> None:
+        self.tasks.pop(request_id, None)
+        self.cancelled.discard(request_id)
 
     async def _residency(self, action, model: str, verb: str) -> None:
         try:
@@ -140,6 +154,8 @@ class Provider:
             return self._reject(link, request_id, exc.verdict, exc.reason)
         except EngineError as exc:
             return self._reject(link, request_id, Verdict.NEVER, f"{exc.code}: {exc}")
+        if request_id in self.cancelled:  # the cancel came while the engine was admitting it
+            await self.engine.cancel(request_id)
         self.state_changed.set()
         link.send(InferenceAccepted(request_id=request_id, prompt_tokens=stream.prompt_tokens,
                                     expected_output_tokens=stream.decision.expected_output_tokens,

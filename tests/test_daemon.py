@@ -233,3 +233,37 @@ async def test_darkbloom_agent_start_streams_from_the_tiny_gpt_oss_model_and_sto
         if agent.poll() is None:
             agent.kill()
         await coordinator.stop()
+
+
+class SlowAdmission:
+    """A fake collaborator: the fake engine, but submit waits until the test opens the gate."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.gate = engine, asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    async def submit(self, request):
+        await self.gate.wait()
+        return await self.engine.submit(request)
+
+
+async def test_a_cancel_that_arrives_while_the_request_is_being_admitted_still_stops_it(tmp_path):
+    coordinator = MiniCoordinator(heartbeat_interval_s=30)
+    await coordinator.start()
+    daemon = make_daemon(coordinator, tmp_path, scripts=slow, timing=FakeTiming(decode_tps=50, load_seconds=0.05))
+    slow_engine = SlowAdmission(daemon.engine)
+    daemon.engine = daemon.provider.engine = slow_engine
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await wait_for_state(coordinator, "idle")
+    await request(coordinator, "early-cancel", {**BODY, "max_tokens": 5000})
+    await asyncio.sleep(0.05)
+    await coordinator.send({"type": "cancel", "request_id": "early-cancel"})
+    await asyncio.sleep(0.05)
+    slow_engine.gate.set()
+    complete = await coordinator.next_frame("inference_complete")
+    assert complete["finish_reason"] == "cancelled" and complete["usage"]["completion_tokens"] < 5000
+    idle = await wait_for_state(coordinator, "idle")
+    assert idle["slots"][0]["kv_reserved_bytes"] == 0
+    assert await finished(coordinator, daemon, task) == 0
