@@ -231,19 +231,20 @@ def _unusable(provider: Provider, offer: Offer) -> str:
 
 
 def _rank(offer: Offer, settings: CoordinatorSettings) -> tuple:
-    """Shortest queue first (the agent's waiting rows and what we sent since), then the most free KV:
-    load spreads as each dispatch lowers the chosen slot's free KV, in proportion to the machines' sizes."""
+    """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
+    the most free KV. Rows before KV: every extra row slows each stream of a batch and queues its prefill
+    behind the others', so an idle warm slot beats a busy big one (KV decides only between equals)."""
     status, ledger = offer.status, offer.ledger
     waiting = status.num_waiting + max(0, ledger.load_delta)
     busy = max(0, status.num_running + status.num_waiting + ledger.load_delta)
-    return waiting, -slot_view(offer, settings).free_bytes, busy
+    return waiting, busy, -slot_view(offer, settings).free_bytes
 
 
 def _check_warm(placement: Placement, provider: Provider, offer: Offer, ask: Ask,
                 settings: CoordinatorSettings) -> None:
     pid = provider.provider_id
     limit = settings.max_requests_per_slot
-    if limit is not None and _rank(offer, settings)[2] >= limit:
+    if limit is not None and _rank(offer, settings)[1] >= limit:
         placement.full[pid] = f"{offer.model} is running its limit of {limit} requests"
         return
     decision = check(offer, ask, settings)
