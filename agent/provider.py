@@ -18,7 +18,9 @@ import structlog
 from agent import __version__
 from agent.admission import Verdict, load_gate, memory_cap_bytes
 from agent.catalog import ModelSpec
-from agent.engine.types import ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused
+from agent.engine.types import (
+    ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused, SlotState,
+)
 from agent.frames import (
     Cancel,
     Hardware,
@@ -90,14 +92,10 @@ class Provider:
 
     @staticmethod
     def _slot_status(slot) -> SlotStatus:
-        return SlotStatus(
-            model=slot.model, state=slot.state.value, num_running=slot.num_running, num_waiting=slot.num_waiting,
-            kv_bytes_per_token=slot.kv_bytes_per_token, kv_budget_bytes=slot.kv_budget_bytes,
-            kv_reserved_bytes=slot.kv_reserved_bytes, kv_used_bytes=slot.kv_used_bytes,
-            prefill_tps=slot.prefill_tps or None, decode_tps=slot.decode_tps or None,
-            weights_bytes=slot.weights_bytes, expected_output_ratio=slot.expected_output_ratio,
-            failure_reason=slot.reason or None if slot.state.value == "failed" else None,
-        )
+        observed = {"prefill_tps": slot.prefill_tps or None, "decode_tps": slot.decode_tps or None}  # None: not yet
+        failure = slot.reason or None if slot.state is SlotState.FAILED else None
+        return SlotStatus(**slot.heartbeat() | observed, weights_bytes=slot.weights_bytes,
+                          expected_output_ratio=slot.expected_output_ratio, failure_reason=failure)
 
     # -- what the coordinator asks --------------------------------------------------------------
     async def handle(self, event: Event, link) -> None:
@@ -148,7 +146,7 @@ class Provider:
         if self.draining:
             return self._reject(link, request_id, Verdict.FULL, "the agent is draining before it stops")
         try:
-            request = ChatRequest.from_openai(request_id, frame.model, frame.body.model_dump(exclude_none=True))
+            request = ChatRequest.from_openai(request_id, frame.model, frame.body)
             stream = await self.engine.submit(request)
         except RequestRefused as exc:
             return self._reject(link, request_id, exc.verdict, exc.reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -29,68 +30,62 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "max_ms": round(1000 * ordered[-1], 2)}
 
 
-async def heartbeat_latency(samples: int) -> dict[str, float]:
-    coordinator, handler = MiniCoordinator(heartbeat_interval_s=60), RecordingHandler()
+@contextlib.asynccontextmanager
+async def linked(heartbeat_interval_s: float = 30.0):
+    """A minimal coordinator and one agent link to it, registered; both stopped on exit."""
+    coordinator, handler = MiniCoordinator(heartbeat_interval_s=heartbeat_interval_s), RecordingHandler()
     await coordinator.start()
     link = Link(coordinator.url, "good-token", handler)
     task = asyncio.create_task(link.run())
-    await coordinator.next_frame("heartbeat")
-    latencies = []
-    for i in range(samples):
-        handler.state = "running" if i % 2 == 0 else "idle"
-        start = time.perf_counter()
-        handler.state_changed.set()
+    await coordinator.next_frame("register")
+    try:
+        yield coordinator, handler, link
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await coordinator.stop()
+
+
+async def heartbeat_latency(samples: int) -> dict[str, float]:
+    async with linked(heartbeat_interval_s=60) as (coordinator, handler, _):
         await coordinator.next_frame("heartbeat")
-        latencies.append(time.perf_counter() - start)
-    link.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await coordinator.stop()
+        latencies = []
+        for i in range(samples):
+            handler.state = "running" if i % 2 == 0 else "idle"
+            start = time.perf_counter()
+            handler.state_changed.set()
+            await coordinator.next_frame("heartbeat")
+            latencies.append(time.perf_counter() - start)
     return percentiles(latencies)
 
 
 async def reconnect_time(samples: int) -> dict[str, float]:
     """Coordinator down and straight back up: time until the agent has registered again."""
-    coordinator, handler = MiniCoordinator(), RecordingHandler()
-    await coordinator.start()
-    link = Link(coordinator.url, "good-token", handler)
-    task = asyncio.create_task(link.run())
-    await coordinator.next_frame("register")
-    times = []
-    for _ in range(samples):
-        port = coordinator.port
-        await coordinator.stop()
-        start = time.perf_counter()
-        await coordinator.start(port)
-        await coordinator.next_frame("register", timeout=60)
-        times.append(time.perf_counter() - start)
-    link.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await coordinator.stop()
+    async with linked() as (coordinator, _, _):
+        times = []
+        for _ in range(samples):
+            port = coordinator.port
+            await coordinator.stop()
+            start = time.perf_counter()
+            await coordinator.start(port)
+            await coordinator.next_frame("register", timeout=60)
+            times.append(time.perf_counter() - start)
     return percentiles(times)
 
 
 async def frames_per_second(num_frames: int) -> float:
-    coordinator, handler = MiniCoordinator(), RecordingHandler()
-    await coordinator.start()
-    link = Link(coordinator.url, "good-token", handler)
-    task = asyncio.create_task(link.run())
-    await coordinator.next_frame("register")
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    await coordinator.send({"type": "inference_request", "request_id": "bench", "model": "m", "body": body})
-    while not handler.events or handler.events[-1].type != "inference_request":
-        await asyncio.sleep(0.001)
-    start = time.perf_counter()
-    for _ in range(num_frames):
-        link.send(link.session.chunk("bench", " token"))
-    for _ in range(num_frames):
-        await coordinator.next_frame("inference_response_chunk", timeout=60)
-    elapsed = time.perf_counter() - start
-    link.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await coordinator.stop()
+    async with linked() as (coordinator, handler, link):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        await coordinator.send({"type": "inference_request", "request_id": "bench", "model": "m", "body": body})
+        while not handler.events or handler.events[-1].type != "inference_request":
+            await asyncio.sleep(0.001)
+        start = time.perf_counter()
+        for _ in range(num_frames):
+            link.send(link.session.chunk("bench", " token"))
+        for _ in range(num_frames):
+            await coordinator.next_frame("inference_response_chunk", timeout=60)
+        elapsed = time.perf_counter() - start
     return round(num_frames / elapsed)
 
 

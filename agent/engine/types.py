@@ -23,17 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
+from agent.chat_request import ChatMessage
+from agent.chat_request import ChatRequest as OpenAIBody
 from agent.errors import DarkbloomError
 from agent.frames import FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
     from agent.engine.stream import RequestStream
-
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
-
 
 class EngineError(DarkbloomError):
     code = "engine_error"
@@ -74,25 +72,6 @@ class EngineNotRunning(EngineError):
     retryable = True
 
 
-class _Body(BaseModel):
-    """The fields of an OpenAI chat-completions body the engine uses; the rest are the caller's."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    reasoning_effort: str | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    n: int = Field(default=1, ge=1, le=1)
-
-
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     request_id: str
@@ -112,36 +91,31 @@ class ChatRequest:
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
 
     @classmethod
-    def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any]) -> ChatRequest:
-        try:
-            parsed = _Body.model_validate(body)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            raise InvalidRequest(f"invalid chat request: {where}: {error['msg']}") from exc
-        if parsed.reasoning_effort is not None and parsed.reasoning_effort not in REASONING_EFFORTS:
-            raise InvalidRequest(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}")
-        stop = (parsed.stop,) if isinstance(parsed.stop, str) else tuple(parsed.stop or ())
+    def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any] | OpenAIBody) -> ChatRequest:
+        """From an OpenAI chat-completions body: validated by the wire's own model (agent.chat_request),
+        or already validated (an inference_request frame's `body`)."""
+        parsed = body if isinstance(body, OpenAIBody) else validate_chat_request(dict(body))
+        if isinstance(parsed, ProtocolError):
+            raise InvalidRequest(f"invalid chat request: {parsed}")
         return cls(
             request_id=request_id, model=model, messages=tuple(_message(m) for m in parsed.messages),
-            max_tokens=parsed.max_completion_tokens or parsed.max_tokens, temperature=parsed.temperature,
-            top_p=parsed.top_p, top_k=parsed.top_k, seed=parsed.seed, stop=tuple(s for s in stop if s),
-            reasoning_effort=parsed.reasoning_effort, presence_penalty=parsed.presence_penalty,
-            frequency_penalty=parsed.frequency_penalty,
+            max_tokens=parsed.output_limit, temperature=_given(parsed.temperature, 1.0),
+            top_p=_given(parsed.top_p, 1.0), top_k=_given(parsed.top_k, 0), seed=parsed.seed,
+            stop=parsed.stop_sequences, reasoning_effort=parsed.reasoning_effort,
+            presence_penalty=_given(parsed.presence_penalty, 0.0),
+            frequency_penalty=_given(parsed.frequency_penalty, 0.0),
         )
 
 
-def _message(message: Mapping[str, Any]) -> dict[str, str]:
-    role, content = message.get("role"), message.get("content")
-    if role not in ("system", "developer", "user", "assistant"):
-        raise InvalidRequest(f"message role {role!r} is not supported (system, developer, user, assistant)")
-    if isinstance(content, list):
-        if any(not isinstance(part, Mapping) or part.get("type") != "text" for part in content):
-            raise InvalidRequest("only text message content is supported")
-        content = "".join(str(part.get("text", "")) for part in content)
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _message(message: ChatMessage) -> dict[str, str]:
+    content = message.content
     if not isinstance(content, str):
-        raise InvalidRequest(f"a {role} message needs text content")
-    return {"role": role, "content": content}
+        content = "".join(part.text for part in content)
+    return {"role": message.role, "content": content}
 
 
 @dataclass(frozen=True, slots=True)
