@@ -1,7 +1,7 @@
 """Side-by-side measurements for bench.py that need no MLX: the full stack vs the engine alone, and
 admission with expected-output vs worst-case reservations.
 
-    stack_vs_engine(...)   the same SimEngine timing, 8 streams × 200 tokens, read (a) straight from the
+    stack_vs_engine(...)   the same FakeEngine timing, 8 streams × 200 tokens, read (a) straight from the
                            engine and (b) end to end: client → coordinator (keys, billing) → websocket →
                            agent → engine and back as SSE. Aggregate tok/s and TTFT for each.
     admission_counts()     per Mac size and model: how many 32k-max_tokens requests (1,000-token prompts)
@@ -21,9 +21,9 @@ import httpx
 from agent.admission import SlotKV, admit_request, load_gate, reservation_bytes
 from agent.coordinator.app import build_app, running
 from agent.coordinator.settings import CoordinatorSettings
+from agent.engine.fake import FakeEngine
 from agent.engine.types import ChatRequest, Delta
 from agent.sim.agent import SimAgent, fleet_catalog
-from agent.sim.engine import SimEngine
 from agent.sim.harness import funded_accounts
 from agent.sim.profiles import GPT_OSS, timing_for
 from agent.engine.fake_script import FakeScript
@@ -40,8 +40,8 @@ def _script(request: ChatRequest) -> FakeScript:
 
 async def _direct(rounds: int) -> tuple[float, list[float]]:
     specs = fleet_catalog()
-    engine = SimEngine(specs, memory_bytes=128 * GIB, timings={m: timing_for(m, 128) for m in specs},
-                       scripts=_script, time_scale=SCALE)
+    engine = FakeEngine(specs, memory_bytes=128 * GIB, timings={m: timing_for(m, 128) for m in specs},
+                        scripts=_script, time_scale=SCALE)
     await engine.start()
     await engine.load(GPT_OSS)
     rates, ttfts = [], []

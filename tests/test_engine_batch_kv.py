@@ -17,6 +17,7 @@ from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes
 from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
 from agent.engine.sampling import Guard
+from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import Finish, FinishReason
 from tests.engine_fixtures import NARROW
 
@@ -39,7 +40,7 @@ class Mirror:
     def step(self) -> None:
         batcher = self.batcher
         decoding_before = set(batcher.decoding)
-        prefilling_before = {row.uid: row for row in batcher.prefilling} | {row.uid: row for row in batcher.waiting}
+        prefilling_before = {row.uid: row for row in batcher.prefilling} | {row.uid: row for row in batcher.schedule.waiting}
         events = batcher.step()
         if decoding_before:
             self.replay.step(1)
@@ -60,7 +61,7 @@ def batcher(request, tiny_models_dir) -> Batcher:
     model_dir: Path = tiny_models_dir / request.param
     model, tokenizer = mlx_lm.load(str(model_dir))
     spec = spec_from_model_dir(model_dir)
-    batcher = Batcher(model, spec, chunk=CHUNK)
+    batcher = Batcher(model, spec, ScheduleLimits(chunk_tokens=CHUNK))
     batcher.chat = ChatFormat(tokenizer, json.loads((model_dir / "config.json").read_text())["model_type"])
     return batcher
 
@@ -115,8 +116,8 @@ def test_a_short_prompt_is_not_stuck_behind_a_long_prefill_and_the_long_one_stil
     while not any(row.request_id == "r22" for row in batcher.decoding.values()):
         batcher.step()
         steps += 1
-    long_row = next(row for row in batcher.prefilling if row.request_id == "r21")
-    assert steps <= 2 and len(long_row.to_prefill) > 64
+    long_group = next(group for group in batcher.schedule.groups if group.rows[0].request_id == "r21")
+    assert steps <= 2 and long_group.chunks_left > 1
     while batcher.has_work:
         batcher.step()
     assert batcher.used_bytes() == 0

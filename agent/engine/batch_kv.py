@@ -7,8 +7,8 @@ shares, the sliding caches keep their size). `BatchKV` replays those operations,
 schedule are known exactly (tests/test_engine_batch_kv.py proves it against the real caches), and
 `predicted_peak_bytes` runs the batch forward to the rows' expected ends to find the most it will hold.
 
-Pure: standard library and the shared kvcost module; the fake engine uses it to hold exactly the
-bytes the real one would.
+Pure: standard library, the shared kvcost module and the schedule's grouping; the fake engine uses
+it to hold exactly the bytes the real one would.
 """
 
 from __future__ import annotations
@@ -27,25 +27,7 @@ from agent.kvcost import (
     kv_bytes_per_token,
     sliding_bytes_per_token,
 )
-
-
-MAX_PREFILL_ROWS = 8  # rows prefilled together (all with the same number of chunks)
-MAX_PREFILL_GROUPS = 4  # groups in flight; their caches exist only once prefilled into
-PREFILL_OLDEST_EVERY = 4
-
-
-def pick_prefill_group(chunks_left: Sequence[int], turn: int) -> int:
-    """Which group (oldest first) gets this turn's chunk: the one with the fewest chunks left, so a short
-    prompt is not stuck behind a long one, except every PREFILL_OLDEST_EVERY-th turn, which goes to the
-    oldest, so a long prompt still advances under a stream of short ones."""
-    if turn % PREFILL_OLDEST_EVERY == 0:
-        return 0
-    return min(range(len(chunks_left)), key=chunks_left.__getitem__)
-
-
-def prefill_chunks(prompt_tokens: int, chunk: int = PREFILL_CHUNK_TOKENS) -> int:
-    """How many prefill steps a prompt takes (its last token is fed by the first decode step)."""
-    return -(-(prompt_tokens - 1) // chunk)
+from agent.engine.schedule import ScheduleLimits, form_groups
 
 
 @dataclass(slots=True)
@@ -141,7 +123,7 @@ def predicted_peak_bytes(
 ) -> int:
     """The most the batch will hold if every row leaves when its caches hold `ends[id]` tokens.
 
-    Pending rows are prefilled in groups of equal chunk count (as the engine does) and join first;
+    Pending rows are prefilled in the schedule's groups (equal chunk counts, capped rows) and join first;
     while a group prefills it holds more than it will once decoding (the sliding layers' prefill
     overhang), and that extra is added on top, which bounds every moment of the prefill.
     """
@@ -167,7 +149,5 @@ def predicted_peak_bytes(
 
 
 def _groups(pending: Sequence[PendingRow], chunk: int) -> list[list[PendingRow]]:
-    by_chunks: dict[int, list[PendingRow]] = {}
-    for row in pending:
-        by_chunks.setdefault(prefill_chunks(row.prompt_tokens, chunk), []).append(row)
-    return list(by_chunks.values())
+    """The groups the engine's schedule would prefill the pending rows in (agent/engine/schedule.py)."""
+    return form_groups(pending, ScheduleLimits(chunk_tokens=chunk))

@@ -7,18 +7,17 @@ processors, sampler, detokenizer or channel splitter) ends that request only; an
 prefilling ends only the prefilling group; one in the shared decode step ends the rows of that step.
 Nothing else is lost, and the thread goes on.
 
-Prefill groups take only requests whose prompts need the same number of 512-token chunks, so a
-group is never padded by more than one partial chunk; its rows join the generation batch together.
-Each step prefills one chunk of one group (`pick_prefill_group`: the shortest first, the oldest now
-and then).
+Which prompts prefill together and which group gets each step's chunk is the schedule's decision
+(agent/engine/schedule.py, the same one the fake engine runs); this file does what it says on the
+tensors: a group's `PromptProcessingBatch` is its schedule state, and its rows join the generation
+batch together.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -27,11 +26,11 @@ from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, make_prompt_
 from mlx_lm.sample_utils import greedy_sampler
 
 from agent.catalog import ModelSpec
-from agent.engine.batch_kv import MAX_PREFILL_GROUPS, MAX_PREFILL_ROWS, BatchKV, pick_prefill_group, prefill_chunks
+from agent.engine.batch_kv import BatchKV
 from agent.engine.chat import ChannelSplitter
 from agent.engine.sampling import Guard
+from agent.engine.schedule import PrefillGroup, Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
-from agent.kvcost import PREFILL_CHUNK_TOKENS
 
 CLEAR_CACHE_EVERY_STEPS = 512  # as BatchGenerator: give MLX's buffer cache back now and then
 
@@ -50,23 +49,17 @@ class Row:
     detokenizer: Any  # mlx_lm StreamingDetokenizer
     splitter: ChannelSplitter
     guard: Guard
-    to_prefill: list[int] = field(default_factory=list)
     num_generated: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
 
     def usage(self) -> Usage:
         return Usage(len(self.prompt), self.num_generated)
 
     def finish(self, reason: FinishReason, code: str | None = None, message: str | None = None) -> Finish:
         return Finish(reason, self.usage(), code, message)
-
-
-@dataclass(slots=True, eq=False)
-class PrefillGroup:
-    rows: list[Row]
-    batch: PromptProcessingBatch
-
-    def chunks_left(self, chunk: int) -> int:
-        return -(-max(len(row.to_prefill) for row in self.rows) // chunk)
 
 
 @dataclass(slots=True)
@@ -78,74 +71,65 @@ class StepTiming:
 
 
 class Batcher:
-    def __init__(self, model: Any, spec: ModelSpec, *, chunk: int = PREFILL_CHUNK_TOKENS,
-                 max_prefill_rows: int = MAX_PREFILL_ROWS) -> None:
-        self.model, self.spec, self.chunk, self.max_prefill_rows = model, spec, chunk, max_prefill_rows
-        self.waiting: deque[Row] = deque()
-        self.groups: list[PrefillGroup] = []
+    def __init__(self, model: Any, spec: ModelSpec, limits: ScheduleLimits = ScheduleLimits()) -> None:
+        self.model, self.spec, self.limits = model, spec, limits
+        self.schedule: Schedule[Row] = Schedule(limits)
         self.generation = GenerationBatch.empty(model, greedy_sampler)
-        self.decoding: dict[int, Row] = {}
         self.timing = StepTiming()
         self._steps = 0
-        self._prefill_turns = 0
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.groups or self.decoding)
+        return self.schedule.has_work
 
     @property
     def prefilling(self) -> list[Row]:
-        return [row for group in self.groups for row in group.rows]
+        return self.schedule.prefilling
+
+    @property
+    def decoding(self) -> dict[int, Row]:
+        """The decoding rows by uid (the generation batch's key)."""
+        return {row.uid: row for row in self.schedule.decoding.values()}
 
     def add(self, row: Row) -> None:
-        row.to_prefill = row.prompt[:-1]
-        self.waiting.append(row)
+        self.schedule.add(row)
 
     def remove(self, request_id: str, finish: Callable[[Row], Finish]) -> list[tuple[str, Event]]:
         """Take a request out wherever it is, freeing its caches now."""
-        for row in self.waiting:
-            if row.request_id == request_id:
-                self.waiting.remove(row)
-                return [(request_id, finish(row))]
-        for group in self.groups:
-            for index, row in enumerate(group.rows):
-                if row.request_id == request_id:
-                    keep = [i for i in range(len(group.rows)) if i != index]
-                    group.batch.filter(keep)
-                    group.rows = [group.rows[i] for i in keep]
-                    if not group.rows:
-                        self.groups.remove(group)
-                    return [(request_id, finish(row))]
-        for row in self.decoding.values():
-            if row.request_id == request_id:
-                self._drop_decoding({row.uid})
-                return [(request_id, finish(row))]
-        return []
+        removed = self.schedule.remove(request_id)
+        if removed is None:
+            return []
+        if removed.place == "prefilling":
+            removed.group.state.filter([i for i in range(len(removed.group.rows) + 1) if i != removed.index])
+        elif removed.place == "decoding":
+            self._filter_generation({removed.row.uid})
+        return [(request_id, finish(removed.row))]
 
     def remove_all(self, finish: Callable[[Row], Finish]) -> list[tuple[str, Event]]:
-        rows = [*self.waiting, *self.prefilling, *self.decoding.values()]
-        self.waiting.clear()
-        self.groups, self.decoding = [], {}
+        rows = self.schedule.clear()
         self.generation = GenerationBatch.empty(self.model, greedy_sampler)
         mx.clear_cache()
         return [(row.request_id, finish(row)) for row in rows]
 
     def step(self) -> list[tuple[str, Event]]:
-        """One decode step of the generation batch, then one prefill chunk (or a group joining)."""
+        """The schedule's next step: one decode step of the generation batch, then one prefill turn."""
         events: list[tuple[str, Event]] = []
-        if self.decoding:
+        step = self.schedule.next_step()
+        for group in step.started:
+            self._start_group(group, events)
+        if step.decode:
             self._decode(events)
-        if self.groups or self.waiting:
-            self._prefill(events)
+        if step.group is not None and step.group in self.schedule.groups:
+            self._prefill(step, events)
         return events
 
     def _decode(self, events: list[tuple[str, Event]]) -> None:
         started = time.perf_counter()
+        decoding = self.decoding
         try:
             responses = self.generation.next()
         except Exception as exc:
-            self._fail(list(self.decoding.values()), "generation_error", exc, events)
-            self.decoding = {}
+            self._fail(self.schedule.drop_decoding(), "generation_error", exc, events)
             self.generation = GenerationBatch.empty(self.model, greedy_sampler)
             mx.clear_cache()
             return
@@ -153,7 +137,7 @@ class Batcher:
         self.timing.decode_tokens += len(responses)
         leaving: set[int] = set()
         for response in responses:
-            row = self.decoding[response.uid]
+            row = decoding[response.uid]
             ended = False
             if row.guard.error is None:
                 try:
@@ -166,10 +150,9 @@ class Batcher:
                 ended = True
             if ended:
                 leaving.add(row.uid)
-        finished_by_batch = {r.uid for r in responses if r.finish_reason is not None}
-        for uid in finished_by_batch:
-            self.decoding.pop(uid, None)
-        self._drop_decoding(leaving - finished_by_batch)
+        finished_by_batch = {r.uid for r in responses if r.finish_reason is not None}  # the batch dropped them
+        self._filter_generation(leaving - finished_by_batch)
+        self.schedule.finish(decoding[uid].request_id for uid in leaving | finished_by_batch)
         self._steps += 1
         if self._steps % CLEAR_CACHE_EVERY_STEPS == 0:
             mx.clear_cache()
@@ -198,72 +181,57 @@ class Batcher:
             return True
         return False
 
-    def _drop_decoding(self, uids: set[int]) -> None:
-        if not uids:
-            return
-        keep = [i for i, uid in enumerate(self.generation.uids) if uid not in uids]
-        self.generation.filter(keep)
-        for uid in uids:
-            self.decoding.pop(uid, None)
+    def _filter_generation(self, uids: set[int]) -> None:
+        if uids:
+            self.generation.filter([i for i, uid in enumerate(self.generation.uids) if uid not in uids])
 
-    def _prefill(self, events: list[tuple[str, Event]]) -> None:
-        while self.waiting and len(self.groups) < MAX_PREFILL_GROUPS:
-            self.groups.append(self._start_group())
-        self._prefill_turns += 1
-        group = self.groups[pick_prefill_group([g.chunks_left(self.chunk) for g in self.groups], self._prefill_turns)]
+    def _prefill(self, step: Step[Row], events: list[tuple[str, Event]]) -> None:
+        group, chunk = step.group, self.limits.chunk_tokens
         started = time.perf_counter()
         try:
-            if group.chunks_left(self.chunk):
-                chunk = [row.to_prefill[: self.chunk] for row in group.rows]
-                for row in group.rows:
-                    del row.to_prefill[: self.chunk]
-                group.batch.prompt(chunk)
-                self.timing.prefill_tokens += sum(len(tokens) for tokens in chunk)
-            if not group.chunks_left(self.chunk):
-                self.groups.remove(group)
+            if step.has_chunk:
+                tokens = [row.prompt[slice(*group.chunk_span(row, chunk))] for row in group.rows]
+                group.state.prompt(tokens)
+                self.timing.prefill_tokens += sum(len(row_tokens) for row_tokens in tokens)
+            if step.joins:
                 self._join(group)
+            self.schedule.advance(group)
         except Exception as exc:
-            self._fail(group.rows, "prefill_error", exc, events)
-            if group in self.groups:
-                self.groups.remove(group)
+            self._fail(self.schedule.drop_group(group), "prefill_error", exc, events)
             mx.clear_cache()
         self.timing.prefill_seconds += time.perf_counter() - started
 
-    def _start_group(self) -> PrefillGroup:
-        first = self.waiting.popleft()
-        chunks = prefill_chunks(len(first.prompt), self.chunk)
-        rows = [first]
-        for row in list(self.waiting):
-            if len(rows) == self.max_prefill_rows:
-                break
-            if prefill_chunks(len(row.prompt), self.chunk) == chunks:
-                self.waiting.remove(row)
-                rows.append(row)
-        batch = PromptProcessingBatch(
-            self.model, [row.uid for row in rows], [make_prompt_cache(self.model) for _ in rows],
-            prefill_step_size=self.chunk, samplers=[row.sampler for row in rows], fallback_sampler=greedy_sampler,
-            logits_processors=[row.processors for row in rows], stop_sequences=[row.stop for row in rows],
-            max_tokens=[row.max_tokens for row in rows],
-        )
-        return PrefillGroup(rows, batch)
+    def _start_group(self, group: PrefillGroup[Row], events: list[tuple[str, Event]]) -> None:
+        """The group's caches, empty until its first chunk."""
+        rows = group.rows
+        try:
+            group.state = PromptProcessingBatch(
+                self.model, [row.uid for row in rows], [make_prompt_cache(self.model) for _ in rows],
+                prefill_step_size=self.limits.chunk_tokens, samplers=[row.sampler for row in rows],
+                fallback_sampler=greedy_sampler, logits_processors=[row.processors for row in rows],
+                stop_sequences=[row.stop for row in rows], max_tokens=[row.max_tokens for row in rows],
+            )
+        except Exception as exc:
+            self._fail(self.schedule.drop_group(group), "prefill_error", exc, events)
 
-    def _join(self, group: PrefillGroup) -> None:
+    def _join(self, group: PrefillGroup[Row]) -> None:
         """The group's first decode step (its last prompt tokens), then into the generation batch."""
-        generation = group.batch.generate([[row.prompt[-1]] for row in group.rows])
+        generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
         self.generation.extend(generation)
-        self.decoding.update((row.uid, row) for row in group.rows)
 
     def _fail(self, rows: list[Row], code: str, exc: BaseException, events: list[tuple[str, Event]]) -> None:
         message = _describe(exc)
         events.extend((row.request_id, row.finish(FinishReason.ERROR, code, message)) for row in rows)
 
     def used_bytes(self) -> int:
-        caches = [*self.generation.prompt_cache, *(c for group in self.groups for c in group.batch.prompt_cache)]
+        groups = self.schedule.groups
+        caches = [*self.generation.prompt_cache, *(c for group in groups for c in group.state.prompt_cache)]
         return sum(cache.nbytes for cache in caches)
 
     def batch_kv(self) -> BatchKV:
         """The generation batch's caches as the ledger's integers (read from the real caches)."""
-        rows = [self.decoding[uid] for uid in self.generation.uids]
+        decoding = self.decoding
+        rows = [decoding[uid] for uid in self.generation.uids]
         state = BatchKV(self.spec, [row.request_id for row in rows], [len(t) for t in self.generation.tokens])
         for cache in self.generation.prompt_cache:
             if isinstance(cache, BatchKVCache) and cache.keys is not None:

@@ -2,8 +2,9 @@
 
 Same class, same methods, same slots, memory gate, ledgers and admission as MLXEngine; only the
 backend is simulated, on asyncio alone (no MLX, no threads). Each model's batch is simulated with the
-real batching rules on integers (`BatchKV`), so its KV bytes are exactly what mlx-lm would allocate
-for the same schedule, and its time follows a `FakeTiming`:
+real batching rules on integers (`BatchKV`) and the real schedule (agent/engine/schedule.py), so its
+KV bytes are exactly what mlx-lm would allocate for the same schedule, and its time follows a
+`FakeTiming`, one per model (`timings`) or the default (`timing`), as a Mac runs each model at its own rate:
 
     prefill      prompt tokens at `prefill_tps` (per slot, in 512-token chunks between decode steps)
     decode step  (1 + batch_slowdown · (n − 1)) / decode_tps seconds for n streams: one token each
@@ -12,7 +13,8 @@ for the same schedule, and its time follows a `FakeTiming`:
 Output is deterministic (words chosen by a hash of the messages), or scripted per request by a
 `FakeScript` (reasoning and content text, output length, a failure after k tokens, a first-token
 delay). Loads can be scripted to fail. All delays are simulated seconds × `time_scale` of real time
-(0.001 runs a minute in 60 ms); `clock` and `sleep` can be replaced for virtual time.
+(0.001 runs a minute in 60 ms); `clock` and `sleep` can be replaced for virtual time. `freeze()`
+holds every simulated step until `thaw()`: a Mac that stopped answering.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agent.engine.core import Engine, EngineConfig
 from agent.engine.fake_batch import FakeBatch
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
+from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import ChatRequest, EngineNotRunning
 
 __all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
@@ -52,8 +55,10 @@ class SimulatedTime:
 
 class FakeBackend:
     def __init__(self, timing: FakeTiming, scripts: Callable[[ChatRequest], FakeScript],
-                 sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str]) -> None:
+                 sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str], *,
+                 timings: Mapping[str, FakeTiming] | None = None, schedule: ScheduleLimits = ScheduleLimits()) -> None:
         self.timing, self.scripts, self.sleep, self.fail_loads = timing, scripts, sleep, dict(fail_loads)
+        self.timings, self.schedule = dict(timings or {}), schedule
         self._batches: dict[str, FakeBatch] = {}
         self._deliver: Deliver | None = None
         self._running = False
@@ -71,18 +76,22 @@ class FakeBackend:
             await batch.close("engine_stopped", "the engine stopped")
         self._batches.clear()
 
+    def timing_for(self, model: str) -> FakeTiming:
+        return self.timings.get(model, self.timing)
+
     async def load(self, model: str, spec, source) -> Loaded:
-        await self.sleep(self.timing.load_seconds)
+        timing = self.timing_for(model)
+        await self.sleep(timing.load_seconds)
         if model in self.fail_loads:
             raise RuntimeError(self.fail_loads[model])
-        self._batches[model] = FakeBatch(model, spec, self.timing, self.sleep, self._deliver)
+        self._batches[model] = FakeBatch(model, spec, timing, self.sleep, self._deliver, self.schedule)
         return Loaded(spec.weights_bytes)
 
     async def unload(self, model: str) -> None:
         batch = self._batches.pop(model, None)
         if batch is not None:
             await batch.close("model_unloaded", f"{model} was unloaded")
-        await self.sleep(self.timing.unload_seconds)
+        await self.sleep(self.timing_for(model).unload_seconds)
 
     async def prepare(self, model: str, request: ChatRequest) -> Prompt:
         if not self._running:
@@ -106,17 +115,33 @@ class FakeEngine(Engine):
         *,
         memory_bytes: int,
         timing: FakeTiming = FakeTiming(),
+        timings: Mapping[str, FakeTiming] | None = None,
         scripts: Callable[[ChatRequest], FakeScript] = default_script,
         fail_loads: Mapping[str, str] | None = None,
         config: EngineConfig = EngineConfig(),
+        schedule: ScheduleLimits = ScheduleLimits(),
         time_scale: float = 1.0,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         simulated = SimulatedTime(time_scale)
-        clock, sleep = clock or simulated.clock, sleep or simulated.sleep
-        backend = FakeBackend(timing, scripts, sleep, fail_loads or {})
+        clock, base_sleep = clock or simulated.clock, sleep or simulated.sleep
+        self.thawed = asyncio.Event()  # cleared: every simulated step waits
+        self.thawed.set()
+
+        async def sleep_unless_frozen(seconds: float) -> None:
+            await self.thawed.wait()
+            await base_sleep(seconds)
+
+        backend = FakeBackend(timing, scripts, sleep_unless_frozen, fail_loads or {}, timings=timings,
+                              schedule=schedule)
         super().__init__(backend, models, memory=SimulatedMemory(memory_bytes), config=config, clock=clock,
-                         sleep=sleep)
+                         sleep=sleep_unless_frozen)
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
 
 

@@ -1,24 +1,24 @@
 """One model's simulated continuous batch (the fake engine's backend, per model).
 
-It follows the real batcher's schedule step for step: a decode step of every decoding row, then one
-prefill chunk of a group of prompts with the same chunk count, the group joining the batch after its
-last chunk. The KV bytes come from the same integer replay the ledger uses, so they are the bytes
-mlx-lm would hold for that schedule.
+It runs the real batcher's schedule (agent/engine/schedule.py, the same object) and sleeps for each
+step as its `FakeTiming` says: a decode step of every decoding row, then one prefill turn. The KV
+bytes come from the same integer replay the ledger uses, so they are the bytes mlx-lm would hold for
+that schedule. A row with a scripted first-token delay waits outside the schedule until it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.catalog import ModelSpec
 from agent.engine.backend import Deliver, Job, StepReport
-from agent.engine.batch_kv import MAX_PREFILL_GROUPS, MAX_PREFILL_ROWS, BatchKV, pick_prefill_group, prefill_chunks
+from agent.engine.batch_kv import BatchKV
 from agent.engine.fake_script import FakeTiming, script_tokens
+from agent.engine.schedule import Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
-from agent.kvcost import PREFILL_CHUNK_TOKENS, SequenceKV, engine_updates
+from agent.kvcost import SequenceKV
 
 
 @dataclass(slots=True, eq=False)
@@ -30,7 +30,6 @@ class FakeRow:
     error: str = ""
     generated: int = 0
     text: str = ""  # content so far, for stop strings
-    is_ready: bool = True  # False while a scripted first-token delay runs
 
     @property
     def request_id(self) -> str:
@@ -44,39 +43,36 @@ class FakeRow:
         return Finish(reason, Usage(self.prompt_tokens, self.generated), code, message)
 
 
-@dataclass(slots=True, eq=False)
-class _Group:
-    rows: list[FakeRow]
-    updates: deque[int]  # prefill chunks, then 1 (the first decode step, as it joins)
-    replay: SequenceKV
-
-
 class FakeBatch:
     def __init__(self, model: str, spec: ModelSpec, timing: FakeTiming, sleep: Callable[[float], Awaitable[None]],
-                 deliver: Deliver, chunk: int = PREFILL_CHUNK_TOKENS) -> None:
+                 deliver: Deliver, limits: ScheduleLimits = ScheduleLimits()) -> None:
         self.model, self.spec, self.timing, self.sleep, self.deliver = model, spec, timing, sleep, deliver
-        self.chunk = chunk
-        self.waiting: deque[FakeRow] = deque()
-        self.groups: list[_Group] = []
-        self._prefill_turns = 0
-        self.decoding: dict[str, FakeRow] = {}
+        self.limits = limits
+        self.schedule: Schedule[FakeRow] = Schedule(limits)  # a group's state: its KV replay (SequenceKV)
+        self.delayed: list[FakeRow] = []  # rows whose scripted first-token delay still runs
         self.batch = BatchKV(spec)
         self._task: asyncio.Task | None = None
+        self._timers: set[asyncio.Task] = set()
 
     def insert(self, job: Job) -> None:
         script, seed = job.prompt.payload
         reasoning, content = script_tokens(script, seed)
-        row = FakeRow(job, reasoning, content, script.fail_after_tokens, script.error,
-                      is_ready=script.first_token_delay_s <= 0)
-        self.waiting.append(row)
-        if not row.is_ready:
-            asyncio.get_running_loop().create_task(self._ready_after(row, script.first_token_delay_s))
+        row = FakeRow(job, reasoning, content, script.fail_after_tokens, script.error)
+        if script.first_token_delay_s > 0:
+            self.delayed.append(row)
+            timer = asyncio.get_running_loop().create_task(self._ready_after(row, script.first_token_delay_s))
+            self._timers.add(timer)
+            timer.add_done_callback(self._timers.discard)
+            return
+        self.schedule.add(row)
         self._wake()
 
     async def _ready_after(self, row: FakeRow, delay: float) -> None:
         await self.sleep(delay)
-        row.is_ready = True
-        self._wake()
+        if row in self.delayed:  # not cancelled meanwhile
+            self.delayed.remove(row)
+            self.schedule.add(row)
+            self._wake()
 
     def cancel(self, request_id: str) -> None:
         row = self._take(request_id)
@@ -85,55 +81,54 @@ class FakeBatch:
             asyncio.get_running_loop().call_soon(self.deliver, report)
 
     async def close(self, code: str, message: str) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        rows = [*self.waiting, *(row for group in self.groups for row in group.rows), *self.decoding.values()]
-        self.waiting.clear()
-        self.groups, self.decoding, self.batch = [], {}, BatchKV(self.spec)
+        for task in [self._task, *self._timers]:
+            if task is not None:
+                task.cancel()
+        rows = [*self.delayed, *self.schedule.clear()]
+        self.delayed, self.batch = [], BatchKV(self.spec)
         self.deliver(self._report([(row.request_id, row.finish(FinishReason.CANCELLED, code, message))
                                    for row in rows]))
 
     def _take(self, request_id: str) -> FakeRow | None:
-        for row in self.waiting:
+        for row in self.delayed:
             if row.request_id == request_id:
-                self.waiting.remove(row)
+                self.delayed.remove(row)
                 return row
-        for group in self.groups:
-            for row in group.rows:
-                if row.request_id == request_id:
-                    group.rows.remove(row)
-                    if not group.rows:
-                        self.groups.remove(group)
-                    return row
-        row = self.decoding.pop(request_id, None)
-        if row is not None:
+        removed = self.schedule.remove(request_id)
+        if removed is None:
+            return None
+        if removed.place == "prefilling":  # as the real group's filter: that row's caches go
+            removed.group.state.batch_size = len(removed.group.rows)
+        elif removed.place == "decoding":
             self.batch.leave({request_id})
-        return row
+        return removed.row
 
     def _wake(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fake-batch-{self.model}")
 
     async def _run(self) -> None:
-        while self.decoding or self.groups or any(row.is_ready for row in self.waiting):
+        while self.schedule.has_work:
+            step = self.schedule.next_step()
+            for group in step.started:
+                group.state = SequenceKV(self.spec, len(group.rows))
             events: list[tuple[str, Event]] = []
-            decode = await self._decode(events) if self.decoding else 0.0
-            prefill_tokens, prefill_seconds = await self._prefill()
+            decode = await self._decode(events) if step.decode else 0.0
+            prefill_tokens, prefill_seconds = await self._prefill(step)
             self.deliver(self._report(events, prefill_tokens, prefill_seconds, decode))
 
     async def _decode(self, events: list[tuple[str, Event]]) -> float:
-        seconds = self.timing.step_seconds(len(self.decoding))
+        seconds = self.timing.step_seconds(len(self.schedule.decoding))
         await self.sleep(seconds)
         self.batch.step(1)
         leaving = set()
         for request_id in list(self.batch.ids):
-            row = self.decoding[request_id]
+            row = self.schedule.decoding[request_id]
             finish = self._next_token(row, events)
             if finish is not None:
                 events.append((request_id, finish))
                 leaving.add(request_id)
-        for request_id in leaving:
-            del self.decoding[request_id]
+        self.schedule.finish(leaving)
         self.batch.leave(leaving)
         return seconds
 
@@ -159,44 +154,29 @@ class FakeBatch:
             return row.finish(FinishReason.STOP)
         return None
 
-    async def _prefill(self) -> tuple[int, float]:
-        while len(self.groups) < MAX_PREFILL_GROUPS and self._start_group():
-            pass
-        if not self.groups:
+    async def _prefill(self, step: Step[FakeRow]) -> tuple[int, float]:
+        group = step.group
+        if group is None or group not in self.schedule.groups:  # none, or all its rows cancelled meanwhile
             return 0, 0.0
-        self._prefill_turns += 1
-        group = self.groups[pick_prefill_group([len(g.updates) - 1 for g in self.groups], self._prefill_turns)]
         tokens = 0
-        if len(group.updates) > 1:  # one chunk per turn; the last update is the first decode step
-            tokens = group.updates.popleft() * len(group.rows)
-            group.replay.update(tokens // len(group.rows))
+        if step.has_chunk:  # every row's update is as wide as the longest row's (the rest is padding)
+            longest = max(group.rows, key=lambda row: row.prompt_tokens)
+            start, end = group.chunk_span(longest, self.limits.chunk_tokens)
+            group.state.update(end - start)
+            tokens = (end - start) * len(group.rows)
         seconds = tokens / self.timing.prefill_tps
-        if len(group.updates) == 1:
+        if step.joins:
             seconds += self.timing.step_seconds(len(group.rows))
             joined, _ = BatchKV.prefilled(self.spec, [r.request_id for r in group.rows],
-                                          [r.prompt_tokens for r in group.rows], self.chunk)
+                                          [r.prompt_tokens for r in group.rows], self.limits.chunk_tokens)
             self.batch.join(joined)
-            self.decoding.update((row.request_id, row) for row in group.rows)
-            self.groups.remove(group)
+        self.schedule.advance(group)
         await self.sleep(seconds)
         return tokens, seconds
 
-    def _start_group(self) -> bool:
-        ready = [row for row in self.waiting if row.is_ready]
-        if not ready:
-            return False
-        chunks = prefill_chunks(ready[0].prompt_tokens, self.chunk)
-        rows = [row for row in ready if prefill_chunks(row.prompt_tokens, self.chunk) == chunks][:MAX_PREFILL_ROWS]
-        for row in rows:
-            self.waiting.remove(row)
-        longest = max(row.prompt_tokens for row in rows)
-        updates = deque(engine_updates(longest, longest, self.chunk))
-        self.groups.append(_Group(rows, updates, SequenceKV(self.spec, len(rows))))
-        return True
-
     def _report(self, events: list[tuple[str, Event]], prefill_tokens: int = 0, prefill_seconds: float = 0.0,
                 decode_seconds: float = 0.0) -> StepReport:
-        used = self.batch.nbytes + sum(group.replay.nbytes for group in self.groups)
+        used = self.batch.nbytes + sum(group.state.nbytes for group in self.schedule.groups)
         decode_tokens = sum(1 for _, event in events if isinstance(event, Delta))
         return StepReport(self.model, events, used, self.batch.copy(), prefill_tokens, prefill_seconds,
                           decode_tokens, decode_seconds)

@@ -33,8 +33,8 @@ from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
+from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import ChatRequest, EngineNotRunning, Event, Finish, FinishReason, Usage
-from agent.kvcost import PREFILL_CHUNK_TOKENS
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +69,8 @@ _STOP = object()
 
 
 class MLXBackend:
-    def __init__(self, *, chunk: int = PREFILL_CHUNK_TOKENS, max_prefill_rows: int = 8) -> None:
-        self.chunk, self.max_prefill_rows = chunk, max_prefill_rows
+    def __init__(self, *, schedule: ScheduleLimits = ScheduleLimits()) -> None:
+        self.schedule = schedule
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,8 +220,7 @@ class MLXBackend:
         try:
             if not job.advance():
                 return
-            self._batchers[model] = Batcher(job.model, command.spec, chunk=self.chunk,
-                                            max_prefill_rows=self.max_prefill_rows)
+            self._batchers[model] = Batcher(job.model, command.spec, self.schedule)
             self._formats[model] = command.chat
             result: Loaded | BaseException = Loaded(job.weights_bytes)
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""SimAgent: one simulated Mac — SimEngine + the real Provider + the real Link — in the current event loop.
+"""SimAgent: one simulated Mac — a FakeEngine (one timing per model) + the real Provider + the real Link — in the current event loop.
 
     agent = SimAgent(url, memory_gb=64, preload=("gpt-oss-20b",), time_scale=0.5)
     await agent.start()        # engine up, link connecting, preloads loading (as the daemon does)
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 
 from agent.catalog import ModelSpec, load_catalog
 from agent.engine.core import EngineConfig
+from agent.engine.fake import FakeEngine
 from agent.engine.fake_script import FakeScript
 from agent.engine.types import ChatRequest, EngineError
 from agent.frames import Hardware
 from agent.link.client import Backoff, Link
 from agent.provider import MemoryReading, Provider
-from agent.sim.engine import SimEngine
 from agent.sim.profiles import GEMMA, GPT_OSS, sim_script, timing_for
 
 GIB = 2**30
@@ -51,7 +51,7 @@ class SimAgent:
     specs: dict[str, ModelSpec] = field(default_factory=fleet_catalog)
     backoff_base_s: float = 0.5
     decode_factor: float = 1.0  # < 1: a slow Mac (a thermally throttled or overloaded one)
-    engine: SimEngine = field(init=False)
+    engine: FakeEngine = field(init=False)
     provider: Provider = field(init=False)
     link: Link = field(init=False)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -60,8 +60,8 @@ class SimAgent:
         memory = self.memory_gb * GIB
         timings = {model: timing_for(model, self.memory_gb) for model in self.specs}
         timings = {m: replace(t, decode_tps=t.decode_tps * self.decode_factor) for m, t in timings.items()}
-        self.engine = SimEngine(self.specs, memory_bytes=memory, timings=timings, scripts=self.scripts,
-                                time_scale=self.time_scale, config=EngineConfig())
+        self.engine = FakeEngine(self.specs, memory_bytes=memory, timings=timings, scripts=self.scripts,
+                                 time_scale=self.time_scale, config=EngineConfig())
         hardware = Hardware(chip=chip_for(self.memory_gb), memory_bytes=memory, gpu_cores=10)
         self.provider = Provider(self.engine, dict(self.specs), hardware,
                                  lambda: MemoryReading(memory, memory * 3 // 4))
