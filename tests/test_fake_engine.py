@@ -15,6 +15,7 @@ from agent.engine import (
     Delta, Engine, EngineConfig, FakeEngine, FakeScript, FakeTiming, FinishReason, LoadFailed, LoadRefused,
     RequestRefused, SlotState,
 )
+from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import HEARTBEAT_FIELDS
 from agent.kvcost import kv_bytes_at
 from tests.engine_fixtures import chat, run
@@ -93,6 +94,63 @@ def test_time_follows_the_timing_model_on_an_injected_clock():
     # Prefill, one step for the last prompt token, then one step per token (the last one's successor is discarded).
     assert alone == pytest.approx((prompt - 1) / 1000 + 21 / 50)
     assert four == pytest.approx(4 * (prompt - 1) / 1000 + 21 * (1 + 0.1 * 3) / 50)
+
+
+def test_each_model_follows_its_own_timing_and_a_model_without_one_the_default():
+    clock = VirtualTime()
+    default = FakeTiming(prefill_tps=1000, decode_tps=50, load_seconds=2.0)
+    gemma = FakeTiming(prefill_tps=500, decode_tps=20, load_seconds=7.0)
+
+    async def scenario():
+        engine = FakeEngine({m: CATALOG[m] for m in (GPT_OSS, GEMMA)}, memory_bytes=128 * GIB, timing=default,
+                            timings={GEMMA: gemma}, scripts=lambda request: FakeScript(output_tokens=20),
+                            clock=clock.clock, sleep=clock.sleep)
+        figures = {}
+        async with engine:
+            for model in (GPT_OSS, GEMMA):
+                started = clock.now
+                await engine.load(model)
+                loaded = clock.now
+                stream = await engine.submit(chat(f"on-{model}", model, "x" * 40))
+                await stream.collect()
+                figures[model] = (loaded - started, clock.now - loaded, stream.prompt_tokens)
+        return figures
+
+    figures = run(scenario())
+    for model, timing in ((GPT_OSS, default), (GEMMA, gemma)):
+        load, answer, prompt = figures[model]
+        assert load == pytest.approx(timing.load_seconds)
+        assert answer == pytest.approx((prompt - 1) / timing.prefill_tps + 21 / timing.decode_tps)
+
+
+@pytest.mark.parametrize("max_prefill_rows", [1, 8])
+def test_the_fake_engine_prefills_in_the_groups_its_schedule_allows(max_prefill_rows):
+    """Four equal prompts: one group under the default cap (first tokens together), four under a cap of one
+    (first tokens one after the other)."""
+    clock = VirtualTime()
+
+    async def scenario():
+        engine = FakeEngine({GPT_OSS: CATALOG[GPT_OSS]}, memory_bytes=64 * GIB, timing=FAST,
+                            scripts=lambda request: FakeScript(output_tokens=8), clock=clock.clock,
+                            sleep=clock.sleep, schedule=ScheduleLimits(max_prefill_rows=max_prefill_rows))
+        first_token_at: dict[str, float] = {}
+
+        async def consume(stream) -> None:
+            async for event in stream:
+                if isinstance(event, Delta):
+                    first_token_at.setdefault(stream.request_id, clock.now)
+
+        async with engine:
+            await engine.load(GPT_OSS)
+            streams = [await engine.submit(chat(f"s{i}", GPT_OSS, "x" * 400)) for i in range(4)]
+            await asyncio.gather(*(consume(stream) for stream in streams))
+        return [first_token_at[f"s{i}"] for i in range(4)]
+
+    times = run(scenario())
+    if max_prefill_rows == 1:
+        assert times == sorted(times) and len(set(times)) == 4
+    else:
+        assert len(set(times)) == 1
 
 
 def test_the_memory_gate_is_the_real_one_on_the_simulated_machine():
