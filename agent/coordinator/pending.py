@@ -100,6 +100,11 @@ class SlotLedger:
         return max((e.tokens_now for e in self.entries.values()), default=0)
 
     @property
+    def longest_end_tokens(self) -> int:
+        """The longest row it sent is expected to reach (its prompt and expected output)."""
+        return max((e.prompt_tokens + e.expected_output_tokens for e in self.entries.values()), default=0)
+
+    @property
     def is_marked_full(self) -> bool:
         return self.seq <= self.full_until_seq
 

@@ -27,6 +27,7 @@ from agent.engine.fake_batch import FakeBatch
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
 from agent.engine.types import ChatRequest, EngineNotRunning
+from agent.kvcost import PREFILL_CHUNK_TOKENS
 
 __all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
 
@@ -52,8 +53,10 @@ class SimulatedTime:
 
 class FakeBackend:
     def __init__(self, timing: FakeTiming, scripts: Callable[[ChatRequest], FakeScript],
-                 sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str]) -> None:
+                 sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str],
+                 chunk: int = PREFILL_CHUNK_TOKENS) -> None:
         self.timing, self.scripts, self.sleep, self.fail_loads = timing, scripts, sleep, dict(fail_loads)
+        self.chunk = chunk
         self._batches: dict[str, FakeBatch] = {}
         self._deliver: Deliver | None = None
         self._running = False
@@ -75,7 +78,7 @@ class FakeBackend:
         await self.sleep(self.timing.load_seconds)
         if model in self.fail_loads:
             raise RuntimeError(self.fail_loads[model])
-        self._batches[model] = FakeBatch(model, spec, self.timing, self.sleep, self._deliver)
+        self._batches[model] = FakeBatch(model, spec, self.timing, self.sleep, self._deliver, self.chunk)
         return Loaded(spec.weights_bytes)
 
     async def unload(self, model: str) -> None:
@@ -115,7 +118,7 @@ class FakeEngine(Engine):
     ) -> None:
         simulated = SimulatedTime(time_scale)
         clock, sleep = clock or simulated.clock, sleep or simulated.sleep
-        backend = FakeBackend(timing, scripts, sleep, fail_loads or {})
+        backend = FakeBackend(timing, scripts, sleep, fail_loads or {}, config.prefill_chunk_tokens)
         super().__init__(backend, models, memory=SimulatedMemory(memory_bytes), config=config, clock=clock,
                          sleep=sleep)
 

@@ -11,7 +11,6 @@ import mlx.core as mx
 from agent.engine.core import Engine, EngineConfig
 from agent.engine.memory import MemoryProbe, SystemMemory
 from agent.engine.mlx_backend import MLXBackend
-from agent.kvcost import PREFILL_CHUNK_TOKENS
 
 
 class MLXEngine(Engine):
@@ -21,13 +20,12 @@ class MLXEngine(Engine):
         *,
         config: EngineConfig = EngineConfig(),
         memory: MemoryProbe | None = None,
-        chunk: int = PREFILL_CHUNK_TOKENS,
         max_prefill_rows: int = 8,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(
-            MLXBackend(chunk=chunk, max_prefill_rows=max_prefill_rows), models,
+            MLXBackend(chunk=config.prefill_chunk_tokens, max_prefill_rows=max_prefill_rows), models,
             memory=memory or SystemMemory(metal_limit=_metal_limit()), config=config, clock=clock, sleep=sleep,
         )
 
