@@ -31,7 +31,8 @@ What the view can get wrong, and which way:
   ended, or `cancel_grace_s` after the cancel.
 tests/test_coordinator_agreement.py drives a simulated agent and a real router through FIFO links and
 checks both: never less than the agent will hold in flight (given exact prompt counts and no batch
-growth), and exactly the agent's numbers and decisions once the links are quiet.
+growth), and exactly the agent's numbers once the links are quiet; tests/test_coordinator_agreement_ledger.py
+compares the decisions placement takes on that view with the real engine ledger's.
 
 Pure and synchronous; the router owns one per (provider, model).
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.admission import (
-    LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes, resolve_max_tokens, safety_margin_bytes,
+    AdmissionDecision, LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes, resolve_max_tokens, safety_margin_bytes,
 )
 from agent.engine.backend import Backend, Job, StepReport
 from agent.engine.ledger import KVLedger
@@ -125,6 +125,14 @@ class Engine:
                                prefill_chunk_tokens=config.prefill_chunk_tokens,
                                default_max_tokens=config.default_max_tokens,
                                output_clip_tokens=self._slot(model).ratio.clip)
+
+    def check(self, model: str, prompt_tokens: int, max_tokens: int | None = None) -> AdmissionDecision:
+        """What admission says now about a request of this many prompt tokens; commits nothing."""
+        slot = self._slot(model)
+        if slot.ledger is None:
+            raise EngineNotRunning(f"{model} is {slot.state}; admission runs once it is loaded")
+        limit = resolve_max_tokens(max_tokens, prompt_tokens, slot.spec.max_context, self.config.default_max_tokens)
+        return slot.ledger.check("check", prompt_tokens, limit)
 
     def output_ratio(self, model: str) -> OutputRatio:
         """The slot's expected-output ratio and its history of changes (it outlives loads)."""
