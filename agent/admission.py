@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.catalog import ModelSpec
-from agent.kvcost import kv_peak_bytes_at
+from agent.kvcost import PREFILL_CHUNK_TOKENS, kv_peak_bytes_at
 from agent.tables import human_bytes
 
 GIB = 1024**3
@@ -126,15 +126,31 @@ class AdmissionDecision:
         return self.verdict is Verdict.ADMIT
 
 
-def expected_output_tokens(max_tokens: int, ratio: float, clip: int = OUTPUT_CLIP_TOKENS) -> int:
-    return max(1, math.ceil(min(max_tokens, clip) * ratio))
+def expected_output_tokens(max_tokens: int, ratio: float, clip: int | None = OUTPUT_CLIP_TOKENS) -> int:
+    """None for `clip`: no clip (what the coordinator assumes of an agent that does not say its clip)."""
+    return max(1, math.ceil((max_tokens if clip is None else min(max_tokens, clip)) * ratio))
 
 
-def reservation_bytes(spec: ModelSpec, prompt_tokens: int, output_tokens: int, pad_to_tokens: int = 0) -> int:
+def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_context: int, default: int | None) -> int:
+    """The output limit a request runs with: its own, or the agent's `default` within the context left
+    (None: the whole context left, the most it could be)."""
+    if requested:
+        return requested
+    room = max(max_context - prompt_tokens, 1)
+    return room if default is None else min(default, room)
+
+
+def safety_margin_bytes(budget_bytes: int, margin: float) -> int:
+    """The share of a slot's budget kept free (the agent's ledger and the coordinator's view both use this)."""
+    return int(budget_bytes * margin)
+
+
+def reservation_bytes(spec: ModelSpec, prompt_tokens: int, output_tokens: int, pad_to_tokens: int = 0,
+                      chunk: int = PREFILL_CHUNK_TOKENS) -> int:
     """Engine bytes for a request holding prompt + output tokens; in a batch every row is as long as
-    the longest, so `pad_to_tokens` is the longest row it will sit beside."""
+    the longest, so `pad_to_tokens` is the longest row it will sit beside; `chunk` is the prefill chunk."""
     total = max(prompt_tokens + output_tokens, pad_to_tokens)
-    return kv_peak_bytes_at(spec, total, prompt_tokens=min(prompt_tokens, total))
+    return kv_peak_bytes_at(spec, total, prompt_tokens=min(prompt_tokens, total), chunk=chunk)
 
 
 def admit_request(
@@ -144,18 +160,19 @@ def admit_request(
     prompt_tokens: int,
     max_tokens: int,
     ratio: float = EXPECTED_OUTPUT_RATIO_START,
-    clip: int = OUTPUT_CLIP_TOKENS,
+    clip: int | None = OUTPUT_CLIP_TOKENS,
     pad_to_tokens: int = 0,
+    chunk: int = PREFILL_CHUNK_TOKENS,
 ) -> AdmissionDecision:
     """Check, never commit: the caller adds `reservation_bytes` to its ledger when it admits."""
     expected = expected_output_tokens(max_tokens, ratio, clip)
-    reservation = reservation_bytes(spec, prompt_tokens, expected, pad_to_tokens)
+    reservation = reservation_bytes(spec, prompt_tokens, expected, pad_to_tokens, chunk)
     free = slot.free_bytes
     worst = prompt_tokens + max_tokens
     if worst > spec.max_context:
         return AdmissionDecision(Verdict.NEVER, f"prompt {prompt_tokens} + max_tokens {max_tokens} tokens exceeds "
                                  f"{spec.id}'s context of {spec.max_context}", reservation, expected, free)
-    worst_bytes = reservation_bytes(spec, prompt_tokens, max_tokens)
+    worst_bytes = reservation_bytes(spec, prompt_tokens, max_tokens, chunk=chunk)
     if worst_bytes > slot.budget_bytes - slot.safety_margin_bytes:
         return AdmissionDecision(Verdict.NEVER, f"{worst} tokens need {_gib(worst_bytes)} of KV, more than the "
                                  f"slot's whole budget of {_gib(slot.budget_bytes)}", reservation, expected, free)

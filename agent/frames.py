@@ -9,7 +9,7 @@ renamed, and every field is always written, defaults included. Numbers and strin
 peer cannot make the agent hold more than a frame. Parse and encode with agent.protocol.
 
 Public names: the frame classes (Register ... UnloadModel, ErrorFrame), their parts (Hardware,
-ModelEntry, KVLayout, KVLayer, SlotStatus, MemoryStatus, Delta, Usage, Reservation), SlotState,
+ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, Delta, Usage, Reservation), SlotState,
 ThermalState, FinishReason, Frame.
 """
 
@@ -99,6 +99,21 @@ class KVLayout(Frame):
     layers: Annotated[tuple[KVLayer, ...], Field(max_length=1024)]
 
 
+MAX_ROWS = 4096  # rows one slot may admit: far above any batch a Mac runs
+
+
+class AdmissionLimits(Frame):
+    """The agent's own numbers that admission reads besides its KV ledger (DESIGN.md §4): the coordinator
+    runs the same check with them, so it never keeps a copy. The two with defaults default to the most
+    a peer could mean (to the context, no clip), which keeps the coordinator conservative."""
+
+    kv_safety_margin: Annotated[float, Field(ge=0, le=0.9)]  # share of each slot's budget kept free
+    max_num_seqs: Annotated[int, Field(ge=1, le=MAX_ROWS)]  # requests one slot admits at once
+    prefill_chunk_tokens: Annotated[int, Field(ge=1, le=2**20)]
+    default_max_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None  # None: the context left
+    output_clip_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None  # None: max_tokens unclipped
+
+
 class ModelEntry(Frame):
     id: ModelId
     weights_bytes: Bytes
@@ -109,6 +124,7 @@ class ModelEntry(Frame):
     fit_reason: Reason
     activation_reserve_bytes: Bytes = 0
     kv_layout: KVLayout | None = None
+    admission: AdmissionLimits | None = None  # None: the coordinator plans with conservative limits
 
 
 class Register(Frame):
@@ -131,8 +147,9 @@ class SlotStatus(Frame):
     prefill_tps: Tps | None = None  # None until observed
     decode_tps: Tps | None = None
     weights_bytes: Bytes = 0
-    expected_output_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    expected_output_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: taken as 1
     failure_reason: Reason | None = None
+    kv_longest_row_end_tokens: Count | None = None  # the longest admitted row's expected end: rows pad to it
 
 
 class MemoryStatus(Frame):

@@ -81,7 +81,7 @@ class Provider:
                           kv_bytes_per_token=kv_bytes_per_token(spec),
                           kv_fixed_bytes_per_sequence=kv_fixed_bytes_per_sequence(spec), fits=gate.fits,
                           fit_reason=gate.reason, activation_reserve_bytes=spec.activation_reserve_bytes,
-                          kv_layout=layout)
+                          kv_layout=layout, admission=self.engine.admission_limits(spec.id))
 
     def heartbeat_frame(self, session: LinkSession):
         slots = [self._slot_status(slot) for slot in self.engine.snapshot().slots]
@@ -94,8 +94,7 @@ class Provider:
     def _slot_status(slot) -> SlotStatus:
         observed = {"prefill_tps": slot.prefill_tps or None, "decode_tps": slot.decode_tps or None}  # None: not yet
         failure = slot.reason or None if slot.state is SlotState.FAILED else None
-        return SlotStatus(**slot.heartbeat() | observed, weights_bytes=slot.weights_bytes,
-                          expected_output_ratio=slot.expected_output_ratio, failure_reason=failure)
+        return SlotStatus(**slot.heartbeat() | observed, weights_bytes=slot.weights_bytes, failure_reason=failure)
 
     # -- what the coordinator asks --------------------------------------------------------------
     async def handle(self, event: Event, link) -> None:

@@ -20,33 +20,37 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from agent.admission import SlotKV, admit_request, memory_cap_bytes
+from agent.admission import SlotKV, admit_request, memory_cap_bytes, safety_margin_bytes
 from agent.catalog import ModelSpec, load_catalog
 from agent.coordinator.accounts import Accounts
 from agent.coordinator.app import RunningServer, build_app, running
 from agent.coordinator.settings import CoordinatorSettings
 from agent.frames import (
-    Delta, ErrorFrame, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected,
+    AdmissionLimits, Delta, ErrorFrame, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected,
     InferenceRequest, InferenceResponseChunk, KVLayer, KVLayout, MemoryStatus, ModelEntry, Register, SlotState,
     SlotStatus, Usage,
 )
-from agent.kvcost import kv_bytes_per_token, kv_fixed_bytes_per_sequence
+from agent.kvcost import PREFILL_CHUNK_TOKENS, kv_bytes_per_token, kv_fixed_bytes_per_sequence
 from agent.protocol import PROTOCOL_VERSION, Direction, encode, parse_message
 
 GIB = 2**30
 CATALOG = load_catalog()
 GPT = CATALOG["gpt-oss-20b"]
 GEMMA = CATALOG["gemma-4-26b"]
+# What a scripted provider says about how it admits (as a real agent sends its EngineConfig's numbers).
+LIMITS = AdmissionLimits(kv_safety_margin=0.05, max_num_seqs=32, prefill_chunk_tokens=PREFILL_CHUNK_TOKENS,
+                         default_max_tokens=4096, output_clip_tokens=4096)
 
 
-def entry_for(spec: ModelSpec, *, fits: bool = True, fit_reason: str = "fits", layout: bool = True) -> ModelEntry:
+def entry_for(spec: ModelSpec, *, fits: bool = True, fit_reason: str = "fits", layout: bool = True,
+              limits: AdmissionLimits | None = LIMITS) -> ModelEntry:
     kv_layout = KVLayout(architecture=spec.architecture, kv_dtype=spec.kv_dtype, sliding_window=spec.sliding_window,
                          layers=tuple(KVLayer(kind=layer.kind.value, num_kv_heads=layer.num_kv_heads,
                                               head_dim=layer.head_dim) for layer in spec.kv_layers))
     return ModelEntry(id=spec.id, weights_bytes=spec.weights_bytes, max_context=spec.max_context,
                       kv_bytes_per_token=kv_bytes_per_token(spec), kv_fixed_bytes_per_sequence=kv_fixed_bytes_per_sequence(spec),
                       fits=fits, fit_reason=fit_reason, activation_reserve_bytes=spec.activation_reserve_bytes,
-                      kv_layout=kv_layout if layout else None)
+                      kv_layout=kv_layout if layout else None, admission=limits)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Slot:
     used_bytes: int = 0
     num_running: int = 0
     num_waiting: int = 0
-    ratio: float | None = None
+    ratio: float | None = 0.7
 
 
 @dataclass
@@ -240,11 +244,13 @@ class ScriptedProvider:
     def _admit(self, request: InferenceRequest) -> tuple[str, str] | None:
         """The agent's gate on this provider's own ledger; commits the reservation when it admits."""
         slot, spec = self.slots[request.model], self.specs[request.model]
-        margin = int(slot.budget_bytes * 0.05)
+        limits = next((e.admission for e in self.models if e.id == request.model), None) or LIMITS
+        margin = safety_margin_bytes(slot.budget_bytes, limits.kv_safety_margin)
         prompt = request.reservation.prompt_tokens if request.reservation else 11
         decision = admit_request(spec, SlotKV(slot.budget_bytes, slot.reserved_bytes, slot.used_bytes, margin),
-                                 prompt_tokens=prompt, max_tokens=request.body.output_limit or 4096,
-                                 ratio=slot.ratio or 0.7)
+                                 prompt_tokens=prompt, max_tokens=request.body.output_limit or limits.default_max_tokens,
+                                 ratio=slot.ratio or 1.0, clip=limits.output_clip_tokens,
+                                 chunk=limits.prefill_chunk_tokens)
         if not decision.admitted:
             return decision.verdict.value, decision.reason
         slot.reserved_bytes += decision.reservation_bytes

@@ -1,8 +1,9 @@
-"""The coordinator's admission agrees with the agent's: same function, same numbers, netted correctly.
+"""The coordinator's pending ledger nets the agent's heartbeats correctly, frame by frame.
 
 The agent here is a simulation that keeps its KV ledger as the real one reports it (reservations
 summed, batch rows padded to the longest) and runs agent.admission.admit_request on it; it talks to a
-real Router through two FIFO links, as one websocket would carry the frames.
+real Router through two FIFO links, as one websocket would carry the frames. What the view is then
+put through is compared with the real engine ledger in tests/test_coordinator_agreement_ledger.py.
 """
 
 from __future__ import annotations
@@ -13,22 +14,21 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.admission import SlotKV, admit_request
+from agent.admission import SlotKV, Verdict, admit_request, safety_margin_bytes
 from agent.chat_request import ChatMessage, ChatRequest
 from agent.coordinator.exchange import Exchange
 from agent.coordinator.placement import Ask, check, slot_view
 from agent.coordinator.router import Router
-from agent.coordinator.settings import CoordinatorSettings
 from agent.frames import (
     Cancel, Delta, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceRejected, InferenceRequest,
     InferenceResponseChunk, MemoryStatus, Register, SlotState, SlotStatus, Usage,
 )
 from agent.kvcost import kv_peak_bytes_at
 from agent.protocol import PROTOCOL_VERSION
-from tests.provider_support import GEMMA, GIB, GPT, entry_for
+from tests.provider_support import GEMMA, GIB, GPT, LIMITS, entry_for
 
-SETTINGS = CoordinatorSettings(max_requests_per_slot=None)  # the KV gate alone
-MARGIN = SETTINGS.kv_safety_margin
+MARGIN = LIMITS.kv_safety_margin  # what the simulated agent says in its register
+RATIO = 0.7  # its expected-output ratio, sent in its heartbeats
 
 
 def register(*specs) -> Register:
@@ -56,30 +56,6 @@ def test_a_layout_sent_in_register_rebuilds_the_catalog_spec_byte_for_byte():
         rebuilt = provider.offers[spec.id].spec
         for total in (1, 255, 256, 1000, 4097, 40_000):
             assert kv_peak_bytes_at(rebuilt, total) == kv_peak_bytes_at(spec, total)
-
-
-def test_over_a_grid_of_slot_states_and_requests_the_coordinator_decides_exactly_as_the_agent():
-    cases = 0
-    for spec in (GPT, GEMMA):
-        for budget in (GIB // 2, 24 * GIB):
-            for reserved_share in (0.0, 0.5, 0.99):
-                for used_share in (0.0, 1.0):
-                    for ratio in (None, 0.1):
-                        router = Router(SETTINGS)
-                        provider = router.connect(register(spec), lambda frame: None)
-                        reserved, used = int(budget * reserved_share), int(budget * reserved_share * used_share)
-                        router.receive(provider, heartbeat(1, spec.id, budget, reserved, used, ratio))
-                        offer = provider.offers[spec.id]
-                        agent_slot = SlotKV(budget, reserved, used, int(budget * MARGIN))
-                        for prompt in (1, 30_000):
-                            for max_tokens in (16, 4096, 100_000, spec.max_context):
-                                ask = Ask(spec.id, prompt, prompt, max_tokens)
-                                ours = check(offer, ask, SETTINGS)
-                                theirs = admit_request(spec, agent_slot, prompt_tokens=prompt, max_tokens=max_tokens,
-                                                       ratio=ratio or 0.7)
-                                assert ours == theirs, (spec.id, budget, reserved, used, ratio, prompt, max_tokens)
-                                cases += 1
-    assert cases == 2 * 2 * 3 * 2 * 2 * 2 * 4
 
 
 # ---- the pending ledger, frame by frame -------------------------------------------------------
@@ -111,7 +87,7 @@ class SimAgent:
         return self.reserved // 2
 
     def slot(self) -> SlotKV:
-        return SlotKV(self.budget, self.reserved, self.used, int(self.budget * MARGIN))
+        return SlotKV(self.budget, self.reserved, self.used, safety_margin_bytes(self.budget, MARGIN))
 
     def pad(self) -> int:
         return max((row.prompt + row.chunks for row in self.rows.values()), default=0)
@@ -123,7 +99,7 @@ class SimAgent:
             return
         real_prompt = max(1, frame.reservation.prompt_tokens - self.tokenizer_gap)  # the agent tokenizes
         decision = admit_request(self.spec, self.slot(), prompt_tokens=real_prompt,
-                                 max_tokens=frame.body.max_tokens, pad_to_tokens=self.pad())
+                                 max_tokens=frame.body.max_tokens, ratio=RATIO, pad_to_tokens=self.pad())
         if decision.admitted:
             self.rows[frame.request_id] = Row(real_prompt, decision.reservation_bytes)
             self.to_coordinator.append(InferenceAccepted(request_id=frame.request_id, prompt_tokens=real_prompt,
@@ -145,7 +121,7 @@ class SimAgent:
 
     def heartbeat(self) -> None:
         self.seq += 1
-        self.to_coordinator.append(heartbeat(self.seq, self.spec.id, self.budget, self.reserved, self.used))
+        self.to_coordinator.append(heartbeat(self.seq, self.spec.id, self.budget, self.reserved, self.used, RATIO))
 
     def after_inbox(self, inbox: deque) -> SimAgent:
         """This agent once it has handled everything on its way to it (a copy)."""
@@ -160,7 +136,7 @@ class Link:
     """A real Router and one provider of `spec`, wired to a SimAgent through two FIFOs."""
 
     def __init__(self, spec, budget: int, tokenizer_gap: int = 0) -> None:
-        self.router = Router(SETTINGS)
+        self.router = Router()
         self.to_agent: deque = deque()
         self.provider = self.router.connect(register(spec), self.to_agent.append)
         self.agent = SimAgent(spec, budget, tokenizer_gap)
@@ -207,7 +183,7 @@ class Link:
                 self.router.receive(self.provider, self.agent.to_coordinator.popleft())
 
     def coordinator_view(self) -> SlotKV:
-        return slot_view(self.offer, SETTINGS)
+        return slot_view(self.offer)
 
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["send", "to_agent", "to_agent", "to_coordinator", "to_coordinator",
@@ -241,7 +217,7 @@ def test_in_flight_the_coordinators_view_never_counts_less_than_the_agent_will_h
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, use_gemma=st.booleans())
-def test_once_the_links_are_quiet_and_a_heartbeat_is_in_the_coordinator_and_the_agent_agree_exactly(actions, use_gemma):
+def test_once_the_links_are_quiet_and_a_heartbeat_is_in_the_coordinators_view_is_exactly_the_agents_ledger(actions, use_gemma):
     spec = GEMMA if use_gemma else GPT
     link = run(spec, actions, chunks=True, check_in_flight=False, tokenizer_gap=90)
     link.deliver_all()
@@ -251,9 +227,10 @@ def test_once_the_links_are_quiet_and_a_heartbeat_is_in_the_coordinator_and_the_
     assert link.offer.ledger.pad_to_tokens == link.agent.pad()
     for prompt in (5, 900):
         for max_tokens in (64, 4096, 60_000):
-            theirs = admit_request(spec, link.agent.slot(), prompt_tokens=prompt, max_tokens=max_tokens,
+            theirs = admit_request(spec, link.agent.slot(), prompt_tokens=prompt, max_tokens=max_tokens, ratio=RATIO,
                                    pad_to_tokens=link.agent.pad())
-            assert check(link.offer, Ask(spec.id, prompt, prompt, max_tokens), SETTINGS) == theirs
+            ours = check(link.offer, Ask(spec.id, prompt, prompt, max_tokens))
+            assert ours.verdict is not Verdict.ADMIT or theirs.admitted  # it cannot see the rows: it errs one way
 
 
 def test_a_request_the_heartbeat_already_counts_is_not_counted_twice_and_its_end_frees_it_at_once():

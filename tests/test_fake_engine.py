@@ -132,7 +132,8 @@ def test_the_fake_engine_prefills_in_the_groups_its_schedule_allows(max_prefill_
     async def scenario():
         engine = FakeEngine({GPT_OSS: CATALOG[GPT_OSS]}, memory_bytes=64 * GIB, timing=FAST,
                             scripts=lambda request: FakeScript(output_tokens=8), clock=clock.clock,
-                            sleep=clock.sleep, schedule=ScheduleLimits(max_prefill_rows=max_prefill_rows))
+                            sleep=clock.sleep,
+                            config=EngineConfig(schedule=ScheduleLimits(max_prefill_rows=max_prefill_rows)))
         first_token_at: dict[str, float] = {}
 
         async def consume(stream) -> None:

@@ -52,7 +52,7 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
                "expected_output_ratio": status.expected_output_ratio if status else None,
                "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes}
         if residency in (Residency.RUNNING, Residency.IDLE):
-            view = slot_view(offer, settings)
+            view = slot_view(offer)
             row["free_kv_bytes"], row["kv_budget_bytes"] = max(0, view.free_bytes), view.budget_bytes
             free += row["free_kv_bytes"]
             budget += view.budget_bytes

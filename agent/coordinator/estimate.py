@@ -12,7 +12,7 @@ overheads cover the chat template (gpt-oss's harmony header alone is ~60 tokens)
 estimate says can never fit, but the floor says might, is still sent to an agent: the agent tokenizes,
 and its answer is final. Only a request that cannot fit even at the floor is refused here (503).
 
-Public names: PromptEstimate, estimate_prompt, resolve_max_tokens.
+Public names: PromptEstimate, estimate_prompt.
 """
 
 from __future__ import annotations
@@ -39,13 +39,6 @@ def estimate_prompt(body: ChatRequest) -> PromptEstimate:
                                            for n in sizes)
     floor = max(1, sum(_ceil_div(n, BYTES_PER_TOKEN_FLOOR) for n in sizes))
     return PromptEstimate(tokens=tokens, floor_tokens=min(floor, tokens))
-
-
-def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_context: int, default: int) -> int:
-    """The output limit the engine applies: the request's, or `default` within the context left."""
-    if requested is not None:
-        return requested
-    return min(default, max(max_context - prompt_tokens, 1))
 
 
 def _message_bytes(message: ChatMessage) -> int:

@@ -31,7 +31,8 @@ What the view can get wrong, and which way:
   ended, or `cancel_grace_s` after the cancel.
 tests/test_coordinator_agreement.py drives a simulated agent and a real router through FIFO links and
 checks both: never less than the agent will hold in flight (given exact prompt counts and no batch
-growth), and exactly the agent's numbers and decisions once the links are quiet.
+growth), and exactly the agent's numbers once the links are quiet; tests/test_coordinator_agreement_ledger.py
+compares the decisions placement takes on that view with the real engine ledger's.
 
 Pure and synchronous; the router owns one per (provider, model).
 
@@ -98,6 +99,11 @@ class SlotLedger:
     def pad_to_tokens(self) -> int:
         """The longest row the agent's batch holds: a new row is padded to it (DESIGN.md §3)."""
         return max((e.tokens_now for e in self.entries.values()), default=0)
+
+    @property
+    def longest_end_tokens(self) -> int:
+        """The longest row it sent is expected to reach (its prompt and expected output)."""
+        return max((e.prompt_tokens + e.expected_output_tokens for e in self.entries.values()), default=0)
 
     @property
     def is_marked_full(self) -> bool:

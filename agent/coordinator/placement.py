@@ -2,10 +2,11 @@
 
 For each provider of the model, the slot is classified by residency, and a warm slot's view (last
 heartbeat netted by the pending ledger, see pending.py) is put through `admit_request`, the function
-the agent itself runs, with the ratio the agent reports and the batch padding the coordinator can see:
+the agent itself runs, with the agent's own limits and ratio (agent_limits.py) and a bound on the batch
+padding the agent's replay finds (`padded_view`):
 
     admit     warm, admission says yes            ranked: shortest queue, then most free KV, then fewest rows
-    full      warm, admission says not now        (or it runs max_requests_per_slot rows, or the agent
+    full      warm, admission says not now        (or it runs the agent's max_num_seqs rows, or the agent
                                                   refused one since its last heartbeat)
     waiting   loading, or cold and fits (after load_gate beside what is loaded): capacity that can come
     never     cannot serve this request at all, with the reason (the 503's explanation)
@@ -20,22 +21,22 @@ cache allocation and costs 0.1–1 ms). When none admits, the search also ends o
 the best-ranked slots said "full": the request can run somewhere later, so it is queued, and every
 provider's next heartbeat or completion tries the queue against that provider.
 
-Public names: Ask, Option, Placement, Residency, place, check, slot_view, classify, cold_gate,
-alone_budget_bytes, margin_bytes.
+Public names: Ask, Option, Placement, Residency, place, check, slot_view, padded_view, classify, cold_gate,
+alone_budget_bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from agent.admission import (
-    EXPECTED_OUTPUT_RATIO_START, AdmissionDecision, LoadDecision, SlotKV, Verdict, admit_request, load_gate,
-    memory_cap_bytes, min_kv_budget_bytes,
+    AdmissionDecision, LoadDecision, SlotKV, Verdict, admit_request, expected_output_tokens, load_gate,
+    memory_cap_bytes, min_kv_budget_bytes, reservation_bytes, resolve_max_tokens,
 )
 from agent.frames import SlotState
-from agent.coordinator.estimate import resolve_max_tokens
+from agent.coordinator.agent_limits import limits_of, margin_bytes, ratio_of
 from agent.coordinator.registry import Offer, Provider
 from agent.coordinator.settings import CoordinatorSettings
 
@@ -99,16 +100,26 @@ class Placement:
         return f"no provider can serve this {self.model} request: " + "; ".join(parts)
 
 
-def margin_bytes(budget_bytes: int, settings: CoordinatorSettings) -> int:
-    return int(budget_bytes * settings.kv_safety_margin)
-
-
-def slot_view(offer: Offer, settings: CoordinatorSettings) -> SlotKV:
+def slot_view(offer: Offer) -> SlotKV:
     status = offer.status
     if status is None:
         return SlotKV(0)
     return offer.ledger.view(status.kv_budget_bytes, status.kv_reserved_bytes, status.kv_used_bytes,
-                             margin_bytes(status.kv_budget_bytes, settings))
+                             margin_bytes(offer, status.kv_budget_bytes))
+
+
+def padded_view(offer: Offer, prompt_tokens: int, expected_tokens: int, chunk: int) -> tuple[SlotKV, int]:
+    """The slot's view and the length a new row is padded to, so that admit_request bounds what the agent's
+    batch replay (engine/ledger.py) finds: the new row sits beside the longest row until that one ends, so
+    it is padded to the longest row's end; and while it is the longest, each of the n rows beside it is
+    padded to its length, so the others hold at least n rows of its size."""
+    view, status, ledger = slot_view(offer), offer.status, offer.ledger
+    pad = max(status.kv_longest_row_end_tokens or 0, ledger.longest_end_tokens, ledger.pad_to_tokens)
+    num_rows = max(0, status.num_running + status.num_waiting + ledger.load_delta)
+    if num_rows:
+        others = num_rows * reservation_bytes(offer.spec, prompt_tokens, expected_tokens, chunk=chunk)
+        view = replace(view, reserved_bytes=max(view.reserved_bytes, others))
+    return view, pad
 
 
 def classify(provider: Provider, offer: Offer, now: float, settings: CoordinatorSettings) -> tuple[Residency, str]:
@@ -172,17 +183,17 @@ def _held_bytes(offer: Offer) -> int:
     return weights + offer.spec.activation_reserve_bytes + max(offer.min_kv_bytes, committed)
 
 
-def check(offer: Offer, ask: Ask, settings: CoordinatorSettings, *, prompt_tokens: int | None = None,
-          view: SlotKV | None = None) -> AdmissionDecision:
-    """admit_request on the provider's view (or on `view`, e.g. an empty slot of some budget)."""
-    spec, status = offer.spec, offer.status
+def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: SlotKV | None = None) -> AdmissionDecision:
+    """admit_request with the agent's limits on the provider's view (or on `view`, e.g. an empty slot)."""
+    spec, limits, ratio = offer.spec, limits_of(offer), ratio_of(offer)
     prompt = ask.prompt_tokens if prompt_tokens is None else prompt_tokens
-    ratio = status.expected_output_ratio if status is not None and status.expected_output_ratio else \
-        EXPECTED_OUTPUT_RATIO_START
-    max_tokens = resolve_max_tokens(ask.max_tokens, prompt, spec.max_context, settings.default_max_tokens)
-    slot = slot_view(offer, settings) if view is None else view
-    pad = offer.ledger.pad_to_tokens if view is None else 0
-    return admit_request(spec, slot, prompt_tokens=prompt, max_tokens=max_tokens, ratio=ratio, pad_to_tokens=pad)
+    max_tokens = resolve_max_tokens(ask.max_tokens, prompt, spec.max_context, limits.default_max_tokens)
+    chunk, pad = limits.prefill_chunk_tokens, 0
+    if view is None:
+        expected = expected_output_tokens(max_tokens, ratio, limits.output_clip_tokens)
+        view, pad = padded_view(offer, prompt, expected, chunk)
+    return admit_request(spec, view, prompt_tokens=prompt, max_tokens=max_tokens, ratio=ratio,
+                         clip=limits.output_clip_tokens, pad_to_tokens=pad, chunk=chunk)
 
 
 def place(offers: Iterable[tuple[Provider, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
@@ -198,7 +209,7 @@ def place(offers: Iterable[tuple[Provider, Offer]], ask: Ask, settings: Coordina
         elif unusable:
             placement.never[provider.provider_id] = unusable
         elif offer.is_warm:
-            warm.append((_rank(offer, settings), provider, offer))
+            warm.append((_rank(offer), provider, offer))
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
@@ -206,7 +217,7 @@ def place(offers: Iterable[tuple[Provider, Offer]], ask: Ask, settings: Coordina
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = len(warm) - i + len(others)
             return placement
-        _check_warm(placement, provider, offer, ask, settings)
+        _check_warm(placement, provider, offer, ask)
         if lazy and placement.admit:
             placement.num_unchecked = len(warm) - i - 1 + len(others)
             return placement
@@ -215,8 +226,8 @@ def place(offers: Iterable[tuple[Provider, Offer]], ask: Ask, settings: Coordina
         return placement
     for provider, offer in others:
         residency, reason = classify(provider, offer, now, settings)
-        _potential(placement, provider, offer, residency, reason, ask, settings)
-    placement.uncertain.sort(key=lambda option: _rank(option.offer, settings))
+        _potential(placement, provider, offer, residency, reason, ask)
+    placement.uncertain.sort(key=lambda option: _rank(option.offer))
     return placement
 
 
@@ -230,56 +241,56 @@ def _unusable(provider: Provider, offer: Offer) -> str:
     return ""
 
 
-def _rank(offer: Offer, settings: CoordinatorSettings) -> tuple:
+def _rank(offer: Offer) -> tuple:
     """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
     the most free KV. Rows before KV: every extra row slows each stream of a batch and queues its prefill
     behind the others', so an idle warm slot beats a busy big one (KV decides only between equals)."""
     status, ledger = offer.status, offer.ledger
     waiting = status.num_waiting + max(0, ledger.load_delta)
     busy = max(0, status.num_running + status.num_waiting + ledger.load_delta)
-    return waiting, busy, -slot_view(offer, settings).free_bytes
+    return waiting, busy, -slot_view(offer).free_bytes
 
 
-def _check_warm(placement: Placement, provider: Provider, offer: Offer, ask: Ask,
-                settings: CoordinatorSettings) -> None:
+def _check_warm(placement: Placement, provider: Provider, offer: Offer, ask: Ask) -> None:
     pid = provider.provider_id
-    limit = settings.max_requests_per_slot
-    if limit is not None and _rank(offer, settings)[1] >= limit:
+    limit = limits_of(offer).max_num_seqs
+    if _rank(offer)[1] >= limit:
         placement.full[pid] = f"{offer.model} is running its limit of {limit} requests"
         return
-    decision = check(offer, ask, settings)
+    decision = check(offer, ask)
     if decision.verdict is Verdict.NEVER:
-        floor = check(offer, ask, settings, prompt_tokens=ask.floor_prompt_tokens)
+        floor = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens)
         if floor.verdict is Verdict.NEVER:
             placement.never[pid] = floor.reason
             return
         if floor.verdict is Verdict.FULL or offer.ledger.is_marked_full:
             placement.full[pid] = floor.reason
             return
-        placement.uncertain.append(_option(provider, offer, floor, ask, settings, ask.floor_prompt_tokens, True))
+        placement.uncertain.append(_option(provider, offer, floor, ask, ask.floor_prompt_tokens, True))
     elif offer.ledger.is_marked_full:
         placement.full[pid] = "refused a request as full since its last heartbeat"
     elif decision.verdict is Verdict.FULL:
         placement.full[pid] = decision.reason
     else:
-        placement.admit.append(_option(provider, offer, decision, ask, settings, ask.prompt_tokens, False))
+        placement.admit.append(_option(provider, offer, decision, ask, ask.prompt_tokens, False))
 
 
-def _potential(placement: Placement, provider: Provider, offer: Offer, residency: Residency, reason: str, ask: Ask,
-               settings: CoordinatorSettings) -> None:
+def _potential(placement: Placement, provider: Provider, offer: Offer, residency: Residency, reason: str,
+               ask: Ask) -> None:
     """A loading or cold slot: could it serve this request once loaded? Its budget then, on the floor."""
     status = offer.status
     budget = status.kv_budget_bytes if status is not None and status.kv_budget_bytes else \
         alone_budget_bytes(provider, offer)
-    empty = SlotKV(budget, 0, 0, margin_bytes(budget, settings))
-    decision = check(offer, ask, settings, prompt_tokens=ask.floor_prompt_tokens, view=empty)
+    empty = SlotKV(budget, 0, 0, margin_bytes(offer, budget))
+    decision = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens, view=empty)
     if decision.verdict is Verdict.NEVER:
         placement.never[provider.provider_id] = decision.reason
     else:
         placement.waiting[provider.provider_id] = f"{residency.value}: {reason}"
 
 
-def _option(provider: Provider, offer: Offer, decision: AdmissionDecision, ask: Ask, settings: CoordinatorSettings,
-            prompt_tokens: int, uncertain: bool) -> Option:
-    max_tokens = resolve_max_tokens(ask.max_tokens, prompt_tokens, offer.spec.max_context, settings.default_max_tokens)
+def _option(provider: Provider, offer: Offer, decision: AdmissionDecision, ask: Ask, prompt_tokens: int,
+            uncertain: bool) -> Option:
+    max_tokens = resolve_max_tokens(ask.max_tokens, prompt_tokens, offer.spec.max_context,
+                                    limits_of(offer).default_max_tokens)
     return Option(provider, offer, decision, prompt_tokens, max_tokens, uncertain)

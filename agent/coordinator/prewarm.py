@@ -39,7 +39,7 @@ def plan_loads(offers: Iterable[tuple[Provider, Offer]], *, model: str, num_queu
         if provider.is_draining or offer.spec is None or not offer.entry.fits:
             continue
         if offer.is_warm:
-            view = slot_view(offer, settings)
+            view = slot_view(offer)
             warm_budget += view.budget_bytes - view.safety_margin_bytes
             warm_free += max(0, view.free_bytes)
             num_warm += 1

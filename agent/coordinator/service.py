@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 import structlog
 
+from agent.admission import OUTPUT_CLIP_TOKENS
 from agent.catalog import CatalogError, ModelSpec, load_catalog
 from agent.chat_request import ChatRequest
 from agent.coordinator.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
@@ -83,9 +84,11 @@ class Coordinator:
         estimate = estimate_prompt(body)
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         try:
-            # Holds use the default ratio, not an agent's adapted one: money errs on the safe side.
+            # Holds use the default ratio and clip, not an agent's adapted ones: money errs on the safe side.
+            # No provider is chosen yet, so a request without max_tokens is held at the clip, the most
+            # output the hold's formula ever counts.
             self.accounts.admit(account, request_id, model=body.model, prompt_tokens=estimate.tokens,
-                                max_tokens=body.output_limit or self.settings.default_max_tokens)
+                                max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS)
         except InsufficientBalance as exc:
             raise PaymentRequired(str(exc)) from None
         except RateLimited as exc:

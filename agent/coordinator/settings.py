@@ -36,10 +36,7 @@ class CoordinatorSettings:
     first_token_timeout_s: float = 180.0  # counted from inference_accepted, never from the send
     stall_timeout_s: float = 120.0  # between chunks once the first token has arrived
     cancel_grace_s: float = 10.0  # a cancelled request still counts as the agent's until it says it ended
-    # admission as the agents run it
-    kv_safety_margin: float = 0.05  # of each slot's budget; the engine's default (heartbeats do not carry it)
-    default_max_tokens: int = 4096  # a request without max_tokens, as the engine treats it
-    max_requests_per_slot: int | None = 32  # the engine's max_num_seqs (heartbeats do not carry it either)
+    # Admission runs on each agent's own numbers (its register and heartbeats, see agent_limits.py): none here.
     # pre-warming
     prewarm_free_fraction: float = 0.25  # load another provider when warm free KV falls below this share
     prewarm_queue_per_load: int = 8  # one more concurrent load for every this many queued requests

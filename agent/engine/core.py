@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.admission import LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes
+from agent.admission import (
+    AdmissionDecision, LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes, resolve_max_tokens, safety_margin_bytes,
+)
 from agent.engine.backend import Backend, Job, StepReport
 from agent.engine.ledger import KVLedger
 from agent.engine.memory import MemoryProbe, SystemMemory
@@ -35,6 +37,8 @@ from agent.engine.types import (
     ChatRequest, Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, InvalidRequest, LoadFailed,
     LoadRefused, RequestRefused, SlotSnapshot, SlotState, UnknownModel, Usage,
 )
+from agent.frames import AdmissionLimits
+from agent.engine.schedule import ScheduleLimits
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +51,13 @@ class EngineConfig:
     kv_safety_margin: float = 0.05  # of the budget: transient copies when rows join, leave and grow
     max_num_seqs: int = 32  # admitted requests per slot
     default_max_tokens: int = 4096  # for a request without max_tokens (within the context)
+    schedule: ScheduleLimits = ScheduleLimits()  # the backend's prefill steps; admission replays the same chunks
     idle_unload_after_s: float | None = None  # None: keep warm
     idle_check_interval_s: float = 5.0
+
+    @property
+    def prefill_chunk_tokens(self) -> int:
+        return self.schedule.chunk_tokens
 
 
 class Engine:
@@ -112,6 +121,23 @@ class Engine:
     def snapshot(self) -> EngineSnapshot:
         return EngineSnapshot(tuple(slot.snapshot() for slot in self._slots.values()))
 
+    def admission_limits(self, model: str) -> AdmissionLimits:
+        """What admission reads besides the slot's ledger: sent in `register`, so the coordinator runs the
+        same check with the same numbers (the current ratio travels in every heartbeat)."""
+        config = self.config
+        return AdmissionLimits(kv_safety_margin=config.kv_safety_margin, max_num_seqs=config.max_num_seqs,
+                               prefill_chunk_tokens=config.prefill_chunk_tokens,
+                               default_max_tokens=config.default_max_tokens,
+                               output_clip_tokens=self._slot(model).ratio.clip)
+
+    def check(self, model: str, prompt_tokens: int, max_tokens: int | None = None) -> AdmissionDecision:
+        """What admission says now about a request of this many prompt tokens; commits nothing."""
+        slot = self._slot(model)
+        if slot.ledger is None:
+            raise EngineNotRunning(f"{model} is {slot.state}; admission runs once it is loaded")
+        limit = resolve_max_tokens(max_tokens, prompt_tokens, slot.spec.max_context, self.config.default_max_tokens)
+        return slot.ledger.check("check", prompt_tokens, limit)
+
     def output_ratio(self, model: str) -> OutputRatio:
         """The slot's expected-output ratio and its history of changes (it outlives loads)."""
         return self._slot(model).ratio
@@ -135,7 +161,8 @@ class Engine:
                     slot.transition(SlotState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
                 raise LoadFailed(f"{model} failed to load: {exc}") from exc
             slot.weights_bytes = loaded.weights_bytes
-            slot.ledger = KVLedger(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs)
+            slot.ledger = KVLedger(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
+                                   chunk=self.config.prefill_chunk_tokens)
             self._rebalance()
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()
@@ -178,8 +205,8 @@ class Engine:
         self._require_serving(slot)  # encoding took a moment: the slot may have started unloading
         if request.request_id in self._requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")
-        room = slot.spec.max_context - prompt.num_tokens
-        max_tokens = request.max_tokens or min(self.config.default_max_tokens, max(room, 1))
+        max_tokens = resolve_max_tokens(request.max_tokens, prompt.num_tokens, slot.spec.max_context,
+                                        self.config.default_max_tokens)
         decision = slot.ledger.admit(request.request_id, prompt.num_tokens, max_tokens)
         if not decision.admitted:
             log.info("admit.reject", model=slot.model, request_id=request.request_id, verdict=str(decision.verdict),
@@ -279,7 +306,7 @@ class Engine:
             budget = max(0, room) * minimums[slot.model] // max(1, sum(minimums.values()))
             if self.config.max_kv_budget_bytes is not None:
                 budget = min(budget, self.config.max_kv_budget_bytes)
-            slot.ledger.safety_margin_bytes = int(budget * self.config.kv_safety_margin)
+            slot.ledger.safety_margin_bytes = safety_margin_bytes(budget, self.config.kv_safety_margin)
             slot.ledger.set_budget(budget)
 
     async def _unload_idle_slots(self) -> None:

@@ -119,7 +119,6 @@ class FakeEngine(Engine):
         scripts: Callable[[ChatRequest], FakeScript] = default_script,
         fail_loads: Mapping[str, str] | None = None,
         config: EngineConfig = EngineConfig(),
-        schedule: ScheduleLimits = ScheduleLimits(),
         time_scale: float = 1.0,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -134,7 +133,7 @@ class FakeEngine(Engine):
             await base_sleep(seconds)
 
         backend = FakeBackend(timing, scripts, sleep_unless_frozen, fail_loads or {}, timings=timings,
-                              schedule=schedule)
+                              schedule=config.schedule)
         super().__init__(backend, models, memory=SimulatedMemory(memory_bytes), config=config, clock=clock,
                          sleep=sleep_unless_frozen)
 

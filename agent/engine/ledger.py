@@ -84,6 +84,13 @@ class KVLedger:
             self._reports_since_compute = 0
         return self._reserved
 
+    @property
+    def longest_row_end_tokens(self) -> int:
+        """The tokens the longest admitted row is expected to hold when it ends: a new row is padded to it
+        while they share the batch, which the coordinator, seeing no rows, must count too."""
+        cached = dict(zip(self.batch.ids, self.batch.tokens))
+        return max((row.end_tokens(cached.get(row.request_id)) for row in self.rows.values()), default=0)
+
     def slot_kv(self) -> SlotKV:
         return SlotKV(self.budget_bytes, self.reserved_bytes, self.used_bytes, self.safety_margin_bytes)
 
@@ -97,14 +104,14 @@ class KVLedger:
         candidate = PendingRow(request_id, prompt_tokens, prompt_tokens + expected)
         with_candidate = self._predict(candidate)
         pad = max(self.batch.tokens, default=0)
-        own = reservation_bytes(self.spec, prompt_tokens, expected, pad_to_tokens=pad)
+        own = reservation_bytes(self.spec, prompt_tokens, expected, pad_to_tokens=pad, chunk=self.chunk)
         # admit_request checks own <= budget - margin - max(reserved, used); with the others' reservation
         # taken as (peak with the candidate - own), that is: the batch's peak with it must fit, and so
         # must its own row beside what the caches really hold now.
         slot = SlotKV(self.budget_bytes, max(0, with_candidate - own), self.used_bytes, self.safety_margin_bytes)
         decision = admit_request(self.spec, slot, prompt_tokens=prompt_tokens, max_tokens=max_tokens, ratio=ratio,
-                                 clip=self.ratio.clip, pad_to_tokens=pad)
-        unpadded = reservation_bytes(self.spec, prompt_tokens, expected)
+                                 clip=self.ratio.clip, pad_to_tokens=pad, chunk=self.chunk)
+        unpadded = reservation_bytes(self.spec, prompt_tokens, expected, chunk=self.chunk)
         if decision.verdict is Verdict.FULL and own > unpadded:
             decision = replace(decision, reason=f"{decision.reason} (its row is padded to the batch's longest row, "
                                                 f"{pad} tokens)")

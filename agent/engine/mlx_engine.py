@@ -11,7 +11,6 @@ import mlx.core as mx
 from agent.engine.core import Engine, EngineConfig
 from agent.engine.memory import MemoryProbe, SystemMemory
 from agent.engine.mlx_backend import MLXBackend
-from agent.engine.schedule import ScheduleLimits
 
 
 class MLXEngine(Engine):
@@ -21,12 +20,11 @@ class MLXEngine(Engine):
         *,
         config: EngineConfig = EngineConfig(),
         memory: MemoryProbe | None = None,
-        schedule: ScheduleLimits = ScheduleLimits(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(
-            MLXBackend(schedule=schedule), models,
+            MLXBackend(schedule=config.schedule), models,
             memory=memory or SystemMemory(metal_limit=_metal_limit()), config=config, clock=clock, sleep=sleep,
         )
 

@@ -109,6 +109,7 @@ class Slot:
             prefill_tps=round(self.prefill_rate.value, 1),
             decode_tps=round(self.decode_rate.value, 1),
             weights_bytes=self.weights_bytes,
-            expected_output_ratio=round(self.ratio.value, 4),
+            expected_output_ratio=self.ratio.value,
             reason=self.reason,
+            kv_longest_row_end_tokens=ledger.longest_row_end_tokens if ledger else 0,
         )

@@ -27,7 +27,7 @@ from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.chat_request import ChatMessage
 from agent.chat_request import ChatRequest as OpenAIBody
 from agent.errors import DarkbloomError
-from agent.frames import FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
 from agent.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ Event = Delta | Finish
 
 
 HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
-                    "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps")
+                    "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps", "expected_output_ratio",
+                    "kv_longest_row_end_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +162,9 @@ class SlotSnapshot:
     prefill_tps: float  # prompt tokens per second while prefilling (moving average)
     decode_tps: float  # generated tokens per second of the whole batch while decoding (moving average)
     weights_bytes: int  # loaded weights (0 unless loaded)
-    expected_output_ratio: float
+    expected_output_ratio: float  # unrounded: the coordinator's admission uses it as the agent's does
     reason: str = ""  # why it is failed, or why the last load was refused
+    kv_longest_row_end_tokens: int = 0
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat's `slots[]` entry."""
@@ -190,3 +192,4 @@ class EngineAPI(Protocol):
     async def submit(self, request: ChatRequest) -> RequestStream: ...
     async def cancel(self, request_id: str) -> bool: ...
     def snapshot(self) -> EngineSnapshot: ...
+    def admission_limits(self, model: str) -> AdmissionLimits: ...
