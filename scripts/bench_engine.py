@@ -92,12 +92,13 @@ def _rate(started: float, arrivals: list[tuple[float, str, int]]) -> Rate:
 def bare_tps(model, prompts: list[list[int]], max_tokens: int) -> Rate:
     generator = BatchGenerator(model, prefill_step_size=512)
     started = time.perf_counter()
-    generator.insert(prompts, max_tokens=[max_tokens] * len(prompts))
+    unfinished = set(generator.insert(prompts, max_tokens=[max_tokens] * len(prompts)))
     arrivals = []
-    while len(generator._generation_batch) or len(generator._prompt_batch) or generator._unprocessed_sequences:
+    while unfinished:
         responses = generator.next_generated()
         now = time.perf_counter()
         arrivals += [(now, response.uid, 1) for response in responses]
+        unfinished -= {response.uid for response in responses if response.finish_reason is not None}
     generator.close()
     return _rate(started, arrivals)
 

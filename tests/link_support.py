@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -76,6 +77,17 @@ class RecordingHandler:
     events: list[Event] = field(default_factory=list)
     lost: list[list[str]] = field(default_factory=list)
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    recorded: asyncio.Condition = field(default_factory=asyncio.Condition)  # notified on every record
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until what was recorded satisfies `predicate`: woken by each record, not by polling."""
+        async with asyncio.timeout(timeout), self.recorded:
+            await self.recorded.wait_for(predicate)
+
+    async def _record(self, into: list, item) -> None:
+        async with self.recorded:
+            into.append(item)
+            self.recorded.notify_all()
 
     def register_frame(self) -> Register:
         return Register(protocol_version=PROTOCOL_VERSION, agent_version="test",
@@ -87,7 +99,7 @@ class RecordingHandler:
                                                      cap_bytes=14 * 2**30))
 
     async def handle(self, event: Event, link) -> None:
-        self.events.append(event)
+        await self._record(self.events, event)
 
     async def link_lost(self, request_ids: list[str]) -> None:
-        self.lost.append(request_ids)
+        await self._record(self.lost, request_ids)

@@ -149,6 +149,11 @@ class ScriptedProvider:
     async def heartbeat(self) -> None:
         await self.send(self.heartbeat_frame())
 
+    def is_heard(self, server: RunningServer) -> bool:
+        """The coordinator has applied this provider's latest heartbeat (and decided what follows from it)."""
+        record = server.coordinator.router.registry.get(self.provider_id)
+        return record is not None and record.seq >= self._seq
+
     async def set_slot(self, model: str, **fields: Any) -> None:
         slot = self.slots.setdefault(model, Slot())
         for name, value in fields.items():

@@ -1,7 +1,4 @@
-"""The coordinator with the real agent side (link, provider, fake engine) instead of the scripted provider.
-
-Skipped while the agent's daemon pieces are not importable (they are built beside the coordinator).
-"""
+"""The coordinator with the real agent side (link, provider, fake engine) instead of the scripted provider."""
 
 from __future__ import annotations
 
@@ -9,25 +6,23 @@ import asyncio
 
 import httpx
 import openai
-import pytest
 
+from agent.engine import FakeEngine
+from agent.frames import Hardware
+from agent.link.client import Link
+from agent.provider import MemoryReading, Provider
+from tests.metrics_support import counted
 from tests.provider_support import FAST, GIB, GPT, coordinator, eventually
-
-provider_module = pytest.importorskip("agent.provider")
-engine_module = pytest.importorskip("agent.engine")
-link_module = pytest.importorskip("agent.link.client")
 
 
 async def real_agent(server, *, warm: bool):
-    from agent.frames import Hardware
-
-    engine = engine_module.FakeEngine({GPT.id: GPT}, memory_bytes=64 * GIB, time_scale=0.01)
+    engine = FakeEngine({GPT.id: GPT}, memory_bytes=64 * GIB, time_scale=0.01)
     await engine.start()
     if warm:
         await engine.load(GPT.id)
-    agent = provider_module.Provider(engine, {GPT.id: GPT}, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
-                                     lambda: provider_module.MemoryReading(64 * GIB, 60 * GIB))
-    link = link_module.Link(server.ws_url, "any-token", agent)
+    agent = Provider(engine, {GPT.id: GPT}, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
+                     lambda: MemoryReading(64 * GIB, 60 * GIB))
+    link = Link(server.ws_url, "any-token", agent)
     return engine, agent, link, asyncio.create_task(link.run())
 
 
@@ -42,8 +37,8 @@ async def test_real_agents_serve_a_burst_prewarm_on_demand_and_honour_a_cancel_w
         assert all(0 < r.usage.completion_tokens <= 40 and r.choices[0].message.content for r in results)
         assert {r.choices[0].finish_reason for r in results} <= {"stop", "length"}
         metrics = server.coordinator.metrics
-        assert metrics.attempts.labels(GPT.id, "rejected_full")._value.get() == 0  # the view matched the agents
-        assert metrics.loads.labels(GPT.id)._value.get() == 1  # 40 > 32 rows: the cold one was pre-warmed
+        assert counted(metrics, "darkbloom_attempts_total", model=GPT.id, outcome="rejected_full") == 0  # the view matched the agents
+        assert counted(metrics, "darkbloom_load_requests_total", model=GPT.id) == 1  # 40 > 32 rows: the cold one was pre-warmed
         async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
             body = {"model": GPT.id, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000,
                     "stream": True}

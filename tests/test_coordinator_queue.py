@@ -122,6 +122,9 @@ async def test_a_client_that_leaves_while_queued_is_taken_off_the_queue_and_its_
         await asyncio.gather(pending, return_exceptions=True)
         await eventually(lambda: len(router.queue(GPT.id)) == 0 and server.coordinator.accounts.num_holds == 0)
         await agent.set_slot(GPT.id, state=SlotState.IDLE, reserved_bytes=0)
-        await asyncio.sleep(0.05)
-        assert agent.received == []
+        # A request after the capacity came back is served; had the one that left still been queued
+        # (first in line), it would have been sent to the agent before this one.
+        after = [{"role": "user", "content": "asked after the first one left"}]
+        await client(server).chat.completions.create(model=GPT.id, messages=after)
+        assert [request.body.messages[0].content for request in agent.received] == [after[0]["content"]]
         await agent.stop()

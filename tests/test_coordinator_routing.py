@@ -15,6 +15,7 @@ from agent.coordinator.exchange import Exchange
 from agent.coordinator.placement import Ask
 from agent.coordinator.router import Router
 from agent.frames import SlotState
+from tests.metrics_support import counted
 from tests.provider_support import CATALOG, FAST, GEMMA, GIB, GPT, Reply, coordinator, entry_for, eventually, provider
 from tests.test_coordinator_agreement import body, heartbeat, register
 
@@ -139,7 +140,7 @@ async def test_warm_slots_are_preferred_and_cold_ones_are_prewarmed_before_warm_
         await eventually(lambda: cold.loads == [GPT.id])
         result = await client(server).chat.completions.create(model=GPT.id, messages=MESSAGES)
         assert result.choices[0].message.content == "Hello, world"
-        assert server.coordinator.metrics.loads.labels(GPT.id)._value.get() == 1
+        assert counted(server.coordinator.metrics, "darkbloom_load_requests_total", model=GPT.id) == 1
         for agent in (warm, cold):
             await agent.stop()
 
@@ -149,10 +150,13 @@ async def test_a_prefill_backlog_prewarms_a_cold_provider_while_kv_is_still_plen
         warm = await provider(server, GPT)
         cold = await provider(server, GPT, state=SlotState.COLD)
         await warm.set_slot(GPT.id, num_running=1, num_waiting=1)
-        await asyncio.sleep(0.1)
-        assert cold.loads == []  # one prompt waiting on one slot: not yet a backlog
+        await eventually(lambda: warm.is_heard(server), what="the coordinator applied the heartbeat")
+        # The pre-warm decision is taken as the heartbeat is applied: one prompt waiting on one slot is
+        # not yet a backlog, so no load was planned.
+        assert counted(server.coordinator.metrics, "darkbloom_load_requests_total", model=GPT.id) == 0
         await warm.set_slot(GPT.id, num_running=1, num_waiting=3)  # KV still ~all free
         await eventually(lambda: cold.loads == [GPT.id])
+        assert counted(server.coordinator.metrics, "darkbloom_load_requests_total", model=GPT.id) == 1
         for agent in (warm, cold):
             await agent.stop()
 

@@ -240,13 +240,19 @@ class SlowAdmission:
 
     def __init__(self, engine) -> None:
         self.engine, self.gate = engine, asyncio.Event()
+        self.is_admitting, self.is_cancel_asked = asyncio.Event(), asyncio.Event()
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
     async def submit(self, request):
+        self.is_admitting.set()
         await self.gate.wait()
         return await self.engine.submit(request)
+
+    async def cancel(self, request_id):
+        self.is_cancel_asked.set()
+        return await self.engine.cancel(request_id)
 
 
 async def test_a_cancel_that_arrives_while_the_request_is_being_admitted_still_stops_it(tmp_path):
@@ -258,9 +264,10 @@ async def test_a_cancel_that_arrives_while_the_request_is_being_admitted_still_s
     task = asyncio.create_task(daemon.run(install_signals=False))
     await wait_for_state(coordinator, "idle")
     await request(coordinator, "early-cancel", {**BODY, "max_tokens": 5000})
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(slow_engine.is_admitting.wait(), 5)
     await coordinator.send({"type": "cancel", "request_id": "early-cancel"})
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(slow_engine.is_cancel_asked.wait(), 5)
+    assert "early-cancel" in daemon.provider.cancelled  # the cancel came while the engine was still admitting
     slow_engine.gate.set()
     complete = await coordinator.next_frame("inference_complete")
     assert complete["finish_reason"] == "cancelled" and complete["usage"]["completion_tokens"] < 5000

@@ -247,8 +247,7 @@ def test_a_slow_consumer_gets_merged_deltas_and_holds_no_one_up():
             slow = await engine.submit(chat("slow", GPT_OSS, "Hello"))
             fast = [await engine.submit(chat(f"f{i}", GPT_OSS, f"Other {i}")) for i in range(3)]
             await asyncio.gather(*(stream.collect() for stream in fast))
-            while slow.finish is None:
-                await asyncio.sleep(0.001)
+            await asyncio.wait_for(slow.finished(), 10)  # finished while nobody read it
             return [event async for event in slow]
 
     events = run(scenario())

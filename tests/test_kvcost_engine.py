@@ -60,10 +60,11 @@ def observed_trace(model, prompt_lengths: list[int], max_tokens: int, chunk: int
     """Sum of cache nbytes after every BatchGenerator step, until the rows finish."""
     generator = BatchGenerator(model, max_tokens=max_tokens, prefill_step_size=chunk)
     prompts = [[1 + i % 100 for i in range(n)] for n in prompt_lengths]
-    generator.insert(prompts, max_tokens=[max_tokens] * len(prompts))
+    unfinished = set(generator.insert(prompts, max_tokens=[max_tokens] * len(prompts)))
     trace = []
-    while len(generator._generation_batch) or len(generator._prompt_batch) or generator._unprocessed_sequences:
-        generator.next()
+    while unfinished:
+        _, generated = generator.next()
+        unfinished -= {response.uid for response in generated if response.finish_reason is not None}
         trace.append(generator.prompt_cache_nbytes)
     assert trace[-1] == 0, "finished rows must leave the batch"
     return trace[:-1]

@@ -86,11 +86,10 @@ async def test_malformed_frames_get_an_error_frame_and_the_link_stays_up():
         error = await coordinator.next_frame("error")
         assert error["code"] in {"frame_not_json", "unknown_message_type", "invalid_field"}
     await coordinator.send({"type": "cancel", "request_id": "r-1"})
-    for _ in range(100):
-        if handler.events and handler.events[-1].type == "cancel":
-            break
-        await asyncio.sleep(0.01)
-    assert handler.events[-1].request_id == "r-1" and link.num_connects == 1
+    await handler.until(lambda: any(event.type == "cancel" for event in handler.events))
+    asked = [(event.type, getattr(event, "request_id", None)) for event in handler.events]
+    assert asked == [("registered", None), ("cancel", "r-1")]  # none of the malformed frames got through
+    assert link.num_connects == 1
     await stopped(link, task, coordinator)
 
 
@@ -101,17 +100,12 @@ async def test_a_dropped_link_hands_every_in_flight_request_to_the_daemon():
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     for request_id in ("a", "b", "c"):
         await coordinator.send({"type": "inference_request", "request_id": request_id, "model": "m", "body": body})
-    for _ in range(200):
-        if len(handler.events) >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await handler.until(lambda: [e.request_id for e in handler.events if e.type == "inference_request"]
+                        == ["a", "b", "c"])
     link.send(link.session.complete("b", 3, 1, FinishReason.STOP))
     await coordinator.next_frame("inference_complete")
     await coordinator.connections[-1].close()
-    for _ in range(200):
-        if handler.lost:
-            break
-        await asyncio.sleep(0.01)
+    await handler.until(lambda: bool(handler.lost))
     assert sorted(handler.lost[0]) == ["a", "c"]
     await stopped(link, task, coordinator)
 

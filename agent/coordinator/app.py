@@ -8,7 +8,7 @@ Local by default: bound to 127.0.0.1, no consumer keys (open mode: one local acc
 any provider token, unless a database of keys (--db) and a provider token are configured. Exposing an
 open coordinator on a non-loopback address is refused unless `allow_open_remote` says it is meant.
 
-Public names: serve, build_app, running, check_exposure, RunningServer.
+Public names: serve, build_app, running, check_exposure, RunningServer, EmbeddedServer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -126,20 +126,48 @@ class RunningServer:
         return f"ws://{self.host}:{self.port}/ws/provider"
 
 
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn's own startup → main loop → shutdown (`serve`), for a server inside a host's event loop.
+
+    Two public hooks of uvicorn.Server are narrowed: `startup` also sets `is_serving`, so whoever waits
+    for the socket wakes on an event instead of polling `started`; `capture_signals` leaves SIGINT and
+    SIGTERM to the host program (a test run, a benchmark), which stops the server with `should_exit`.
+    tests/test_coordinator_embedded_server.py pins both to the uvicorn range of pyproject.toml."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.is_serving = asyncio.Event()
+
+    async def startup(self, sockets=None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit as exc:
+            # uvicorn exits the whole process when it cannot start; inside a host's loop that is a crash.
+            if not self.lifespan.should_exit:  # the app started: stop it again before saying why
+                await self.lifespan.shutdown()
+            cause = exc.__context__ if isinstance(exc.__context__, OSError) else "the app's startup failed"
+            raise ConfigError(f"the coordinator could not start on {self.config.host}:{self.config.port}: "
+                              f"{cause}") from None
+        if self.started:
+            self.is_serving.set()
+
+    def capture_signals(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
 @asynccontextmanager
 async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0,
                   log_level: str = "warning") -> AsyncIterator[RunningServer]:
-    """Serve `app` in the running event loop (port 0: any free port) until the block ends.
-
-    Runs uvicorn's startup → main loop → shutdown without its signal handlers (`Server.serve` would
-    take SIGINT/SIGTERM from the host program)."""
-    server = uvicorn.Server(_config(app, host, port, log_level))
-    task = asyncio.create_task(server._serve(), name="coordinator-server")
-    while not server.started:
-        if task.done():
-            task.result()  # startup failed: raise why
-            raise RuntimeError("the coordinator server stopped during startup")
-        await asyncio.sleep(0.005)
+    """Serve `app` in the running event loop (port 0: any free port) until the block ends."""
+    server = EmbeddedServer(_config(app, host, port, log_level))
+    task = asyncio.create_task(server.serve(), name="coordinator-server")
+    serving = asyncio.create_task(server.is_serving.wait(), name="coordinator-serving")
+    await asyncio.wait((task, serving), return_when=asyncio.FIRST_COMPLETED)
+    if not server.is_serving.is_set():
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        task.result()  # startup failed: raise why
+        raise RuntimeError("the coordinator server stopped during startup")
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield RunningServer(app, server, host, bound)

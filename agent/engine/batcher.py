@@ -22,12 +22,13 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import GenerationBatch, PromptProcessingBatch
-from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV
 from agent.engine.chat import ChannelSplitter
+from agent.engine.mlx_cache_view import batch_shapes
 from agent.engine.sampling import Guard
 from agent.engine.schedule import PrefillGroup, Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
@@ -233,16 +234,7 @@ class Batcher:
         decoding = self.decoding
         rows = [decoding[uid] for uid in self.generation.uids]
         state = BatchKV(self.spec, [row.request_id for row in rows], [len(t) for t in self.generation.tokens])
-        for cache in self.generation.prompt_cache:
-            if isinstance(cache, BatchKVCache) and cache.keys is not None:
-                state.full.capacity, state.full.idx = cache.keys.shape[2], cache._idx
-                break
-        for cache in self.generation.prompt_cache:
-            if isinstance(cache, BatchRotatingKVCache) and cache.keys is not None:
-                sliding = state.sliding
-                sliding.length, sliding.idx, sliding.offset = cache.keys.shape[2], cache._idx, cache._offset
-                sliding.rotated, sliding.is_empty = cache.rotated, False
-                break
+        state.full, state.sliding = batch_shapes(self.generation.prompt_cache, window=self.spec.sliding_window)
         return state
 
 

@@ -42,6 +42,7 @@ class RequestStream:
         self._cancel = cancel
         self._events: deque[Event] = deque()
         self._ready = asyncio.Event()
+        self._finished = asyncio.Event()  # the Finish has been pushed (read or not)
         self._ended = False  # the consumer has read the Finish
 
     def push(self, event: Event) -> None:
@@ -49,10 +50,16 @@ class RequestStream:
             return
         if isinstance(event, Finish):
             self.finish = event
+            self._finished.set()
         else:
             self.num_tokens += event.num_tokens
         self._events.append(event)
         self._ready.set()
+
+    async def finished(self) -> Finish:
+        """Wait for the Finish to be pushed without reading the stream: its events stay queued for the reader."""
+        await self._finished.wait()
+        return self.finish
 
     @property
     def has_started(self) -> bool:
