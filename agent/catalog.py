@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import DarkbloomError
+from agent.errors import DarkbloomError, UnknownModel
 from agent.safetensors_info import read_safetensors_info
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -241,7 +241,7 @@ def resolve_model(model: str, catalog: dict[str, ModelSpec] | None = None) -> Mo
     if (path / "config.json").is_file():
         return spec_from_model_dir(path)
     known = ", ".join(sorted(catalog)) or "none"
-    raise CatalogError(f"unknown model {model!r}: not a catalog id ({known}) and not a model directory")
+    raise UnknownModel(f"unknown model {model!r}: not a catalog id ({known}) and not a model directory")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli_support import fail as _fail
-from agent.errors import DarkbloomError
+from agent.errors import DarkbloomError, UnknownModel
 
 
 models_app = typer.Typer(no_args_is_help=True, help="Model weights in the Hugging Face cache.")
@@ -27,7 +27,7 @@ def _spec_and_manifest(model: str, catalog: Optional[Path]):
 
     specs = load_catalog(catalog)
     if model not in specs:
-        raise DarkbloomError(f"unknown model {model!r}; the catalog has {', '.join(sorted(specs))}")
+        raise UnknownModel(f"unknown model {model!r}: not a catalog id ({', '.join(sorted(specs)) or 'none'})")
     return specs[model], load_manifest(catalog or default_catalog_path(), model)
 
 

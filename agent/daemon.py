@@ -5,7 +5,8 @@
                keeps the status file and the sleep assertion current
     shutdown   SIGTERM/SIGINT → drain: refuse new work, let streams finish until the deadline,
                cancel the rest → stop the link and the engine → exit 0
-A refused provider token ends the daemon with EXIT_AUTH_REFUSED (no restart storm under launchd).
+A refused provider token ends the daemon with EXIT_AUTH_REFUSED, a coordinator that speaks no protocol
+version in common with EXIT_PROTOCOL_REFUSED (no restart storm under launchd).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from agent.engine.models import ModelEntry
 from agent.engine.types import EngineError, SlotState
 from agent.errors import ConfigError
 from agent.frames import Hardware
-from agent.link.client import EXIT_AUTH_REFUSED, Link, LinkAuthRefused
+from agent.link.client import Link, LinkRefused
 from agent.provider import MemoryReading, Provider
 from agent.sleep_guard import SleepGuard
 from agent.status_file import write_status
@@ -102,9 +103,10 @@ class Daemon:
         stop_task = asyncio.create_task(self.should_exit.wait())
         done, _ = await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
-        if link_task in done and isinstance(link_task.exception(), LinkAuthRefused):
-            log.error("agent.auth_refused", error=str(link_task.exception()))
-            code = EXIT_AUTH_REFUSED
+        refusal = link_task.exception() if link_task in done else None
+        if isinstance(refusal, LinkRefused):
+            log.error("agent.link_refused", code=refusal.code, error=str(refusal))
+            code = refusal.exit_code
         else:
             await self.drain()
         for task in (link_task, watch_task, loads, stop_task):

@@ -8,6 +8,9 @@ The field names of DESIGN.md §5 are fixed (other coordinators rely on them); fi
 renamed, and every field is always written, defaults included. Numbers and strings are bounded so a
 peer cannot make the agent hold more than a frame. Parse and encode with agent.protocol.
 
+Building a frame with a field it does not have is a bug and raises (extra="forbid"); a frame *from the
+peer* may carry fields of a newer release, and agent.protocol.parse_message drops those.
+
 Public names: the frame classes (Register ... UnloadModel, ErrorFrame), their parts (Hardware,
 ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, Delta, Usage, Reservation), SlotState,
 ThermalState, FinishReason, Frame.
@@ -39,6 +42,7 @@ def _type_is_required(schema: dict[str, Any]) -> None:
     # `type` has a default so frames are easy to build, but on the wire it is what tells them apart.
     if "type" in schema.get("properties", {}):
         schema["required"] = ["type", *schema.get("required", [])]
+    schema.pop("additionalProperties", None)  # a receiver ignores fields it does not know
 
 
 class Frame(BaseModel):
@@ -129,7 +133,9 @@ class ModelEntry(Frame):
 
 class Register(Frame):
     type: Literal["register"] = "register"
-    protocol_version: Count
+    protocol_version: Count  # the newest major version the agent speaks
+    min_protocol_version: Count | None = None  # the oldest it still speaks; None: only protocol_version
+    protocol_minor: Count = 0  # of protocol_version; minors only add fields, so they never decide anything
     agent_version: Label
     hardware: Hardware
     models: Annotated[tuple[ModelEntry, ...], Field(max_length=256)]
@@ -181,6 +187,8 @@ class InferenceRejected(Frame):
     verdict: Literal["full", "never"]  # full: not now (retry_after_s); never: not on this node
     reason: Reason
     retry_after_s: Annotated[float, Field(ge=0, le=3600)] | None = None
+    code: Label | None = None  # agent.errors' stable code (kv_full, cannot_fit, ...); None from older agents
+    retryable: bool = True  # agent.errors.is_retryable(code): may another provider serve it
 
 
 class Delta(Frame):
@@ -214,7 +222,7 @@ class InferenceError(Frame):
     request_id: RequestId
     code: Label
     message: Reason
-    retryable: bool = False
+    retryable: bool = False  # agent.errors.is_retryable(code), for a coordinator that does not know the code
 
 
 class ErrorFrame(Frame):
@@ -236,6 +244,8 @@ class Registered(Frame):
     type: Literal["registered"] = "registered"
     provider_id: Label
     heartbeat_interval_s: Annotated[float, Field(gt=0, le=300)]
+    protocol_version: Count | None = None  # the major version chosen; None: a coordinator from before versions
+    protocol_minor: Count = 0  # the coordinator's own minor of it
     settings: Annotated[dict[Label, Setting], Field(max_length=64)] = {}  # open-ended; unknown keys ignored
 
 

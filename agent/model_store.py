@@ -54,7 +54,6 @@ class ModelNeverFits(ModelStoreError):
 
 class DownloadFailed(ModelStoreError):
     code = "model_download_failed"
-    retryable = True
 
 
 @dataclass(frozen=True, slots=True)

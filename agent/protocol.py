@@ -7,13 +7,20 @@ is what a connection uses: the two direction unions, the size limit, and
     validate_chat_request(body)         -> a ChatRequest, or a ProtocolError naming the parameter
     encode(frame) -> str;  json_schema() -> the whole protocol as one JSON Schema document
 
-Frames are validated strictly (no "5" for 5) and unknown fields are refused, so a mistake shows up
-as an `error` frame naming the field instead of being silently dropped: a peer that adds a field
-bumps PROTOCOL_VERSION. A ProtocolError's `to_frame()` is the `error` frame to send back; a bad frame
-never closes the connection.
+Frames are validated strictly (no "5" for 5). A frame's unknown fields are ignored (a peer one
+release ahead adds fields: that is a new minor version, and it must not break the fleet), and their
+names go to the link's UnknownFields to be logged once; a consumer's chat body stays strict, so a
+misspelt parameter is an error naming it, never silently dropped. A ProtocolError's `to_frame()` is
+the `error` frame to send back; a bad frame never closes the connection.
 
-Public names: PROTOCOL_VERSION, MAX_FRAME_BYTES, Direction, Message, AgentMessage, CoordinatorMessage,
-ProtocolError, FrameTooLarge, FrameNotJson, UnknownMessageType, InvalidField, parse_message,
+Versions: MAJOR.MINOR. A minor adds fields or frames (ignored by who does not know them); a major
+changes a meaning. `register` says which majors the agent speaks (min_protocol_version ..
+protocol_version), `negotiate` picks the newest one both speak, `registered` names it; no common
+major is ProtocolVersionUnsupported, which the agent treats as fatal.
+
+Public names: PROTOCOL_VERSION, PROTOCOL_MINOR, MIN_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSION,
+MAX_FRAME_BYTES, Direction, Message, AgentMessage, CoordinatorMessage, ProtocolError, FrameTooLarge,
+FrameNotJson, UnknownMessageType, InvalidField, ProtocolVersionUnsupported, parse_message, negotiate,
 validate_chat_request, encode, json_schema; the frame classes are re-exported from agent.frames.
 """
 
@@ -27,6 +34,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from agent.chat_request import ChatRequest
 from agent.errors import DarkbloomError
+from agent.unknown_fields import UnknownFields, without_unknown_fields
 from agent.frames import (
     MAX_ID_CHARS,
     MAX_REASON_CHARS,
@@ -45,7 +53,10 @@ from agent.frames import (
     UnloadModel,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the newest major version this release speaks
+PROTOCOL_MINOR = 1  # 1: unknown fields ignored, version range in register, error codes on rejections
+MIN_PROTOCOL_VERSION = 1  # the oldest major it still speaks
+LEGACY_PROTOCOL_VERSION = 1  # what a peer that names no version (one from before negotiation) speaks
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a full 262k-token prompt is ~1-3 MiB of JSON
 
 AgentMessage = Annotated[
@@ -68,8 +79,9 @@ class Direction(StrEnum):
 
 _ADAPTERS = {Direction.TO_COORDINATOR: TypeAdapter(AgentMessage), Direction.TO_AGENT: TypeAdapter(CoordinatorMessage)}
 _CHAT_ADAPTER = TypeAdapter(ChatRequest)
-_TYPES = {direction: {member.model_fields["type"].default for member in get_args(get_args(union)[0])}
-          for direction, union in ((Direction.TO_COORDINATOR, AgentMessage), (Direction.TO_AGENT, CoordinatorMessage))}
+_CLASSES = {direction: {member.model_fields["type"].default: member for member in get_args(get_args(union)[0])}
+            for direction, union in ((Direction.TO_COORDINATOR, AgentMessage), (Direction.TO_AGENT, CoordinatorMessage))}
+_TYPES = {direction: set(classes) for direction, classes in _CLASSES.items()}
 
 
 # ---- errors, parsing, encoding ------------------------------------------------------------------
@@ -106,8 +118,17 @@ class InvalidField(ProtocolError):
     code = "invalid_field"
 
 
-def parse_message(data: str | bytes, *, direction: Direction | str) -> Message | ProtocolError:
-    """One frame received in `direction`, or the reason it is unusable. Never raises on bad input."""
+class ProtocolVersionUnsupported(ProtocolError):
+    """No major version both sides speak: fatal for the agent (retrying cannot help)."""
+
+    code = "protocol_version_unsupported"
+
+
+def parse_message(data: str | bytes, *, direction: Direction | str,
+                  unknown_fields: UnknownFields | None = None) -> Message | ProtocolError:
+    """One frame received in `direction`, or the reason it is unusable. Never raises on bad input.
+
+    Fields the frame does not know are dropped; their names are added to `unknown_fields` if given."""
     direction = Direction(direction)
     raw = _bounded_bytes(data)
     if isinstance(raw, ProtocolError):
@@ -115,7 +136,34 @@ def parse_message(data: str | bytes, *, direction: Direction | str) -> Message |
     try:
         return _ADAPTERS[direction].validate_json(raw, strict=True)
     except ValidationError as exc:
-        return _explain(exc, raw, direction)
+        errors = exc.errors(include_url=False, include_input=False)
+        frame_class = _CLASSES[direction].get(errors[0]["loc"][0] if errors[0]["loc"] else None)
+        unknown = unknown_fields if unknown_fields is not None else UnknownFields(max_names=0)
+        tolerated = frame_class and without_unknown_fields(errors, raw, frame_class, unknown)
+        if not tolerated:
+            return _explain(exc, raw, direction)
+    try:  # again without them: what is left must be valid on its own
+        return _ADAPTERS[direction].validate_json(tolerated, strict=True)
+    except ValidationError as exc:
+        return _explain(exc, tolerated, direction)
+
+
+def negotiate(register: Register) -> int | ProtocolVersionUnsupported:
+    """The newest major version both this coordinator and the registering agent speak."""
+    agent_max = register.protocol_version
+    agent_min = register.min_protocol_version if register.min_protocol_version is not None else agent_max
+    chosen = min(agent_max, PROTOCOL_VERSION)
+    if agent_min <= chosen and chosen >= MIN_PROTOCOL_VERSION:
+        return chosen
+    upgrade = "coordinator" if agent_min > PROTOCOL_VERSION else "agent"
+    return ProtocolVersionUnsupported(
+        f"the agent speaks protocol versions {_span(agent_min, agent_max)} and this coordinator "
+        f"{_span(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)}: no version in common; upgrade the {upgrade}",
+        field="protocol_version")
+
+
+def _span(low: int, high: int) -> str:
+    return str(high) if low == high else f"{low} to {high}"
 
 
 def validate_chat_request(data: str | bytes | dict[str, Any]) -> ChatRequest | ProtocolError:
@@ -148,9 +196,11 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "darkbloom-agent wire protocol",
-        "description": f"JSON text frames discriminated by 'type'; protocol version {PROTOCOL_VERSION}; "
-                       f"at most {MAX_FRAME_BYTES} bytes per frame.",
+        "description": f"JSON text frames discriminated by 'type'; protocol version {PROTOCOL_VERSION}."
+                       f"{PROTOCOL_MINOR}; at most {MAX_FRAME_BYTES} bytes per frame; a receiver ignores "
+                       "frame fields it does not know (the chat body excepted).",
         "x-protocol-version": PROTOCOL_VERSION,
+        "x-protocol-minor": PROTOCOL_MINOR,
         "anyOf": [{"$ref": "#/$defs/ToAgent"}, {"$ref": "#/$defs/ToCoordinator"}],
         "$defs": dict(sorted(defs.items())),
     }

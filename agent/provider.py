@@ -2,7 +2,8 @@
 
 It is the link's handler. Each `inference_request` becomes one task: engine admission first, then
 `inference_accepted` (only after admission) and the stream's chunks, then `inference_complete` or
-`inference_error`; a refusal is `inference_rejected` with the verdict and reason, at once. `cancel`,
+`inference_error`; a refusal is `inference_rejected` with the verdict, reason and code, at once. Every
+code is agent.errors' stable one, and `retryable` is what agent.errors.is_retryable says of it. `cancel`,
 `load_model` and `unload_model` go to the engine; a dropped link cancels every stream it carried.
 """
 
@@ -21,6 +22,7 @@ from agent.catalog import ModelSpec
 from agent.engine.types import (
     ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused, SlotState,
 )
+from agent.errors import DarkbloomError, is_retryable
 from agent.frames import (
     Cancel,
     Hardware,
@@ -143,14 +145,14 @@ class Provider:
         request_id = frame.request_id
         started = time.perf_counter()
         if self.draining:
-            return self._reject(link, request_id, Verdict.FULL, "the agent is draining before it stops")
+            return self._reject(link, request_id, Verdict.FULL, "the agent is draining before it stops", "draining")
         try:
             request = ChatRequest.from_openai(request_id, frame.model, frame.body)
             stream = await self.engine.submit(request)
         except RequestRefused as exc:
-            return self._reject(link, request_id, exc.verdict, exc.reason)
-        except EngineError as exc:
-            return self._reject(link, request_id, Verdict.NEVER, f"{exc.code}: {exc}")
+            return self._reject(link, request_id, exc.verdict, exc.reason, exc.code)
+        except DarkbloomError as exc:
+            return self._reject(link, request_id, Verdict.NEVER, f"{exc.code}: {exc}", exc.code)
         if request_id in self.cancelled:  # the cancel came while the engine was admitting it
             await self.engine.cancel(request_id)
         self.state_changed.set()
@@ -170,8 +172,9 @@ class Provider:
         session: LinkSession = link.session
         ttft = None if first_token_at is None else round(first_token_at - started, 4)
         if finish.reason is FinishReason.ERROR:
-            link.send(session.error(frame.request_id, finish.error_code or "engine_error",
-                                    finish.error_message or "generation failed", retryable=False))
+            code = finish.error_code or EngineError.code
+            link.send(session.error(frame.request_id, code, finish.error_message or "generation failed",
+                                    retryable=is_retryable(code)))
         else:
             link.send(session.complete(frame.request_id, finish.usage.prompt_tokens, finish.usage.completion_tokens,
                                        finish.reason.value, ttft_s=ttft))
@@ -180,12 +183,12 @@ class Provider:
                  prompt_tokens=finish.usage.prompt_tokens, completion_tokens=finish.usage.completion_tokens,
                  ttft_s=ttft, duration_s=round(time.perf_counter() - started, 4), error=finish.error_code)
 
-    def _reject(self, link, request_id: str, verdict: Verdict, reason: str) -> None:
+    def _reject(self, link, request_id: str, verdict: Verdict, reason: str, code: str) -> None:
         link.session.forget(request_id)
         retry_after = FULL_RETRY_AFTER_S if verdict is Verdict.FULL else None
         link.send(InferenceRejected(request_id=request_id, verdict=verdict.value, reason=reason[:4000],
-                                    retry_after_s=retry_after))
-        log.info("request.rejected", request_id=request_id, verdict=verdict.value, reason=reason)
+                                    retry_after_s=retry_after, code=code, retryable=is_retryable(code)))
+        log.info("request.rejected", request_id=request_id, verdict=verdict.value, code=code, reason=reason)
 
     @property
     def num_in_flight(self) -> int:

@@ -27,6 +27,8 @@ class MiniCoordinator:
     connections: list[ServerConnection] = field(default_factory=list)
     server: Server | None = None
     port: int = 0
+    registered_fields: dict = field(default_factory=dict)  # merged into `registered` (a newer coordinator's)
+    refusal: dict | None = None  # answer register with this error frame, then close (no version in common)
 
     async def start(self, port: int = 0) -> None:
         self.server = await serve(self._handler, "127.0.0.1", port or self.port, process_request=self._auth)
@@ -50,9 +52,15 @@ class MiniCoordinator:
         try:
             async for data in ws:
                 frame = json.loads(data)
+                if frame.get("type") == "register" and self.refusal is not None:
+                    await self.frames["register"].put(frame)
+                    await ws.send(json.dumps({"type": "error", **self.refusal}))
+                    await ws.close(1008, "protocol version")
+                    return
                 if frame.get("type") == "register":
                     await ws.send(json.dumps({"type": "registered", "provider_id": "p-1",
-                                              "heartbeat_interval_s": self.heartbeat_interval_s}))
+                                              "heartbeat_interval_s": self.heartbeat_interval_s,
+                                              **self.registered_fields}))
                 await self.frames[str(frame.get("type"))].put(frame)
         except ConnectionClosed:
             pass  # the agent went away; what it sent is recorded

@@ -66,6 +66,7 @@ class Reply:
     first_token_delay_s: float = 0.0
     error_after: int | None = None  # inference_error after this many chunks
     retryable: bool = True
+    code: str | None = None  # of the rejection or the error (None: no code on a rejection, engine_failed on an error)
     drop_link_after: int | None = None  # close the websocket after this many chunks
     silent: bool = False  # never answer
     error_frame: str | None = None  # answer with an `error` frame of this code (the request was unusable)
@@ -214,7 +215,8 @@ class ScriptedProvider:
         if reply.reject or refusal:
             verdict, reason = refusal or (reply.reject, reply.reason)
             await self.send(InferenceRejected(request_id=rid, verdict=verdict, reason=reason,
-                                              retry_after_s=reply.retry_after_s))
+                                              retry_after_s=reply.retry_after_s, code=reply.code,
+                                              retryable=reply.retryable))
             return
         await self.send(InferenceAccepted(request_id=rid, prompt_tokens=reply.prompt_tokens,
                                           reservation_bytes=self._reservations.get(rid)))
@@ -225,7 +227,8 @@ class ScriptedProvider:
                 return await self._end(rid, reply, sent, "cancelled")
             if reply.error_after == i:
                 self._release(rid)
-                return await self.send(InferenceError(request_id=rid, code="engine_failed", message="scripted failure",
+                return await self.send(InferenceError(request_id=rid, code=reply.code or "engine_failed",
+                                                      message="scripted failure",
                                                       retryable=reply.retryable))
             if reply.drop_link_after == i:
                 return await self.drop()

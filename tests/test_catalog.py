@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from agent.catalog import CatalogError, LayerKind, load_catalog, resolve_model, spec_from_config, spec_from_model_dir
+from agent.errors import UnknownModel
 from agent.safetensors_info import read_safetensors_info
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
@@ -98,8 +99,9 @@ def test_users_can_add_a_model_with_the_same_schema(tmp_path):
 
 
 def test_resolve_model_rejects_an_unknown_name_with_the_known_ids():
-    with pytest.raises(CatalogError, match="gpt-oss-20b"):
+    with pytest.raises(UnknownModel, match="gpt-oss-20b") as unknown:
         resolve_model("no-such-model")
+    assert unknown.value.code == "unknown_model"  # the one way the tree says it
 
 
 def test_a_model_directory_gives_exact_weight_bytes_and_kv_dtype_from_safetensors_headers(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.errors import is_retryable
 from agent.admission import EXPECTED_OUTPUT_RATIO_START, expected_output_tokens
 from agent.coordinator.accounts import Accounts, ReleaseReason
 from agent.coordinator.ledger import MemoryLedger
@@ -51,7 +52,7 @@ def test_a_request_over_the_per_minute_count_is_refused_with_retry_after_and_adm
     limits.admit("r2", "alice", 1)
     with pytest.raises(RateLimited) as limited:
         limits.admit("r3", "alice", 1)
-    assert limited.value.code == "rate_limited" and limited.value.retryable
+    assert limited.value.code == "rate_limited" and is_retryable(limited.value)
     assert limited.value.retry_after_s == pytest.approx(30.0)  # one request refills every 60/2 s
     assert limited.value.retry_after_header == "30"
     clock.advance(29.9)

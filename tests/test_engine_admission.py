@@ -9,6 +9,7 @@ import shutil
 import mlx.core as mx
 import pytest
 
+from agent.errors import UnknownModel, is_retryable
 from agent.admission import Verdict
 from agent.catalog import spec_from_model_dir
 from agent.engine import (
@@ -96,7 +97,7 @@ def test_admission_refuses_over_budget_with_a_reason_and_admits_again_after_comp
             return refused.value, busy, (await again.collect()).finish
 
     refusal, busy, finish = run(scenario())
-    assert refusal.verdict is Verdict.FULL and refusal.retryable and "free" in refusal.reason
+    assert refusal.verdict is Verdict.FULL and is_retryable(refusal) and "free" in refusal.reason
     assert busy.num_running + busy.num_waiting == 2 and busy.kv_reserved_bytes <= busy.kv_budget_bytes
     assert finish.reason in (FinishReason.STOP, FinishReason.LENGTH)
 
@@ -109,14 +110,15 @@ def test_a_request_that_can_never_fit_is_refused_as_never(tiny_models_dir):
                 await engine.submit(chat("big", NAME, "Hello", max_tokens=100_000))
             with pytest.raises(RequestRefused) as past_context:
                 await engine.submit(chat("ctx", NAME, "Hello", max_tokens=200_000))
-            with pytest.raises(RequestRefused) as unknown:
+            with pytest.raises(UnknownModel) as unknown:
                 await engine.submit(chat("u", "no-such-model", "Hello"))
             return too_long.value, past_context.value, unknown.value
 
     too_long, past_context, unknown = run(scenario())
-    assert too_long.verdict is Verdict.NEVER and "budget" in too_long.reason and not too_long.retryable
+    assert too_long.verdict is Verdict.NEVER and "budget" in too_long.reason
+    assert too_long.code == "cannot_fit" and is_retryable(too_long)  # a provider with more memory may serve it
     assert past_context.verdict is Verdict.NEVER and "context" in past_context.reason
-    assert unknown.verdict is Verdict.NEVER and unknown.code == "unknown_model"
+    assert unknown.code == "unknown_model" and is_retryable(unknown) and "no-such-model" in str(unknown)
 
 
 def test_an_exception_in_one_request_ends_only_that_request(tiny_models_dir):

@@ -11,6 +11,7 @@ from huggingface_hub import scan_cache_dir, snapshot_download, try_to_load_from_
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
+from agent.errors import is_retryable
 from agent.admission import GIB
 from agent.catalog import load_catalog
 from agent.hardware import HardwareInfo
@@ -149,7 +150,7 @@ def test_an_unreachable_hub_is_a_download_failure_worth_retrying(tmp_path):
     with pytest.raises(DownloadFailed, match="cannot reach the Hugging Face hub") as raised:
         pull_model(SPEC, hardware=BIG_MAC, cache_dir=tmp_path, download=FakeHub(FILES, reachable=False),
                    offline=False)
-    assert raised.value.retryable
+    assert is_retryable(raised.value)
 
 
 def test_verify_hashes_the_bytes_so_a_swapped_blob_fails_against_the_manifest(tmp_path):

@@ -13,9 +13,11 @@ from agent.frames import (
     ModelEntry, Register, Registered, Reservation, SlotState, SlotStatus, UnloadModel, Usage,
 )
 from agent.protocol import (
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, AgentMessage, CoordinatorMessage, Direction, FrameNotJson, FrameTooLarge,
-    InvalidField, UnknownMessageType, encode, json_schema, parse_message,
+    MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_MINOR, PROTOCOL_VERSION, AgentMessage, CoordinatorMessage,
+    Direction, FrameNotJson, FrameTooLarge, InvalidField, ProtocolVersionUnsupported, UnknownMessageType, encode,
+    json_schema, negotiate, parse_message,
 )
+from agent.unknown_fields import MAX_FIELD_NAME_CHARS, UnknownFields
 
 TO_AGENT, TO_COORDINATOR = Direction.TO_AGENT, Direction.TO_COORDINATOR
 BODY = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64})
@@ -139,10 +141,43 @@ def test_a_bad_field_is_named_by_its_path_and_the_request_id_is_kept():
     assert parse_message(encode(reply), direction=TO_COORDINATOR) == reply
 
 
-def test_unknown_fields_are_refused_by_name():
-    result = parse_message('{"type": "cancel", "request_id": "r", "urgent": true}', direction=TO_AGENT)
-    assert isinstance(result, InvalidField) and result.field == "urgent"
-    assert "unknown or unsupported field" in str(result)
+def test_unknown_fields_of_a_newer_peer_are_ignored_in_both_directions_and_named_once():
+    unknown = UnknownFields()
+    cancel = '{"type": "cancel", "request_id": "r", "urgent": true}'
+    assert parse_message(cancel, direction=TO_AGENT, unknown_fields=unknown) == Cancel(request_id="r")
+    heartbeat = json.loads(encode(EXAMPLES[1]))
+    heartbeat["gpu_temp_c"] = 61
+    heartbeat["slots"][0]["prefix_cache_bytes"] = 5
+    heartbeat["memory"]["swap_bytes"] = 0
+    assert parse_message(json.dumps(heartbeat), direction=TO_COORDINATOR, unknown_fields=unknown) == EXAMPLES[1]
+    assert sorted(unknown.drain()) == ["MemoryStatus.swap_bytes", "SlotStatus.prefix_cache_bytes", "cancel.urgent",
+                                       "heartbeat.gpu_temp_c"]
+    parse_message(cancel, direction=TO_AGENT, unknown_fields=unknown)
+    parse_message(json.dumps(heartbeat), direction=TO_COORDINATOR, unknown_fields=unknown)
+    assert unknown.drain() == []  # each name is reported once per link, not once per frame
+
+
+def test_an_unknown_field_does_not_hide_a_real_error_in_the_same_frame():
+    result = parse_message('{"type": "cancel", "urgent": true}', direction=TO_AGENT)
+    assert isinstance(result, InvalidField) and result.field == "request_id"
+
+
+def test_the_consumer_body_inside_a_frame_stays_strict_about_unknown_parameters():
+    frame = json.loads(encode(EXAMPLES[9]))
+    frame["body"]["temprature"] = 0.5
+    frame["priority"] = "high"  # the frame's own unknown field is ignored; the body's is not
+    result = parse_message(json.dumps(frame), direction=TO_AGENT)
+    assert isinstance(result, InvalidField) and result.field == "body.temprature"
+    assert "unknown or unsupported field" in str(result) and result.request_id == "req-1"
+
+
+def test_a_peer_inventing_a_new_field_name_per_frame_cannot_grow_what_is_remembered():
+    unknown = UnknownFields(max_names=8)
+    for i in range(100):
+        parse_message(json.dumps({"type": "cancel", "request_id": "r", f"x{i}": 1}), direction=TO_AGENT,
+                      unknown_fields=unknown)
+    reported = unknown.drain()
+    assert len(unknown.names) == 8 and len(reported) == 9 and "the rest are not reported" in reported[-1]
 
 
 def test_numbers_in_strings_are_refused_because_the_wire_is_strict():
@@ -160,9 +195,18 @@ def test_frames_over_the_size_limit_are_refused_before_parsing():
     assert len(wide) < MAX_FRAME_BYTES and isinstance(parse_message(wide, direction=TO_AGENT), FrameTooLarge)
 
 
-def test_an_error_about_a_huge_unknown_field_name_stays_small():
-    result = parse_message(json.dumps({"type": "cancel", "request_id": "r", "k" * 100_000: 1}), direction=TO_AGENT)
-    reply = result.to_frame()
+def test_a_huge_unknown_field_name_is_ignored_and_remembered_clipped():
+    unknown = UnknownFields()
+    result = parse_message(json.dumps({"type": "cancel", "request_id": "r", "k" * 100_000: 1}), direction=TO_AGENT,
+                           unknown_fields=unknown)
+    assert result == Cancel(request_id="r")
+    assert [len(name) for name in unknown.drain()] == [len("cancel.") + MAX_FIELD_NAME_CHARS]
+
+
+def test_an_error_about_a_huge_unknown_body_parameter_stays_small():
+    frame = json.loads(encode(EXAMPLES[9]))
+    frame["body"]["k" * 100_000] = 1
+    reply = parse_message(json.dumps(frame), direction=TO_AGENT).to_frame()
     assert len(reply.message) < 500 and len(reply.field) <= 256
 
 
@@ -189,5 +233,29 @@ def test_the_json_schema_describes_both_directions_and_every_frame():
                                    "inference_response_chunk", "inference_complete", "inference_error", "error"}
     for ref in {*to_agent.values(), *to_coordinator.values()}:
         definition = schema["$defs"][ref.rsplit("/", 1)[1]]
-        assert "type" in definition["required"] and definition["additionalProperties"] is False
+        assert "type" in definition["required"] and "additionalProperties" not in definition  # ignored if unknown
+    assert schema["$defs"]["ChatRequest"]["additionalProperties"] is False  # the consumer's body stays strict
     assert "tools" not in schema["$defs"]["ChatRequest"]["properties"]
+
+
+# ---- versions ----
+
+def register(max_version: int, min_version: int | None = None, minor: int = 0) -> Register:
+    return EXAMPLES[0].model_copy(update={"protocol_version": max_version, "min_protocol_version": min_version,
+                                          "protocol_minor": minor})
+
+
+def test_an_agent_at_a_newer_minor_or_with_a_newer_major_range_gets_the_newest_common_major():
+    assert negotiate(register(PROTOCOL_VERSION, minor=PROTOCOL_MINOR + 5)) == PROTOCOL_VERSION
+    assert negotiate(register(PROTOCOL_VERSION + 2, min_version=PROTOCOL_VERSION)) == PROTOCOL_VERSION
+    assert negotiate(register(PROTOCOL_VERSION)) == PROTOCOL_VERSION  # an agent from before ranges
+
+
+def test_an_agent_with_no_major_in_common_is_refused_with_which_side_to_upgrade():
+    newer = negotiate(register(PROTOCOL_VERSION + 3, min_version=PROTOCOL_VERSION + 1))
+    assert isinstance(newer, ProtocolVersionUnsupported) and newer.code == "protocol_version_unsupported"
+    assert f"{PROTOCOL_VERSION + 1} to {PROTOCOL_VERSION + 3}" in newer.message
+    assert "upgrade the coordinator" in newer.message
+    older = negotiate(register(MIN_PROTOCOL_VERSION - 1))
+    assert isinstance(older, ProtocolVersionUnsupported) and "upgrade the agent" in older.message
+    assert older.to_frame().code == "protocol_version_unsupported"

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from agent.chat_request import ChatRequest
 from agent.coordinator.accounts import ReleaseReason
 from agent.coordinator.capacity import capacity_report
-from agent.coordinator.errors import ApiError, InvalidRequest, ProviderFailed
+from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
 from agent.coordinator.metrics import CONTENT_TYPE
 from agent.coordinator.openai_format import DONE, StreamFormat, completion_body
@@ -181,7 +181,7 @@ async def _read_body(request: Request) -> bytes:
     async for part in request.stream():
         size += len(part)
         if size > MAX_BODY_BYTES:
-            raise InvalidRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes, the most one request can carry "
+            raise BadRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes, the most one request can carry "
                                  "to a provider", code="request_too_large")
         parts.append(part)
     return b"".join(parts)

@@ -1,10 +1,11 @@
 """Consumer-facing errors, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
     ApiError (status, type, code)                                 root
-    ├── InvalidRequest     400 invalid_request_error  (param)    a body the API cannot use
+    ├── BadRequest         400 invalid_request_error  (param)    a body the API cannot use
     ├── Unauthorized       401 invalid_request_error  invalid_api_key
     ├── PaymentRequired    402 insufficient_quota     insufficient_balance
-    ├── ModelNotFound      404 invalid_request_error  model_not_found (param "model")
+    ├── ModelNotFound      404 invalid_request_error  model_not_found (param "model"): agent.errors.UnknownModel,
+    │                                                             in OpenAI's words
     ├── Conflict           409 invalid_request_error  duplicate_request
     ├── TooManyRequests    429 rate_limit_error       rate_limit_exceeded: the account's own limit
     │   └── Saturated      429 rate_limit_error       capacity_saturated: every capable provider full, queue full or timed out
@@ -13,7 +14,7 @@
 
 Every message says what happened and what to do. 429s carry Retry-After (whole seconds).
 
-Public names: ApiError, InvalidRequest, Unauthorized, PaymentRequired, ModelNotFound, Conflict,
+Public names: ApiError, BadRequest, Unauthorized, PaymentRequired, ModelNotFound, Conflict,
 TooManyRequests, Saturated, ProviderFailed, NoProvider, error_body.
 """
 
@@ -59,7 +60,7 @@ class ApiError(DarkbloomError):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class InvalidRequest(ApiError):
+class BadRequest(ApiError):
     status, type, code, outcome = 400, "invalid_request_error", "invalid_request", "invalid_request"
 
 

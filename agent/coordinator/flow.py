@@ -2,10 +2,12 @@
 
     start()   dispatch (or wait in the queue) → the agent answers:
                 rejected          → the next provider at once (a "full" one is skipped until its next heartbeat)
+                                    if agent.errors.is_retryable(code) says another may serve it, else fails
                 accepted          → the first-token timeout starts now (not at the send: a load or a long
                                     prefill behind `accepted` must not look like a dead provider)
                 error / link lost / timeout before the first token → another provider, same request id,
-                                    at most `max_attempts` failures
+                                    at most `max_attempts` failures; an error whose code is not retryable
+                                    (the request itself is at fault) fails at once
               and returns once the first token (or an empty completion) is in. Raises ApiError before that.
     next()    Token ... then Finished (settled from the agent's usage) or Broken (an error after the first
               token: never retried, the stream ends with finish_reason "error").
@@ -26,6 +28,7 @@ from agent.coordinator.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.exchange import Exchange, LinkLost
 from agent.coordinator.router import Router
+from agent.errors import is_retryable
 from agent.frames import (
     FinishReason, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected, InferenceResponseChunk,
     Usage,
@@ -136,6 +139,7 @@ class RequestFlow:
                 self._failed("timeout", f"{self.exchange.provider_id} sent no {waiting_for} in time")
                 return None
             if isinstance(frame, InferenceRejected):
+                self._unless_retryable(frame.code, frame.retryable, f"{exchange.provider_id} refused it: {frame.reason}")
                 return None  # the router marked the provider; the next placement skips it
             if isinstance(frame, InferenceAccepted):
                 deadline = loop.time() + self.settings.first_token_timeout_s
@@ -150,13 +154,22 @@ class RequestFlow:
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
             elif isinstance(frame, InferenceError):
-                # Retried whatever `retryable` says: another machine may well run what this one could not,
-                # and max_attempts bounds a request that fails everywhere.
-                self._failed("error", f"{self.exchange.provider_id}: {frame.code}: {frame.message}")
+                message = f"{exchange.provider_id}: {frame.code}: {frame.message}"
+                self._unless_retryable(frame.code, frame.retryable, message)
+                self._failed("error", message)  # max_attempts bounds a request that fails everywhere
                 return None
             elif isinstance(frame, LinkLost):
                 self._failed("link_lost", f"{frame.provider_id}'s link dropped ({frame.reason})")
                 return None
+
+    def _unless_retryable(self, code: str | None, retryable: bool, message: str) -> None:
+        """The agent's code decides (agent.errors.is_retryable); its own flag only for a code we do not know."""
+        if code is None or is_retryable(code, default=retryable):
+            return
+        self.router.metrics.attempt(self.exchange.model, "not_retryable")
+        log.warning("request.not_retried", request_id=self.exchange.request_id, provider_id=self.exchange.provider_id,
+                    code=code, message=message)
+        raise ProviderFailed(f"not retried on another provider: the request itself cannot be served ({message})")
 
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange

@@ -3,9 +3,11 @@
     upgrade    Authorization: Bearer <provider token>; refused with HTTP 401 before the websocket is
                accepted (the agent treats 401 as fatal: no retry storm). Without a configured token
                any token is accepted (local use).
-    register   the first frame; answered with `registered` (provider id, heartbeat interval)
+    register   the first frame; answered with `registered` (provider id, heartbeat interval, the protocol
+               version chosen), or, when the agent speaks no version this coordinator does, with an
+               `error` frame (protocol_version_unsupported, saying which side to upgrade) and a close
     then       every frame is validated with agent.protocol; a bad one is answered with an `error` frame
-               and the link stays up. Frames go to the router; the router's frames for the agent go out
+               and the link stays up; fields of a newer release are ignored, each name logged once. Frames go to the router; the router's frames for the agent go out
                through one outbox, in order.
     end        link closed, or evicted for missed heartbeats: its in-flight requests are retried
                elsewhere before their first token, or end with an error after it.
@@ -25,7 +27,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.frames import ErrorFrame, Register, Registered
-from agent.protocol import PROTOCOL_VERSION, Direction, Message, ProtocolError, encode, parse_message
+from agent.protocol import PROTOCOL_MINOR, Direction, Message, ProtocolError, encode, negotiate, parse_message
+from agent.unknown_fields import UnknownFields
 from agent.coordinator.registry import Provider
 from agent.coordinator.service import Coordinator
 
@@ -57,15 +60,23 @@ class ProviderEndpoint:
         self.links.add(outbox)
         pump = asyncio.create_task(self._pump(websocket, outbox))
         provider: Provider | None = None
+        unknown = UnknownFields()
         try:
-            register = await self._await_register(websocket, outbox)
+            register = await self._await_register(websocket, outbox, unknown)
             if register is None:
+                return
+            version = negotiate(register)
+            if isinstance(version, ProtocolError):
+                log.warning("provider.protocol_refused", client=str(websocket.client), message=version.message)
+                outbox.put_nowait(version.to_frame())
+                outbox.put_nowait(_Close("protocol version", CLOSE_POLICY))
                 return
             provider = self.coordinator.router.connect(register, outbox.put_nowait,
                                                        lambda reason: outbox.put_nowait(_Close(reason)))
             outbox.put_nowait(Registered(provider_id=provider.provider_id,
-                                         heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s))
-            while (frame := await self._next_frame(websocket, outbox)) is not None:
+                                         heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
+                                         protocol_version=version, protocol_minor=PROTOCOL_MINOR))
+            while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
                 self.coordinator.router.receive(provider, frame)
         finally:
             if provider is not None:
@@ -85,25 +96,21 @@ class ProviderEndpoint:
         scheme, _, given = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
-    async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue) -> Register | None:
+    async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
+                              unknown: UnknownFields) -> Register | None:
         try:
             async with asyncio.timeout(self.coordinator.settings.register_timeout_s):
-                while (frame := await self._next_frame(websocket, outbox)) is not None:
+                while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
                     if isinstance(frame, Register):
-                        if frame.protocol_version == PROTOCOL_VERSION:
-                            return frame
-                        outbox.put_nowait(ErrorFrame(code="protocol_version", message=(
-                            f"protocol version {frame.protocol_version} is not supported (this coordinator speaks "
-                            f"{PROTOCOL_VERSION}); upgrade the agent or the coordinator")))
-                        outbox.put_nowait(_Close("protocol version", CLOSE_POLICY))
-                        return None
+                        return frame
                     outbox.put_nowait(ErrorFrame(code="not_registered", message=(
                         f"send register first (got {frame.type})")))
         except TimeoutError:
             outbox.put_nowait(_Close("no register frame in time", CLOSE_POLICY))
         return None
 
-    async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue) -> Message | None:
+    async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
+                          unknown: UnknownFields) -> Message | None:
         """The next valid frame, answering bad ones with an error frame; None when the link is closed."""
         while True:
             message = await websocket.receive()
@@ -111,7 +118,9 @@ class ProviderEndpoint:
                 return None
             data = message.get("text")
             frame = parse_message(data if data is not None else message.get("bytes") or b"",
-                                  direction=Direction.TO_COORDINATOR)
+                                  direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+            for name in unknown.drain():
+                log.info("provider.unknown_field", client=str(websocket.client), field=name)
             if not isinstance(frame, ProtocolError):
                 return frame
             self.coordinator.metrics.bad_frames.labels(frame.code).inc()

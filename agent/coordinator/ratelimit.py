@@ -32,7 +32,6 @@ DEFAULT_OUTPUT_TOKENS_PER_MINUTE = 2_000_000
 
 class RateLimited(DarkbloomError):
     code = "rate_limited"
-    retryable = True
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)

@@ -28,6 +28,7 @@ from agent.frames import (
     InferenceRequest,
     InferenceResponseChunk, LoadModel, Register, Reservation, Usage,
 )
+from agent.errors import is_retryable
 from agent.protocol import Message
 from agent.coordinator.exchange import Exchange, LinkLost
 from agent.coordinator.metrics import Metrics
@@ -116,7 +117,8 @@ class Router:
             if frame.request_id is not None and provider.offer_holding(frame.request_id) is not None:
                 # The agent could not use our inference_request (or its cancel): that attempt is over.
                 self._request_frame(provider, InferenceError(request_id=frame.request_id, code=frame.code,
-                                                             message=frame.message, retryable=True))
+                                                             message=frame.message,
+                                                             retryable=is_retryable(frame.code, default=True)))
         else:
             self._request_frame(provider, frame)
 

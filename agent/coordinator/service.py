@@ -3,7 +3,7 @@ takes before routing (authenticate, validate, estimate, hold), so the HTTP layer
 
     coordinator = Coordinator(Accounts.open(), CoordinatorSettings())
     account = coordinator.authenticate(request.headers.get("authorization"))   # Unauthorized
-    body = coordinator.parse(raw_body)                                          # InvalidRequest / ModelNotFound
+    body = coordinator.parse(raw_body)                                          # BadRequest / ModelNotFound
     flow = coordinator.open(account, body)                                      # PaymentRequired / TooManyRequests
     await flow.start(); ... flow.next() ...; flow.close(reason)
 
@@ -25,7 +25,7 @@ from agent.chat_request import ChatRequest
 from agent.coordinator.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
 from agent.coordinator.capacity import state_counts
 from agent.coordinator.errors import (
-    Conflict, InvalidRequest, ModelNotFound, PaymentRequired, TooManyRequests, Unauthorized,
+    Conflict, BadRequest, ModelNotFound, PaymentRequired, TooManyRequests, Unauthorized,
 )
 from agent.coordinator.estimate import estimate_prompt
 from agent.coordinator.exchange import Exchange
@@ -65,14 +65,14 @@ class Coordinator:
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
-            raise InvalidRequest("the request body must be a JSON object")
+            raise BadRequest("the request body must be a JSON object")
         body = validate_chat_request(data)
         if isinstance(body, ProtocolError):
-            raise InvalidRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
+            raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
         if body.model is None:
-            raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+            raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
         if body.model not in self.catalog and not self.router.registry.offers(body.model):
             known = ", ".join(self.known_models()) or "none connected"
             raise ModelNotFound(f"the model {body.model!r} does not exist here (available: {known})", param="model")

@@ -193,7 +193,7 @@ class Engine:
     async def submit(self, request: ChatRequest) -> RequestStream:
         slot = self._slots.get(request.model)
         if slot is None:
-            raise RequestRefused(Verdict.NEVER, f"model {request.model!r} is not served here", code="unknown_model")
+            raise UnknownModel(f"model {request.model!r} is not served here (known: {', '.join(self._slots) or 'none'})")
         self._require_serving(slot)
         if request.request_id in self._requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")

@@ -10,11 +10,11 @@ No MLX here: the daemon, the coordinator's tests and the fake engine use these w
 
     EngineError (DarkbloomError)
     ├── RequestRefused   admission said no now (verdict full) or never here (verdict never), with the reason
-    ├── InvalidRequest   the request cannot be served as written
-    ├── UnknownModel     no slot for that model
     ├── LoadRefused      the memory gate refused the load (the slot stays cold)
     ├── LoadFailed       the load itself failed (the slot is failed, with the reason)
     └── EngineNotRunning start() first, or the engine has stopped
+    and, from agent.errors (one class each across the tree, re-exported here): InvalidRequest (the request
+    cannot be served as written), UnknownModel (no slot for that model)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.chat_request import ChatMessage
 from agent.chat_request import ChatRequest as OpenAIBody
-from agent.errors import DarkbloomError
+from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
 from agent.protocol import ProtocolError, validate_chat_request
 
@@ -43,15 +43,6 @@ class RequestRefused(EngineError):
         super().__init__(reason)
         self.verdict, self.reason, self.decision = verdict, reason, decision
         self.code = code or ("kv_full" if verdict is Verdict.FULL else "cannot_fit")
-        self.retryable = verdict is Verdict.FULL  # here, later; NEVER means try another provider
-
-
-class InvalidRequest(EngineError):
-    code = "invalid_request"
-
-
-class UnknownModel(EngineError):
-    code = "unknown_model"
 
 
 class LoadRefused(EngineError):
@@ -64,12 +55,10 @@ class LoadRefused(EngineError):
 
 class LoadFailed(EngineError):
     code = "load_failed"
-    retryable = True
 
 
 class EngineNotRunning(EngineError):
     code = "engine_not_running"
-    retryable = True
 
 
 @dataclass(frozen=True, slots=True)

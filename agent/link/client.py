@@ -3,7 +3,9 @@
     loop: backoff → connect (Authorization: Bearer) → register with the current state → pump until error
 
 A refused credential (HTTP 401/403 at the upgrade) is fatal: retrying would only hammer the
-coordinator with a token it has already said no to. Anything else — refused connection, dropped link,
+coordinator with a token it has already said no to. So is a coordinator that speaks no protocol
+version this agent does (an `error` frame protocol_version_unsupported in answer to register): only
+an upgrade helps. Each has its own exit code, so launchd and the operator can tell. Anything else — refused connection, dropped link,
 missed keepalive pongs — is retried with jittered exponential backoff, reset after a good register.
 """
 
@@ -20,19 +22,32 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent.errors import DarkbloomError
-from agent.frames import Registered
+from agent.frames import ErrorFrame, Registered
 from agent.link.session import Event, LinkSession, LinkState
 from agent.protocol import MAX_FRAME_BYTES, Message, encode
 
 log = structlog.get_logger("agent.link")
 
 EXIT_AUTH_REFUSED = 77  # EX_NOPERM: launchd must not restart us into the same refusal
+EXIT_PROTOCOL_REFUSED = 76  # EX_PROTOCOL: the coordinator and this agent share no protocol version
 KEEPALIVE_INTERVAL_S = 10.0  # a ping every 10 s, 10 s to answer: a dead link is found within 20 s
 KEEPALIVE_TIMEOUT_S = 10.0
 
 
-class LinkAuthRefused(DarkbloomError):
+class LinkRefused(DarkbloomError):
+    """The coordinator said no in a way that reconnecting cannot change: the daemon exits with exit_code."""
+
+    exit_code = 1
+
+
+class LinkAuthRefused(LinkRefused):
     code = "auth_refused"
+    exit_code = EXIT_AUTH_REFUSED
+
+
+class LinkProtocolRefused(LinkRefused):
+    code = "protocol_version_unsupported"
+    exit_code = EXIT_PROTOCOL_REFUSED
 
 
 class LinkHandler(Protocol):
@@ -87,7 +102,7 @@ class Link:
             self.outbox.put_nowait(frame)
 
     async def run(self) -> None:
-        """Until stop() or a refused credential (raises LinkAuthRefused)."""
+        """Until stop(), a refused credential or no common protocol version (raises a LinkRefused)."""
         while not self.stopping:
             try:
                 await self._connect_once()
@@ -132,15 +147,23 @@ class Link:
     async def _receive(self, ws: ClientConnection) -> None:
         async for data in ws:
             events, replies = self.session.receive(data)
+            for name in self.session.unknown_fields.drain():
+                log.info("link.unknown_field", field=name)
+            if self.session.state is LinkState.REFUSED:
+                raise LinkProtocolRefused(f"the coordinator cannot talk to this agent: {self.session.refusal}")
             for reply in replies:
                 log.warning("link.bad_frame", code=reply.code, message=reply.message)
                 self.send(reply)
             for event in events:
+                if isinstance(event, ErrorFrame):
+                    log.warning("link.complaint", code=event.code, message=event.message, request_id=event.request_id)
+                    continue
                 if isinstance(event, Registered):
                     self.backoff.reset()
                     self.handler.state_changed.set()  # first heartbeat right away
                     log.info("link.registered", provider_id=event.provider_id,
-                             heartbeat_interval_s=event.heartbeat_interval_s)
+                             heartbeat_interval_s=event.heartbeat_interval_s,
+                             protocol_version=self.session.protocol_version)
                 try:
                     await self.handler.handle(event, self)
                 except Exception:  # one bad ask never takes the link down

@@ -6,8 +6,10 @@ so sequence numbers and per-request bookkeeping live in one place.
 
     session = LinkSession(register_frame)
     out = session.connected()                 -> [Register]
-    events, replies = session.receive(text)   -> Registered / Submit / Cancel / Load / Unload events,
-                                                 and error frames for what could not be used
+    events, replies = session.receive(text)   -> Registered / Submit / Cancel / Load / Unload / Error
+                                                 events, and error frames for what could not be used
+    session.state is REFUSED                  -> the coordinator speaks no protocol version we do:
+                                                 fatal (session.refusal says why); reconnecting cannot help
     session.chunk(request_id, content, reasoning) -> InferenceResponseChunk with the next seq
     session.complete(...) / session.error(...) end a request; session.lost() forgets all of them
 """
@@ -36,15 +38,20 @@ from agent.frames import (
     UnloadModel,
     Usage,
 )
-from agent.protocol import Direction, ProtocolError, parse_message
+from agent.protocol import (
+    LEGACY_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Direction, ProtocolError,
+    ProtocolVersionUnsupported, parse_message,
+)
+from agent.unknown_fields import UnknownFields
 
-Event = Registered | InferenceRequest | Cancel | LoadModel | UnloadModel
+Event = Registered | InferenceRequest | Cancel | LoadModel | UnloadModel | ErrorFrame
 
 
 class LinkState(StrEnum):
     DISCONNECTED = "disconnected"
     REGISTERING = "registering"  # register sent, registered not yet received
     READY = "ready"
+    REFUSED = "refused"  # no protocol version in common: the link must not be retried
 
 
 @dataclass(slots=True)
@@ -60,28 +67,44 @@ class LinkSession:
     provider_id: str | None = None
     num_heartbeats: int = 0
     streams: dict[str, _Stream] = field(default_factory=dict)
+    protocol_version: int | None = None  # chosen by the coordinator
+    refusal: str | None = None  # why the coordinator and this agent cannot talk, once REFUSED
+    unknown_fields: UnknownFields = field(default_factory=UnknownFields)
 
     def connected(self) -> list[Register]:
         self.state = LinkState.REGISTERING
         return [self.register]
 
     def receive(self, data: str | bytes) -> tuple[list[Event], list[ErrorFrame]]:
-        message = parse_message(data, direction=Direction.TO_AGENT)
+        message = parse_message(data, direction=Direction.TO_AGENT, unknown_fields=self.unknown_fields)
         if isinstance(message, ProtocolError):
             return [], [message.to_frame()]
         if isinstance(message, ErrorFrame):
-            return [], []  # the coordinator's complaint about one of ours; the pump logs it
+            if message.code == ProtocolVersionUnsupported.code and self.state is LinkState.REGISTERING:
+                self._refuse(message.message)
+            return [message], []  # the coordinator's complaint about one of ours; the pump logs it
         if isinstance(message, Registered):
-            self.state = LinkState.READY
-            self.provider_id = message.provider_id
-            self.heartbeat_interval_s = message.heartbeat_interval_s
-            return [message], []
+            return self._registered(message), []
         if isinstance(message, InferenceRequest):
             if message.request_id in self.streams:
                 return [], [ErrorFrame(code="duplicate_request", message="request_id is already running here",
                                        request_id=message.request_id)]
             self.streams[message.request_id] = _Stream()
         return [message], []
+
+    def _registered(self, message: Registered) -> list[Event]:
+        version = message.protocol_version if message.protocol_version is not None else LEGACY_PROTOCOL_VERSION
+        if not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+            self._refuse(f"the coordinator chose protocol version {version}, which this agent does not speak "
+                         f"({MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}); upgrade the agent")
+            return []
+        self.state, self.protocol_version = LinkState.READY, version
+        self.provider_id = message.provider_id
+        self.heartbeat_interval_s = message.heartbeat_interval_s
+        return [message]
+
+    def _refuse(self, reason: str) -> None:
+        self.state, self.refusal = LinkState.REFUSED, reason
 
     def heartbeat(self, slots: list[SlotStatus], memory: MemoryStatus, *, thermal: ThermalState = ThermalState.UNKNOWN,
                   draining: bool = False) -> Heartbeat:
