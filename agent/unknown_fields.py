@@ -72,12 +72,13 @@ def without_unknown_fields(errors: list[dict[str, Any]], raw: bytes, frame_class
             for part in path[:-1]:
                 parent = parent[part]
             del parent[path[-1]]
+        cleaned = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
     except (ValueError, RecursionError, LookupError, TypeError):
-        return None  # not the shape the errors describe: let the first error stand
+        return None  # not the shape the errors describe (or NaN / Infinity): let the first error stand
     for path in drops:
         owner = _owner(frame_class, path)
         unknown.add(owner.model_fields["type"].default if owner is frame_class else owner.__name__, str(path[-1]))
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+    return cleaned
 
 
 def _is_in_frame(frame_class: type[Frame], path: tuple[Any, ...]) -> bool:

@@ -15,7 +15,7 @@ from agent.frames import (
 from agent.protocol import (
     MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_MINOR, PROTOCOL_VERSION, AgentMessage, CoordinatorMessage,
     Direction, FrameNotJson, FrameTooLarge, InvalidField, ProtocolVersionUnsupported, UnknownMessageType, encode,
-    json_schema, negotiate, parse_message,
+    ProtocolError, json_schema, negotiate, parse_message,
 )
 from agent.unknown_fields import MAX_FIELD_NAME_CHARS, UnknownFields
 
@@ -259,3 +259,8 @@ def test_an_agent_with_no_major_in_common_is_refused_with_which_side_to_upgrade(
     older = negotiate(register(MIN_PROTOCOL_VERSION - 1))
     assert isinstance(older, ProtocolVersionUnsupported) and "upgrade the agent" in older.message
     assert older.to_frame().code == "protocol_version_unsupported"
+
+
+def test_a_frame_with_an_unknown_field_and_an_infinite_number_is_an_error_not_a_crash():
+    result = parse_message('{"type": "cancel", "request_id": Infinity, "model": null}', direction="to_agent")
+    assert isinstance(result, ProtocolError)
