@@ -19,6 +19,7 @@ from agent.engine.batch_kv import MAX_PREFILL_GROUPS, MAX_PREFILL_ROWS, BatchKV,
 from agent.engine.fake_script import FakeTiming, script_tokens
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
 from agent.kvcost import PREFILL_CHUNK_TOKENS, SequenceKV, engine_updates
+from agent.tasks import TaskSet
 
 
 @dataclass(slots=True, eq=False)
@@ -62,6 +63,7 @@ class FakeBatch:
         self.decoding: dict[str, FakeRow] = {}
         self.batch = BatchKV(spec)
         self._task: asyncio.Task | None = None
+        self._delays = TaskSet(f"fake-batch-{model}")  # scripted first-token delays
 
     def insert(self, job: Job) -> None:
         script, seed = job.prompt.payload
@@ -70,7 +72,7 @@ class FakeBatch:
                       is_ready=script.first_token_delay_s <= 0)
         self.waiting.append(row)
         if not row.is_ready:
-            asyncio.get_running_loop().create_task(self._ready_after(row, script.first_token_delay_s))
+            self._delays.spawn(self._ready_after(row, script.first_token_delay_s), name=f"delay-{row.request_id}")
         self._wake()
 
     async def _ready_after(self, row: FakeRow, delay: float) -> None:
@@ -85,8 +87,10 @@ class FakeBatch:
             asyncio.get_running_loop().call_soon(self.deliver, report)
 
     async def close(self, code: str, message: str) -> None:
-        if self._task is not None:
+        if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._delays.close()
         rows = [*self.waiting, *(row for group in self.groups for row in group.rows), *self.decoding.values()]
         self.waiting.clear()
         self.groups, self.decoding, self.batch = [], {}, BatchKV(self.spec)
