@@ -1,10 +1,11 @@
 """`darkbloom-agent start`: the engine, the provider and the link, run until told to stop.
 
     startup    resolve models → engine → load each model through the gate (keep warm) → link
-    main loop  the link pumps; a watcher turns slot state changes into immediate heartbeats,
-               keeps the status file and the sleep assertion current
+    main loop  the link pumps; every slot transition (an engine listener) is a heartbeat at once (the
+               provider's) and an update of the sleep assertion and the status file (also every
+               STATUS_INTERVAL_S, for the uptime)
     shutdown   SIGTERM/SIGINT → drain: refuse new work, let streams finish until the deadline,
-               cancel the rest → stop the link and the engine → exit 0
+               cancel the rest → close the link once its last frames are sent → stop the engine → exit 0
 A refused provider token ends the daemon with EXIT_AUTH_REFUSED, a coordinator that speaks no protocol
 version in common with EXIT_PROTOCOL_REFUSED (no restart storm under launchd).
 """
@@ -25,18 +26,19 @@ from agent.catalog import load_catalog
 from agent.config import AgentConfig
 from agent.engine.core import EngineConfig
 from agent.engine.models import ModelEntry
-from agent.engine.types import EngineError, SlotState
+from agent.engine.types import EngineError, SlotState, SlotTransition
 from agent.errors import ConfigError
 from agent.frames import Hardware
 from agent.link.client import Link, LinkRefused
 from agent.provider import MemoryReading, Provider
 from agent.sleep_guard import SleepGuard
 from agent.status_file import write_status
+from agent.tasks import TaskSet
 
 log = structlog.get_logger("agent.daemon")
 
-WATCH_INTERVAL_S = 0.02  # slot states are polled this often: a change is heartbeated within ~20 ms
-STATUS_INTERVAL_S = 1.0
+STATUS_INTERVAL_S = 1.0  # the status file's uptime is this fresh; a state change rewrites it at once
+CANCEL_GRACE_S = 5.0  # after the drain deadline: how long cancelled streams get to send their last frame
 EngineFactory = Callable[[Mapping[str, ModelEntry], EngineConfig], object]
 
 
@@ -90,6 +92,9 @@ class Daemon:
         self.sleep_guard = sleep_guard or SleepGuard()
         self.started_at = time.time()
         self.should_exit = asyncio.Event()
+        self.status_changed = asyncio.Event()
+        self.tasks = TaskSet("daemon")
+        self.engine.add_listener(self._slot_changed)
 
     async def run(self, *, install_signals: bool = True) -> int:
         if install_signals:
@@ -97,10 +102,10 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.should_exit.set)
         await self.engine.start()
-        link_task = asyncio.create_task(self.link.run(), name="link")
-        watch_task = asyncio.create_task(self._watch(), name="watch")
-        loads = asyncio.create_task(self._load_all(), name="load")
-        stop_task = asyncio.create_task(self.should_exit.wait())
+        link_task = asyncio.create_task(self.link.run(), name="link")  # awaited below: its error decides the code
+        self.tasks.spawn(self._keep_status(), name="status")
+        self.tasks.spawn(self._load_all(), name="load")
+        stop_task = asyncio.create_task(self.should_exit.wait(), name="should-exit")
         done, _ = await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
         refusal = link_task.exception() if link_task in done else None
@@ -109,9 +114,11 @@ class Daemon:
             code = refusal.exit_code
         else:
             await self.drain()
-        for task in (link_task, watch_task, loads, stop_task):
+        for task in (link_task, stop_task):
             task.cancel()
-        await asyncio.gather(link_task, watch_task, loads, stop_task, return_exceptions=True)
+        await asyncio.gather(link_task, stop_task, return_exceptions=True)
+        await self.tasks.close()
+        await self.provider.close()
         await self.engine.stop()
         self.sleep_guard.close()
         self._write_status("stopped")
@@ -124,39 +131,42 @@ class Daemon:
                 await self.engine.load(model)
             except EngineError as exc:
                 log.warning("slot.load_refused", model=model, code=exc.code, reason=str(exc))
-            self.provider.state_changed.set()
+                self.provider.state_changed.set()  # refused: still cold, no transition to report it
 
     async def drain(self) -> None:
-        """Stop accepting; let streams finish until the deadline; then cancel what is left."""
+        """Stop accepting; let streams finish until the deadline; cancel what is left; close the link once
+        the last frames are sent."""
         deadline = time.monotonic() + self.config.drain_deadline_s
         self.provider.draining = True
         self.provider.state_changed.set()
+        self.status_changed.set()
         log.info("agent.drain", in_flight=self.provider.num_in_flight, deadline_s=self.config.drain_deadline_s)
-        while self.provider.num_in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        # A request that arrives meanwhile is refused at once, as its own task: the loop waits for it too.
+        while self.provider.tasks and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self.provider.tasks.values()), timeout=remaining)
         for request_id in list(self.provider.tasks):
             await self.provider.cancel(request_id)
         pending = list(self.provider.tasks.values())
         if pending:
-            await asyncio.wait(pending, timeout=5)
-        await asyncio.sleep(0.05)  # let the sender flush the last frames
-        self.link.stop()
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        await self.link.close()
 
-    async def _watch(self) -> None:
-        states: dict[str, SlotState] = {}
-        last_status = 0.0
+    def _slot_changed(self, change: SlotTransition) -> None:
+        self.status_changed.set()
+
+    async def _keep_status(self) -> None:
+        """On every slot transition, and every STATUS_INTERVAL_S (for the uptime, and to restart a
+        caffeinate that died): the sleep assertion and the status file."""
         while True:
-            slots = self.engine.snapshot().slots
-            now_states = {slot.model: slot.state for slot in slots}
-            if now_states != states:
-                states = now_states
-                self.provider.state_changed.set()
-                last_status = 0.0
-            self.sleep_guard.update(any(slot.state is SlotState.RUNNING for slot in slots))
-            if time.monotonic() - last_status >= STATUS_INTERVAL_S:
-                self._write_status("draining" if self.provider.draining else "running")
-                last_status = time.monotonic()
-            await asyncio.sleep(WATCH_INTERVAL_S)
+            running = any(slot.state is SlotState.RUNNING for slot in self.engine.snapshot().slots)
+            self.sleep_guard.update(running)
+            self._write_status("draining" if self.provider.draining else "running")
+            try:
+                async with asyncio.timeout(STATUS_INTERVAL_S):
+                    await self.status_changed.wait()
+            except TimeoutError:
+                pass
+            self.status_changed.clear()
 
     def _write_status(self, state: str) -> None:
         slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason}

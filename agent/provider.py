@@ -5,6 +5,11 @@ It is the link's handler. Each `inference_request` becomes one task: engine admi
 `inference_error`; a refusal is `inference_rejected` with the verdict, reason and code, at once. Every
 code is agent.errors' stable one, and `retryable` is what agent.errors.is_retryable says of it. `cancel`,
 `load_model` and `unload_model` go to the engine; a dropped link cancels every stream it carried.
+
+Every slot transition the engine makes sets `state_changed` (an engine listener, on the event loop); the
+link's heartbeat pump waits on it and clears it before it builds the frame, so a change goes out at
+once and a burst of transitions in one turn of the loop is one heartbeat. Every task it starts is in
+`tasks` (kept, failures logged) and `close()` cancels and awaits what is left.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from agent import __version__
 from agent.admission import Verdict, load_gate, memory_cap_bytes
 from agent.catalog import ModelSpec
 from agent.engine.types import (
-    ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused, SlotState,
+    ChatRequest, Delta, EngineAPI, EngineError, Finish, FinishReason, RequestRefused, SlotState, SlotTransition,
 )
 from agent.errors import DarkbloomError, is_retryable
 from agent.frames import (
@@ -42,6 +47,7 @@ from agent.frames import (
 from agent.kvcost import kv_bytes_per_token, kv_fixed_bytes_per_sequence
 from agent.link.session import Event, LinkSession
 from agent.protocol import PROTOCOL_VERSION
+from agent.tasks import TaskSet
 
 log = structlog.get_logger("agent.provider")
 
@@ -63,10 +69,21 @@ class Provider:
     operator_reserve_bytes: int = 0
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
-    tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # request id -> its task (also in background)
     cancelled: set[str] = field(default_factory=set)  # cancelled while still being admitted
     provider_id: str | None = None
     num_served: int = 0
+    background: TaskSet = field(default_factory=lambda: TaskSet("provider"))
+
+    def __post_init__(self) -> None:
+        self.engine.add_listener(self._slot_changed)
+
+    def _slot_changed(self, change: SlotTransition) -> None:
+        self.state_changed.set()
+
+    async def close(self) -> None:
+        """Cancel and await every task still running (requests, loads, unloads)."""
+        await self.background.close()
 
     # -- what the coordinator is told ------------------------------------------------------------
     def register_frame(self) -> Register:
@@ -104,16 +121,17 @@ class Provider:
             self.provider_id = event.provider_id
         elif isinstance(event, InferenceRequest):
             # Its own task: admission may take a moment (tokenizing) and must not hold up a cancel.
-            task = asyncio.create_task(self._serve(event, link), name=f"request-{event.request_id}")
+            task = self.background.spawn(self._serve(event, link), name=f"request-{event.request_id}")
             self.tasks[event.request_id] = task
             task.add_done_callback(lambda _, rid=event.request_id: self._forget(rid))
         elif isinstance(event, Cancel):
             found = await self.cancel(event.request_id)
             log.info("request.cancel", request_id=event.request_id, found=found)
         elif isinstance(event, LoadModel):
-            asyncio.create_task(self._residency(self.engine.load, event.model, "load"))
+            self.background.spawn(self._residency(self.engine.load, event.model, "load"), name=f"load-{event.model}")
         elif isinstance(event, UnloadModel):
-            asyncio.create_task(self._residency(self.engine.unload, event.model, "unload"))
+            self.background.spawn(self._residency(self.engine.unload, event.model, "unload"),
+                                  name=f"unload-{event.model}")
 
     async def link_lost(self, request_ids: list[str]) -> None:
         """The coordinator has retried or failed these already: stop them and free their KV."""
@@ -138,8 +156,7 @@ class Provider:
             await action(model)
         except EngineError as exc:
             log.warning(f"slot.{verb}_refused", model=model, code=exc.code, reason=str(exc))
-        finally:
-            self.state_changed.set()
+            self.state_changed.set()  # a refused load leaves the slot cold (no transition): say so now
 
     async def _serve(self, frame: InferenceRequest, link) -> None:
         request_id = frame.request_id

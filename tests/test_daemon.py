@@ -40,9 +40,10 @@ class NoSleepGuard:
 
 
 def make_daemon(coordinator: MiniCoordinator, tmp_path: Path, *, token: str = "good-token", scripts=None,
-                timing: FakeTiming = FakeTiming(decode_tps=400, load_seconds=0.05)) -> Daemon:
+                timing: FakeTiming = FakeTiming(decode_tps=400, load_seconds=0.05),
+                drain_deadline_s: float = 5.0) -> Daemon:
     config = load_config(None, {"HOME": str(tmp_path)}, {
-        "coordinator_url": coordinator.url, "provider_token": token, "drain_deadline_s": 5.0,
+        "coordinator_url": coordinator.url, "provider_token": token, "drain_deadline_s": drain_deadline_s,
         "status_path": str(tmp_path / "status.json"),
     })
 
@@ -161,6 +162,26 @@ async def test_stopping_drains_in_flight_streams_before_exiting(tmp_path):
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "stopped" and status["num_served"] == 1
     await coordinator.stop()
+
+
+async def test_a_drain_that_runs_out_of_time_still_delivers_the_cancelled_streams_last_frame(tmp_path):
+    coordinator, daemon, task = await running(tmp_path, scripts=slow, drain_deadline_s=0.2,
+                                              timing=FakeTiming(decode_tps=50, load_seconds=0.05))
+    await request(coordinator, "long", {**BODY, "max_tokens": 5000})
+    await coordinator.next_frame("inference_response_chunk")
+    daemon.should_exit.set()
+    while not (await coordinator.next_frame("heartbeat"))["draining"]:
+        pass  # the drain's own heartbeat says so at once
+    assert await asyncio.wait_for(task, 10) == 0
+    complete = await coordinator.next_frame("inference_complete")
+    assert complete["request_id"] == "long" and complete["finish_reason"] == "cancelled"
+    assert complete["num_chunks"] == coordinator.frames["inference_response_chunk"].qsize() + 1
+    await coordinator.connections[-1].wait_closed()
+    assert coordinator.connections[-1].close_code == 1000  # the agent closed it, after the last frame
+    assert len(daemon.provider.background) == 0 and len(daemon.tasks) == 0
+    await coordinator.stop()
+    leftover = [task.get_name() for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    assert leftover == []  # every task the daemon, its engine and its link started has ended with it
 
 
 async def test_a_refused_token_stops_the_daemon_with_its_own_exit_code(tmp_path):

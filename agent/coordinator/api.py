@@ -65,7 +65,7 @@ class ChatCompletions:
                 flow.close(ReleaseReason.SHUTDOWN)
                 raise
             if work in done:
-                gone.cancel()
+                await _cancel(gone)
                 work.result()
                 return
             await _cancel(work)

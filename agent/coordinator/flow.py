@@ -36,7 +36,6 @@ from agent.frames import (
 
 log = structlog.get_logger("agent.coordinator.flow")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
-RECONNECT_POLL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +105,19 @@ class RequestFlow:
     async def _await_reconnect(self, submission):
         """A retry found no provider at all: when every link dropped at once (a network blip, a coordinator
         hiccup) the agents are reconnecting now, so wait for one, bounded by the queue's max wait, before
-        giving up. A request that never had a provider still gets its 503 at once."""
+        giving up. Each registration of the model wakes it (Registry.arrival) to try again at once. A
+        request that never had a provider still gets its 503 at once."""
         router, exchange = self.router, self.exchange
         deadline = router.clock() + self.settings.queue_max_wait_s
-        while submission.refusal is not None and router.clock() < deadline:
-            await asyncio.sleep(RECONNECT_POLL_S)
+        while submission.refusal is not None:
+            arrival = router.registry.arrival(exchange.model)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - router.clock())):
+                    await arrival
+            except TimeoutError:
+                return submission
+            finally:
+                arrival.cancel()
             submission = router.submit(exchange)
         return submission
 

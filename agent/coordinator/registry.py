@@ -5,13 +5,16 @@ lost with the link). Each model it registered is an `Offer`: the catalog entry i
 rebuilt from the entry's `kv_layout` (or the coordinator's catalog), the slot status of the last
 heartbeat, the pending ledger and the state of any load_model the coordinator asked for.
 
-Pure bookkeeping: no sockets, no asyncio; `send` is whatever puts a frame on the provider's outbox.
+Pure bookkeeping: no sockets, no awaiting; `send` is whatever puts a frame on the provider's outbox.
+`arrival(model)` is a future that `add` resolves when a provider offering that model registers: a
+retry that found every link down waits on it for the agents to reconnect (flow.py), not on a timer.
 
 Public names: Provider, Offer, Registry, spec_for_entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +144,7 @@ class Registry:
     def __init__(self) -> None:
         self._providers: dict[str, Provider] = {}
         self._by_model: dict[str, dict[str, Provider]] = {}
+        self._arrivals: dict[str, list[asyncio.Future[Provider]]] = {}
 
     def __len__(self) -> int:
         return len(self._providers)
@@ -155,6 +159,19 @@ class Registry:
         self._providers[provider.provider_id] = provider
         for model in provider.offers:
             self._by_model.setdefault(model, {})[provider.provider_id] = provider
+            for waiter in self._arrivals.pop(model, []):
+                if not waiter.done():
+                    waiter.set_result(provider)
+
+    def arrival(self, model: str) -> asyncio.Future[Provider]:
+        """Resolved with the next provider that registers `model` (cancel it to stop waiting)."""
+        waiters = [w for w in self._arrivals.get(model, []) if not w.done()]  # drop the abandoned ones
+        waiter = asyncio.get_running_loop().create_future()
+        self._arrivals[model] = [*waiters, waiter]
+        return waiter
+
+    def num_awaiting_arrival(self, model: str) -> int:
+        return sum(1 for waiter in self._arrivals.get(model, []) if not waiter.done())
 
     def remove(self, provider: Provider) -> bool:
         if self._providers.pop(provider.provider_id, None) is None:

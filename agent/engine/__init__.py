@@ -21,7 +21,7 @@ from agent.engine.models import ModelEntry
 from agent.engine.stream import Completion, RequestStream
 from agent.engine.types import (
     ChatRequest, Delta, EngineError, EngineNotRunning, EngineSnapshot, Event, Finish, FinishReason, InvalidRequest,
-    LoadFailed, LoadRefused, RequestRefused, SlotSnapshot, SlotState, UnknownModel, Usage,
+    LoadFailed, LoadRefused, RequestRefused, SlotSnapshot, SlotState, SlotTransition, UnknownModel, Usage,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ __all__ = [
     "ChatRequest", "Completion", "Delta", "Engine", "EngineConfig", "EngineError", "EngineNotRunning",
     "EngineSnapshot", "Event", "FakeEngine", "FakeScript", "FakeTiming", "Finish", "FinishReason", "InvalidRequest",
     "LoadFailed", "LoadRefused", "MLXEngine", "MemoryProbe", "ModelEntry", "RequestRefused", "RequestStream",
-    "SimulatedMemory", "SlotSnapshot", "SlotState", "SystemMemory", "UnknownModel", "Usage",
+    "SimulatedMemory", "SlotSnapshot", "SlotState", "SlotTransition", "SystemMemory", "UnknownModel", "Usage",
 ]
 
 

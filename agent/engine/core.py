@@ -8,6 +8,8 @@ backend differs.
               RequestRefused at once with the verdict and reason
     cancel    the backend takes the request out at its next step; the stream ends `cancelled`
     reports   after every step: events to their streams, used bytes and batch shape to the ledger
+    listen    add_listener(f): f(SlotTransition) after every slot state change, on the event loop (MLX
+              thread reports arrive through call_soon_threadsafe, so every transition happens there)
 
 With several models loaded, the KV room left beside all their weights and reserves is split in
 proportion to their minimum budgets (one full-context sequence each), recomputed on every load and
@@ -31,14 +33,15 @@ from agent.engine.ledger import KVLedger
 from agent.engine.memory import MemoryProbe, SystemMemory
 from agent.engine.models import model_entries
 from agent.engine.ratio import OutputRatio
-from agent.engine.slot import Slot
+from agent.engine.slot import Slot, SlotListeners
 from agent.engine.stream import RequestStream
 from agent.engine.types import (
     ChatRequest, Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, InvalidRequest, LoadFailed,
-    LoadRefused, RequestRefused, SlotSnapshot, SlotState, UnknownModel, Usage,
+    LoadRefused, RequestRefused, SlotListener, SlotSnapshot, SlotState, UnknownModel, Usage,
 )
 from agent.frames import AdmissionLimits
 from agent.engine.schedule import ScheduleLimits
+from agent.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -73,12 +76,13 @@ class Engine:
     ) -> None:
         self.backend, self.config, self.memory = backend, config, memory or SystemMemory()
         self._clock, self._sleep = clock, sleep
-        self._slots = {entry.spec.id: Slot(entry.spec.id, entry.spec, entry.source)
+        self._listeners = SlotListeners()
+        self._slots = {entry.spec.id: Slot(entry.spec.id, entry.spec, entry.source, on_transition=self._listeners)
                        for entry in model_entries(models)}
         self._requests: dict[str, Slot] = {}
         self._residency = asyncio.Lock()  # one load or unload at a time: each sees the others' memory
         self._running = False
-        self._idle_task: asyncio.Task | None = None
+        self._tasks = TaskSet("engine")
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -97,15 +101,14 @@ class Engine:
         await self.backend.start(self._deliver)
         self._running = True
         if self.config.idle_unload_after_s is not None:
-            self._idle_task = asyncio.create_task(self._unload_idle_slots(), name="engine-idle-unload")
+            self._tasks.spawn(self._unload_idle_slots(), name="engine-idle-unload")
         log.info("engine.start", models=self.models)
 
     async def stop(self) -> None:
         if not self._running:
             return
         self._running = False
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        await self._tasks.close()
         await self.backend.stop()  # its last reports end every request it held
         for slot in self._slots.values():
             for request_id in list(slot.streams):
@@ -137,6 +140,9 @@ class Engine:
             raise EngineNotRunning(f"{model} is {slot.state}; admission runs once it is loaded")
         limit = resolve_max_tokens(max_tokens, prompt_tokens, slot.spec.max_context, self.config.default_max_tokens)
         return slot.ledger.check("check", prompt_tokens, limit)
+    def add_listener(self, listener: SlotListener) -> Callable[[], None]:
+        """`listener` is called after every slot transition, in order; the returned function removes it."""
+        return self._listeners.add(listener)
 
     def output_ratio(self, model: str) -> OutputRatio:
         """The slot's expected-output ratio and its history of changes (it outlives loads)."""

@@ -19,6 +19,7 @@ from agent.engine.fake_script import FakeTiming, script_tokens
 from agent.engine.schedule import Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
 from agent.kvcost import SequenceKV
+from agent.tasks import TaskSet
 
 
 @dataclass(slots=True, eq=False)
@@ -52,7 +53,7 @@ class FakeBatch:
         self.delayed: list[FakeRow] = []  # rows whose scripted first-token delay still runs
         self.batch = BatchKV(spec)
         self._task: asyncio.Task | None = None
-        self._timers: set[asyncio.Task] = set()
+        self._delays = TaskSet(f"fake-batch-{model}")  # scripted first-token delays
 
     def insert(self, job: Job) -> None:
         script, seed = job.prompt.payload
@@ -60,9 +61,7 @@ class FakeBatch:
         row = FakeRow(job, reasoning, content, script.fail_after_tokens, script.error)
         if script.first_token_delay_s > 0:
             self.delayed.append(row)
-            timer = asyncio.get_running_loop().create_task(self._ready_after(row, script.first_token_delay_s))
-            self._timers.add(timer)
-            timer.add_done_callback(self._timers.discard)
+            self._delays.spawn(self._ready_after(row, script.first_token_delay_s), name=f"delay-{row.request_id}")
             return
         self.schedule.add(row)
         self._wake()
@@ -81,9 +80,10 @@ class FakeBatch:
             asyncio.get_running_loop().call_soon(self.deliver, report)
 
     async def close(self, code: str, message: str) -> None:
-        for task in [self._task, *self._timers]:
-            if task is not None:
-                task.cancel()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._delays.close()
         rows = [*self.delayed, *self.schedule.clear()]
         self.delayed, self.batch = [], BatchKV(self.spec)
         self.deliver(self._report([(row.request_id, row.finish(FinishReason.CANCELLED, code, message))

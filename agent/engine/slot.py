@@ -6,12 +6,14 @@
      └──────────── failed    unloading ──▶ cold
 
 One owner (the engine, on the event loop) changes the state, only through `transition`, which checks
-the move is allowed and logs it (`slot.state`). A refused load never leaves cold (the reason is kept);
+the move is allowed, logs it (`slot.state`) and then tells `on_transition` (the engine passes it on to
+its listeners: that is how the daemon heartbeats a change at once, with nothing polling). A refused load never leaves cold (the reason is kept);
 a failed load or unload ends in failed, with the reason, and a new load may be tried from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from agent.catalog import ModelSpec
 from agent.engine.ledger import KVLedger
 from agent.engine.ratio import OutputRatio
 from agent.engine.stream import RequestStream
-from agent.engine.types import SlotSnapshot, SlotState
+from agent.engine.types import SlotListener, SlotSnapshot, SlotState, SlotTransition
 from agent.kvcost import kv_bytes_per_token
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,24 @@ STATS_SMOOTHING = 0.3
 
 class InvalidTransition(RuntimeError):
     """A bug: the engine tried a move the state machine does not allow."""
+
+
+class SlotListeners:
+    """Who is told of slot transitions, in the order they were added."""
+
+    def __init__(self) -> None:
+        self._listeners: list[SlotListener] = []
+
+    def add(self, listener: SlotListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def __call__(self, change: SlotTransition) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # a listener's bug must not undo a transition that has happened
+                log.exception("slot.listener_failed", model=change.model, new=str(change.new))
 
 
 @dataclass(slots=True)
@@ -74,6 +94,7 @@ class Slot:
     idle_since: float = 0.0
     prefill_rate: RateAverage = field(default_factory=RateAverage)
     decode_rate: RateAverage = field(default_factory=RateAverage)
+    on_transition: Callable[[SlotTransition], None] | None = None  # called after every move, on the same thread
 
     def __post_init__(self) -> None:
         self.ratio = OutputRatio(model=self.model)  # outlives loads: what it learned still holds
@@ -82,9 +103,11 @@ class Slot:
         if to not in ALLOWED[self.state]:
             raise InvalidTransition(f"slot {self.model}: {self.state} -> {to} is not allowed")
         log.info("slot.state", model=self.model, old=str(self.state), new=str(to), reason=reason or None)
-        self.state = to
+        old, self.state = self.state, to
         if reason or to in (SlotState.LOADING, SlotState.IDLE):
             self.reason = reason
+        if self.on_transition is not None:
+            self.on_transition(SlotTransition(self.model, old, to, reason))
 
     @property
     def is_serving(self) -> bool:

@@ -6,6 +6,7 @@ No MLX here: the daemon, the coordinator's tests and the fake engine use these w
     Delta, Finish      the events of a request's stream: deltas, then exactly one Finish with usage
     SlotState          cold → loading → idle ⇄ running → unloading → cold, and failed
     SlotSnapshot       one slot for heartbeats (the wire names of DESIGN.md §5 heartbeat.slots)
+    SlotTransition     one move of a slot's state, as the engine tells its listeners
     EngineAPI          the methods the real and the fake engine share (both are agent.engine.core.Engine)
 
     EngineError (DarkbloomError)
@@ -161,6 +162,17 @@ class SlotSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotTransition:
+    model: str
+    old: SlotState
+    new: SlotState
+    reason: str = ""
+
+
+SlotListener = Callable[[SlotTransition], None]
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     slots: tuple[SlotSnapshot, ...]
 
@@ -182,3 +194,4 @@ class EngineAPI(Protocol):
     async def cancel(self, request_id: str) -> bool: ...
     def snapshot(self) -> EngineSnapshot: ...
     def admission_limits(self, model: str) -> AdmissionLimits: ...
+    def add_listener(self, listener: SlotListener) -> Callable[[], None]: ...

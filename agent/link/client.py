@@ -7,6 +7,10 @@ coordinator with a token it has already said no to. So is a coordinator that spe
 version this agent does (an `error` frame protocol_version_unsupported in answer to register): only
 an upgrade helps. Each has its own exit code, so launchd and the operator can tell. Anything else — refused connection, dropped link,
 missed keepalive pongs — is retried with jittered exponential backoff, reset after a good register.
+
+`close()` ends it cleanly: no more reconnects, the frames already on the outbox are sent (bounded by
+`flush_timeout_s`), then the websocket is closed and `run()` returns; the daemon's drain ends with it,
+so the last `inference_complete` of a drained stream reaches the coordinator.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ EXIT_AUTH_REFUSED = 77  # EX_NOPERM: launchd must not restart us into the same r
 EXIT_PROTOCOL_REFUSED = 76  # EX_PROTOCOL: the coordinator and this agent share no protocol version
 KEEPALIVE_INTERVAL_S = 10.0  # a ping every 10 s, 10 s to answer: a dead link is found within 20 s
 KEEPALIVE_TIMEOUT_S = 10.0
+FLUSH_TIMEOUT_S = 5.0  # close(): how long the frames still on the outbox get to go out
 
 
 class LinkRefused(DarkbloomError):
@@ -92,6 +97,8 @@ class Link:
     outbox: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     num_connects: int = 0
     stopping: bool = False
+    flush_timeout_s: float = FLUSH_TIMEOUT_S
+    _ws: ClientConnection | None = field(default=None, init=False, repr=False)  # while connected
 
     @property
     def state(self) -> LinkState:
@@ -121,7 +128,28 @@ class Link:
                 await self.sleep(delay)
 
     def stop(self) -> None:
+        """No reconnect after the current connection ends (what is on the outbox may be lost: see close)."""
         self.stopping = True
+
+    async def close(self) -> None:
+        """Stop reconnecting, send what is on the outbox (within flush_timeout_s), then close the websocket."""
+        self.stopping = True
+        ws = self._ws
+        if ws is None:
+            return
+        # Every frame put on the outbox has been written once join() returns; a link that drops meanwhile
+        # has nothing left to flush to.
+        flushed = asyncio.ensure_future(self.outbox.join())
+        dropped = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await asyncio.wait({flushed, dropped}, timeout=self.flush_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (flushed, dropped):
+                waiter.cancel()
+            await asyncio.gather(flushed, dropped, return_exceptions=True)
+        if flushed.cancelled():
+            log.warning("link.flush_incomplete", unsent=self.outbox.qsize(), timeout_s=self.flush_timeout_s)
+        await ws.close()
 
     async def _connect_once(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -129,7 +157,7 @@ class Link:
                            ping_interval=KEEPALIVE_INTERVAL_S, ping_timeout=KEEPALIVE_TIMEOUT_S) as ws:
             self.num_connects += 1
             self.session = LinkSession(self.handler.register_frame())
-            self.outbox = asyncio.Queue()
+            self.outbox, self._ws = asyncio.Queue(), ws
             for frame in self.session.connected():
                 await ws.send(encode(frame))
             log.info("link.connected", url=self.url)
@@ -140,6 +168,7 @@ class Link:
                 for task in done:
                     task.result()  # re-raise what ended the connection
             finally:
+                self._ws = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -173,6 +202,7 @@ class Link:
         while True:
             frame = await self.outbox.get()
             await ws.send(encode(frame))
+            self.outbox.task_done()
 
     async def _heartbeat(self) -> None:
         """Every heartbeat_interval_s, and at once on every slot state change."""

@@ -4,8 +4,7 @@
     await agent.start()        # engine up, link connecting, preloads loading (as the daemon does)
     await agent.kill()         # as a crash: the link goes down at once, the engine with it
     await agent.stop()         # as a clean stop
-A watcher turns slot-state changes into immediate heartbeats, as the daemon's does, but polls every
-100 ms instead of 20 ms: sixty of them share one or two cores.
+Slot-state changes become immediate heartbeats as in the daemon: the Provider listens to the engine.
 
 Public names: SimAgent, fleet_catalog.
 """
@@ -28,7 +27,6 @@ from agent.provider import MemoryReading, Provider
 from agent.sim.profiles import GEMMA, GPT_OSS, sim_script, timing_for
 
 GIB = 2**30
-WATCH_INTERVAL_S = 0.1
 
 
 def fleet_catalog() -> dict[str, ModelSpec]:
@@ -75,7 +73,6 @@ class SimAgent:
     async def start(self) -> SimAgent:
         await self.engine.start()
         self._tasks = [asyncio.create_task(self.link.run(), name="sim-link"),
-                       asyncio.create_task(self._watch(), name="sim-watch"),
                        asyncio.create_task(self._preload(), name="sim-preload")]
         return self
 
@@ -85,15 +82,6 @@ class SimAgent:
                 await self.engine.load(model)
             self.provider.state_changed.set()
 
-    async def _watch(self) -> None:
-        states: dict = {}
-        while True:
-            now = {slot.model: slot.state for slot in self.engine.snapshot().slots}
-            if now != states:
-                states = now
-                self.provider.state_changed.set()
-            await asyncio.sleep(WATCH_INTERVAL_S)
-
     async def kill(self) -> None:
         """A crash: link and engine end without a drain."""
         self.link.stop()
@@ -102,6 +90,7 @@ class SimAgent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.engine.stop()
+        await self.provider.close()
 
     async def stop(self) -> None:
         await self.kill()
