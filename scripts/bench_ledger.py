@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sqlite3
 import sys
 import tempfile
@@ -99,9 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="total settlements")
     parser.add_argument("--hot-row", action="store_true", help="also measure one UPDATEd balance row")
     parser.add_argument("--busy-timeout", type=float, default=0.05, help="hot-row lock wait before failing, s")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the lines")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rate, errors, commits = bench_ledger(Path(tmp) / "ledger.sqlite", args.requesters, args.requests)
+        if args.json:
+            print(json.dumps({"settlements_per_s": round(rate), "requesters": args.requesters, "errors": errors,
+                              "commits": commits, "settlements": args.requests // args.requesters * args.requesters}))
+            return
         print(f"ledger: {rate:,.0f} settlements/s, {args.requesters} concurrent requesters from one account, "
               f"{errors} errors, {commits} commits for {args.requests // args.requesters * args.requesters} entries")
         if args.hot_row:
