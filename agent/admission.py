@@ -1,6 +1,6 @@
 """The memory gate: may a model load here, and may a request enter a slot now.
 
-One module, two callers: the agent runs it against its live KV ledger, the coordinator runs the very
+One module, two callers: the agent runs it against its live KV tracker, the coordinator runs the very
 same functions against the last heartbeat minus what it has sent since, so the two cannot disagree.
 
     cap          = min(0.9 · RAM, RAM − 2 GiB) − operator reserve        (and ≤ Metal's working set)
@@ -100,7 +100,7 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SlotKV:
-    """A slot's KV ledger: its budget, what admitted requests have reserved, what the caches hold."""
+    """A slot's KV tracker: its budget, what admitted requests have reserved, what the caches hold."""
 
     budget_bytes: int
     reserved_bytes: int = 0

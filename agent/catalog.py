@@ -106,13 +106,12 @@ class CatalogEntry(BaseModel):
     activation_reserve_bytes: int = Field(ge=0)
     activation_reserve_basis: str
     architecture: dict[str, Any]
-    files: dict[str, dict[str, Any]] = {}  # weight file -> {sha256, bytes}; checked by agent.model_store
+    files: dict[str, dict[str, Any]] = {}  # weight file -> {sha256, bytes}; checked by agent.daemon.model_store
 
 
 def default_catalog_path() -> Path:
-    """The repository's models.toml when running from a checkout, else the copy shipped in the package."""
-    checkout = Path(__file__).resolve().parent.parent / "models.toml"
-    return checkout if checkout.is_file() else Path(__file__).resolve().parent / "models.toml"
+    """The catalog shipped inside the package (agent/models.toml), the same file in a checkout and an install."""
+    return Path(__file__).resolve().parent / "models.toml"
 
 
 def load_catalog(path: Path | None = None) -> dict[str, ModelSpec]:

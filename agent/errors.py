@@ -6,14 +6,14 @@
     │                                         the consumer API says it in OpenAI's words: 404 model_not_found)
     ├── InvalidRequest    invalid_request     a request that cannot be served as written, anywhere
     ├── WeightsError      weights_invalid     a safetensors header that cannot be read (agent.safetensors_info)
-    ├── ConfigError       config_invalid      agent configuration unusable (agent.config)
+    ├── ConfigError       config_invalid      agent configuration unusable (agent.daemon.config)
     ├── EngineError       engine_error        agent.engine.types: RequestRefused (kv_full | cannot_fit |
     │                                         model_not_ready), LoadRefused, LoadFailed, EngineNotRunning
     ├── LinkRefused                           agent.link.client: fatal for the daemon, each its exit code
     │   ├── LinkAuthRefused       auth_refused                    the provider token was refused
     │   └── LinkProtocolRefused   protocol_version_unsupported    no protocol version in common
-    ├── ModelStoreError   model_*             agent.model_store (download_failed is retryable)
-    ├── ServiceError      service_*           agent.service (launchd)
+    ├── ModelStoreError   model_*             agent.daemon.model_store (download_failed is retryable)
+    ├── ServiceError      service_*           agent.daemon.launch_agent (launchd)
     ├── the coordinator's: ApiError (OpenAI-shaped, agent.coordinator.errors), RateLimited,
     │   InsufficientBalance, DuplicateRequest, UnknownAccount, KeyNotFound, InvalidAmount
     └── ProtocolError     protocol_invalid    a frame or chat body that cannot be used (returned, not raised)

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from agent.frames import Hardware
+from agent.wire.frames import Hardware
 
 Runner = Callable[[Sequence[str]], str]
 Reader = Callable[[str], str]

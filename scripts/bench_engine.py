@@ -42,9 +42,9 @@ import structlog  # noqa: E402
 from mlx_lm.generate import BatchGenerator  # noqa: E402
 
 from agent.catalog import spec_from_model_dir  # noqa: E402
-from agent.engine import ChatRequest, Delta, EngineConfig, MLXEngine, RequestRefused  # noqa: E402
-from agent.engine.tiny_models import VARIANTS, is_up_to_date, write_all  # noqa: E402
+from agent.engine import Delta, EngineConfig, GenerationRequest, MLXEngine, RequestRefused  # noqa: E402
 from agent.kvcost import kv_peak_bytes_at  # noqa: E402
+from agent.testing.tiny_models import VARIANTS, is_up_to_date, write_all  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name three rivers in Europe.", "Why is the sky blue?",
              "Count from one to ten.", "Summarize the water cycle.", "What does a provider serve?",
@@ -65,8 +65,8 @@ def models_dir() -> Path:
     return root
 
 
-def requests(name: str, streams: int, max_tokens: int, tag: str) -> list[ChatRequest]:
-    return [ChatRequest(f"{tag}-{i}", name, ({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},),
+def requests(name: str, streams: int, max_tokens: int, tag: str) -> list[GenerationRequest]:
+    return [GenerationRequest(f"{tag}-{i}", name, ({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},),
                         max_tokens=max_tokens, temperature=0.0, ignore_eos=True) for i in range(streams)]
 
 
@@ -103,7 +103,7 @@ def bare_tps(model, prompts: list[list[int]], max_tokens: int) -> Rate:
     return _rate(started, arrivals)
 
 
-async def engine_tps(engine: MLXEngine, batch: list[ChatRequest]) -> Rate:
+async def engine_tps(engine: MLXEngine, batch: list[GenerationRequest]) -> Rate:
     started = time.perf_counter()
     arrivals: list[tuple[float, str, int]] = []
 
@@ -181,7 +181,7 @@ async def ratio_run(name: str, model_dir: Path) -> dict:
             for i in range(8):
                 count = rng.randint(8, 48)
                 observed.append(count / 256)
-                batch.append(ChatRequest(f"w{wave}-{i}", name, ({"role": "user", "content": QUESTIONS[i]},),
+                batch.append(GenerationRequest(f"w{wave}-{i}", name, ({"role": "user", "content": QUESTIONS[i]},),
                                          max_tokens=256, temperature=0.0, logits_processors=(eos_after(count, eos),)))
             await engine_tps(engine, batch)
         falling = [round(change.value, 3) for change in engine.output_ratio(name).history]

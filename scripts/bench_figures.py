@@ -23,9 +23,9 @@ SUSTAINED_RUNS = (
                       "by queue, most free KV, rows)", ""),
     ("sustained_prefill_prewarm.json", "pre-warm also on a prefill backlog: when a model's warm slots average "
                                        "`prewarm_waiting_per_slot` (2) prompts waiting for prefill, one more cold "
-                                       "provider loads it (`agent/coordinator/prewarm.py`)", ""),
+                                       "provider loads it (`agent/coordinator/routing/prewarm.py`)", ""),
     ("sustained_spread_by_rows.json", "placement ranks by queue, **fewest rows**, most free KV, so an idle warm slot "
-                                      "is chosen before a busy bigger one (`agent/coordinator/placement.py`)",
+                                      "is chosen before a busy bigger one (`agent/coordinator/routing/placement.py`)",
      "load test started 40 s after the fleet was ready, so the initial loads had finished"),
 )
 

@@ -32,9 +32,9 @@ from agent.catalog import spec_from_model_dir  # noqa: E402
 from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes  # noqa: E402
 from agent.engine.batcher import Batcher  # noqa: E402
 from agent.engine.chat import ChatFormat  # noqa: E402
-from agent.engine.tiny_models import VARIANTS, is_up_to_date, write_all  # noqa: E402
 from agent.engine.types import FinishReason  # noqa: E402
 from agent.kvcost import engine_kv_trace  # noqa: E402
+from agent.testing.tiny_models import VARIANTS, is_up_to_date, write_all  # noqa: E402
 from tests.test_engine_batch_kv import CHUNK, Mirror, make_row  # noqa: E402  (the tests' own step mirror)
 from tests.test_kvcost_engine import observed_trace  # noqa: E402
 

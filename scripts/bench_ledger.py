@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.coordinator.accounts import Accounts  # noqa: E402
-from agent.coordinator.keys import create_key  # noqa: E402
-from agent.coordinator.ledger import EntryKind, credit_account, ledger_sum  # noqa: E402
-from agent.coordinator.ratelimit import RateLimits  # noqa: E402
+from agent.coordinator.billing.accounts import Accounts  # noqa: E402
+from agent.coordinator.billing.keys import create_key  # noqa: E402
+from agent.coordinator.billing.ledger import EntryKind, credit_account, ledger_sum  # noqa: E402
+from agent.coordinator.billing.ratelimit import RateLimits  # noqa: E402
 
 
 def bench_ledger(db: Path, requesters: int, requests: int) -> tuple[float, int, int]:

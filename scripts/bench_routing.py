@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.chat_request import ChatMessage, ChatRequest  # noqa: E402
-from agent.coordinator.exchange import Exchange  # noqa: E402
-from agent.coordinator.placement import Ask  # noqa: E402
-from agent.coordinator.router import Router  # noqa: E402
+from agent.coordinator.routing.exchange import Exchange  # noqa: E402
+from agent.coordinator.routing.placement import Ask  # noqa: E402
+from agent.coordinator.routing.router import Router  # noqa: E402
 from agent.coordinator.settings import CoordinatorSettings  # noqa: E402
-from agent.frames import Hardware, Heartbeat, MemoryStatus, Register, SlotState, SlotStatus  # noqa: E402
-from agent.protocol import PROTOCOL_VERSION  # noqa: E402
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage  # noqa: E402
+from agent.wire.frames import Hardware, Heartbeat, MemoryStatus, Register, SlotState, SlotStatus  # noqa: E402
+from agent.wire.protocol import PROTOCOL_VERSION  # noqa: E402
 
 GIB = 2**30
 NUM_PROVIDERS = 60
@@ -75,7 +75,7 @@ def fleet(rng: random.Random, *, saturated: bool = False) -> Router:
 
 def bench_decisions(num: int, seed: int) -> dict[str, dict[str, float]]:
     rng = random.Random(seed)
-    body = ChatRequest(messages=(ChatMessage(role="user", content="hi"),))
+    body = ChatCompletionBody(messages=(ChatMessage(role="user", content="hi"),))
     results = {}
     for name, saturated in (("dispatch", False), ("full", False), ("saturated", True)):
         router, samples = fleet(rng, saturated=saturated), []
@@ -91,7 +91,7 @@ def bench_decisions(num: int, seed: int) -> dict[str, dict[str, float]]:
                 router.try_dispatch(exchange)
             samples.append(time.perf_counter() - started)
             if exchange.provider is not None:  # keep the fleet's state steady: the request ends at once
-                exchange.provider.offers[model].ledger.end(exchange.request_id)
+                exchange.provider.offers[model].pending.end(exchange.request_id)
                 exchange.provider.exchanges.pop(exchange.request_id, None)
         results[name] = percentiles(samples)
     return results

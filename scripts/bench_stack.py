@@ -19,22 +19,22 @@ from pathlib import Path
 import httpx
 
 from agent.admission import SlotKV, admit_request, load_gate, reservation_bytes
-from agent.coordinator.app import build_app, running
+from agent.coordinator.http.app import build_app, running
 from agent.coordinator.settings import CoordinatorSettings
 from agent.engine.fake import FakeEngine
-from agent.engine.types import ChatRequest, Delta
-from agent.sim.agent import SimAgent, fleet_catalog
-from agent.sim.harness import funded_accounts
-from agent.sim.profiles import GPT_OSS, timing_for
 from agent.engine.fake_script import FakeScript
-from agent.sim.sse import stream_chat
+from agent.engine.types import Delta, GenerationRequest
+from agent.testing.fleet.agent import SimAgent, fleet_catalog
+from agent.testing.fleet.harness import funded_accounts
+from agent.testing.fleet.profiles import GPT_OSS, timing_for
+from agent.testing.fleet.sse import stream_chat
 
 GIB = 2**30
 SCALE = 0.05  # 20× compressed: 200 tokens at ~70 tok/s stream in ~0.15 s of real time
 STREAMS, TOKENS = 8, 200
 
 
-def _script(request: ChatRequest) -> FakeScript:
+def _script(request: GenerationRequest) -> FakeScript:
     return FakeScript(output_tokens=TOKENS)
 
 
@@ -49,7 +49,7 @@ async def _direct(rounds: int) -> tuple[float, list[float]]:
         started = time.perf_counter()
 
         async def one(i: int) -> int:
-            request = ChatRequest(f"r{r}-{i}", GPT_OSS, ({"role": "user", "content": f"go {r} {i}"},),
+            request = GenerationRequest(f"r{r}-{i}", GPT_OSS, ({"role": "user", "content": f"go {r} {i}"},),
                                   max_tokens=1000)
             stream, n = await engine.submit(request), 0
             async for event in stream:

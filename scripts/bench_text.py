@@ -74,8 +74,8 @@ For comparison, {SEED}.
 
 The fleet is the real coordinator (a keys database, one funded billed key, the default generous rate
 limits: 1,200 requests and 2,000,000 output tokens per minute, so billing and limits are exercised) and
-60 real agents (Provider, Link, engine core with its memory gate, admission and KV ledgers) whose backend
-is simulated (`agent/sim/`): Macs of 16–128 GB (6×16, 9×24, 9×32, 8×36, 9×48, 10×64, 4×96, 5×128), gpt-oss
+60 real agents (LinkHandler, Link, engine core with its memory gate, admission and KV trackers) whose backend
+is simulated (`agent/testing/fleet/`): Macs of 16–128 GB (6×16, 9×24, 9×32, 8×36, 9×48, 10×64, 4×96, 5×128), gpt-oss
 decoding 60–74 tok/s per stream alone (+3 % step time per extra stream), gemma 40–60 tok/s (+4.5 %),
 prefill 1,500 / 700 tok/s, cold loads 12 / 20 s; answers of 100–1,100 tokens (long-tailed), capped by
 max_tokens. These rates are assumptions for Apple Silicon, not Mac measurements. At start ~60 % of the

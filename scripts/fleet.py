@@ -1,11 +1,11 @@
 """A simulated fleet: the real coordinator (keys DB, one funded key, real billing and limits) and N real
-agents (Provider + Link + engine core, gate and admission; simulated backend) over real websockets.
+agents (LinkHandler + Link + engine core, gate and admission; simulated backend) over real websockets.
 
     python scripts/fleet.py --agents 60 --port 8000 [--workers 2] [--time-scale 0.5] [--open]
 
 Prints `ready agents=N base_url=... key=...` once every agent is registered and heartbeating, then serves
 until interrupted. The coordinator runs in this process; the agents in `--workers` processes, each running
-its share on one asyncio loop (agent.sim.SimAgent). Mac sizes, timings and answer lengths: agent/sim/profiles.py.
+its share on one asyncio loop (agent.testing.fleet.SimAgent). Mac sizes, timings and answer lengths: agent/testing/fleet/profiles.py.
 Start-up residency (as a fleet looks after a quiet hour): ~60 % of the agents warm on gpt-oss, every 15th
 warm on gemma, the rest cold; the coordinator pre-warms more as load needs.
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.coordinator.accounts import Accounts  # noqa: E402
-from agent.coordinator.app import build_app, running  # noqa: E402
+from agent.coordinator.billing.accounts import Accounts  # noqa: E402
+from agent.coordinator.http.app import build_app, running  # noqa: E402
 from agent.coordinator.settings import CoordinatorSettings  # noqa: E402
 from agent.logs import configure_logging  # noqa: E402
-from agent.sim.agent import SimAgent  # noqa: E402
-from agent.sim.harness import funded_accounts  # noqa: E402
-from agent.sim.profiles import GEMMA, GPT_OSS, fleet_memory_gb  # noqa: E402
+from agent.testing.fleet.agent import SimAgent  # noqa: E402
+from agent.testing.fleet.harness import funded_accounts  # noqa: E402
+from agent.testing.fleet.profiles import GEMMA, GPT_OSS, fleet_memory_gb  # noqa: E402
 
 
 def preload_for(index: int) -> tuple[str, ...]:

@@ -23,8 +23,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent.sim.sse import stream_chat  # noqa: E402
 from loadtest_support import Tally, capacity_row, median, pct  # noqa: E402
+
+from agent.testing.fleet.sse import stream_chat  # noqa: E402
 
 GPT, GEMMA = "gpt-oss-20b", "gemma-4-26b"
 FULL = [(512, 8), (512, 16), (512, 32), (512, 64), (4096, 8), (4096, 16), (4096, 32),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from agent.sim.sse import StreamResult
+from agent.testing.fleet.sse import StreamResult
 
 CLASSES = ("ok", "billing", "token_limit", "capacity_429", "no_provider_503", "dispatch_failure", "client")
 

@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def tiny_models() -> Path:
-    from agent.engine.tiny_models import is_up_to_date, write_all
+    from agent.testing.tiny_models import is_up_to_date, write_all
 
     root = ROOT / ".cache" / "tiny-models"
     stale = [name for name in MODELS if not is_up_to_date(root / name, name)]

@@ -1,4 +1,4 @@
-"""Write the tiny random-weight test models (see agent/engine/tiny_models.py).
+"""Write the tiny random-weight test models (see agent/testing/tiny_models.py).
 
     python scripts/make_tiny_models.py --out tiny-models [--only gpt-oss-tiny gemma-4-tiny ...]
 
@@ -15,7 +15,7 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.engine.tiny_models import VARIANTS, write_tiny_model  # noqa: E402
+from agent.testing.tiny_models import VARIANTS, write_tiny_model  # noqa: E402
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

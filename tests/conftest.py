@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-`tiny_models_dir`: a directory holding every tiny model (see agent/engine/tiny_models.py), one
+`tiny_models_dir`: a directory holding every tiny model (see agent/testing/tiny_models.py), one
 subdirectory per variant name. Written once per test session into a temporary directory, or, when
 DARKBLOOM_TINY_MODELS names a directory, kept there across sessions: variants already there and up to
 date are reused, missing or stale ones are (re)written.
@@ -19,7 +19,7 @@ TINY_MODELS_ENV = "DARKBLOOM_TINY_MODELS"
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Imported here so test modules that never touch MLX do not pay for importing it.
-    from agent.engine.tiny_models import VARIANTS, is_up_to_date, write_all
+    from agent.testing.tiny_models import VARIANTS, is_up_to_date, write_all
 
     cache = os.environ.get(TINY_MODELS_ENV)
     root = Path(cache) if cache else tmp_path_factory.mktemp("tiny-models")

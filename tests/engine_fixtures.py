@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from agent.engine.types import ChatRequest
+from agent.engine.types import GenerationRequest
 
 NARROW = ("gpt-oss-tiny", "gemma-4-tiny")
 RUN_TIMEOUT_S = 120  # a hang fails the test instead of the whole session
@@ -20,6 +20,6 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coroutine, RUN_TIMEOUT_S))
 
 
-def chat(request_id: str, model: str, text: str, **fields: Any) -> ChatRequest:
+def chat(request_id: str, model: str, text: str, **fields: Any) -> GenerationRequest:
     fields.setdefault("temperature", 0.0)
-    return ChatRequest(request_id, model, ({"role": "user", "content": text},), **fields)
+    return GenerationRequest(request_id, model, ({"role": "user", "content": text},), **fields)

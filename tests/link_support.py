@@ -12,9 +12,9 @@ from http import HTTPStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from agent.frames import Hardware, MemoryStatus, Register, SlotStatus
 from agent.link.session import Event, LinkSession
-from agent.protocol import PROTOCOL_VERSION
+from agent.wire.frames import Hardware, MemoryStatus, Register, SlotStatus
+from agent.wire.protocol import PROTOCOL_VERSION
 
 
 @dataclass

@@ -4,7 +4,7 @@ ScriptedProvider is a small websockets CLIENT that behaves like an agent as far 
 tell: it registers with the hardware and models it is given, heartbeats its slot states, answers each
 inference_request as a `Reply` says (reject, accept then stream chunks, fail, drop the link, stay
 silent), honours cancel, and loads models when asked. With `gate=True` it runs agent.admission's
-admit_request on its own KV ledger, as the real agent does, instead of accepting whatever comes.
+admit_request on its own KV tracker, as the real agent does, instead of accepting whatever comes.
 """
 
 from __future__ import annotations
@@ -22,16 +22,32 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.admission import SlotKV, admit_request, memory_cap_bytes, safety_margin_bytes
 from agent.catalog import ModelSpec, load_catalog
-from agent.coordinator.accounts import Accounts
-from agent.coordinator.app import RunningServer, build_app, running
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.http.app import RunningServer, build_app, running
 from agent.coordinator.settings import CoordinatorSettings
-from agent.frames import (
-    AdmissionLimits, Delta, ErrorFrame, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected,
-    InferenceRequest, InferenceResponseChunk, KVLayer, KVLayout, MemoryStatus, ModelEntry, Register, SlotState,
-    SlotStatus, Usage,
-)
 from agent.kvcost import PREFILL_CHUNK_TOKENS, kv_bytes_per_token, kv_fixed_bytes_per_sequence
-from agent.protocol import PROTOCOL_VERSION, Direction, encode, parse_message
+from agent.wire.frames import (
+    AdmissionLimits,
+    ChunkDelta,
+    ErrorFrame,
+    Hardware,
+    Heartbeat,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRejected,
+    InferenceRequest,
+    InferenceResponseChunk,
+    KVLayer,
+    KVLayout,
+    MemoryStatus,
+    ModelEntry,
+    Register,
+    SlotState,
+    SlotStatus,
+    UsageReport,
+)
+from agent.wire.protocol import PROTOCOL_VERSION, Direction, encode, parse_message
 
 GIB = 2**30
 CATALOG = load_catalog()
@@ -234,7 +250,7 @@ class ScriptedProvider:
                 return await self.drop()
             content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
             await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1,
-                                                   delta=Delta(content=content, reasoning=reasoning)))
+                                                   delta=ChunkDelta(content=content, reasoning=reasoning)))
             sent += 1
             await asyncio.sleep(reply.chunk_delay_s)
         if rid in self._cancelled:
@@ -243,7 +259,7 @@ class ScriptedProvider:
 
     async def _end(self, rid: str, reply: Reply, sent: int, finish_reason: str) -> None:
         self._release(rid)
-        await self.send(InferenceComplete(request_id=rid, usage=Usage(prompt_tokens=reply.prompt_tokens,
+        await self.send(InferenceComplete(request_id=rid, usage=UsageReport(prompt_tokens=reply.prompt_tokens,
                                                                         completion_tokens=sent),
                                           finish_reason=finish_reason, num_chunks=sent))
         if self.gate and self.heartbeat_on_end:

@@ -18,16 +18,16 @@ from collections.abc import AsyncIterator
 import httpx
 
 from agent.admission import Verdict
-from agent.coordinator.agent_limits import CONSERVATIVE_LIMITS
-from agent.coordinator.placement import Ask, check
-from agent.coordinator.router import Router
+from agent.coordinator.routing.agent_limits import CONSERVATIVE_LIMITS
+from agent.coordinator.routing.placement import Ask, check
+from agent.coordinator.routing.router import Router
+from agent.daemon.handler import LinkHandler, MemoryReading
 from agent.engine.core import EngineConfig
 from agent.engine.fake import FakeEngine, FakeScript
 from agent.engine.schedule import ScheduleLimits
-from agent.frames import Hardware, Heartbeat, MemoryStatus, Register, SlotState, SlotStatus
 from agent.link.client import Link
-from agent.protocol import PROTOCOL_VERSION, Direction, ProtocolError, encode, parse_message
-from agent.provider import MemoryReading, Provider
+from agent.wire.frames import Hardware, Heartbeat, MemoryStatus, Register, SlotState, SlotStatus
+from agent.wire.protocol import PROTOCOL_VERSION, Direction, ProtocolError, encode, parse_message
 from tests.provider_support import FAST, GEMMA, GIB, GPT, coordinator, entry_for, eventually
 
 
@@ -40,7 +40,7 @@ async def real_agent(server, config: EngineConfig, *, scripts=None) -> AsyncIter
     await engine.start()
     for model in specs:
         await engine.load(model)
-    provider = Provider(engine, specs, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
+    provider = LinkHandler(engine, specs, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
                         lambda: MemoryReading(64 * GIB, 60 * GIB))
     link = Link(server.ws_url, "any-token", provider)
     task = asyncio.create_task(link.run())
@@ -116,7 +116,7 @@ async def test_the_coordinator_follows_the_agents_expected_output_ratio_as_it_ad
                 assert (await http.post("/v1/chat/completions", json=client_body)).status_code == 200
         ratio = engine.output_ratio(GPT.id).value
         assert ratio < 0.7
-        await eventually(lambda: offer.status.expected_output_ratio == ratio and offer.ledger.num_in_flight == 0)
+        await eventually(lambda: offer.status.expected_output_ratio == ratio and offer.pending.num_in_flight == 0)
         theirs, ours = engine.check(GPT.id, 300, 2000), check(offer, Ask(GPT.id, 300, 300, 2000))
         assert ours.expected_output_tokens == theirs.expected_output_tokens < 1400
         assert ours.reservation_bytes == theirs.reservation_bytes

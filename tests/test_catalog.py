@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.catalog import CatalogError, LayerKind, load_catalog, resolve_model, spec_from_config, spec_from_model_dir
+from agent.catalog import (
+    CatalogError,
+    LayerKind,
+    default_catalog_path,
+    load_catalog,
+    resolve_model,
+    spec_from_config,
+    spec_from_model_dir,
+)
 from agent.errors import UnknownModel
 from agent.safetensors_info import read_safetensors_info
 
@@ -23,7 +31,7 @@ def reference_config(model_id: str) -> dict:
 
 
 def test_catalog_architecture_fields_are_copied_verbatim_from_the_real_configs():
-    raw = __import__("tomllib").loads(Path("models.toml").read_text())
+    raw = __import__("tomllib").loads(Path("agent/models.toml").read_text())
     for model_id in ("gpt-oss-20b", "gemma-4-26b"):
         real = reference_config(model_id)
         for key, value in raw[model_id]["architecture"].items():
@@ -72,7 +80,7 @@ def write_catalog(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_bad_entry_names_the_file_the_model_and_the_field(tmp_path):
-    text = Path("models.toml").read_text().replace("max_context = 131072", 'max_context = "long"', 1)
+    text = Path("agent/models.toml").read_text().replace("max_context = 131072", 'max_context = "long"', 1)
     path = write_catalog(tmp_path, text)
     with pytest.raises(CatalogError) as error:
         load_catalog(path)
@@ -80,19 +88,19 @@ def test_a_bad_entry_names_the_file_the_model_and_the_field(tmp_path):
 
 
 def test_a_missing_architecture_field_is_named(tmp_path):
-    text = Path("models.toml").read_text().replace("sliding_window = 1024\n", "", 1)
+    text = Path("agent/models.toml").read_text().replace("sliding_window = 1024\n", "", 1)
     with pytest.raises(CatalogError, match=r"gemma-4-26b.*sliding_window"):
         load_catalog(write_catalog(tmp_path, text))
 
 
 def test_layer_types_must_match_the_layer_count(tmp_path):
-    text = Path("models.toml").read_text().replace("num_hidden_layers = 24", "num_hidden_layers = 25", 1)
+    text = Path("agent/models.toml").read_text().replace("num_hidden_layers = 24", "num_hidden_layers = 25", 1)
     with pytest.raises(CatalogError, match=r"gpt-oss-20b.*layer_types.*24 entries for 25"):
         load_catalog(write_catalog(tmp_path, text))
 
 
 def test_users_can_add_a_model_with_the_same_schema(tmp_path):
-    text = Path("models.toml").read_text().replace('["gemma-4-26b"', '["my-gemma"')
+    text = Path("agent/models.toml").read_text().replace('["gemma-4-26b"', '["my-gemma"')
     catalog = load_catalog(write_catalog(tmp_path, text))
     assert set(catalog) == {"gpt-oss-20b", "my-gemma"}
     assert catalog["my-gemma"].kv_layers == load_catalog()["gemma-4-26b"].kv_layers
@@ -120,3 +128,12 @@ def test_a_model_directory_gives_exact_weight_bytes_and_kv_dtype_from_safetensor
     assert (info.total_bytes, info.activation_dtype) == (28, "bfloat16")  # vision tensors are not loaded
     spec = spec_from_model_dir(tmp_path)
     assert spec.weights_bytes == 28 and spec.kv_dtype == "bfloat16" and spec.id == tmp_path.name
+
+
+def test_the_default_catalog_is_the_file_inside_the_package_never_one_found_above_it():
+    import agent
+
+    package = Path(agent.__file__).resolve().parent
+    path = default_catalog_path()
+    assert path == package / "models.toml" and path.is_file() and not path.is_symlink()
+    assert set(load_catalog()) >= {"gpt-oss-20b", "gemma-4-26b"}

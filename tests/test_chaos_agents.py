@@ -1,6 +1,6 @@
 """Chaos on the agent side: a Mac dies before its first token or mid-stream, or is too slow.
 
-Real agents (Provider + Link + engine core on the simulated backend) against the real coordinator with a
+Real agents (LinkHandler + Link + engine core on the simulated backend) against the real coordinator with a
 funded key. Every test ends with the books balanced: no hold, nothing in flight at the coordinator, no
 KV reserved on a live agent; and the text the client got is the agent's text, in order, each token once.
 """
@@ -13,11 +13,11 @@ from dataclasses import replace
 import httpx
 
 from agent.engine.fake_script import FakeScript, script_seed, script_tokens
-from agent.engine.types import ChatRequest
-from agent.sim.agent import SimAgent
-from agent.sim.harness import funded_accounts, leaks
-from agent.sim.profiles import GPT_OSS
-from agent.sim.sse import stream_chat
+from agent.engine.types import GenerationRequest
+from agent.testing.fleet.agent import SimAgent
+from agent.testing.fleet.harness import funded_accounts, leaks
+from agent.testing.fleet.profiles import GPT_OSS
+from agent.testing.fleet.sse import stream_chat
 from tests.metrics_support import counted
 from tests.provider_support import FAST, coordinator, eventually
 
@@ -27,13 +27,13 @@ NUM_TOKENS = 400
 
 
 def long_answer(delay_s: float = 0.0):
-    def script(request: ChatRequest) -> FakeScript:
+    def script(request: GenerationRequest) -> FakeScript:
         return FakeScript(output_tokens=NUM_TOKENS, first_token_delay_s=delay_s)
     return script
 
 
 def expected_text(content: str) -> str:
-    request = ChatRequest("x", GPT_OSS, ({"role": "user", "content": content},))
+    request = GenerationRequest("x", GPT_OSS, ({"role": "user", "content": content},))
     return "".join(script_tokens(FakeScript(output_tokens=NUM_TOKENS), script_seed(request))[1])
 
 
@@ -51,7 +51,7 @@ async def fleet(server, *agents_kwargs) -> list[SimAgent]:
 
 
 def holder(agents: list[SimAgent]) -> SimAgent | None:
-    return next((agent for agent in agents if agent.provider.tasks), None)
+    return next((agent for agent in agents if agent.handler.tasks), None)
 
 
 async def balanced(server, agents) -> None:
@@ -114,7 +114,7 @@ async def test_a_slow_agent_that_misses_the_first_token_deadline_is_cancelled_an
         # The slow one (most free KV) was tried first and ran out of time; then the fast one streamed.
         assert counted(metrics, "darkbloom_attempts_total", model=GPT_OSS, outcome="timeout") == 1
         assert counted(metrics, "darkbloom_attempts_total", model=GPT_OSS, outcome="streamed") == 1
-        assert (slow.provider.num_served, fast.provider.num_served) == (1, 1)  # slow: ended by the cancel
+        assert (slow.handler.num_served, fast.handler.num_served) == (1, 1)  # slow: ended by the cancel
         for agent in (slow, fast):
             await agent.stop()
     accounts.close()

@@ -1,5 +1,5 @@
 """Chaos on the wire: every agent link cut at once (before and after the first token), and a coordinator
-restart under live agents. Agents dial through a relay that can cut every connection (agent.sim.proxy)."""
+restart under live agents. Agents dial through a relay that can cut every connection (agent.testing.fleet.proxy)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import asyncio
 
 import httpx
 
-from agent.coordinator.accounts import Accounts
-from agent.coordinator.app import build_app, running
-from agent.sim.agent import SimAgent
-from agent.sim.harness import funded_accounts, leaks
-from agent.sim.proxy import Relay
-from agent.sim.sse import stream_chat
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.http.app import build_app, running
+from agent.testing.fleet.agent import SimAgent
+from agent.testing.fleet.harness import funded_accounts, leaks
+from agent.testing.fleet.proxy import Relay
+from agent.testing.fleet.sse import stream_chat
 from tests.provider_support import coordinator, eventually
-from tests.test_chaos_agents import SCALE, SETTINGS, NUM_TOKENS, body, expected_text, holder, long_answer
+from tests.test_chaos_agents import NUM_TOKENS, SCALE, SETTINGS, body, expected_text, holder, long_answer
 
 
 async def through_relays(server, count: int, **kwargs) -> tuple[list[SimAgent], list[Relay]]:
@@ -135,4 +135,4 @@ async def test_a_coordinator_restart_releases_every_hold_and_the_agents_come_bac
 
 
 def leaks_on(agent: SimAgent) -> bool:
-    return bool(agent.provider.tasks) or any(s.kv_reserved_bytes for s in agent.engine.snapshot().slots)
+    return bool(agent.handler.tasks) or any(s.kv_reserved_bytes for s in agent.engine.snapshot().slots)

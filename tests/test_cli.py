@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.catalog import load_catalog
-from agent.cli import app
+from agent.cli.main import app
 from agent.kvcost import kv_bytes_at, kv_peak_bytes_at
 
 runner = CliRunner()
@@ -122,7 +122,7 @@ def test_models_verify_of_a_model_not_in_the_cache_is_a_clear_error(tmp_path):
 
 
 def test_status_reads_the_file_the_daemon_keeps(tmp_path, monkeypatch):
-    from agent.status_file import write_status
+    from agent.daemon.status_file import write_status
 
     path = tmp_path / "status.json"
     write_status(path, {"pid": os.getpid(), "state": "running", "uptime_s": 12.0, "link": "ready",

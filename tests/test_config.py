@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, default_config_path, load_config
+from agent.daemon.config import AgentConfig, default_config_path, load_config
 from agent.errors import ConfigError, DarkbloomError
 
 GIB = 1024**3

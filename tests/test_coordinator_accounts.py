@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.admission import EXPECTED_OUTPUT_RATIO_START, expected_output_tokens
-from agent.coordinator.accounts import (
+from agent.coordinator.billing.accounts import (
     LOCAL_ACCOUNT,
     Accounts,
     DuplicateRequest,
@@ -20,9 +20,9 @@ from agent.coordinator.accounts import (
     ReleaseReason,
     SettleStatus,
 )
-from agent.coordinator.keys import create_key
-from agent.coordinator.ledger import EntryKind, ledger_sum
-from agent.coordinator.pricing import DEFAULT_PRICES
+from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.ledger import EntryKind, ledger_sum
+from agent.coordinator.billing.pricing import DEFAULT_PRICES
 from agent.errors import DarkbloomError
 
 MODEL = "gpt-oss-20b"
@@ -223,7 +223,7 @@ def test_open_mode_is_one_local_account_that_is_never_billed_or_limited():
 
 
 def test_an_unbilled_account_is_never_refused_for_money(db):
-    from agent.coordinator.store import create_account
+    from agent.coordinator.billing.store import create_account
 
     create_account(db, "team", is_billed=False)
     created = create_key(db, "team")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.coordinator.pricing import DEFAULT_PRICES, InvalidAmount, ModelPrice, PriceTable, format_micros, parse_amount
+from agent.coordinator.billing.pricing import (
+    DEFAULT_PRICES,
+    InvalidAmount,
+    ModelPrice,
+    PriceTable,
+    format_micros,
+    parse_amount,
+)
 
 
 def test_a_cost_is_prompt_times_input_price_plus_output_times_output_price_rounded_up():

@@ -1,9 +1,9 @@
-"""The coordinator's pending ledger nets the agent's heartbeats correctly, frame by frame.
+"""The coordinator's pending sends nets the agent's heartbeats correctly, frame by frame.
 
-The agent here is a simulation that keeps its KV ledger as the real one reports it (reservations
+The agent here is a simulation that keeps its KV tracker as the real one reports it (reservations
 summed, batch rows padded to the longest) and runs agent.admission.admit_request on it; it talks to a
 real Router through two FIFO links, as one websocket would carry the frames. What the view is then
-put through is compared with the real engine ledger in tests/test_coordinator_agreement_ledger.py.
+put through is compared with the real engine KV tracker in tests/test_coordinator_agreement_kv_tracker.py.
 """
 
 from __future__ import annotations
@@ -15,16 +15,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.admission import SlotKV, Verdict, admit_request, safety_margin_bytes
-from agent.chat_request import ChatMessage, ChatRequest
-from agent.coordinator.exchange import Exchange
-from agent.coordinator.placement import Ask, check, slot_view
-from agent.coordinator.router import Router
-from agent.frames import (
-    Cancel, Delta, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceRejected, InferenceRequest,
-    InferenceResponseChunk, MemoryStatus, Register, SlotState, SlotStatus, Usage,
-)
+from agent.coordinator.routing.exchange import Exchange
+from agent.coordinator.routing.placement import Ask, check, slot_view
+from agent.coordinator.routing.router import Router
 from agent.kvcost import kv_peak_bytes_at
-from agent.protocol import PROTOCOL_VERSION
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage
+from agent.wire.frames import (
+    Cancel,
+    ChunkDelta,
+    Hardware,
+    Heartbeat,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceRejected,
+    InferenceRequest,
+    InferenceResponseChunk,
+    MemoryStatus,
+    Register,
+    SlotState,
+    SlotStatus,
+    UsageReport,
+)
+from agent.wire.protocol import PROTOCOL_VERSION
 from tests.provider_support import GEMMA, GIB, GPT, LIMITS, entry_for
 
 MARGIN = LIMITS.kv_safety_margin  # what the simulated agent says in its register
@@ -45,8 +57,8 @@ def heartbeat(seq: int, model: str, budget: int, reserved: int, used: int, ratio
                                                                   cap_bytes=57 * GIB))
 
 
-def body(max_tokens: int) -> ChatRequest:
-    return ChatRequest(messages=(ChatMessage(role="user", content="hi"),), max_tokens=max_tokens)
+def body(max_tokens: int) -> ChatCompletionBody:
+    return ChatCompletionBody(messages=(ChatMessage(role="user", content="hi"),), max_tokens=max_tokens)
 
 
 def test_a_layout_sent_in_register_rebuilds_the_catalog_spec_byte_for_byte():
@@ -58,7 +70,7 @@ def test_a_layout_sent_in_register_rebuilds_the_catalog_spec_byte_for_byte():
             assert kv_peak_bytes_at(rebuilt, total) == kv_peak_bytes_at(spec, total)
 
 
-# ---- the pending ledger, frame by frame -------------------------------------------------------
+# ---- the pending sends, frame by frame -------------------------------------------------------
 
 @dataclass
 class Row:
@@ -69,7 +81,7 @@ class Row:
 
 @dataclass
 class SimAgent:
-    """The agent's side: a KV ledger that admits with admit_request, and one FIFO towards the coordinator."""
+    """The agent's side: a KV tracker that admits with admit_request, and one FIFO towards the coordinator."""
 
     spec: object
     budget: int
@@ -112,12 +124,12 @@ class SimAgent:
         row = self.rows[request_id]
         row.chunks += 1
         self.to_coordinator.append(InferenceResponseChunk(request_id=request_id, seq=row.chunks,
-                                                          delta=Delta(content="x")))
+                                                          delta=ChunkDelta(content="x")))
 
     def end(self, request_id: str, finish_reason: str = "stop") -> None:
         row = self.rows.pop(request_id)
         self.to_coordinator.append(InferenceComplete(request_id=request_id, finish_reason=finish_reason,
-                                                     usage=Usage(prompt_tokens=row.prompt, completion_tokens=row.chunks)))
+                                                     usage=UsageReport(prompt_tokens=row.prompt, completion_tokens=row.chunks)))
 
     def heartbeat(self) -> None:
         self.seq += 1
@@ -224,7 +236,7 @@ def test_once_the_links_are_quiet_and_a_heartbeat_is_in_the_coordinators_view_is
     link.agent.heartbeat()
     link.deliver_all()
     assert link.coordinator_view() == link.agent.slot()
-    assert link.offer.ledger.pad_to_tokens == link.agent.pad()
+    assert link.offer.pending.pad_to_tokens == link.agent.pad()
     for prompt in (5, 900):
         for max_tokens in (64, 4096, 60_000):
             theirs = admit_request(spec, link.agent.slot(), prompt_tokens=prompt, max_tokens=max_tokens, ratio=RATIO,
@@ -237,12 +249,12 @@ def test_a_request_the_heartbeat_already_counts_is_not_counted_twice_and_its_end
     link = Link(GPT, budget=GIB)
     link.send(1, prompt=500, max_tokens=2048)
     link.deliver_all()  # request → agent → accepted → coordinator
-    entry = link.offer.ledger.get("r1")
+    entry = link.offer.pending.get("r1")
     assert entry.is_accepted and not entry.is_counted
     assert link.coordinator_view().reserved_bytes == entry.reservation_bytes  # counted once, as pending
     link.agent.heartbeat()
     link.deliver_all()
-    assert entry.is_counted and link.offer.ledger.pending_bytes == 0
+    assert entry.is_counted and link.offer.pending.pending_bytes == 0
     assert link.coordinator_view().reserved_bytes == link.agent.reserved  # counted once, by the heartbeat
     link.agent.end("r1")
     link.deliver_all()
@@ -254,7 +266,7 @@ def test_a_full_rejection_keeps_the_provider_out_until_its_next_heartbeat():
     link.agent.rows["x"] = Row(100, GIB // 8)  # full behind the coordinator's back (stale heartbeat)
     link.send(1, prompt=100, max_tokens=64)
     link.deliver_all()
-    assert "r1" not in link.offer.ledger and link.offer.ledger.is_marked_full
+    assert "r1" not in link.offer.pending and link.offer.pending.is_marked_full
     link.send(2, prompt=100, max_tokens=64)
     assert not link.to_agent  # not sent again into the same wall
     link.agent.rows.clear()

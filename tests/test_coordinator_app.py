@@ -14,11 +14,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.coordinator.accounts import Accounts
-from agent.coordinator.app import check_exposure, serve
-from agent.coordinator.keys import create_key
-from agent.coordinator.ledger import EntryKind, ledger_sum
-from agent.coordinator.pricing import DEFAULT_PRICES
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.ledger import EntryKind, ledger_sum
+from agent.coordinator.billing.pricing import DEFAULT_PRICES
+from agent.coordinator.http.app import check_exposure, serve
 from agent.errors import ConfigError
 from tests.provider_support import FAST, GPT, Reply, coordinator, eventually, provider
 
@@ -195,7 +195,7 @@ async def test_a_client_that_goes_away_gets_its_request_cancelled_at_the_provide
                     await http.post("/v1/chat/completions", json=body)
         await eventually(lambda: agent.cancels == [agent.received[0].request_id])
         assert accounts.num_holds == 0
-        await eventually(lambda: server.coordinator.router.registry.offers(GPT.id)[0][1].ledger.num_in_flight == 0)
+        await eventually(lambda: server.coordinator.router.registry.offers(GPT.id)[0][1].pending.num_in_flight == 0)
         await agent.stop()
 
 

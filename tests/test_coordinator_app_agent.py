@@ -7,10 +7,10 @@ import asyncio
 import httpx
 import openai
 
+from agent.daemon.handler import LinkHandler, MemoryReading
 from agent.engine import FakeEngine
-from agent.frames import Hardware
 from agent.link.client import Link
-from agent.provider import MemoryReading, Provider
+from agent.wire.frames import Hardware
 from tests.metrics_support import counted
 from tests.provider_support import FAST, GIB, GPT, coordinator, eventually
 
@@ -20,7 +20,7 @@ async def real_agent(server, *, warm: bool):
     await engine.start()
     if warm:
         await engine.load(GPT.id)
-    agent = Provider(engine, {GPT.id: GPT}, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
+    agent = LinkHandler(engine, {GPT.id: GPT}, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
                      lambda: MemoryReading(64 * GIB, 60 * GIB))
     link = Link(server.ws_url, "any-token", agent)
     return engine, agent, link, asyncio.create_task(link.run())
@@ -47,7 +47,7 @@ async def test_real_agents_serve_a_burst_prewarm_on_demand_and_honour_a_cancel_w
                     if '"content"' in line and '"role"' not in line:
                         break
         await eventually(lambda: server.coordinator.accounts.num_holds == 0
-                         and all(o.ledger.num_in_flight == 0 for _, o in router.registry.offers(GPT.id)))
+                         and all(o.pending.num_in_flight == 0 for _, o in router.registry.offers(GPT.id)))
         for engine, _, link, task in agents:
             link.stop()
             task.cancel()

@@ -11,7 +11,7 @@ import signal
 import httpx
 import pytest
 
-from agent.coordinator.app import EmbeddedServer, build_app, running
+from agent.coordinator.http.app import EmbeddedServer, build_app, running
 from agent.errors import ConfigError
 from tests.pinned_versions import outside_pinned_range
 

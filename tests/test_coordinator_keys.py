@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.coordinator.accounts import Accounts
-from agent.coordinator.keys import KEY_PREFIX, KeyNotFound, KeyStore, create_key, list_keys, revoke_key
-from agent.coordinator.store import connect, list_accounts
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.keys import KEY_PREFIX, KeyNotFound, KeyStore, create_key, list_keys, revoke_key
+from agent.coordinator.billing.store import connect, list_accounts
 
 
 @pytest.fixture

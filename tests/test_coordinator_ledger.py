@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.coordinator.accounts import Accounts, SettleStatus
-from agent.coordinator.keys import create_key
-from agent.coordinator.ledger import EntryKind, LedgerEntry, SqliteLedger, credit_account, ledger_sum
-from agent.coordinator.store import Account, UnknownAccount, connect
+from agent.coordinator.billing.accounts import Accounts, SettleStatus
+from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.ledger import EntryKind, LedgerEntry, SqliteLedger, credit_account, ledger_sum
+from agent.coordinator.billing.store import Account, UnknownAccount, connect
 
 MODEL = "gemma-4-26b"
 ALICE = Account("alice")

@@ -9,7 +9,7 @@ from dataclasses import replace
 import openai
 import pytest
 
-from agent.frames import SlotState
+from agent.wire.frames import SlotState
 from tests.provider_support import FAST, GIB, GPT, Reply, coordinator, eventually, provider
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -45,7 +45,7 @@ async def test_a_queued_request_is_dispatched_when_a_running_one_completes_witho
     async with coordinator(replace(FAST, heartbeat_interval_s=30)) as server:
         agent = await provider(server, GPT, gate=True, heartbeat_on_end=False, reply=Reply(chunk_delay_s=0.1))
         await agent.set_slot(GPT.id, budget_bytes=15 * 2**20)  # a 9 MiB reservation fits once beside the margin
-        ledger = server.coordinator.router.registry.get(agent.provider_id).offers[GPT.id].ledger
+        ledger = server.coordinator.router.registry.get(agent.provider_id).offers[GPT.id].pending
         first = ask(server, max_tokens=64)
         await eventually(lambda: any(e.is_accepted for e in ledger.entries.values()))
         await agent.heartbeat()  # it counts the first request now: its end must be credited

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import is_retryable
 from agent.admission import EXPECTED_OUTPUT_RATIO_START, expected_output_tokens
-from agent.coordinator.accounts import Accounts, ReleaseReason
-from agent.coordinator.ledger import MemoryLedger
-from agent.coordinator.keys import KeyStore
-from agent.coordinator.pricing import PriceTable
-from agent.coordinator.ratelimit import RateLimited, RateLimiter, RateLimits
-from agent.coordinator.store import Account
+from agent.coordinator.billing.accounts import Accounts, ReleaseReason
+from agent.coordinator.billing.keys import KeyStore
+from agent.coordinator.billing.ledger import MemoryLedger
+from agent.coordinator.billing.pricing import PriceTable
+from agent.coordinator.billing.ratelimit import RateLimited, RateLimiter, RateLimits
+from agent.coordinator.billing.store import Account
+from agent.errors import is_retryable
 
 
 class FakeClock:

@@ -9,12 +9,12 @@ import httpx
 import openai
 import pytest
 
-from agent.chat_request import ChatMessage, ChatRequest
-from agent.coordinator.estimate import PromptEstimate, estimate_prompt
-from agent.coordinator.exchange import Exchange
-from agent.coordinator.placement import Ask
-from agent.coordinator.router import Router
-from agent.frames import SlotState
+from agent.coordinator.routing.estimate import PromptEstimate, estimate_prompt
+from agent.coordinator.routing.exchange import Exchange
+from agent.coordinator.routing.placement import Ask
+from agent.coordinator.routing.router import Router
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage
+from agent.wire.frames import SlotState
 from tests.metrics_support import counted
 from tests.provider_support import CATALOG, FAST, GEMMA, GIB, GPT, Reply, coordinator, entry_for, eventually, provider
 from tests.test_coordinator_agreement import body, heartbeat, register
@@ -36,7 +36,7 @@ async def test_a_request_refused_by_one_provider_goes_to_the_next_at_once_under_
         assert result.choices[0].message.content == "Hello, world"
         assert [r.request_id for r in refuses.received] == [r.request_id for r in serves.received] == [result.id]
         offer = server.coordinator.router.registry.get(refuses.provider_id).offers[GPT.id]
-        assert offer.ledger.is_marked_full  # not tried again before its next heartbeat
+        assert offer.pending.is_marked_full  # not tried again before its next heartbeat
         for agent in (refuses, serves):
             await agent.stop()
 
@@ -244,9 +244,9 @@ def test_a_prompt_only_the_conservative_estimate_finds_too_long_is_still_sent_fo
 
 
 def test_the_prompt_estimate_errs_high_for_holds_and_the_floor_errs_low_for_refusals():
-    english = ChatRequest(messages=(ChatMessage(role="system", content="Be brief."),
+    english = ChatCompletionBody(messages=(ChatMessage(role="system", content="Be brief."),
                                     ChatMessage(role="user", content="word " * 240)))
-    cjk = ChatRequest(messages=(ChatMessage(role="user", content="漢字" * 300),))
+    cjk = ChatCompletionBody(messages=(ChatMessage(role="user", content="漢字" * 300),))
     assert estimate_prompt(english) == PromptEstimate(tokens=96 + 8 + 3 + 8 + 400, floor_tokens=2 + 150)
     assert estimate_prompt(cjk) == PromptEstimate(tokens=96 + 8 + 600, floor_tokens=225)  # ~1 token per character
 

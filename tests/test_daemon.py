@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.catalog import load_catalog
-from agent.config import load_config
-from agent.daemon import Daemon
+from agent.daemon.config import load_config
+from agent.daemon.handler import MemoryReading
+from agent.daemon.main import Daemon
 from agent.engine import FakeEngine, FakeScript, FakeTiming
 from agent.engine.models import ModelEntry
-from agent.frames import Hardware
 from agent.link.client import EXIT_AUTH_REFUSED
-from agent.provider import MemoryReading
+from agent.wire.frames import Hardware
 from tests.link_support import MiniCoordinator
 
 GIB = 1024**3
@@ -178,7 +178,7 @@ async def test_a_drain_that_runs_out_of_time_still_delivers_the_cancelled_stream
     assert complete["num_chunks"] == coordinator.frames["inference_response_chunk"].qsize() + 1
     await coordinator.connections[-1].wait_closed()
     assert coordinator.connections[-1].close_code == 1000  # the agent closed it, after the last frame
-    assert len(daemon.provider.background) == 0 and len(daemon.tasks) == 0
+    assert len(daemon.handler.background) == 0 and len(daemon.tasks) == 0
     await coordinator.stop()
     leftover = [task.get_name() for task in asyncio.all_tasks() if task is not asyncio.current_task()]
     assert leftover == []  # every task the daemon, its engine and its link started has ended with it
@@ -281,14 +281,14 @@ async def test_a_cancel_that_arrives_while_the_request_is_being_admitted_still_s
     await coordinator.start()
     daemon = make_daemon(coordinator, tmp_path, scripts=slow, timing=FakeTiming(decode_tps=50, load_seconds=0.05))
     slow_engine = SlowAdmission(daemon.engine)
-    daemon.engine = daemon.provider.engine = slow_engine
+    daemon.engine = daemon.handler.engine = slow_engine
     task = asyncio.create_task(daemon.run(install_signals=False))
     await wait_for_state(coordinator, "idle")
     await request(coordinator, "early-cancel", {**BODY, "max_tokens": 5000})
     await asyncio.wait_for(slow_engine.is_admitting.wait(), 5)
     await coordinator.send({"type": "cancel", "request_id": "early-cancel"})
     await asyncio.wait_for(slow_engine.is_cancel_asked.wait(), 5)
-    assert "early-cancel" in daemon.provider.cancelled  # the cancel came while the engine was still admitting
+    assert "early-cancel" in daemon.handler.cancelled  # the cancel came while the engine was still admitting
     slow_engine.gate.set()
     complete = await coordinator.next_frame("inference_complete")
     assert complete["finish_reason"] == "cancelled" and complete["usage"]["completion_tokens"] < 5000

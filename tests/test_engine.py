@@ -8,7 +8,7 @@ import threading
 import mlx.core as mx
 import pytest
 
-from agent.engine import ChatRequest, Delta, FinishReason, MLXEngine, SlotState
+from agent.engine import Delta, FinishReason, GenerationRequest, MLXEngine, SlotState
 from tests.engine_fixtures import NARROW, chat, run
 
 QUESTIONS = [f"Question {i}: what is the capital of {place}?" for i, place in
@@ -26,7 +26,7 @@ def forcing(token_ids: list[int]):
     return force
 
 
-async def collect_all(engine, requests: list[ChatRequest]):
+async def collect_all(engine, requests: list[GenerationRequest]):
     streams = [await engine.submit(request) for request in requests]
     return await asyncio.gather(*(stream.collect() for stream in streams))
 

@@ -9,13 +9,21 @@ import shutil
 import mlx.core as mx
 import pytest
 
-from agent.errors import UnknownModel, is_retryable
 from agent.admission import Verdict
 from agent.catalog import spec_from_model_dir
 from agent.engine import (
-    Delta, EngineConfig, FinishReason, LoadFailed, LoadRefused, MLXEngine, RequestRefused, SimulatedMemory, SlotState,
+    Delta,
+    EngineConfig,
+    FinishReason,
+    LoadFailed,
+    LoadRefused,
+    MLXEngine,
+    RequestRefused,
+    SimulatedMemory,
+    SlotState,
 )
-from agent.engine.ledger import KVLedger
+from agent.engine.kv_tracker import KVTracker
+from agent.errors import UnknownModel, is_retryable
 from agent.kvcost import kv_bytes_at
 from tests.engine_fixtures import chat, run
 
@@ -77,7 +85,7 @@ def test_admission_refuses_over_budget_with_a_reason_and_admits_again_after_comp
         async with MLXEngine({NAME: tiny_models_dir / NAME}) as probe:  # the prompt's length, to size the budget
             await probe.load(NAME)
             prompt = len(probe.chat_format(NAME).encode(chat("x", NAME, "Hello")).token_ids)
-        dry = KVLedger(spec, 10**12)
+        dry = KVTracker(spec, 10**12)
         dry.admit("1", prompt, 200)
         dry.admit("2", prompt, 200)
         two = dry.reserved_bytes

@@ -8,10 +8,10 @@ import pytest
 
 from agent.admission import AdmissionDecision, Verdict
 from agent.catalog import load_catalog
-from agent.engine.chat import GENERIC_FIELDS, GEMMA_TRANSITIONS, HARMONY_FIELDS, HARMONY_TRANSITIONS, ChannelSplitter
+from agent.engine.chat import GEMMA_TRANSITIONS, GENERIC_FIELDS, HARMONY_FIELDS, HARMONY_TRANSITIONS, ChannelSplitter
 from agent.engine.slot import InvalidTransition, Slot
 from agent.engine.stream import RequestStream
-from agent.engine.types import ChatRequest, Delta, Finish, FinishReason, InvalidRequest, SlotState, Usage
+from agent.engine.types import Delta, Finish, FinishReason, GenerationRequest, InvalidRequest, SlotState, Usage
 
 SPEC = load_catalog()["gpt-oss-20b"]
 
@@ -22,7 +22,7 @@ def test_an_openai_body_becomes_a_chat_request():
                                                                     {"type": "text", "text": "there"}]}],
             "max_completion_tokens": 64, "temperature": 0.2, "top_p": 0.9, "seed": 5, "stop": "END",
             "reasoning_effort": "low", "stream": True, "user": "someone"}
-    request = ChatRequest.from_openai("r1", "gpt-oss-20b", body)
+    request = GenerationRequest.from_openai("r1", "gpt-oss-20b", body)
     assert request.messages == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"})
     assert (request.max_tokens, request.temperature, request.top_p, request.seed) == (64, 0.2, 0.9, 5)
     assert request.stop == ("END",) and request.reasoning_effort == "low"
@@ -38,7 +38,7 @@ def test_an_openai_body_becomes_a_chat_request():
 ])
 def test_a_body_the_engine_cannot_serve_is_an_invalid_request_saying_why(body, complaint):
     with pytest.raises(InvalidRequest, match=complaint):
-        ChatRequest.from_openai("r", "m", body)
+        GenerationRequest.from_openai("r", "m", body)
 
 
 def test_a_slot_moves_only_along_its_state_machine():

@@ -10,24 +10,31 @@ import pytest
 
 from agent.admission import memory_cap_bytes
 from agent.catalog import load_catalog
-from agent.chat_request import ChatRequest
-from agent.coordinator.accounts import Accounts, ReleaseReason
+from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ProviderFailed
-from agent.coordinator.exchange import Exchange
 from agent.coordinator.flow import RequestFlow
-from agent.coordinator.placement import Ask
-from agent.coordinator.router import Router
+from agent.coordinator.routing.exchange import Exchange
+from agent.coordinator.routing.placement import Ask
+from agent.coordinator.routing.router import Router
+from agent.daemon.handler import LinkHandler, MemoryReading
 from agent.engine import FakeEngine, FakeTiming, SlotState, SlotTransition
 from agent.engine.core import EngineConfig
-from agent.engine.types import ChatRequest as EngineRequest
-from agent.frames import (
-    Delta, Hardware, Heartbeat, InferenceRequest, InferenceResponseChunk, MemoryStatus, Register, SlotStatus,
-)
+from agent.engine.types import GenerationRequest
 from agent.link.client import Link
-from agent.provider import MemoryReading, Provider
 from agent.tasks import TaskSet
+from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.frames import (
+    ChunkDelta,
+    Hardware,
+    Heartbeat,
+    InferenceRequest,
+    InferenceResponseChunk,
+    MemoryStatus,
+    Register,
+    SlotStatus,
+)
+from agent.wire.protocol import PROTOCOL_VERSION
 from tests.link_support import MiniCoordinator
-from agent.protocol import PROTOCOL_VERSION
 from tests.provider_support import FAST, GIB, GPT, entry_for
 
 CATALOG = load_catalog()
@@ -42,12 +49,12 @@ def fake_engine(*specs, **config) -> FakeEngine:
                       config=EngineConfig(**config))
 
 
-def provider_for(engine: FakeEngine, *specs) -> Provider:
-    return Provider(engine, {spec.id: spec for spec in specs}, HARDWARE, lambda: MemoryReading(128 * GIB, 64 * GIB))
+def provider_for(engine: FakeEngine, *specs) -> LinkHandler:
+    return LinkHandler(engine, {spec.id: spec for spec in specs}, HARDWARE, lambda: MemoryReading(128 * GIB, 64 * GIB))
 
 
-def request(request_id: str, model: str = "gpt-oss", max_tokens: int = 4) -> EngineRequest:
-    return EngineRequest(request_id=request_id, model=model, messages=({"role": "user", "content": "hi"},),
+def request(request_id: str, model: str = "gpt-oss", max_tokens: int = 4) -> GenerationRequest:
+    return GenerationRequest(request_id=request_id, model=model, messages=({"role": "user", "content": "hi"},),
                          max_tokens=max_tokens)
 
 
@@ -95,7 +102,7 @@ async def test_an_engine_transition_sets_the_providers_heartbeat_event_with_noth
     await provider.close()
 
 
-async def started_link(coordinator: MiniCoordinator, provider: Provider) -> tuple[Link, asyncio.Task]:
+async def started_link(coordinator: MiniCoordinator, provider: LinkHandler) -> tuple[Link, asyncio.Task]:
     link = Link(coordinator.url, "good-token", provider)
     task = asyncio.create_task(link.run())
     await coordinator.next_frame("register")
@@ -198,7 +205,7 @@ async def test_a_retry_that_found_every_link_down_resumes_the_moment_an_agent_re
 
     first = router.connect(register(GPT), send_to("a"))
     router.receive(first, idle_heartbeat(GPT))
-    body = ChatRequest.model_validate({"model": GPT.id, "messages": [{"role": "user", "content": "hi"}]})
+    body = ChatCompletionBody.model_validate({"model": GPT.id, "messages": [{"role": "user", "content": "hi"}]})
     exchange = Exchange("r-1", body, Ask(GPT.id, 8, 4, None), created_at=0.0)
     flow = RequestFlow(router, Accounts.open(), exchange)
     started = asyncio.create_task(flow.start())
@@ -213,7 +220,7 @@ async def test_a_retry_that_found_every_link_down_resumes_the_moment_an_agent_re
         await asyncio.sleep(0)
     assert [frame.request_id for frame in sent["b"] if isinstance(frame, InferenceRequest)] == ["r-1"]
     assert exchange.provider is second and exchange.num_failures == 1
-    router.receive(second, InferenceResponseChunk(request_id="r-1", seq=1, delta=Delta(content="hi")))
+    router.receive(second, InferenceResponseChunk(request_id="r-1", seq=1, delta=ChunkDelta(content="hi")))
     await asyncio.wait_for(started, 5)
     assert router.registry.num_awaiting_arrival(GPT.id) == 0
     flow.close(ReleaseReason.CLIENT_DISCONNECT)
@@ -223,7 +230,7 @@ async def test_a_waiting_retry_still_gives_up_at_the_queues_max_wait_when_no_age
     router = Router(replace(FAST, queue_max_wait_s=0.05), catalog={GPT.id: GPT})
     first = router.connect(register(GPT), lambda frame: None)
     router.receive(first, idle_heartbeat(GPT))
-    body = ChatRequest.model_validate({"model": GPT.id, "messages": [{"role": "user", "content": "hi"}]})
+    body = ChatCompletionBody.model_validate({"model": GPT.id, "messages": [{"role": "user", "content": "hi"}]})
     exchange = Exchange("r-1", body, Ask(GPT.id, 8, 4, None), created_at=0.0)
     flow = RequestFlow(router, Accounts.open(), exchange)
     started = asyncio.create_task(flow.start())

@@ -12,8 +12,17 @@ import pytest
 from agent.admission import Verdict
 from agent.catalog import load_catalog
 from agent.engine import (
-    Delta, Engine, EngineConfig, FakeEngine, FakeScript, FakeTiming, FinishReason, LoadFailed, LoadRefused,
-    RequestRefused, SlotState,
+    Delta,
+    Engine,
+    EngineConfig,
+    FakeEngine,
+    FakeScript,
+    FakeTiming,
+    FinishReason,
+    LoadFailed,
+    LoadRefused,
+    RequestRefused,
+    SlotState,
 )
 from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import HEARTBEAT_FIELDS
@@ -52,7 +61,7 @@ def test_the_fake_and_the_mlx_engine_share_one_interface_and_the_fake_needs_no_m
     for name in ("start", "stop", "load", "unload", "submit", "cancel"):
         assert inspect.iscoroutinefunction(getattr(FakeEngine, name))
         assert getattr(FakeEngine, name) is getattr(MLXEngine, name) is getattr(Engine, name)
-    code = ("import sys, agent.engine; from agent.engine import FakeEngine, ChatRequest;"
+    code = ("import sys, agent.engine; from agent.engine import FakeEngine, GenerationRequest;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The simulated fleet (agent.sim): real agents on the fake backend, a real coordinator with a funded key."""
+"""The simulated fleet (agent.testing.fleet): real agents on the fake backend, a real coordinator with a funded key."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 
 import openai
 
-from agent.engine.types import ChatRequest
-from agent.sim.agent import SimAgent
-from agent.sim.harness import funded_accounts, leaks
-from agent.sim.profiles import GEMMA, GPT_OSS, answer_tokens, fleet_memory_gb, timing_for
+from agent.engine.types import GenerationRequest
+from agent.testing.fleet.agent import SimAgent
+from agent.testing.fleet.harness import funded_accounts, leaks
+from agent.testing.fleet.profiles import GEMMA, GPT_OSS, answer_tokens, fleet_memory_gb, timing_for
 from tests.provider_support import FAST, coordinator, eventually
 
 SCALE = 0.002  # one simulated second lasts 2 ms
@@ -43,7 +43,7 @@ async def test_a_small_fleet_serves_a_burst_from_one_funded_key_without_a_refusa
         async def ask(i: int, model: str, max_tokens: int):
             messages = [{"role": "user", "content": f"question {i}"}]
             reply = await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
-            expected = min(max_tokens, answer_tokens(ChatRequest("x", model, tuple(messages))))
+            expected = min(max_tokens, answer_tokens(GenerationRequest("x", model, tuple(messages))))
             return reply.usage.completion_tokens == expected
 
         results = await asyncio.gather(*(ask(i, GPT_OSS, 512) for i in range(24)),

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.coordinator.app import build_app, running
-from agent.sim.agent import SimAgent
-from agent.sim.harness import funded_accounts
-from agent.sim.profiles import GEMMA, GPT_OSS
+from agent.coordinator.http.app import build_app, running
+from agent.testing.fleet.agent import SimAgent
+from agent.testing.fleet.harness import funded_accounts
+from agent.testing.fleet.profiles import GEMMA, GPT_OSS
 from tests.provider_support import FAST
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,

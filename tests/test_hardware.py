@@ -7,9 +7,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.frames import Hardware, Register
 from agent.hardware import BANDWIDTH_GBPS, memory_bandwidth_gbps, probe_hardware, run_command
-from agent.protocol import Direction, encode, parse_message
+from agent.wire.frames import Hardware, Register
+from agent.wire.protocol import Direction, encode, parse_message
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
 GIB = 1024**3

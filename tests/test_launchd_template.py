@@ -3,7 +3,7 @@ from __future__ import annotations
 import plistlib
 from pathlib import Path
 
-from agent.service import launch_agent, plist_problems, render_plist
+from agent.daemon.launch_agent import launch_agent, plist_problems, render_plist
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / "com.darkbloom.agent.plist"
 

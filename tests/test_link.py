@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from agent.frames import FinishReason
 from agent.link.client import Backoff, Link, LinkAuthRefused
 from agent.link.session import LinkState
+from agent.wire.frames import FinishReason
 from tests.link_support import MiniCoordinator, RecordingHandler
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from agent.frames import FinishReason, Hardware, Register
 from agent.link.session import LinkSession, LinkState
+from agent.wire.frames import FinishReason, Hardware, Register
 
 REGISTER = Register(protocol_version=1, agent_version="t", hardware=Hardware(chip=None, memory_bytes=1, gpu_cores=None),
                     models=())

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import pytest
 from websockets.asyncio.client import connect
 
-from agent.frames import Cancel, LoadModel, Register, Registered
 from agent.link.client import EXIT_PROTOCOL_REFUSED, Link, LinkProtocolRefused
 from agent.link.session import Event, LinkState
-from agent.protocol import PROTOCOL_MINOR, PROTOCOL_VERSION, encode
+from agent.wire.frames import Cancel, LoadModel, Register, Registered
+from agent.wire.protocol import PROTOCOL_MINOR, PROTOCOL_VERSION, encode
 from tests.link_support import MiniCoordinator, RecordingHandler
 from tests.provider_support import FAST, GPT, coordinator, entry_for
 from tests.test_daemon import make_daemon

@@ -11,11 +11,9 @@ from huggingface_hub import scan_cache_dir, snapshot_download, try_to_load_from_
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from agent.errors import is_retryable
 from agent.admission import GIB
 from agent.catalog import load_catalog
-from agent.hardware import HardwareInfo
-from agent.model_store import (
+from agent.daemon.model_store import (
     ALLOW_PATTERNS,
     CheckStatus,
     DownloadFailed,
@@ -31,6 +29,8 @@ from agent.model_store import (
     snapshot_dir,
     verify_model,
 )
+from agent.errors import is_retryable
+from agent.hardware import HardwareInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_store"
 CATALOG = load_catalog()

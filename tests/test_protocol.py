@@ -5,22 +5,56 @@ from typing import get_args
 
 import pytest
 
-from agent.chat_request import ChatRequest
 from agent.errors import DarkbloomError
-from agent.frames import (
-    Cancel, Delta, ErrorFrame, Hardware, Heartbeat, InferenceAccepted, InferenceComplete, InferenceError,
-    InferenceRejected, InferenceRequest, InferenceResponseChunk, KVLayer, KVLayout, LoadModel, MemoryStatus,
-    ModelEntry, Register, Registered, Reservation, SlotState, SlotStatus, UnloadModel, Usage,
+from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.frames import (
+    Cancel,
+    ChunkDelta,
+    ErrorFrame,
+    Hardware,
+    Heartbeat,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRejected,
+    InferenceRequest,
+    InferenceResponseChunk,
+    KVLayer,
+    KVLayout,
+    LoadModel,
+    MemoryStatus,
+    ModelEntry,
+    Register,
+    Registered,
+    Reservation,
+    SlotState,
+    SlotStatus,
+    UnloadModel,
+    UsageReport,
 )
-from agent.protocol import (
-    MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_MINOR, PROTOCOL_VERSION, AgentMessage, CoordinatorMessage,
-    Direction, FrameNotJson, FrameTooLarge, InvalidField, ProtocolVersionUnsupported, UnknownMessageType, encode,
-    ProtocolError, json_schema, negotiate, parse_message,
+from agent.wire.protocol import (
+    MAX_FRAME_BYTES,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_MINOR,
+    PROTOCOL_VERSION,
+    AgentMessage,
+    CoordinatorMessage,
+    Direction,
+    FrameNotJson,
+    FrameTooLarge,
+    InvalidField,
+    ProtocolError,
+    ProtocolVersionUnsupported,
+    UnknownMessageType,
+    encode,
+    json_schema,
+    negotiate,
+    parse_message,
 )
-from agent.unknown_fields import MAX_FIELD_NAME_CHARS, UnknownFields
+from agent.wire.unknown_fields import MAX_FIELD_NAME_CHARS, UnknownFields
 
 TO_AGENT, TO_COORDINATOR = Direction.TO_AGENT, Direction.TO_COORDINATOR
-BODY = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64})
+BODY = ChatCompletionBody.model_validate({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64})
 
 EXAMPLES = [
     Register(
@@ -36,8 +70,8 @@ EXAMPLES = [
               memory=MemoryStatus(total_bytes=2**37, available_bytes=2**36, cap_bytes=2**36 + 2**35)),
     InferenceAccepted(request_id="req-1", prompt_tokens=12, expected_output_tokens=45, reservation_bytes=9_437_184),
     InferenceRejected(request_id="req-1", verdict="full", reason="KV is full", retry_after_s=0.5),
-    InferenceResponseChunk(request_id="req-1", seq=0, delta=Delta(content="Hel", reasoning="")),
-    InferenceComplete(request_id="req-1", usage=Usage(prompt_tokens=12, completion_tokens=40), finish_reason="stop"),
+    InferenceResponseChunk(request_id="req-1", seq=0, delta=ChunkDelta(content="Hel", reasoning="")),
+    InferenceComplete(request_id="req-1", usage=UsageReport(prompt_tokens=12, completion_tokens=40), finish_reason="stop"),
     InferenceError(request_id="req-1", code="engine_failed", message="the engine stopped", retryable=True),
     ErrorFrame(code="invalid_field", message="bad", request_id="req-1", field="body.max_tokens"),
     Registered(provider_id="prov-1", heartbeat_interval_s=2.0, settings={"max_waiting": 8, "region": "eu"}),
@@ -234,8 +268,8 @@ def test_the_json_schema_describes_both_directions_and_every_frame():
     for ref in {*to_agent.values(), *to_coordinator.values()}:
         definition = schema["$defs"][ref.rsplit("/", 1)[1]]
         assert "type" in definition["required"] and "additionalProperties" not in definition  # ignored if unknown
-    assert schema["$defs"]["ChatRequest"]["additionalProperties"] is False  # the consumer's body stays strict
-    assert "tools" not in schema["$defs"]["ChatRequest"]["properties"]
+    assert schema["$defs"]["ChatCompletionBody"]["additionalProperties"] is False  # the consumer's body stays strict
+    assert "tools" not in schema["$defs"]["ChatCompletionBody"]["properties"]
 
 
 # ---- versions ----

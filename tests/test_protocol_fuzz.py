@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.protocol import Direction, ProtocolError, encode, json_schema, parse_message, validate_chat_request
+from agent.wire.protocol import Direction, ProtocolError, encode, json_schema, parse_message, validate_chat_request
 
 SCHEMA = json_schema()
 DEFS = SCHEMA["$defs"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service import (
+from agent.daemon.launch_agent import (
     LABEL,
     CommandResult,
     LaunchAgentService,

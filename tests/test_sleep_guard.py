@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from agent.sleep_guard import Process, ProcessStarter, SleepGuard, caffeinate_argv, start_process
+from agent.daemon.sleep_guard import Process, ProcessStarter, SleepGuard, caffeinate_argv, start_process
 
 
 class FakeProcess:

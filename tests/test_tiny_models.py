@@ -15,7 +15,7 @@ from mlx_lm.generate import batch_generate
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 from mlx_lm.models.switch_layers import SwitchLinear
 
-from agent.engine.tiny_models import VARIANTS, build_model, make_config, write_tiny_model
+from agent.testing.tiny_models import VARIANTS, build_model, make_config, write_tiny_model
 
 ALL = list(VARIANTS)
 NARROW = ["gpt-oss-tiny", "gemma-4-tiny"]

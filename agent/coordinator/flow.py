@@ -24,14 +24,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.coordinator.accounts import Accounts, ReleaseReason
+from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
-from agent.coordinator.exchange import Exchange, LinkLost
-from agent.coordinator.router import Router
+from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.router import Router
 from agent.errors import is_retryable
-from agent.frames import (
-    FinishReason, InferenceAccepted, InferenceComplete, InferenceError, InferenceRejected, InferenceResponseChunk,
-    Usage,
+from agent.wire.frames import (
+    FinishReason,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRejected,
+    InferenceResponseChunk,
+    UsageReport,
 )
 
 log = structlog.get_logger("agent.coordinator.flow")
@@ -47,7 +52,7 @@ class Token:
 @dataclass(frozen=True, slots=True)
 class Finished:
     finish_reason: str
-    usage: Usage
+    usage: UsageReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +236,7 @@ class RequestFlow:
                                 settle_late=reason is ReleaseReason.CLIENT_DISCONNECT)
         self._release(reason)
 
-    def _settle(self, usage: Usage) -> None:
+    def _settle(self, usage: UsageReport) -> None:
         if not self.is_closed:
             self.is_closed = True
             self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,

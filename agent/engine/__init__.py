@@ -5,7 +5,7 @@ pure; `MLXEngine` (the only code that runs mlx / mlx_lm) is imported on first us
 
     engine = MLXEngine({"gpt-oss-20b": Path(...)})   or   FakeEngine({...}, memory_bytes=..., timing=...)
     await engine.start(); await engine.load("gpt-oss-20b")
-    stream = await engine.submit(ChatRequest(...))    # RequestRefused at once if admission says no
+    stream = await engine.submit(GenerationRequest(...))    # RequestRefused at once if admission says no
     async for event in stream: ...                    # Delta(content, reasoning, num_tokens)..., Finish
     await engine.cancel(request_id); engine.snapshot(); await engine.unload(model); await engine.stop()
 """
@@ -20,15 +20,30 @@ from agent.engine.memory import MemoryProbe, SimulatedMemory, SystemMemory
 from agent.engine.models import ModelEntry
 from agent.engine.stream import Completion, RequestStream
 from agent.engine.types import (
-    ChatRequest, Delta, EngineError, EngineNotRunning, EngineSnapshot, Event, Finish, FinishReason, InvalidRequest,
-    LoadFailed, LoadRefused, RequestRefused, SlotSnapshot, SlotState, SlotTransition, UnknownModel, Usage,
+    Delta,
+    EngineError,
+    EngineNotRunning,
+    EngineSnapshot,
+    Event,
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    InvalidRequest,
+    LoadFailed,
+    LoadRefused,
+    RequestRefused,
+    SlotSnapshot,
+    SlotState,
+    SlotTransition,
+    UnknownModel,
+    Usage,
 )
 
 if TYPE_CHECKING:
     from agent.engine.mlx_engine import MLXEngine
 
 __all__ = [
-    "ChatRequest", "Completion", "Delta", "Engine", "EngineConfig", "EngineError", "EngineNotRunning",
+    "GenerationRequest", "Completion", "Delta", "Engine", "EngineConfig", "EngineError", "EngineNotRunning",
     "EngineSnapshot", "Event", "FakeEngine", "FakeScript", "FakeTiming", "Finish", "FinishReason", "InvalidRequest",
     "LoadFailed", "LoadRefused", "MLXEngine", "MemoryProbe", "ModelEntry", "RequestRefused", "RequestStream",
     "SimulatedMemory", "SlotSnapshot", "SlotState", "SlotTransition", "SystemMemory", "UnknownModel", "Usage",

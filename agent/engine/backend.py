@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV
-from agent.engine.types import ChatRequest, Event
+from agent.engine.types import Event, GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class Prompt:
 class Job:
     """An admitted request, for the backend to run."""
 
-    request: ChatRequest
+    request: GenerationRequest
     prompt: Prompt
     max_tokens: int
 
@@ -42,7 +42,7 @@ class StepReport:
     model: str
     events: list[tuple[str, Event]]  # (request_id, event), in order
     used_bytes: int  # every cache of the model, as allocated now
-    batch: BatchKV | None  # the generation batch's shape, for the ledger's predictions (None: no model)
+    batch: BatchKV | None  # the generation batch's shape, for the KV tracker's predictions (None: no model)
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_tokens: int = 0
@@ -60,6 +60,6 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
     async def load(self, model: str, spec: ModelSpec, source: Path | None) -> Loaded: ...
     async def unload(self, model: str) -> None: ...
-    async def prepare(self, model: str, request: ChatRequest) -> Prompt: ...
+    async def prepare(self, model: str, request: GenerationRequest) -> Prompt: ...
     def insert(self, model: str, job: Job) -> None: ...
     def cancel(self, model: str, request_id: str) -> None: ...

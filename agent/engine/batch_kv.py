@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from agent.catalog import ModelSpec
+from agent.engine.schedule import ScheduleLimits, form_groups
 from agent.kvcost import (
     PREFILL_CHUNK_TOKENS,
     GrowingCacheShape,
@@ -27,7 +28,6 @@ from agent.kvcost import (
     kv_bytes_per_token,
     sliding_bytes_per_token,
 )
-from agent.engine.schedule import ScheduleLimits, form_groups
 
 
 @dataclass(slots=True)

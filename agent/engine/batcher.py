@@ -230,7 +230,7 @@ class Batcher:
         return sum(cache.nbytes for cache in caches)
 
     def batch_kv(self) -> BatchKV:
-        """The generation batch's caches as the ledger's integers (read from the real caches)."""
+        """The generation batch's caches as the KV tracker's integers (read from the real caches)."""
         decoding = self.decoding
         rows = [decoding[uid] for uid in self.generation.uids]
         state = BatchKV(self.spec, [row.request_id for row in rows], [len(t) for t in self.generation.tokens])

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from mlx_lm.generate import TextStateMachine
 
-from agent.engine.types import ChatRequest, InvalidRequest
+from agent.engine.types import GenerationRequest, InvalidRequest
 
 CONTENT, REASONING = "content", "reasoning"
 
@@ -122,7 +122,7 @@ class ChatFormat:
         self._markup = tuple(sorted({added.content for added in decoder.values() if added.special}, key=len,
                                     reverse=True))
 
-    def encode(self, request: ChatRequest) -> EncodedPrompt:
+    def encode(self, request: GenerationRequest) -> EncodedPrompt:
         kwargs: dict[str, object] = {}
         if self.family == "harmony":
             effort = request.reasoning_effort

@@ -1,13 +1,13 @@
-"""The engine: model slots under the memory gate, admission against each slot's live KV ledger, and
+"""The engine: model slots under the memory gate, admission against each slot's live KV tracker, and
 one stream per request. The same class runs MLX (MLXEngine) and the simulation (FakeEngine); only the
 backend differs.
 
     load      load_gate(weights exact + activation reserve + one full-context sequence) beside what
               is loaded → cold → loading → idle, or the refusal's reason (still cold), or failed
-    submit    encode the prompt off the loop → admit_request against the ledger → a stream, or
+    submit    encode the prompt off the loop → admit_request against the KV tracker → a stream, or
               RequestRefused at once with the verdict and reason
     cancel    the backend takes the request out at its next step; the stream ends `cancelled`
-    reports   after every step: events to their streams, used bytes and batch shape to the ledger
+    reports   after every step: events to their streams, used bytes and batch shape to the KV tracker
     listen    add_listener(f): f(SlotTransition) after every slot state change, on the event loop (MLX
               thread reports arrive through call_soon_threadsafe, so every transition happens there)
 
@@ -26,22 +26,42 @@ from dataclasses import dataclass
 import structlog
 
 from agent.admission import (
-    AdmissionDecision, LoadDecision, Verdict, load_gate, memory_cap_bytes, min_kv_budget_bytes, resolve_max_tokens, safety_margin_bytes,
+    AdmissionDecision,
+    LoadDecision,
+    Verdict,
+    load_gate,
+    memory_cap_bytes,
+    min_kv_budget_bytes,
+    resolve_max_tokens,
+    safety_margin_bytes,
 )
 from agent.engine.backend import Backend, Job, StepReport
-from agent.engine.ledger import KVLedger
+from agent.engine.kv_tracker import KVTracker
 from agent.engine.memory import MemoryProbe, SystemMemory
 from agent.engine.models import model_entries
 from agent.engine.ratio import OutputRatio
+from agent.engine.schedule import ScheduleLimits
 from agent.engine.slot import Slot, SlotListeners
 from agent.engine.stream import RequestStream
 from agent.engine.types import (
-    ChatRequest, Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, InvalidRequest, LoadFailed,
-    LoadRefused, RequestRefused, SlotListener, SlotSnapshot, SlotState, UnknownModel, Usage,
+    Delta,
+    EngineNotRunning,
+    EngineSnapshot,
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    InvalidRequest,
+    LoadFailed,
+    LoadRefused,
+    RequestRefused,
+    SlotListener,
+    SlotSnapshot,
+    SlotState,
+    UnknownModel,
+    Usage,
 )
-from agent.frames import AdmissionLimits
-from agent.engine.schedule import ScheduleLimits
 from agent.tasks import TaskSet
+from agent.wire.frames import AdmissionLimits
 
 log = structlog.get_logger(__name__)
 
@@ -118,14 +138,14 @@ class Engine:
                 slot.transition(SlotState.UNLOADING, "engine stopped")
             if slot.state in (SlotState.UNLOADING, SlotState.LOADING):
                 slot.transition(SlotState.COLD, "engine stopped")
-            slot.ledger, slot.weights_bytes = None, 0
+            slot.kv_tracker, slot.weights_bytes = None, 0
         log.info("engine.stop")
 
     def snapshot(self) -> EngineSnapshot:
         return EngineSnapshot(tuple(slot.snapshot() for slot in self._slots.values()))
 
     def admission_limits(self, model: str) -> AdmissionLimits:
-        """What admission reads besides the slot's ledger: sent in `register`, so the coordinator runs the
+        """What admission reads besides the slot's KV tracker: sent in `register`, so the coordinator runs the
         same check with the same numbers (the current ratio travels in every heartbeat)."""
         config = self.config
         return AdmissionLimits(kv_safety_margin=config.kv_safety_margin, max_num_seqs=config.max_num_seqs,
@@ -136,10 +156,10 @@ class Engine:
     def check(self, model: str, prompt_tokens: int, max_tokens: int | None = None) -> AdmissionDecision:
         """What admission says now about a request of this many prompt tokens; commits nothing."""
         slot = self._slot(model)
-        if slot.ledger is None:
+        if slot.kv_tracker is None:
             raise EngineNotRunning(f"{model} is {slot.state}; admission runs once it is loaded")
         limit = resolve_max_tokens(max_tokens, prompt_tokens, slot.spec.max_context, self.config.default_max_tokens)
-        return slot.ledger.check("check", prompt_tokens, limit)
+        return slot.kv_tracker.check("check", prompt_tokens, limit)
     def add_listener(self, listener: SlotListener) -> Callable[[], None]:
         """`listener` is called after every slot transition, in order; the returned function removes it."""
         return self._listeners.add(listener)
@@ -152,7 +172,7 @@ class Engine:
         slot = self._slot(model)
         async with self._residency:
             self._require_running()
-            if slot.ledger is not None:
+            if slot.kv_tracker is not None:
                 return slot.snapshot()
             decision = self._gate(slot)
             if not decision.fits:
@@ -167,7 +187,7 @@ class Engine:
                     slot.transition(SlotState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
                 raise LoadFailed(f"{model} failed to load: {exc}") from exc
             slot.weights_bytes = loaded.weights_bytes
-            slot.ledger = KVLedger(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
+            slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
                                    chunk=self.config.prefill_chunk_tokens)
             self._rebalance()
             slot.transition(SlotState.IDLE)
@@ -180,7 +200,7 @@ class Engine:
         async with self._residency:
             if slot.state is SlotState.FAILED:
                 slot.transition(SlotState.COLD, slot.reason)
-            if slot.ledger is None:
+            if slot.kv_tracker is None:
                 return slot.snapshot()
             slot.transition(SlotState.UNLOADING)
             try:
@@ -192,11 +212,11 @@ class Engine:
             for request_id in list(slot.streams):
                 self._finish(slot, request_id, Finish(FinishReason.CANCELLED, Usage(0, 0), "model_unloaded",
                                                       f"{model} was unloaded"))
-            slot.ledger, slot.weights_bytes = None, 0
+            slot.kv_tracker, slot.weights_bytes = None, 0
             self._rebalance()
             return slot.snapshot()
 
-    async def submit(self, request: ChatRequest) -> RequestStream:
+    async def submit(self, request: GenerationRequest) -> RequestStream:
         slot = self._slots.get(request.model)
         if slot is None:
             raise UnknownModel(f"model {request.model!r} is not served here (known: {', '.join(self._slots) or 'none'})")
@@ -213,7 +233,7 @@ class Engine:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")
         max_tokens = resolve_max_tokens(request.max_tokens, prompt.num_tokens, slot.spec.max_context,
                                         self.config.default_max_tokens)
-        decision = slot.ledger.admit(request.request_id, prompt.num_tokens, max_tokens)
+        decision = slot.kv_tracker.admit(request.request_id, prompt.num_tokens, max_tokens)
         if not decision.admitted:
             log.info("admit.reject", model=slot.model, request_id=request.request_id, verdict=str(decision.verdict),
                      reason=decision.reason)
@@ -245,12 +265,12 @@ class Engine:
                 continue
             if isinstance(event, Delta):
                 stream.push(event)
-                if slot.ledger is not None:
-                    slot.ledger.progress(request_id, event.num_tokens)
+                if slot.kv_tracker is not None:
+                    slot.kv_tracker.progress(request_id, event.num_tokens)
             else:
                 self._finish(slot, request_id, event)
-        if slot.ledger is not None and report.batch is not None:
-            slot.ledger.reconcile(report.used_bytes, report.batch)
+        if slot.kv_tracker is not None and report.batch is not None:
+            slot.kv_tracker.reconcile(report.used_bytes, report.batch)
         slot.prefill_rate.add(report.prefill_tokens, report.prefill_seconds)
         slot.decode_rate.add(report.decode_tokens, report.decode_seconds)
 
@@ -258,9 +278,9 @@ class Engine:
         stream = slot.streams.pop(request_id)
         self._requests.pop(request_id, None)
         stream.push(finish)
-        if slot.ledger is not None:
+        if slot.kv_tracker is not None:
             observed = finish.reason in (FinishReason.STOP, FinishReason.LENGTH)
-            slot.ledger.release(request_id, observed=observed, completion_tokens=finish.usage.completion_tokens)
+            slot.kv_tracker.release(request_id, observed=observed, completion_tokens=finish.usage.completion_tokens)
         if finish.reason is FinishReason.ERROR:
             log.warning("request.failed", model=slot.model, request_id=request_id, code=finish.error_code,
                         message=finish.error_message)
@@ -286,7 +306,7 @@ class Engine:
                                  code="model_not_ready")
 
     def _gate(self, slot: Slot) -> LoadDecision:
-        others = [s for s in self._slots.values() if s is not slot and s.ledger is not None]
+        others = [s for s in self._slots.values() if s is not slot and s.kv_tracker is not None]
         loaded = sum(self._held_bytes(s) for s in others)
         return load_gate(slot.spec, total_memory_bytes=self.memory.total_bytes(), loaded_bytes=loaded,
                          operator_reserve_bytes=self.config.operator_reserve_bytes,
@@ -296,12 +316,12 @@ class Engine:
 
     def _held_bytes(self, slot: Slot) -> int:
         """What a loaded slot keeps when another model loads: weights, reserve, its KV minimum or more."""
-        committed = max(slot.ledger.reserved_bytes, slot.ledger.used_bytes)
+        committed = max(slot.kv_tracker.reserved_bytes, slot.kv_tracker.used_bytes)
         minimum = min_kv_budget_bytes(slot.spec, self.config.min_kv_sequences)
         return slot.spec.weights_bytes + slot.spec.activation_reserve_bytes + max(minimum, committed)
 
     def _rebalance(self) -> None:
-        loaded = [slot for slot in self._slots.values() if slot.ledger is not None]
+        loaded = [slot for slot in self._slots.values() if slot.kv_tracker is not None]
         if not loaded:
             return
         cap = memory_cap_bytes(self.memory.total_bytes(), self.config.operator_reserve_bytes,
@@ -312,8 +332,8 @@ class Engine:
             budget = max(0, room) * minimums[slot.model] // max(1, sum(minimums.values()))
             if self.config.max_kv_budget_bytes is not None:
                 budget = min(budget, self.config.max_kv_budget_bytes)
-            slot.ledger.safety_margin_bytes = safety_margin_bytes(budget, self.config.kv_safety_margin)
-            slot.ledger.set_budget(budget)
+            slot.kv_tracker.safety_margin_bytes = safety_margin_bytes(budget, self.config.kv_safety_margin)
+            slot.kv_tracker.set_budget(budget)
 
     async def _unload_idle_slots(self) -> None:
         limit = self.config.idle_unload_after_s

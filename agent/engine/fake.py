@@ -29,12 +29,12 @@ from agent.engine.fake_batch import FakeBatch
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
 from agent.engine.schedule import ScheduleLimits
-from agent.engine.types import ChatRequest, EngineNotRunning
+from agent.engine.types import EngineNotRunning, GenerationRequest
 
 __all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
 
 
-def default_script(request: ChatRequest) -> FakeScript:
+def default_script(request: GenerationRequest) -> FakeScript:
     return FakeScript()
 
 
@@ -54,7 +54,7 @@ class SimulatedTime:
 
 
 class FakeBackend:
-    def __init__(self, timing: FakeTiming, scripts: Callable[[ChatRequest], FakeScript],
+    def __init__(self, timing: FakeTiming, scripts: Callable[[GenerationRequest], FakeScript],
                  sleep: Callable[[float], Awaitable[None]], fail_loads: Mapping[str, str], *,
                  timings: Mapping[str, FakeTiming] | None = None, schedule: ScheduleLimits = ScheduleLimits()) -> None:
         self.timing, self.scripts, self.sleep, self.fail_loads = timing, scripts, sleep, dict(fail_loads)
@@ -93,7 +93,7 @@ class FakeBackend:
             await batch.close("model_unloaded", f"{model} was unloaded")
         await self.sleep(self.timing_for(model).unload_seconds)
 
-    async def prepare(self, model: str, request: ChatRequest) -> Prompt:
+    async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         if not self._running:
             raise EngineNotRunning("the engine is not running")
         num_tokens = 3 + sum(4 + len(message["content"]) // 4 for message in request.messages)
@@ -116,7 +116,7 @@ class FakeEngine(Engine):
         memory_bytes: int,
         timing: FakeTiming = FakeTiming(),
         timings: Mapping[str, FakeTiming] | None = None,
-        scripts: Callable[[ChatRequest], FakeScript] = default_script,
+        scripts: Callable[[GenerationRequest], FakeScript] = default_script,
         fail_loads: Mapping[str, str] | None = None,
         config: EngineConfig = EngineConfig(),
         time_scale: float = 1.0,

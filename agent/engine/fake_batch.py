@@ -2,7 +2,7 @@
 
 It runs the real batcher's schedule (agent/engine/schedule.py, the same object) and sleeps for each
 step as its `FakeTiming` says: a decode step of every decoding row, then one prefill turn. The KV
-bytes come from the same integer replay the ledger uses, so they are the bytes mlx-lm would hold for
+bytes come from the same integer replay the KV tracker uses, so they are the bytes mlx-lm would hold for
 that schedule. A row with a scripted first-token delay waits outside the schedule until it is ready.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from agent.engine.types import ChatRequest
+from agent.engine.types import GenerationRequest
 
 WORDS = ("the", "model", "answers", "quickly", "and", "every", "token", "arrives", "in", "order", "with",
          "its", "own", "stream", "while", "others", "share", "batch")
@@ -35,7 +35,7 @@ class FakeScript:
     first_token_delay_s: float = 0.0
 
 
-def script_seed(request: ChatRequest) -> int:
+def script_seed(request: GenerationRequest) -> int:
     text = "\x00".join(f"{m['role']}:{m['content']}" for m in request.messages)
     return zlib.crc32(text.encode())
 

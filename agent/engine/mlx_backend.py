@@ -34,7 +34,7 @@ from agent.engine.chat import ChatFormat
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
 from agent.engine.schedule import ScheduleLimits
-from agent.engine.types import ChatRequest, EngineNotRunning, Event, Finish, FinishReason, Usage
+from agent.engine.types import EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, Usage
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,7 @@ class MLXBackend:
         """The loaded model's chat formatting (its tokenizer, template and channel splitter)."""
         return self._chats[model]
 
-    async def prepare(self, model: str, request: ChatRequest) -> Prompt:
+    async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         chat = self._chats.get(model)
         if chat is None:
             raise EngineNotRunning(f"{model} is not loaded")

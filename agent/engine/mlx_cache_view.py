@@ -1,6 +1,6 @@
 """The positions of mlx-lm's batch caches, read in one place.
 
-The ledger needs to know where a batch cache writes next and how many tokens it has seen, and mlx-lm
+The KV tracker needs to know where a batch cache writes next and how many tokens it has seen, and mlx-lm
 keeps both private (`BatchKVCache._idx`, `BatchRotatingKVCache._idx` and `._offset`). This module is
 their only reader, so an mlx-lm that renames them fails here and in tests/test_mlx_cache_view.py
 (pinned to the mlx-lm range of pyproject.toml), not somewhere deep in the batcher.

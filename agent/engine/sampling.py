@@ -21,7 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler, make_logits_processors
 
-from agent.engine.types import ChatRequest
+from agent.engine.types import GenerationRequest
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -60,7 +60,7 @@ class Guard:
         return guarded
 
 
-def make_sampler(request: ChatRequest) -> Sampler:
+def make_sampler(request: GenerationRequest) -> Sampler:
     if request.temperature == 0:
         return greedy_sampler
     seed = request.seed if request.seed is not None else secrets.randbits(63)
@@ -80,14 +80,14 @@ def make_sampler(request: ChatRequest) -> Sampler:
     return sample
 
 
-def make_processors(request: ChatRequest) -> list[LogitsProcessor]:
+def make_processors(request: GenerationRequest) -> list[LogitsProcessor]:
     processors = make_logits_processors(
         presence_penalty=request.presence_penalty or None, frequency_penalty=request.frequency_penalty or None
     )
     return processors + list(request.logits_processors)
 
 
-def make_stop_sequences(tokenizer, request: ChatRequest) -> StopSequences:
+def make_stop_sequences(tokenizer, request: GenerationRequest) -> StopSequences:
     """Token-level stops (eos, unless ignored, and each stop string as the tokenizer encodes it)."""
     sequences: list[tuple[int, ...]] = [] if request.ignore_eos else [(token,) for token in tokenizer.eos_token_ids]
     sequences += [tuple(tokenizer.encode(word, add_special_tokens=False)) for word in request.stop]

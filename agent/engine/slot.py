@@ -1,4 +1,4 @@
-"""A model slot: its residency state machine, its KV ledger, its open streams and its speed.
+"""A model slot: its residency state machine, its KV tracker, its open streams and its speed.
 
     cold ──load──▶ loading ──▶ idle ⇄ running
      ▲               │          │        │
@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from agent.catalog import ModelSpec
-from agent.engine.ledger import KVLedger
+from agent.engine.kv_tracker import KVTracker
 from agent.engine.ratio import OutputRatio
 from agent.engine.stream import RequestStream
 from agent.engine.types import SlotListener, SlotSnapshot, SlotState, SlotTransition
@@ -88,7 +88,7 @@ class Slot:
     state: SlotState = SlotState.COLD
     reason: str = ""
     ratio: OutputRatio = field(init=False)
-    ledger: KVLedger | None = None  # while loaded
+    kv_tracker: KVTracker | None = None  # while loaded
     streams: dict[str, RequestStream] = field(default_factory=dict)
     weights_bytes: int = 0
     idle_since: float = 0.0
@@ -118,7 +118,7 @@ class Slot:
         return sum(1 for stream in self.streams.values() if stream.has_started)
 
     def snapshot(self) -> SlotSnapshot:
-        ledger = self.ledger
+        kv_tracker = self.kv_tracker
         running = self.num_running
         return SlotSnapshot(
             model=self.model,
@@ -126,13 +126,13 @@ class Slot:
             num_running=running,
             num_waiting=len(self.streams) - running,
             kv_bytes_per_token=kv_bytes_per_token(self.spec),
-            kv_budget_bytes=ledger.budget_bytes if ledger else 0,
-            kv_reserved_bytes=ledger.reserved_bytes if ledger else 0,
-            kv_used_bytes=ledger.used_bytes if ledger else 0,
+            kv_budget_bytes=kv_tracker.budget_bytes if kv_tracker else 0,
+            kv_reserved_bytes=kv_tracker.reserved_bytes if kv_tracker else 0,
+            kv_used_bytes=kv_tracker.used_bytes if kv_tracker else 0,
             prefill_tps=round(self.prefill_rate.value, 1),
             decode_tps=round(self.decode_rate.value, 1),
             weights_bytes=self.weights_bytes,
             expected_output_ratio=self.ratio.value,
             reason=self.reason,
-            kv_longest_row_end_tokens=ledger.longest_row_end_tokens if ledger else 0,
+            kv_longest_row_end_tokens=kv_tracker.longest_row_end_tokens if kv_tracker else 0,
         )

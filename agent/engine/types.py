@@ -2,7 +2,7 @@
 
 No MLX here: the daemon, the coordinator's tests and the fake engine use these without it.
 
-    ChatRequest        one chat completion (from an OpenAI request body: `ChatRequest.from_openai`)
+    GenerationRequest  one chat completion (from an OpenAI request body: `GenerationRequest.from_openai`)
     Delta, Finish      the events of a request's stream: deltas, then exactly one Finish with usage
     SlotState          cold → loading → idle ⇄ running → unloading → cold, and failed
     SlotSnapshot       one slot for heartbeats (the wire names of DESIGN.md §5 heartbeat.slots)
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
-from agent.chat_request import ChatMessage
-from agent.chat_request import ChatRequest as OpenAIBody
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
-from agent.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
-from agent.protocol import ProtocolError, validate_chat_request
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage
+from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.wire.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
     from agent.engine.stream import RequestStream
@@ -63,7 +62,7 @@ class EngineNotRunning(EngineError):
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
+class GenerationRequest:
     request_id: str
     model: str
     messages: tuple[Mapping[str, str], ...]  # {"role": ..., "content": ...}, content as plain text
@@ -81,10 +80,10 @@ class ChatRequest:
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
 
     @classmethod
-    def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any] | OpenAIBody) -> ChatRequest:
-        """From an OpenAI chat-completions body: validated by the wire's own model (agent.chat_request),
+    def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any] | ChatCompletionBody) -> GenerationRequest:
+        """From an OpenAI chat-completions body: validated by the wire's own model (agent.wire.chat_body),
         or already validated (an inference_request frame's `body`)."""
-        parsed = body if isinstance(body, OpenAIBody) else validate_chat_request(dict(body))
+        parsed = body if isinstance(body, ChatCompletionBody) else validate_chat_request(dict(body))
         if isinstance(parsed, ProtocolError):
             raise InvalidRequest(f"invalid chat request: {parsed}")
         return cls(
@@ -190,7 +189,7 @@ class EngineAPI(Protocol):
     async def stop(self) -> None: ...
     async def load(self, model: str) -> SlotSnapshot: ...
     async def unload(self, model: str) -> SlotSnapshot: ...
-    async def submit(self, request: ChatRequest) -> RequestStream: ...
+    async def submit(self, request: GenerationRequest) -> RequestStream: ...
     async def cancel(self, request_id: str) -> bool: ...
     def snapshot(self) -> EngineSnapshot: ...
     def admission_limits(self, model: str) -> AdmissionLimits: ...

@@ -26,9 +26,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent.errors import DarkbloomError
-from agent.frames import ErrorFrame, Registered
 from agent.link.session import Event, LinkSession, LinkState
-from agent.protocol import MAX_FRAME_BYTES, Message, encode
+from agent.wire.frames import ErrorFrame, Registered
+from agent.wire.protocol import MAX_FRAME_BYTES, Message, encode
 
 log = structlog.get_logger("agent.link")
 

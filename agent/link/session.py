@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from agent.frames import (
+from agent.wire.frames import (
     Cancel,
-    Delta,
+    ChunkDelta,
     ErrorFrame,
     FinishReason,
     Heartbeat,
@@ -36,13 +36,18 @@ from agent.frames import (
     SlotStatus,
     ThermalState,
     UnloadModel,
-    Usage,
+    UsageReport,
 )
-from agent.protocol import (
-    LEGACY_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Direction, ProtocolError,
-    ProtocolVersionUnsupported, parse_message,
+from agent.wire.protocol import (
+    LEGACY_PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Direction,
+    ProtocolError,
+    ProtocolVersionUnsupported,
+    parse_message,
 )
-from agent.unknown_fields import UnknownFields
+from agent.wire.unknown_fields import UnknownFields
 
 Event = Registered | InferenceRequest | Cancel | LoadModel | UnloadModel | ErrorFrame
 
@@ -118,14 +123,14 @@ class LinkSession:
             return None
         stream.num_chunks += 1
         return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
-                                      delta=Delta(content=content, reasoning=reasoning))
+                                      delta=ChunkDelta(content=content, reasoning=reasoning))
 
     def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,
                  ttft_s: float | None = None) -> InferenceComplete | None:
         stream = self.streams.pop(request_id, None)
         if stream is None:
             return None
-        return InferenceComplete(request_id=request_id, usage=Usage(prompt_tokens=prompt_tokens,
+        return InferenceComplete(request_id=request_id, usage=UsageReport(prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens), finish_reason=finish_reason,
                                  num_chunks=stream.num_chunks, ttft_s=ttft_s)
 

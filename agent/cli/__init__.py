@@ -1,0 +1,5 @@
+"""The `darkbloom-agent` command line."""
+
+from agent.cli.main import app
+
+__all__ = ["app"]

@@ -1,0 +1,108 @@
+"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys and account credit."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agent.cli.support import fail
+from agent.errors import DarkbloomError
+
+coordinator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                              help="The bundled OpenAI-compatible coordinator (serves when run without a subcommand).")
+keys_app = typer.Typer(no_args_is_help=True, help="Consumer API keys (stored hashed in the accounts database).")
+coordinator_app.add_typer(keys_app, name="keys")
+DbOpt = Annotated[Path, typer.Option("--db", help="The accounts database (SQLite).")]
+
+
+@coordinator_app.callback()
+def coordinator(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the API and /ws/provider.")] = 8000,
+    db: Annotated[Optional[Path], typer.Option(help="Accounts database: enables API keys and billing.")] = None,
+    open_mode: Annotated[Optional[bool], typer.Option("--open/--no-open", help="No keys, no billing (default without --db).", show_default=False)] = None,
+    provider_token: Annotated[Optional[str], typer.Option(help="The token agents must present (default: any; env DARKBLOOM_COORDINATOR_PROVIDER_TOKEN).")] = None,
+    allow_open_remote: Annotated[bool, typer.Option(help="Allow an open coordinator on a non-loopback address.")] = False,
+    queue_depth: Annotated[Optional[int], typer.Option(help="Requests a model's queue holds.")] = None,
+    queue_max_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait in the queue.")] = None,
+    heartbeat_interval: Annotated[Optional[float], typer.Option(help="Seconds between agent heartbeats.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="auto, json or console.")] = "auto",
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from agent.coordinator.http.app import serve
+    from agent.logs import configure_logging
+
+    configure_logging(log_format, log_level)
+    token = provider_token or os.environ.get("DARKBLOOM_COORDINATOR_PROVIDER_TOKEN")
+    try:
+        serve(host, port, db, open_mode=open_mode, provider_token=token, allow_open_remote=allow_open_remote,
+              queue_depth=queue_depth, queue_max_wait_s=queue_max_wait, heartbeat_interval_s=heartbeat_interval,
+              log_level=log_level)
+    except DarkbloomError as error:
+        fail(error)
+
+
+@keys_app.command("create")
+def keys_create(account: Annotated[str, typer.Argument(help="The account the key bills.")], db: DbOpt,
+                name: Annotated[Optional[str], typer.Option(help="A label for the key.")] = None) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from agent.coordinator.billing.keys import create_key
+
+    try:
+        created = create_key(db, account, name)
+    except DarkbloomError as error:
+        fail(error)
+    typer.echo(f"key {created.info.id} for account {account} (shown once, keep it safe):\n{created.key}")
+
+
+@keys_app.command("list")
+def keys_list(db: DbOpt, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every key's id, account, name, and when it was created or revoked (never the secret)."""
+    from agent.coordinator.billing.keys import list_keys
+    from agent.tables import render_table
+
+    keys = list_keys(db)
+    if as_json:
+        typer.echo(json.dumps([k.model_dump() for k in keys], indent=2))
+        return
+    def when(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+    typer.echo(render_table(["id", "account", "name", "created", "revoked"],
+                            [[k.id, k.account_id, k.name or "", when(k.created_at), when(k.revoked_at)] for k in keys]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (or the key itself).")], db: DbOpt) -> None:
+    """Revoke a key; a running coordinator refuses it within a second."""
+    from agent.coordinator.billing.keys import revoke_key
+
+    try:
+        info = revoke_key(db, key_id)
+    except DarkbloomError as error:
+        fail(error)
+    typer.echo(f"revoked key {info.id} of account {info.account_id}")
+
+
+@coordinator_app.command("credit")
+def credit(account: Annotated[str, typer.Argument(help="The account to credit.")],
+           amount: Annotated[str, typer.Argument(help="Amount in dollars, e.g. 25.00.")], db: DbOpt,
+           note: Annotated[Optional[str], typer.Option(help="Why.")] = None) -> None:
+    """Add credit to an account (an append-only ledger entry)."""
+    from agent.coordinator.billing.ledger import credit_account
+    from agent.coordinator.billing.pricing import format_micros, parse_amount
+
+    try:
+        micros = parse_amount(amount)
+        credit_account(db, account, micros, note=note)
+    except (DarkbloomError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"credited {format_micros(micros)} to {account}")

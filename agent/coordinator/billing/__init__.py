@@ -1,0 +1,1 @@
+"""Accounts, API keys, holds, prices, rate limits and the append-only ledger."""

@@ -1,0 +1,217 @@
+"""Accounts: who may send a request, what it may cost, and what it did cost.
+
+The one object the API layer talks to, non-blocking and safe to call from the event loop:
+
+    account = accounts.authenticate(bearer_key)                     # memory only; None -> 401
+    accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...)
+        # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409)
+    accounts.settle(request_id, prompt_tokens=..., completion_tokens=...)   # on inference_complete
+    accounts.release(request_id, ReleaseReason.TIMEOUT)                     # on every failure path
+
+Admission holds the EXPECTED cost and charges the rate limiter the EXPECTED output, both from
+agent.admission.expected_output_tokens, the rule KV admission uses (DESIGN.md §4). Settlement appends
+one ledger entry; the SQLite write happens later on the ledger's writer thread. A retry of the same
+consumer request on another provider keeps its hold; release only when the request itself ends
+without a usage report (or is re-admitted under a new request id: ReleaseReason.RETRY).
+
+`Accounts.open()` is `--open` mode: one implicit local account, no keys, no billing, no limits.
+
+Public names: Accounts, Admission, ReleaseReason, LOCAL_ACCOUNT (and re-exported: Account,
+InsufficientBalance, DuplicateRequest, RateLimited, RateLimits, Settlement, SettleStatus).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+from agent.admission import EXPECTED_OUTPUT_RATIO_START, expected_output_tokens
+from agent.coordinator.billing.holds import (
+    DuplicateRequest,
+    Hold,
+    HoldBook,
+    InsufficientBalance,
+    Settlement,
+    SettleStatus,
+)
+from agent.coordinator.billing.keys import KeyStore
+from agent.coordinator.billing.ledger import POLL_INTERVAL_S, EntryKind, LedgerEntry, MemoryLedger, SqliteLedger
+from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
+from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
+from agent.coordinator.billing.store import Account
+
+__all__ = ["Accounts", "Admission", "ReleaseReason", "LOCAL_ACCOUNT", "Account", "InsufficientBalance",
+           "DuplicateRequest", "RateLimited", "RateLimits", "Settlement", "SettleStatus"]
+
+log = structlog.get_logger(__name__)
+LOCAL_ACCOUNT = Account("local", is_billed=False)
+
+
+class ReleaseReason(StrEnum):
+    PROVIDER_ERROR = "provider_error"
+    CLIENT_DISCONNECT = "client_disconnect"
+    TIMEOUT = "timeout"
+    RETRY = "retry"  # abandoned, to be admitted again under a new request id
+    NO_CAPACITY = "no_capacity"
+    CANCELLED = "cancelled"  # by the client
+    SHUTDOWN = "shutdown"
+
+    @property
+    def is_client_caused(self) -> bool:
+        # Requests the client itself abandoned still count towards its requests-per-minute.
+        return self in (ReleaseReason.CLIENT_DISCONNECT, ReleaseReason.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    request_id: str
+    account: Account
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    expected_output_tokens: int
+    expected_cost_micros: int
+
+
+class Accounts:
+    def __init__(self, *, ledger: SqliteLedger | MemoryLedger, keys: KeyStore, prices: PriceTable = DEFAULT_PRICES,
+                 limits: RateLimits | None = None, clock: Clock = time.monotonic,
+                 open_account: Account | None = None) -> None:
+        self.prices = prices
+        self.keys = keys
+        self.limiter = RateLimiter(limits, clock=clock)
+        self.ledger = ledger
+        self.open_account = open_account
+        self._book = HoldBook(dict(ledger.loaded_balances))
+        self._lock = threading.Lock()  # the ledger writer's callbacks run on its thread
+        ledger.start(self)
+
+    @classmethod
+    def open(cls, *, clock: Clock = time.monotonic) -> Accounts:
+        return cls(ledger=MemoryLedger(), keys=KeyStore(), prices=PriceTable.free(), clock=clock,
+                   open_account=LOCAL_ACCOUNT)
+
+    @classmethod
+    def from_db(cls, db_path: str | Path, *, prices: PriceTable = DEFAULT_PRICES, limits: RateLimits | None = None,
+                clock: Clock = time.monotonic, poll_interval_s: float = POLL_INTERVAL_S) -> Accounts:
+        ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s)
+        return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock)
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_account is not None
+
+    # -- the request path
+    def authenticate(self, key: str | None) -> Account | None:
+        return self.open_account if self.open_account is not None else self.keys.authenticate(key)
+
+    def admit(self, account: Account, request_id: str, *, model: str, prompt_tokens: int, max_tokens: int,
+              ratio: float = EXPECTED_OUTPUT_RATIO_START) -> Admission:
+        """Hold the expected cost and charge the expected output, or raise and take nothing."""
+        expected = expected_output_tokens(max_tokens, ratio)
+        cost = self.prices.cost_micros(model, prompt_tokens, expected) if account.is_billed else 0
+        hold = Hold(request_id, account.id, model, prompt_tokens, expected, cost, account.is_billed)
+        limits = self._limits(account)
+        with self._lock:
+            # Money first: a request the balance can never pay for should not be told to retry later.
+            refusal = self._book.refusal(hold)
+            if refusal is not None:
+                log.info("accounts.refuse", account_id=account.id, request_id=request_id, code=refusal.code)
+                raise refusal
+            self.limiter.admit(request_id, account.id, expected, limits)
+            self._book.hold(hold)
+        return Admission(request_id, account, model, prompt_tokens, max_tokens, expected, cost)
+
+    def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int) -> Settlement:
+        """Charge the real usage once (see holds.py for duplicates, late and unknown settlements)."""
+        with self._lock:
+            hold = self._book.hold_for(request_id)
+            cost = self.prices.cost_micros(hold.model, prompt_tokens, completion_tokens) \
+                if hold is not None and hold.is_billed else 0
+            settlement = self._book.settle(request_id, cost)
+            if settlement.status is SettleStatus.SETTLED:
+                self.limiter.reconcile(request_id, completion_tokens)
+        if hold is not None and hold.is_billed and settlement.status in (SettleStatus.SETTLED, SettleStatus.LATE):
+            self.ledger.append(LedgerEntry(
+                account_id=hold.account_id, kind=EntryKind.USAGE, amount_micros=-cost, request_id=request_id,
+                model=hold.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        if settlement.status is not SettleStatus.SETTLED or settlement.is_overdrawn:
+            log.warning("accounts.settle", request_id=request_id, status=settlement.status.value,
+                        account_id=settlement.account_id, cost_micros=cost, balance_micros=settlement.balance_micros)
+        return settlement
+
+    def release(self, request_id: str, reason: ReleaseReason | str, *, produced_output_tokens: int = 0) -> bool:
+        """End a request without charging it; False if it had no outstanding hold (a no-op)."""
+        reason = ReleaseReason(reason)
+        with self._lock:
+            hold = self._book.release(request_id, reason.value)
+            if hold is not None:
+                self.limiter.release(request_id, produced_output_tokens=produced_output_tokens,
+                                     refund_request=not reason.is_client_caused)
+        if hold is not None:
+            log.info("accounts.release", request_id=request_id, account_id=hold.account_id, reason=reason.value)
+        return hold is not None
+
+    # -- money in, and reading
+    def credit(self, account_id: str, amount_micros: int, *, note: str | None = None,
+               credit_id: str | None = None) -> int:
+        if amount_micros <= 0:
+            raise ValueError("a credit must be a positive number of micro-units")
+        with self._lock:
+            balance = self._book.apply(account_id, amount_micros)
+        self.ledger.append(LedgerEntry(account_id=account_id, kind=EntryKind.CREDIT, amount_micros=amount_micros,
+                                       request_id=credit_id, note=note))
+        return balance
+
+    def balance_micros(self, account_id: str) -> int:
+        return self._book.balance_micros(account_id)
+
+    def held_micros(self, account_id: str) -> int:
+        return self._book.held_micros(account_id)
+
+    def available_micros(self, account_id: str) -> int:
+        with self._lock:
+            return self._book.available_micros(account_id)
+
+    @property
+    def num_holds(self) -> int:
+        return self._book.num_holds
+
+    # -- lifecycle
+    def flush(self, timeout_s: float | None = 10.0) -> bool:
+        return self.ledger.flush(timeout_s)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def __enter__(self) -> Accounts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- LedgerListener: called on the ledger writer's thread
+    def on_refused(self, entry: LedgerEntry) -> None:
+        with self._lock:
+            self._book.apply(entry.account_id, -entry.amount_micros)
+
+    def on_external(self, account_id: str, amount_micros: int) -> None:
+        with self._lock:
+            self._book.apply(account_id, amount_micros)
+
+    def on_changed(self, conn: sqlite3.Connection) -> None:
+        self.keys.reload(conn)
+
+    def _limits(self, account: Account) -> RateLimits:
+        default = self.limiter.default
+        return RateLimits(
+            default.requests_per_minute if account.requests_per_minute is None else account.requests_per_minute,
+            default.output_tokens_per_minute if account.output_tokens_per_minute is None
+            else account.output_tokens_per_minute,
+        )

@@ -1,0 +1,261 @@
+"""The append-only ledger: one INSERT per settlement or credit, written off the request path.
+
+`append` only puts the entry on a queue. One writer thread owns the SQLite connection and commits
+whatever has queued up as one transaction (a group commit: under load a batch holds many entries, so
+64 concurrent requests from one account cost a handful of commits, and no request ever waits on a
+row lock — the hot balance row that lost 20.9 % of requests, DESIGN.md §1). Balances are SUMs over
+the entries, loaded once at startup and kept as running totals in memory by the caller.
+
+UNIQUE (request_id, kind) makes a settlement idempotent across restarts: the writer INSERTs OR
+IGNOREs, and tells its listener about an entry it refused so the running total can be put back.
+The writer also notices commits by other processes (PRAGMA data_version: a CLI credit or key
+revocation) and reports them, so the caller's caches follow without a restart.
+
+Durability: `flush()` waits until everything appended so far is committed; `close()` flushes. A crash
+loses at most the entries of the last few milliseconds (WAL, synchronous=NORMAL).
+
+Public names: LedgerEntry, EntryKind, LedgerListener, SqliteLedger, MemoryLedger, load_balances,
+credit_account, ledger_sum.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.coordinator.billing.store import connect, get_account
+
+log = structlog.get_logger(__name__)
+POLL_INTERVAL_S = 0.5  # how often the writer looks for other processes' commits
+MAX_BATCH = 4096
+
+
+class EntryKind(StrEnum):
+    USAGE = "usage"  # a settlement: amount < 0
+    CREDIT = "credit"  # money in: amount > 0
+
+
+class LedgerEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account_id: str = Field(min_length=1)
+    kind: EntryKind
+    amount_micros: int
+    request_id: str | None = None  # with kind, the idempotency key
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    note: str | None = None
+    created_at: float = Field(default_factory=time.time)
+
+
+class LedgerListener(Protocol):
+    def on_refused(self, entry: LedgerEntry) -> None: ...  # a duplicate (request_id, kind): not written
+    def on_external(self, account_id: str, amount_micros: int) -> None: ...  # another process's entry
+    def on_changed(self, conn: sqlite3.Connection) -> None: ...  # another process committed something
+
+
+_INSERT = ("INSERT OR IGNORE INTO ledger (account_id, kind, request_id, amount_micros, model, prompt_tokens,"
+           " completion_tokens, note, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _row(entry: LedgerEntry, source: str) -> tuple:
+    return (entry.account_id, entry.kind.value, entry.request_id, entry.amount_micros, entry.model,
+            entry.prompt_tokens, entry.completion_tokens, entry.note, source, entry.created_at)
+
+
+def load_balances(conn: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    """Every account's balance (the SUM of its entries) and the last sequence number read."""
+    balances = dict(conn.execute("SELECT account_id, SUM(amount_micros) FROM ledger GROUP BY account_id"))
+    last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+    return balances, last_seq
+
+
+def ledger_sum(db_path: str | Path, account_id: str, kind: EntryKind | None = None) -> int:
+    conn = connect(db_path)
+    try:
+        sql, args = "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE account_id = ?", [account_id]
+        if kind is not None:
+            sql, args = sql + " AND kind = ?", [*args, kind.value]
+        return conn.execute(sql, args).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def credit_account(db_path: str | Path, account_id: str, amount_micros: int, *, note: str | None = None,
+                   credit_id: str | None = None) -> bool:
+    """Add credit from outside the coordinator (the CLI); a repeated `credit_id` is credited once.
+    Returns whether the entry was written. A running coordinator picks it up within a poll interval."""
+    if amount_micros <= 0:
+        raise ValueError("a credit must be a positive number of micro-units")
+    get_account(db_path, account_id)  # raises UnknownAccount
+    entry = LedgerEntry(account_id=account_id, kind=EntryKind.CREDIT, amount_micros=amount_micros,
+                        request_id=credit_id, note=note)
+    conn = connect(db_path)
+    try:
+        return conn.execute(_INSERT, _row(entry, "cli")).rowcount == 1
+    finally:
+        conn.close()
+
+
+class SqliteLedger:
+    def __init__(self, db_path: str | Path, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        self.db_path = Path(db_path)
+        self.source = secrets.token_hex(8)  # tells this process's entries from other writers'
+        self._poll_interval_s = poll_interval_s
+        self._queue: queue.SimpleQueue[LedgerEntry | threading.Event | None] = queue.SimpleQueue()
+        self._listener: LedgerListener | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.conn = connect(self.db_path, check_same_thread=False)  # used by the writer thread only, once started
+        self.loaded_balances, self._last_seq = load_balances(self.conn)  # as of startup
+        self._data_version = self._read_data_version()
+        self.num_written = 0
+        self.num_commits = 0
+
+    def start(self, listener: LedgerListener) -> None:
+        self._listener = listener
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def append(self, entry: LedgerEntry) -> None:
+        if self._closed:
+            raise RuntimeError("the ledger is closed")
+        self._queue.put(entry)
+
+    def flush(self, timeout_s: float | None = 10.0) -> bool:
+        """Wait until every entry appended so far is committed and other processes' commits are read;
+        False if that did not happen within the timeout (the writer keeps retrying)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float | None = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+        self.conn.close()
+
+    # -- the writer thread
+    def _run(self) -> None:
+        next_poll = time.monotonic() + self._poll_interval_s
+        pending: list[LedgerEntry] = []  # entries whose commit failed are retried, never dropped
+        waiters: list[threading.Event] = []  # flush() callers, answered once what preceded them is committed
+        is_stopping = False
+        while not is_stopping:
+            try:
+                items = [self._queue.get(timeout=self._poll_interval_s)]
+            except queue.Empty:
+                items = []
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending.extend(item for item in items if isinstance(item, LedgerEntry))
+            waiters.extend(item for item in items if isinstance(item, threading.Event))
+            is_stopping = any(item is None for item in items)
+            if pending and self._guarded(self._write, pending):
+                pending = []
+            if waiters or is_stopping or time.monotonic() >= next_poll:
+                self._guarded(self._poll)
+                next_poll = time.monotonic() + self._poll_interval_s
+            if not pending:
+                for waiter in waiters:
+                    waiter.set()
+                waiters = []
+        if pending:
+            log.error("ledger.unwritten", num_entries=len(pending), db_path=str(self.db_path))
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> bool:
+        # A failed commit (disk full, a lock held too long) must not kill the writer: log, retry later.
+        try:
+            step(*args)
+            return True
+        except Exception:
+            log.exception("ledger.write_failed", db_path=str(self.db_path))
+            return False
+
+    def _write(self, entries: list[LedgerEntry]) -> None:
+        if not entries:
+            return
+        refused = []
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                if self.conn.execute(_INSERT, _row(entry, self.source)).rowcount == 0:
+                    refused.append(entry)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.num_written += len(entries) - len(refused)
+        self.num_commits += 1
+        for entry in refused:
+            log.warning("ledger.duplicate", request_id=entry.request_id, kind=entry.kind.value)
+            self._notify("on_refused", entry)
+
+    def _poll(self) -> None:
+        version = self._read_data_version()
+        if version == self._data_version or self._listener is None:
+            return
+        self._data_version = version
+        rows = self.conn.execute("SELECT seq, account_id, amount_micros, source FROM ledger WHERE seq > ? ORDER BY seq",
+                                 (self._last_seq,)).fetchall()
+        for seq, account_id, amount, source in rows:
+            self._last_seq = seq
+            if source != self.source:
+                self._notify("on_external", account_id, amount)
+        self._notify("on_changed", self.conn)
+
+    def _notify(self, method: str, *args: object) -> None:
+        # After a commit, a listener's failure must not make the writer retry (and so re-refuse) the batch.
+        try:
+            getattr(self._listener, method)(*args)
+        except Exception:
+            log.exception("ledger.listener_failed", method=method)
+
+    def _read_data_version(self) -> int:
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+
+class MemoryLedger:
+    """The ledger without a file, for `--open` mode and tests: same uniqueness rule, kept in a list."""
+
+    def __init__(self) -> None:
+        self.entries: list[LedgerEntry] = []
+        self.loaded_balances: dict[str, int] = {}
+        self._keys: set[tuple[str, str]] = set()
+        self._listener: LedgerListener | None = None
+
+    def start(self, listener: LedgerListener) -> None:
+        self._listener = listener
+
+    def append(self, entry: LedgerEntry) -> None:
+        key = (entry.request_id, entry.kind.value)
+        if entry.request_id is not None and key in self._keys:
+            if self._listener is not None:
+                self._listener.on_refused(entry)
+            return
+        if entry.request_id is not None:
+            self._keys.add(key)
+        self.entries.append(entry)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout_s: float | None = None) -> None:
+        pass

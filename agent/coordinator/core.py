@@ -1,0 +1,139 @@
+"""The coordinator as one object: router, accounts, metrics and settings, and the steps every request
+takes before routing (authenticate, validate, estimate, hold), so the HTTP layer stays thin.
+
+    coordinator = Coordinator(Accounts.open(), CoordinatorSettings())
+    account = coordinator.authenticate(request.headers.get("authorization"))   # Unauthorized
+    body = coordinator.parse(raw_body)                                          # BadRequest / ModelNotFound
+    flow = coordinator.open(account, body)                                      # PaymentRequired / TooManyRequests
+    await flow.start(); ... flow.next() ...; flow.close(reason)
+
+Public names: Coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from agent.admission import OUTPUT_CLIP_TOKENS
+from agent.catalog import CatalogError, ModelSpec, load_catalog
+from agent.coordinator.billing.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
+from agent.coordinator.errors import (
+    BadRequest,
+    Conflict,
+    ModelNotFound,
+    PaymentRequired,
+    TooManyRequests,
+    Unauthorized,
+)
+from agent.coordinator.flow import RequestFlow
+from agent.coordinator.http.capacity import state_counts
+from agent.coordinator.metrics import Metrics
+from agent.coordinator.routing.estimate import estimate_prompt
+from agent.coordinator.routing.exchange import Exchange
+from agent.coordinator.routing.placement import Ask
+from agent.coordinator.routing.router import Router
+from agent.coordinator.settings import CoordinatorSettings
+from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.frames import UsageReport
+from agent.wire.protocol import ProtocolError, validate_chat_request
+
+log = structlog.get_logger("agent.coordinator")
+
+
+class Coordinator:
+    def __init__(self, accounts: Accounts, settings: CoordinatorSettings | None = None, *,
+                 catalog: dict[str, ModelSpec] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.accounts = accounts
+        self.settings = settings or CoordinatorSettings()
+        self.catalog = _default_catalog() if catalog is None else catalog
+        self.metrics = Metrics()
+        self.router = Router(self.settings, catalog=self.catalog, clock=clock, metrics=self.metrics)
+        self.router.late_complete = self._late_complete
+        self.metrics.watch(self._gauges)
+        self.clock = clock
+
+    # -- the steps before routing
+    def authenticate(self, authorization: str | None) -> Account:
+        scheme, _, key = (authorization or "").partition(" ")
+        account = self.accounts.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+        if account is None:
+            raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
+                               "`darkbloom-agent keys create`")
+        return account
+
+    def parse(self, raw: bytes) -> ChatCompletionBody:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        body = validate_chat_request(data)
+        if isinstance(body, ProtocolError):
+            raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
+        if body.model is None:
+            raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+        if body.model not in self.catalog and not self.router.registry.offers(body.model):
+            known = ", ".join(self.known_models()) or "none connected"
+            raise ModelNotFound(f"the model {body.model!r} does not exist here (available: {known})", param="model")
+        return body
+
+    def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow:
+        """Hold the request's expected cost, then hand it to a flow that routes it."""
+        request_id = f"chatcmpl-{secrets.token_hex(12)}"
+        estimate = estimate_prompt(body)
+        ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
+        try:
+            # Holds use the default ratio and clip, not an agent's adapted ones: money errs on the safe side.
+            # No provider is chosen yet, so a request without max_tokens is held at the clip, the most
+            # output the hold's formula ever counts.
+            self.accounts.admit(account, request_id, model=body.model, prompt_tokens=estimate.tokens,
+                                max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS)
+        except InsufficientBalance as exc:
+            raise PaymentRequired(str(exc)) from None
+        except RateLimited as exc:
+            raise TooManyRequests(str(exc), retry_after_s=exc.retry_after_s) from None
+        except DuplicateRequest as exc:
+            raise Conflict(str(exc)) from None
+        exchange = Exchange(request_id, body, ask, created_at=self.clock())
+        return RequestFlow(self.router, self.accounts, exchange)
+
+    def known_models(self) -> list[str]:
+        return self.router.registry.models()
+
+    # -- background work
+    async def run_evictions(self) -> None:
+        """Evict providers that missed heartbeats, until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
+            self.router.evict_stale()
+
+    def _late_complete(self, request_id: str, usage: UsageReport) -> None:
+        # The client left; the agent finished the request it had started (holds.py: a LATE settlement).
+        self.accounts.settle(request_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+    def _gauges(self) -> Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
+        router = self.router
+        counts = state_counts(router)
+        yield ("darkbloom_providers", "Providers by model and state", ["model", "state"],
+               [([model, state], n) for model, states in counts.items() for state, n in states.items()])
+        yield ("darkbloom_queue_depth", "Requests queued per model", ["model"],
+               [([model], len(queue)) for model, queue in router.queues.items()])
+        yield ("darkbloom_requests_in_flight", "Requests at providers per model", ["model"],
+               [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
+                for model in router.registry.models()])
+        yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
+
+
+def _default_catalog() -> dict[str, ModelSpec]:
+    try:
+        return load_catalog()
+    except CatalogError as exc:
+        log.warning("catalog.unavailable", error=str(exc))
+        return {}

@@ -1,0 +1,1 @@
+"""The coordinator's edges: the consumer HTTP API, the agents' websocket, the process."""

@@ -1,0 +1,207 @@
+"""The consumer HTTP API: /v1/chat/completions (streaming and not), /v1/models, /v1/models/capacity,
+/health and /metrics.
+
+Chat completions is a plain ASGI app rather than a Starlette endpoint because it must notice the
+client leaving at any moment (queued, waiting for the first token, streaming): the work runs in its own
+task beside a watcher of `http.disconnect`; if the watcher wins, the work is cancelled and the flow
+closed as a client disconnect (cancel to the agent, hold released). Errors before the first token are
+HTTP errors in OpenAI's shape (the response has not started); errors after it end the stream
+(openai_format.py).
+
+Public names: ChatCompletions, routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from agent.coordinator.billing.accounts import ReleaseReason
+from agent.coordinator.core import Coordinator
+from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed
+from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.capacity import capacity_report
+from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
+from agent.coordinator.metrics import CONTENT_TYPE
+from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.protocol import MAX_FRAME_BYTES
+
+log = structlog.get_logger("agent.coordinator.http.api")
+MAX_BODY_BYTES = MAX_FRAME_BYTES - 64 * 1024  # room for the frame's envelope around the body
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+
+
+class ChatCompletions:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coordinator, model = self.coordinator, ""
+        request = Request(scope, receive)
+        try:
+            account = coordinator.authenticate(request.headers.get("authorization"))
+            body = coordinator.parse(await _read_body(request))
+            model = body.model
+            flow = coordinator.open(account, body)
+        except ApiError as exc:
+            coordinator.metrics.request(model, exc.outcome)
+            await exc.response()(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return
+        work = asyncio.create_task(self._serve(flow, body, send))
+        gone = asyncio.create_task(_until_disconnect(receive))
+        try:
+            try:
+                done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the server is shutting down
+                await _cancel(work, gone)
+                flow.close(ReleaseReason.SHUTDOWN)
+                raise
+            if work in done:
+                await _cancel(gone)
+                work.result()
+                return
+            await _cancel(work)
+            flow.close(ReleaseReason.CLIENT_DISCONNECT)
+            coordinator.metrics.request(model, "client_disconnect")
+            log.info("request.client_gone", request_id=flow.exchange.request_id, model=model)
+        finally:
+            flow.close(ReleaseReason.PROVIDER_ERROR)  # a no-op unless something above went wrong
+
+    async def _serve(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
+        metrics = self.coordinator.metrics
+        try:
+            await flow.start()
+        except ApiError as exc:
+            flow.close(release_reason(exc))
+            metrics.request(body.model, exc.outcome)
+            await _send_response(send, exc.response())
+            return
+        metrics.ttft.labels(body.model).observe(max(0.0, self.coordinator.clock() - flow.exchange.created_at))
+        if body.stream:
+            await self._stream(flow, body, send)
+        else:
+            await self._complete(flow, body, send)
+
+    async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
+        request_id = flow.exchange.request_id
+        fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, (b"x-request-id", request_id.encode())]})
+        head = fmt.role()  # goes out with the first token: one write instead of two
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        while True:
+            event = await flow.next()
+            if isinstance(event, Token):
+                if event.content or event.reasoning:
+                    await _part(send, head + fmt.delta(event.content, event.reasoning))
+                    head = b""
+                continue
+            if isinstance(event, Finished):
+                tail = fmt.finish(event.finish_reason) + (fmt.usage(event.usage) if include_usage else b"")
+                outcome = "ok"
+            else:
+                flow.close(ReleaseReason.PROVIDER_ERROR)
+                tail = fmt.finish("error") + fmt.error(event.message, event.code)
+                outcome = "stream_error"
+            await _part(send, head + tail + DONE, more=False)
+            self.coordinator.metrics.request(body.model, outcome)
+            return
+
+    async def _complete(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
+        content: list[str] = []
+        reasoning: list[str] = []
+        while True:
+            event = await flow.next()
+            if isinstance(event, Token):
+                content.append(event.content)
+                reasoning.append(event.reasoning)
+            elif isinstance(event, Finished):
+                data = completion_body(flow.exchange.request_id, body.model, "".join(content), "".join(reasoning),
+                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field)
+                self.coordinator.metrics.request(body.model, "ok")
+                await _send_response(send, JSONResponse(data, headers={"x-request-id": flow.exchange.request_id}))
+                return
+            elif isinstance(event, Broken):
+                flow.close(ReleaseReason.PROVIDER_ERROR)
+                error = ProviderFailed(event.message, code=event.code)
+                self.coordinator.metrics.request(body.model, "stream_error")
+                await _send_response(send, error.response())
+                return
+
+
+def routes(coordinator: Coordinator) -> list[Route]:
+    async def models(request: Request) -> Response:
+        if (refusal := _refuse(coordinator, request)) is not None:
+            return refusal
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "darkbloom"} for m in coordinator.known_models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def capacity(request: Request) -> Response:
+        if (refusal := _refuse(coordinator, request)) is not None:
+            return refusal
+        return JSONResponse(capacity_report(coordinator.router))
+
+    async def health(request: Request) -> Response:
+        router = coordinator.router
+        return JSONResponse({"status": "ok", "mode": "open" if coordinator.accounts.is_open else "keys",
+                             "providers": len(router.registry), "models": router.registry.models(),
+                             "queued": sum(len(q) for q in router.queues.values())})
+
+    async def metrics(request: Request) -> Response:
+        return Response(coordinator.metrics.render(), media_type=CONTENT_TYPE)
+
+    return [
+        Route("/v1/chat/completions", ChatCompletions(coordinator), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/capacity", capacity, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _refuse(coordinator: Coordinator, request: Request) -> Response | None:
+    try:
+        coordinator.authenticate(request.headers.get("authorization"))
+    except ApiError as exc:
+        return exc.response()
+    return None
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused once it outgrows what one inference_request frame can carry."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes, the most one request can carry "
+                                 "to a provider", code="request_too_large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel(*tasks: asyncio.Task) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _part(send: Send, data: bytes, *, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _send_response(send: Send, response: Response) -> None:
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})

@@ -1,0 +1,176 @@
+"""The coordinator process: one Starlette app on uvicorn (startup → main loop → shutdown).
+
+    serve(host, port, db_path, ...)    what `darkbloom-agent coordinator` runs (blocks until a signal)
+    build_app(accounts, settings)      the ASGI app, for tests and embedding
+    running(app, host, port)           async context manager: the app served in this event loop (tests, bench)
+
+Local by default: bound to 127.0.0.1, no consumer keys (open mode: one local account, no billing) and
+any provider token, unless a database of keys (--db) and a provider token are configured. Exposing an
+open coordinator on a non-loopback address is refused unless `allow_open_remote` says it is meant.
+
+Public names: serve, build_app, running, check_exposure, RunningServer, EmbeddedServer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+from agent.catalog import ModelSpec
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.core import Coordinator
+from agent.coordinator.http.api import routes
+from agent.coordinator.http.provider_ws import ProviderEndpoint
+from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
+from agent.errors import ConfigError
+from agent.wire.protocol import MAX_FRAME_BYTES
+
+log = structlog.get_logger("agent.coordinator")
+
+
+def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | None = None, *,
+              catalog: dict[str, ModelSpec] | None = None, clock: Callable[[], float] = time.monotonic,
+              owns_accounts: bool = False) -> Starlette:
+    """The app; `app.state.coordinator` is its Coordinator (router, accounts, metrics)."""
+    accounts = accounts if accounts is not None else Accounts.open()
+    coordinator = Coordinator(accounts, settings, catalog=catalog, clock=clock)
+    endpoint = ProviderEndpoint(coordinator)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        evictions = asyncio.create_task(coordinator.run_evictions(), name="coordinator-evictions")
+        log.info("coordinator.start", mode="open" if accounts.is_open else "keys",
+                 provider_token=coordinator.settings.provider_token is not None,
+                 heartbeat_interval_s=coordinator.settings.heartbeat_interval_s)
+        try:
+            yield
+        finally:
+            evictions.cancel()
+            await asyncio.gather(evictions, return_exceptions=True)
+            endpoint.close_all("the coordinator is shutting down")
+            if owns_accounts:
+                accounts.close()
+            log.info("coordinator.stop")
+
+    app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
+    app.state.coordinator = coordinator
+    return app
+
+
+def check_exposure(host: str, *, is_open: bool, provider_token: str | None, allow_open_remote: bool) -> None:
+    """Refuse an open coordinator (no consumer keys, or any provider token) on a non-loopback address."""
+    if is_loopback_host(host) or allow_open_remote:
+        return
+    missing = [what for what, is_missing in (("consumer API keys (--db)", is_open),
+                                             ("a provider token (--provider-token)", provider_token is None))
+               if is_missing]
+    if missing:
+        raise ConfigError(f"refusing to serve on {host} without {' and '.join(missing)}: anyone who can reach it "
+                          "could use or impersonate providers. Configure them, bind 127.0.0.1, or pass "
+                          "--allow-open-remote if that is really meant.")
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Path | None = None, *,
+          open_mode: bool | None = None, provider_token: str | None = None, allow_open_remote: bool = False,
+          queue_depth: int | None = None, queue_max_wait_s: float | None = None,
+          heartbeat_interval_s: float | None = None, settings: CoordinatorSettings | None = None,
+          log_level: str = "info") -> None:
+    """Run the coordinator until SIGINT/SIGTERM. Open mode (no keys, no billing) unless `db_path` is given."""
+    is_open = db_path is None if open_mode is None else open_mode
+    if is_open and db_path is not None:
+        raise ConfigError("--open and --db exclude each other: open mode has no keys and no billing")
+    if not is_open and db_path is None:
+        raise ConfigError("keys and billing need an accounts database: pass --db PATH")
+    overrides = {name: value for name, value in (
+        ("provider_token", provider_token), ("queue_depth", queue_depth), ("queue_max_wait_s", queue_max_wait_s),
+        ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
+    settings = replace(settings or CoordinatorSettings(), **overrides)
+    check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
+    accounts = Accounts.open() if is_open else Accounts.from_db(db_path)
+    app = build_app(accounts, settings, owns_accounts=True)
+    uvicorn.Server(_config(app, host, port, log_level)).run()
+
+
+def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                          ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
+                          log_config=None)
+
+
+@dataclass(slots=True)
+class RunningServer:
+    app: Starlette
+    server: uvicorn.Server
+    host: str
+    port: int
+
+    @property
+    def coordinator(self) -> Coordinator:
+        return self.app.state.coordinator
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws/provider"
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn's own startup → main loop → shutdown (`serve`), for a server inside a host's event loop.
+
+    Two public hooks of uvicorn.Server are narrowed: `startup` also sets `is_serving`, so whoever waits
+    for the socket wakes on an event instead of polling `started`; `capture_signals` leaves SIGINT and
+    SIGTERM to the host program (a test run, a benchmark), which stops the server with `should_exit`.
+    tests/test_coordinator_embedded_server.py pins both to the uvicorn range of pyproject.toml."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.is_serving = asyncio.Event()
+
+    async def startup(self, sockets=None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit as exc:
+            # uvicorn exits the whole process when it cannot start; inside a host's loop that is a crash.
+            if not self.lifespan.should_exit:  # the app started: stop it again before saying why
+                await self.lifespan.shutdown()
+            cause = exc.__context__ if isinstance(exc.__context__, OSError) else "the app's startup failed"
+            raise ConfigError(f"the coordinator could not start on {self.config.host}:{self.config.port}: "
+                              f"{cause}") from None
+        if self.started:
+            self.is_serving.set()
+
+    def capture_signals(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+@asynccontextmanager
+async def running(app: Starlette, host: str = "127.0.0.1", port: int = 0,
+                  log_level: str = "warning") -> AsyncIterator[RunningServer]:
+    """Serve `app` in the running event loop (port 0: any free port) until the block ends."""
+    server = EmbeddedServer(_config(app, host, port, log_level))
+    task = asyncio.create_task(server.serve(), name="coordinator-server")
+    serving = asyncio.create_task(server.is_serving.wait(), name="coordinator-serving")
+    await asyncio.wait((task, serving), return_when=asyncio.FIRST_COMPLETED)
+    if not server.is_serving.is_set():
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        task.result()  # startup failed: raise why
+        raise RuntimeError("the coordinator server stopped during startup")
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(app, server, host, bound)
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,68 @@
+"""GET /v1/models/capacity: per model, every provider's state and why, free KV, and the queue.
+
+    {"object": "list", "data": [{
+        "model": "gpt-oss-20b",
+        "providers": {"running": 2, "idle": 1, "loading": 0, "cold_fits": 3, "cold_no_room": 0,
+                      "draining": 0, "never_fits": 1},
+        "free_kv_bytes": ...,            # Σ over warm slots of the coordinator's netted view
+        "kv_budget_bytes": ...,          # Σ over warm slots
+        "queue_depth": 0, "oldest_queued_s": 0.0,
+        "never_fits": [{"provider_id": ..., "reason": ...}],
+        "details": [{"provider_id", "state", "slot_state", "reason", "free_kv_bytes", "kv_budget_bytes",
+                     "num_running", "num_waiting", "num_in_flight", "expected_output_ratio", "chip",
+                     "memory_bytes"}]}]}
+
+States (placement.Residency): running (serving requests), idle (loaded, none), loading, cold_fits (the
+load gate says it would load now), cold_no_room (it fits the machine but not beside what is loaded,
+or the agent refused the last load), draining, never_fits (too big for the machine, or no KV layout).
+
+Public names: capacity_report, state_counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.coordinator.routing.placement import Residency, classify, slot_view
+from agent.coordinator.routing.router import Router
+
+
+def capacity_report(router: Router) -> dict[str, Any]:
+    models = sorted(set(router.registry.models()) | {m for m, q in router.queues.items() if len(q)})
+    return {"object": "list", "data": [_model_report(router, model) for model in models]}
+
+
+def state_counts(router: Router) -> dict[str, dict[str, int]]:
+    return {row["model"]: row["providers"] for row in capacity_report(router)["data"]}
+
+
+def _model_report(router: Router, model: str) -> dict[str, Any]:
+    settings, now = router.settings, router.clock()
+    counts = {residency.value: 0 for residency in Residency}
+    details, never = [], []
+    free = budget = 0
+    for provider, offer in router.registry.offers(model):
+        residency, reason = classify(provider, offer, now, settings)
+        counts[residency.value] += 1
+        status = offer.status
+        row = {"provider_id": provider.provider_id, "state": residency.value, "slot_state": offer.state.value,
+               "reason": reason, "free_kv_bytes": 0, "kv_budget_bytes": 0,
+               "num_running": status.num_running if status else 0, "num_waiting": status.num_waiting if status else 0,
+               "num_in_flight": offer.pending.num_in_flight,
+               "expected_output_ratio": status.expected_output_ratio if status else None,
+               "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes}
+        if residency in (Residency.RUNNING, Residency.IDLE):
+            view = slot_view(offer)
+            row["free_kv_bytes"], row["kv_budget_bytes"] = max(0, view.free_bytes), view.budget_bytes
+            free += row["free_kv_bytes"]
+            budget += view.budget_bytes
+            if offer.pending.is_marked_full:
+                row["reason"] += "; refused a request as full since its last heartbeat"
+        elif residency is Residency.NEVER_FITS:
+            never.append({"provider_id": provider.provider_id, "reason": reason})
+        details.append(row)
+    queue = router.queues.get(model)
+    return {"model": model, "providers": counts, "free_kv_bytes": free, "kv_budget_bytes": budget,
+            "queue_depth": len(queue) if queue else 0,
+            "oldest_queued_s": round(queue.oldest_wait_s(now), 3) if queue else 0.0,
+            "never_fits": never, "details": details}

@@ -1,0 +1,140 @@
+"""/ws/provider: the agents' websocket.
+
+    upgrade    Authorization: Bearer <provider token>; refused with HTTP 401 before the websocket is
+               accepted (the agent treats 401 as fatal: no retry storm). Without a configured token
+               any token is accepted (local use).
+    register   the first frame; answered with `registered` (provider id, heartbeat interval, the protocol
+               version chosen), or, when the agent speaks no version this coordinator does, with an
+               `error` frame (protocol_version_unsupported, saying which side to upgrade) and a close
+    then       every frame is validated with agent.wire.protocol; a bad one is answered with an `error` frame
+               and the link stays up; fields of a newer release are ignored, each name logged once. Frames go to the router; the router's frames for the agent go out
+               through one outbox, in order.
+    end        link closed, or evicted for missed heartbeats: its in-flight requests are retried
+               elsewhere before their first token, or end with an error after it.
+
+Public names: ProviderEndpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+
+import structlog
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
+
+from agent.coordinator.core import Coordinator
+from agent.coordinator.routing.registry import ProviderRecord
+from agent.wire.frames import ErrorFrame, Register, Registered
+from agent.wire.protocol import PROTOCOL_MINOR, Direction, Message, ProtocolError, encode, negotiate, parse_message
+from agent.wire.unknown_fields import UnknownFields
+
+log = structlog.get_logger("agent.coordinator.http.provider_ws")
+CLOSE_POLICY = 1008
+CLOSE_EVICTED = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    reason: str
+    code: int = CLOSE_EVICTED
+
+
+class ProviderEndpoint:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.links: set[asyncio.Queue] = set()  # one outbox per live link, for shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        if not self._authorized(websocket.headers.get("authorization")):
+            log.warning("provider.refused", client=str(websocket.client))
+            await websocket.send_denial_response(PlainTextResponse(
+                "invalid provider token: set provider_token in the agent config to the coordinator's\n", 401))
+            return
+        await websocket.accept()
+        outbox: asyncio.Queue[Message | _Close] = asyncio.Queue()
+        self.links.add(outbox)
+        pump = asyncio.create_task(self._pump(websocket, outbox))
+        provider: ProviderRecord | None = None
+        unknown = UnknownFields()
+        try:
+            register = await self._await_register(websocket, outbox, unknown)
+            if register is None:
+                return
+            version = negotiate(register)
+            if isinstance(version, ProtocolError):
+                log.warning("provider.protocol_refused", client=str(websocket.client), message=version.message)
+                outbox.put_nowait(version.to_frame())
+                outbox.put_nowait(_Close("protocol version", CLOSE_POLICY))
+                return
+            provider = self.coordinator.router.connect(register, outbox.put_nowait,
+                                                       lambda reason: outbox.put_nowait(_Close(reason)))
+            outbox.put_nowait(Registered(provider_id=provider.provider_id,
+                                         heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
+                                         protocol_version=version, protocol_minor=PROTOCOL_MINOR))
+            while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+                self.coordinator.router.receive(provider, frame)
+        finally:
+            if provider is not None:
+                self.coordinator.router.disconnect(provider, "link closed")
+            self.links.discard(outbox)
+            outbox.put_nowait(_Close("link closed", 1000))
+            await asyncio.gather(pump, return_exceptions=True)
+
+    def close_all(self, reason: str) -> None:
+        for outbox in list(self.links):
+            outbox.put_nowait(_Close(reason, 1001))
+
+    def _authorized(self, authorization: str | None) -> bool:
+        token = self.coordinator.settings.provider_token
+        if token is None:
+            return True
+        scheme, _, given = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
+                              unknown: UnknownFields) -> Register | None:
+        try:
+            async with asyncio.timeout(self.coordinator.settings.register_timeout_s):
+                while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+                    if isinstance(frame, Register):
+                        return frame
+                    outbox.put_nowait(ErrorFrame(code="not_registered", message=(
+                        f"send register first (got {frame.type})")))
+        except TimeoutError:
+            outbox.put_nowait(_Close("no register frame in time", CLOSE_POLICY))
+        return None
+
+    async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
+                          unknown: UnknownFields) -> Message | None:
+        """The next valid frame, answering bad ones with an error frame; None when the link is closed."""
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            data = message.get("text")
+            frame = parse_message(data if data is not None else message.get("bytes") or b"",
+                                  direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+            for name in unknown.drain():
+                log.info("provider.unknown_field", client=str(websocket.client), field=name)
+            if not isinstance(frame, ProtocolError):
+                return frame
+            self.coordinator.metrics.bad_frames.labels(frame.code).inc()
+            log.warning("provider.bad_frame", code=frame.code, message=frame.message)
+            outbox.put_nowait(frame.to_frame())
+
+    async def _pump(self, websocket: WebSocket, outbox: asyncio.Queue) -> None:
+        while True:
+            item = await outbox.get()
+            if isinstance(item, _Close):
+                if websocket.application_state is WebSocketState.CONNECTED:
+                    try:
+                        await websocket.close(item.code, item.reason)
+                    except Exception:  # the peer is gone already: nothing left to close
+                        pass
+                return
+            await websocket.send_text(encode(item))

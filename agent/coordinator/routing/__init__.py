@@ -1,0 +1,1 @@
+"""Where requests go: the provider registry, placement, pending sends, pre-warming and wait queues."""

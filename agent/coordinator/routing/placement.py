@@ -1,0 +1,304 @@
+"""Where a request can go: agent.admission run on every provider's view, ranked. Pure.
+
+For each provider of the model, the slot is classified by residency, and a warm slot's view (last
+heartbeat netted by the pending sends, see pending.py) is put through `admit_request`, the function
+the agent itself runs, with the agent's own limits and ratio (agent_limits.py) and a bound on the batch
+padding the agent's replay finds (`padded_view`):
+
+    admit     warm, admission says yes            ranked: shortest queue, then most free KV, then fewest rows
+    full      warm, admission says not now        (or it runs the agent's max_num_seqs rows, or the agent
+                                                  refused one since its last heartbeat)
+    waiting   loading, or cold and fits (after load_gate beside what is loaded): capacity that can come
+    never     cannot serve this request at all, with the reason (the 503's explanation)
+
+"Never" is decided on the prompt's floor estimate (estimate.py); a slot that says never only on the
+conservative estimate is an uncertain option, tried after the sure ones: the agent tokenizes and
+decides.
+
+`lazy` is the request path: warm slots are checked in rank order and the first that admits ends the
+search (one or two admission checks instead of one per provider: admit_request replays the engine's
+cache allocation and costs 0.1–1 ms). When none admits, the search also ends once MAX_FULL_CHECKS of
+the best-ranked slots said "full": the request can run somewhere later, so it is queued, and every
+provider's next heartbeat or completion tries the queue against that provider.
+
+Public names: Ask, Option, Placement, Residency, place, check, slot_view, padded_view, classify, cold_gate,
+alone_budget_bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from agent.admission import (
+    AdmissionDecision,
+    LoadDecision,
+    SlotKV,
+    Verdict,
+    admit_request,
+    expected_output_tokens,
+    load_gate,
+    memory_cap_bytes,
+    min_kv_budget_bytes,
+    reservation_bytes,
+    resolve_max_tokens,
+)
+from agent.coordinator.routing.agent_limits import limits_of, margin_bytes, ratio_of
+from agent.coordinator.routing.registry import Offer, ProviderRecord
+from agent.coordinator.settings import CoordinatorSettings
+from agent.wire.frames import SlotState
+
+MAX_FULL_CHECKS = 8
+
+
+class Residency(StrEnum):
+    RUNNING = "running"
+    IDLE = "idle"
+    LOADING = "loading"
+    COLD_FITS = "cold_fits"
+    COLD_NO_ROOM = "cold_no_room"  # fits this machine, not beside what it has loaded now
+    DRAINING = "draining"
+    NEVER_FITS = "never_fits"
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    model: str
+    prompt_tokens: int  # the conservative estimate
+    floor_prompt_tokens: int
+    max_tokens: int | None  # as requested
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    provider: ProviderRecord
+    offer: Offer
+    decision: AdmissionDecision
+    prompt_tokens: int
+    max_tokens: int
+    is_uncertain: bool = False
+
+
+@dataclass(slots=True)
+class Placement:
+    model: str
+    admit: list[Option] = field(default_factory=list)
+    uncertain: list[Option] = field(default_factory=list)
+    full: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    never: dict[str, str] = field(default_factory=dict)
+    num_unchecked: int = 0  # warm slots a lazy search did not need to check
+
+    @property
+    def best(self) -> Option | None:
+        return self.admit[0] if self.admit else (self.uncertain[0] if self.uncertain else None)
+
+    @property
+    def can_ever(self) -> bool:
+        return bool(self.admit or self.uncertain or self.full or self.waiting or self.num_unchecked)
+
+    def why_never(self) -> str:
+        if not self.never:
+            return f"no connected provider serves {self.model}"
+        by_reason: dict[str, int] = {}
+        for reason in self.never.values():
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        parts = [reason if n == 1 else f"{reason} ({n} providers)" for reason, n in by_reason.items()]
+        return f"no provider can serve this {self.model} request: " + "; ".join(parts)
+
+
+def slot_view(offer: Offer) -> SlotKV:
+    status = offer.status
+    if status is None:
+        return SlotKV(0)
+    return offer.pending.view(status.kv_budget_bytes, status.kv_reserved_bytes, status.kv_used_bytes,
+                             margin_bytes(offer, status.kv_budget_bytes))
+
+
+def padded_view(offer: Offer, prompt_tokens: int, expected_tokens: int, chunk: int) -> tuple[SlotKV, int]:
+    """The slot's view and the length a new row is padded to, so that admit_request bounds what the agent's
+    batch replay (engine/kv_tracker.py) finds: the new row sits beside the longest row until that one ends, so
+    it is padded to the longest row's end; and while it is the longest, each of the n rows beside it is
+    padded to its length, so the others hold at least n rows of its size."""
+    view, status, pending = slot_view(offer), offer.status, offer.pending
+    pad = max(status.kv_longest_row_end_tokens or 0, pending.longest_end_tokens, pending.pad_to_tokens)
+    num_rows = max(0, status.num_running + status.num_waiting + pending.load_delta)
+    if num_rows:
+        others = num_rows * reservation_bytes(offer.spec, prompt_tokens, expected_tokens, chunk=chunk)
+        view = replace(view, reserved_bytes=max(view.reserved_bytes, others))
+    return view, pad
+
+
+def classify(provider: ProviderRecord, offer: Offer, now: float, settings: CoordinatorSettings) -> tuple[Residency, str]:
+    unusable = _unusable(provider, offer)
+    if unusable:
+        draining = offer.entry.fits and offer.spec is not None
+        return (Residency.DRAINING if draining else Residency.NEVER_FITS), unusable
+    if offer.is_warm:
+        status = offer.status
+        busy = status.num_running + status.num_waiting + offer.pending.num_in_flight
+        if status.state is SlotState.RUNNING or busy:
+            return Residency.RUNNING, f"{status.num_running} running, {status.num_waiting} waiting"
+        return Residency.IDLE, "loaded, no requests"
+    if offer.is_loading(now, settings.load_timeout_s):
+        return Residency.LOADING, "loading" if offer.state is SlotState.LOADING else "load_model sent"
+    if offer.load_refused_until > now:
+        return Residency.COLD_NO_ROOM, f"the agent refused or failed to load it: {offer.load_refusal}"
+    gate = cold_gate(provider, offer)
+    return (Residency.COLD_FITS if gate.fits else Residency.COLD_NO_ROOM), f"cold; {gate.reason}"
+
+
+def cold_gate(provider: ProviderRecord, offer: Offer) -> LoadDecision:
+    """load_gate, as the agent runs it, beside the models the last heartbeat shows loaded (cached per heartbeat)."""
+    if offer.gate_cache is not None and offer.gate_cache[0] == provider.seq:
+        return offer.gate_cache[1]
+    hardware, heartbeat = provider.register.hardware, provider.heartbeat
+    metal = hardware.metal_working_set_bytes
+    reserve, available, loaded = 0, None, 0
+    if heartbeat is not None:
+        # The heartbeat's cap is the agent's own: the operator reserve is what separates it from the formula.
+        reserve = max(0, memory_cap_bytes(hardware.memory_bytes, 0, metal) - heartbeat.memory.cap_bytes)
+        available = heartbeat.memory.available_bytes
+        loaded = sum(_held_bytes(other) for other in provider.offers.values() if other is not offer)
+    decision = load_gate(offer.spec, total_memory_bytes=hardware.memory_bytes, loaded_bytes=loaded,
+                         operator_reserve_bytes=reserve, available_bytes=available,
+                         metal_limit_bytes=metal)
+    offer.gate_cache = (provider.seq, decision)
+    return decision
+
+
+def alone_budget_bytes(provider: ProviderRecord, offer: Offer) -> int:
+    """The KV budget the model would have loaded alone on this machine (cached: it never changes)."""
+    if offer.alone_budget_bytes is None:
+        offer.alone_budget_bytes = load_gate(
+            offer.spec, total_memory_bytes=provider.memory_bytes,
+            metal_limit_bytes=provider.register.hardware.metal_working_set_bytes).kv_budget_bytes
+    return offer.alone_budget_bytes
+
+
+def _held_bytes(offer: Offer) -> int:
+    # What a loaded slot keeps when another model loads, as the engine counts it: weights, activation
+    # reserve, and its KV minimum or what its requests have committed, whichever is more.
+    status = offer.status
+    if status is None or offer.spec is None or status.state not in (SlotState.LOADING, SlotState.IDLE,
+                                                                     SlotState.RUNNING, SlotState.UNLOADING):
+        return 0
+    if offer.min_kv_bytes is None:
+        offer.min_kv_bytes = min_kv_budget_bytes(offer.spec)
+    committed = max(status.kv_reserved_bytes, status.kv_used_bytes)
+    weights = status.weights_bytes or offer.spec.weights_bytes
+    return weights + offer.spec.activation_reserve_bytes + max(offer.min_kv_bytes, committed)
+
+
+def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: SlotKV | None = None) -> AdmissionDecision:
+    """admit_request with the agent's limits on the provider's view (or on `view`, e.g. an empty slot)."""
+    spec, limits, ratio = offer.spec, limits_of(offer), ratio_of(offer)
+    prompt = ask.prompt_tokens if prompt_tokens is None else prompt_tokens
+    max_tokens = resolve_max_tokens(ask.max_tokens, prompt, spec.max_context, limits.default_max_tokens)
+    chunk, pad = limits.prefill_chunk_tokens, 0
+    if view is None:
+        expected = expected_output_tokens(max_tokens, ratio, limits.output_clip_tokens)
+        view, pad = padded_view(offer, prompt, expected, chunk)
+    return admit_request(spec, view, prompt_tokens=prompt, max_tokens=max_tokens, ratio=ratio,
+                         clip=limits.output_clip_tokens, pad_to_tokens=pad, chunk=chunk)
+
+
+def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
+          exclude: dict[str, str] | None = None, lazy: bool = True) -> Placement:
+    placement = Placement(ask.model)
+    exclude = exclude or {}
+    warm: list[tuple[tuple, ProviderRecord, Offer]] = []
+    others: list[tuple[ProviderRecord, Offer]] = []
+    for provider, offer in offers:
+        unusable = _unusable(provider, offer)
+        if provider.provider_id in exclude:
+            placement.never[provider.provider_id] = exclude[provider.provider_id]
+        elif unusable:
+            placement.never[provider.provider_id] = unusable
+        elif offer.is_warm:
+            warm.append((_rank(offer), provider, offer))
+        else:
+            others.append((provider, offer))
+    warm.sort(key=lambda item: item[0])
+    for i, (_, provider, offer) in enumerate(warm):
+        if lazy and len(placement.full) >= MAX_FULL_CHECKS:
+            placement.num_unchecked = len(warm) - i + len(others)
+            return placement
+        _check_warm(placement, provider, offer, ask)
+        if lazy and placement.admit:
+            placement.num_unchecked = len(warm) - i - 1 + len(others)
+            return placement
+    if lazy and placement.full:
+        placement.num_unchecked = len(others)  # it can run here later: enough to queue it
+        return placement
+    for provider, offer in others:
+        residency, reason = classify(provider, offer, now, settings)
+        _potential(placement, provider, offer, residency, reason, ask)
+    placement.uncertain.sort(key=lambda option: _rank(option.offer))
+    return placement
+
+
+def _unusable(provider: ProviderRecord, offer: Offer) -> str:
+    if not offer.entry.fits:
+        return f"does not fit this machine: {offer.entry.fit_reason}"
+    if offer.spec is None:
+        return offer.spec_error
+    if provider.is_draining:
+        return "the agent is draining (stopping)"
+    return ""
+
+
+def _rank(offer: Offer) -> tuple:
+    """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
+    the most free KV. Rows before KV: every extra row slows each stream of a batch and queues its prefill
+    behind the others', so an idle warm slot beats a busy big one (KV decides only between equals)."""
+    status, pending = offer.status, offer.pending
+    waiting = status.num_waiting + max(0, pending.load_delta)
+    busy = max(0, status.num_running + status.num_waiting + pending.load_delta)
+    return waiting, busy, -slot_view(offer).free_bytes
+
+
+def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, ask: Ask) -> None:
+    pid = provider.provider_id
+    limit = limits_of(offer).max_num_seqs
+    if _rank(offer)[1] >= limit:
+        placement.full[pid] = f"{offer.model} is running its limit of {limit} requests"
+        return
+    decision = check(offer, ask)
+    if decision.verdict is Verdict.NEVER:
+        floor = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens)
+        if floor.verdict is Verdict.NEVER:
+            placement.never[pid] = floor.reason
+            return
+        if floor.verdict is Verdict.FULL or offer.pending.is_marked_full:
+            placement.full[pid] = floor.reason
+            return
+        placement.uncertain.append(_option(provider, offer, floor, ask, ask.floor_prompt_tokens, True))
+    elif offer.pending.is_marked_full:
+        placement.full[pid] = "refused a request as full since its last heartbeat"
+    elif decision.verdict is Verdict.FULL:
+        placement.full[pid] = decision.reason
+    else:
+        placement.admit.append(_option(provider, offer, decision, ask, ask.prompt_tokens, False))
+
+
+def _potential(placement: Placement, provider: ProviderRecord, offer: Offer, residency: Residency, reason: str,
+               ask: Ask) -> None:
+    """A loading or cold slot: could it serve this request once loaded? Its budget then, on the floor."""
+    status = offer.status
+    budget = status.kv_budget_bytes if status is not None and status.kv_budget_bytes else \
+        alone_budget_bytes(provider, offer)
+    empty = SlotKV(budget, 0, 0, margin_bytes(offer, budget))
+    decision = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens, view=empty)
+    if decision.verdict is Verdict.NEVER:
+        placement.never[provider.provider_id] = decision.reason
+    else:
+        placement.waiting[provider.provider_id] = f"{residency.value}: {reason}"
+
+
+def _option(provider: ProviderRecord, offer: Offer, decision: AdmissionDecision, ask: Ask, prompt_tokens: int,
+            uncertain: bool) -> Option:
+    max_tokens = resolve_max_tokens(ask.max_tokens, prompt_tokens, offer.spec.max_context,
+                                    limits_of(offer).default_max_tokens)
+    return Option(provider, offer, decision, prompt_tokens, max_tokens, uncertain)

@@ -1,0 +1,304 @@
+"""The router: the synchronous core that owns the registry, the pending sends and the wait queues.
+
+Everything here runs on the event loop without awaiting, so a decision and its commit are one step
+(check, then commit): a placement is computed, the request is added to the chosen slot's pending
+sends and its frame put on the provider's outbox before anything else can look at that slot.
+
+    providers   connect (register) → heartbeats → request frames → disconnect / evict
+    requests    submit: dispatch now, or queue (bounded), or refuse with the reason it can never run
+                wake(model, provider): capacity may have appeared there; dispatch queued requests in order
+                abandon: the coordinator gives up on an attempt (cancel sent; its KV counts until the agent ends it)
+    pre-warm    after heartbeats and queueing: load_model to cold providers that fit (prewarm.py)
+
+Public names: Router, Submission.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent.catalog import ModelSpec
+from agent.coordinator.metrics import Metrics
+from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.placement import Ask, Option, Placement, place
+from agent.coordinator.routing.prewarm import plan_loads
+from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
+from agent.coordinator.routing.waitqueue import Waiter, WaitQueue
+from agent.coordinator.settings import CoordinatorSettings
+from agent.errors import is_retryable
+from agent.wire.frames import (
+    Cancel,
+    ErrorFrame,
+    Heartbeat,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRejected,
+    InferenceRequest,
+    InferenceResponseChunk,
+    LoadModel,
+    Register,
+    Reservation,
+    UsageReport,
+)
+from agent.wire.protocol import Message
+
+log = structlog.get_logger("agent.coordinator.routing.router")
+
+MAX_PASSES = 4  # queued requests tried past one that does not fit, per wake
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    waiter: Waiter | None = None  # queued: await waiter.future
+    refusal: str | None = None  # no provider can ever serve it: why
+    is_saturated: bool = False  # every capable provider is full and the queue is full
+
+    @property
+    def is_dispatched(self) -> bool:
+        return self.waiter is None and self.refusal is None and not self.is_saturated
+
+
+class Router:
+    def __init__(self, settings: CoordinatorSettings | None = None, *, catalog: dict[str, ModelSpec] | None = None,
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+        self.settings = settings or CoordinatorSettings()
+        self.catalog = catalog or {}
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.registry = Registry()
+        self.queues: dict[str, WaitQueue] = {}
+        self.late_complete: Callable[[str, UsageReport], None] | None = None  # a released request's agent finished it
+        self._num_connects = 0
+
+    # -- providers ------------------------------------------------------------------------------
+    def connect(self, register: Register, send: Callable[[Message], None],
+                close: Callable[[str], None] | None = None) -> ProviderRecord:
+        self._num_connects += 1
+        provider_id = f"prov-{self._num_connects}-{secrets.token_hex(3)}"
+        offers = {}
+        for entry in register.models:
+            spec, error = spec_for_entry(entry, self.catalog)
+            offers[entry.id] = Offer(entry, spec, error)
+        now = self.clock()
+        provider = ProviderRecord(provider_id, register, offers, send, connected_at=now, last_seen=now)
+        if close is not None:
+            provider.close = close
+        self.registry.add(provider)
+        log.info("provider.register", provider_id=provider_id, chip=register.hardware.chip,
+                 memory_bytes=register.hardware.memory_bytes, agent_version=register.agent_version,
+                 models={m: (o.entry.fits, o.spec_error or None) for m, o in offers.items()})
+        return provider
+
+    def disconnect(self, provider: ProviderRecord, reason: str) -> None:
+        if not self.registry.remove(provider):
+            return
+        for exchange in list(provider.exchanges.values()):
+            exchange.provider = None
+            exchange.push(LinkLost(provider.provider_id, reason))
+        provider.exchanges.clear()
+        log.info("provider.disconnect", provider_id=provider.provider_id, reason=reason)
+
+    def evict_stale(self) -> list[ProviderRecord]:
+        stale = self.registry.stale(self.clock(), self.settings.eviction_after_s)
+        for provider in stale:
+            self.metrics.evictions.inc()
+            log.warning("provider.evict", provider_id=provider.provider_id,
+                        silent_s=round(self.clock() - provider.last_seen, 2))
+            self.disconnect(provider, "missed heartbeats")
+            provider.close("missed heartbeats")
+        return stale
+
+    def receive(self, provider: ProviderRecord, frame: Message) -> None:
+        """A validated frame from a registered provider."""
+        if isinstance(frame, Heartbeat):
+            self._heartbeat(provider, frame)
+        elif isinstance(frame, Register):
+            provider.send(ErrorFrame(code="already_registered", message="this link is registered already; "
+                                     "reconnect to register again"))
+        elif isinstance(frame, ErrorFrame):
+            log.warning("provider.complaint", provider_id=provider.provider_id, code=frame.code, message=frame.message,
+                        request_id=frame.request_id)
+            if frame.request_id is not None and provider.offer_holding(frame.request_id) is not None:
+                # The agent could not use our inference_request (or its cancel): that attempt is over.
+                self._request_frame(provider, InferenceError(request_id=frame.request_id, code=frame.code,
+                                                             message=frame.message,
+                                                             retryable=is_retryable(frame.code, default=True)))
+        else:
+            self._request_frame(provider, frame)
+
+    def _heartbeat(self, provider: ProviderRecord, heartbeat: Heartbeat) -> None:
+        if provider.heartbeat is not None and heartbeat.seq <= provider.seq:
+            return  # older than what we hold (frames on one link arrive in order; this is a peer's bug)
+        now = self.clock()
+        provider.heartbeat, provider.last_seen = heartbeat, now
+        statuses = {status.model: status for status in heartbeat.slots}
+        for offer in provider.offers.values():
+            offer.observe(statuses.get(offer.model), now, self.settings.load_refused_cooldown_s)
+            for entry in offer.pending.heartbeat(heartbeat.seq, now, self.settings.cancel_grace_s):
+                log.info("pending.expire", provider_id=provider.provider_id, request_id=entry.request_id)
+        for model in provider.offers:
+            self.wake(model, provider)
+            self.prewarm(model)
+
+    def _request_frame(self, provider: ProviderRecord, frame: Message) -> None:
+        request_id = frame.request_id
+        offer = provider.offer_holding(request_id)
+        exchange = provider.exchanges.get(request_id)
+        if offer is None:
+            if isinstance(frame, (InferenceAccepted, InferenceResponseChunk)):
+                provider.send(Cancel(request_id=request_id, reason="not a request of this coordinator"))
+            return
+        pending = offer.pending
+        ended = not isinstance(frame, (InferenceAccepted, InferenceResponseChunk))
+        if isinstance(frame, InferenceAccepted):
+            entry = pending.accept(request_id, prompt_tokens=frame.prompt_tokens,
+                                  expected_output_tokens=frame.expected_output_tokens,
+                                  reservation_bytes=frame.reservation_bytes)
+        elif isinstance(frame, InferenceResponseChunk):
+            entry = pending.chunk(request_id)
+        else:
+            entry = pending.end(request_id)
+        if exchange is None:  # abandoned: the agent has not seen our cancel yet, or ignored it
+            if not ended and isinstance(frame, InferenceAccepted):
+                provider.send(Cancel(request_id=request_id, reason="abandoned"))
+            if isinstance(frame, InferenceComplete) and entry.settle_late and self.late_complete is not None:
+                self.late_complete(request_id, frame.usage)
+        else:
+            if isinstance(frame, InferenceRejected):
+                self._rejected(provider, offer, exchange, frame)
+            if ended:
+                provider.exchanges.pop(request_id, None)
+                exchange.provider = None
+            exchange.push(frame)
+        if ended:
+            self.wake(offer.model, provider)
+
+    def _rejected(self, provider: ProviderRecord, offer: Offer, exchange: Exchange, frame: InferenceRejected) -> None:
+        self.metrics.attempt(offer.model, f"rejected_{frame.verdict}")
+        log.info("route.rejected", provider_id=provider.provider_id, request_id=frame.request_id,
+                 verdict=frame.verdict, reason=frame.reason)
+        if frame.verdict == "full":
+            offer.pending.mark_full()
+            offer.retry_after_hint_s = frame.retry_after_s
+            exchange.retry_after_hint_s = frame.retry_after_s
+        else:
+            exchange.excluded[provider.provider_id] = f"the agent refused it: {frame.reason}"
+
+    # -- requests -------------------------------------------------------------------------------
+    def queue(self, model: str) -> WaitQueue:
+        queue = self.queues.get(model)
+        if queue is None:
+            queue = self.queues[model] = WaitQueue(model, self.settings.queue_depth)
+        return queue
+
+    def placement(self, ask: Ask, *, exclude: dict[str, str] | None = None, lazy: bool = False) -> Placement:
+        return place(self.registry.offers(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
+                     lazy=lazy)
+
+    def try_dispatch(self, exchange: Exchange, provider: ProviderRecord | None = None) -> Placement:
+        """Place and, if some provider admits it, commit: pending entry, then the frame on its outbox."""
+        offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
+            self.registry.offers(exchange.model)
+        placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded)
+        if placement.best is not None:
+            self._commit(exchange, placement.best)
+        return placement
+
+    def submit(self, exchange: Exchange) -> Submission:
+        queue, now = self.queue(exchange.model), self.clock()
+        head = next(iter(queue), None)
+        if head is None or head.may_be_passed(now, self.settings.queue_max_wait_s):
+            placement = self.try_dispatch(exchange)
+            if exchange.provider is not None:
+                return Submission()
+        else:
+            placement = self.placement(exchange.ask, exclude=exchange.excluded, lazy=True)
+        if not placement.can_ever:
+            return Submission(refusal=placement.why_never())
+        if queue.is_full:
+            return Submission(is_saturated=True)
+        if exchange.first_queued_at is None:
+            exchange.first_queued_at = now
+        waiter = Waiter(exchange, now, exchange.first_queued_at + self.settings.queue_max_wait_s)
+        queue.add(waiter)
+        log.info("queue.add", model=exchange.model, request_id=exchange.request_id, depth=len(queue),
+                 full=len(placement.full), waiting=len(placement.waiting))
+        self.prewarm(exchange.model)
+        return Submission(waiter=waiter)
+
+    def dequeue(self, waiter: Waiter) -> None:
+        self.queue(waiter.exchange.model).remove(waiter)
+
+    def wake(self, model: str, provider: ProviderRecord) -> None:
+        """Capacity may have appeared on `provider`: dispatch queued requests it now admits, in order."""
+        queue = self.queues.get(model)
+        if not queue or not provider.is_connected or not provider.offers[model].is_warm:
+            return
+        now, num_failed = self.clock(), 0
+        for waiter in queue:
+            if waiter.is_done:
+                queue.remove(waiter)
+                continue
+            if provider.provider_id in waiter.exchange.excluded:
+                continue
+            self.try_dispatch(waiter.exchange, provider)
+            if waiter.exchange.provider is not None:
+                queue.remove(waiter)
+                waiter.future.set_result(None)
+                self.metrics.queue_wait.labels(model).observe(max(0.0, now - waiter.enqueued_at))
+                continue
+            num_failed += 1
+            if num_failed > MAX_PASSES or not waiter.may_be_passed(now, self.settings.queue_max_wait_s):
+                break
+
+    def abandon(self, exchange: Exchange, *, reason: str, settle_late: bool = False) -> None:
+        """Give up on the current attempt: cancel it at the agent; its KV counts until the agent ends it."""
+        provider = exchange.provider
+        if provider is None:
+            return
+        exchange.provider = None
+        exchange.attempt += 1  # whatever that attempt still sends is not for the next one
+        provider.exchanges.pop(exchange.request_id, None)
+        offer = provider.offer_holding(exchange.request_id)
+        if offer is not None:
+            offer.pending.abandon(exchange.request_id, self.clock(), settle_late=settle_late)
+        if provider.is_connected:
+            provider.send(Cancel(request_id=exchange.request_id, reason=reason))
+
+    def retry_after_s(self, exchange: Exchange) -> float:
+        hints = [h for _, offer in self.registry.offers(exchange.model) if (h := offer.retry_after_hint_s)]
+        if exchange.retry_after_hint_s:
+            hints.append(exchange.retry_after_hint_s)
+        return min(hints) if hints else self.settings.retry_after_s
+
+    def prewarm(self, model: str) -> None:
+        queue = self.queues.get(model)
+        now = self.clock()
+        plan = plan_loads(self.registry.offers(model), model=model, num_queued=len(queue) if queue else 0, now=now,
+                          settings=self.settings)
+        for provider in plan.providers:
+            provider.offers[model].load_requested(now)
+            provider.send(LoadModel(model=model))
+            self.metrics.loads.labels(model).inc()
+            log.info("prewarm.load", provider_id=provider.provider_id, model=model, reason=plan.reason)
+
+    def _commit(self, exchange: Exchange, option: Option) -> None:
+        provider, decision = option.provider, option.decision
+        option.offer.pending.add(exchange.request_id, option.prompt_tokens, decision.expected_output_tokens,
+                                decision.reservation_bytes)
+        provider.exchanges[exchange.request_id] = exchange
+        exchange.provider, exchange.provider_id = provider, provider.provider_id
+        exchange.attempt += 1
+        provider.send(InferenceRequest(
+            request_id=exchange.request_id, model=exchange.model, body=exchange.body,
+            reservation=Reservation(prompt_tokens=option.prompt_tokens,
+                                    expected_output_tokens=decision.expected_output_tokens,
+                                    bytes=decision.reservation_bytes)))
+        log.debug("route.dispatch", provider_id=provider.provider_id, request_id=exchange.request_id,
+                  model=exchange.model, reservation_bytes=decision.reservation_bytes, uncertain=option.is_uncertain)

@@ -1,0 +1,1 @@
+"""The agent on a Mac: the daemon's lifecycle, the link handler, its config, status and the Mac owner's services."""

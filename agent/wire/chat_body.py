@@ -1,0 +1,92 @@
+"""The OpenAI chat-completions request body, as the coordinator accepts it and the agent receives it.
+
+Unknown or unsupported parameters (tools, response_format, logit_bias, ...) are REFUSED, and the
+error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
+answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
+1, `logprobs` as false, and null for the fields a client echoes back in an assistant message
+(`refusal`, `tool_calls`, ...). Sampling parameters are those mlx-lm implements, with OpenAI's
+ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
+
+Public names: ChatCompletionBody, ChatMessage, TextPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
+MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) binds first anyway
+MAX_MESSAGES = 4096
+MAX_OUTPUT_TOKENS = 2**24
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Label = Annotated[str, Field(max_length=256)]
+StopText = Annotated[str, Field(min_length=1, max_length=1024)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class TextPart(Body):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | Annotated[tuple[TextPart, ...], Field(max_length=MAX_MESSAGES)]
+    name: Label | None = None
+    reasoning: Text | None = None  # an earlier assistant turn's reasoning; the chat template decides its fate
+    reasoning_content: Text | None = None  # the same, as vLLM and DeepSeek name it
+    # A client that sends a response message back as history echoes these; only their empty value is accepted.
+    refusal: None = None
+    tool_calls: None = None
+    function_call: None = None
+    audio: None = None
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class ChatCompletionBody(Body):
+    messages: Annotated[tuple[ChatMessage, ...], Field(min_length=1, max_length=MAX_MESSAGES)]
+    model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=1_000_000)] | None = None  # 0 = off (mlx-lm)
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    stop: StopText | Annotated[tuple[StopText, ...], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    n: Literal[1] | None = None
+    logprobs: Literal[False] | None = None
+    user: Label | None = None  # accepted, unused: an end-user id for the consumer's own records
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _agrees_with_max_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
+        other = info.data.get("max_tokens")
+        if value is not None and other is not None and value != other:
+            raise ValueError(f"disagrees with max_tokens ({other}); send one of the two")
+        return value
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else (self.stop or ())

@@ -1,0 +1,281 @@
+"""The frames of the wire protocol (DESIGN.md §5), one pydantic model per `"type"`.
+
+    agent → coordinator   register, heartbeat, inference_accepted, inference_rejected,
+                          inference_response_chunk, inference_complete, inference_error, error
+    coordinator → agent   registered, inference_request, cancel, load_model, unload_model, error
+
+The field names of DESIGN.md §5 are fixed (other coordinators rely on them); fields are added, never
+renamed, and every field is always written, defaults included. Numbers and strings are bounded so a
+peer cannot make the agent hold more than a frame. Parse and encode with agent.wire.protocol.
+
+Building a frame with a field it does not have is a bug and raises (extra="forbid"); a frame *from the
+peer* may carry fields of a newer release, and agent.protocol.parse_message drops those.
+
+Public names: the frame classes (Register ... UnloadModel, ErrorFrame), their parts (Hardware,
+ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, ChunkDelta, UsageReport, Reservation), SlotState,
+ThermalState, FinishReason, Frame.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.wire.chat_body import ChatCompletionBody, Text
+
+MAX_ID_CHARS = 256
+MAX_REASON_CHARS = 4096
+MAX_BYTES = 2**53  # exact in every JSON implementation
+
+RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+ModelId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Count = Annotated[int, Field(ge=0, le=2**31)]
+Tps = Annotated[float, Field(ge=0, le=1e9)]
+Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+Label = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
+
+def _type_is_required(schema: dict[str, Any]) -> None:
+    # `type` has a default so frames are easy to build, but on the wire it is what tells them apart.
+    if "type" in schema.get("properties", {}):
+        schema["required"] = ["type", *schema.get("required", [])]
+    schema.pop("additionalProperties", None)  # a receiver ignores fields it does not know
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, json_schema_extra=_type_is_required)
+
+
+class SlotState(StrEnum):
+    COLD = "cold"
+    LOADING = "loading"
+    IDLE = "idle"
+    RUNNING = "running"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+class ThermalState(StrEnum):  # macOS ProcessInfo.thermalState names; "unknown" elsewhere
+    NOMINAL = "nominal"
+    FAIR = "fair"
+    SERIOUS = "serious"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+# ---- agent → coordinator ------------------------------------------------------------------------
+
+class Hardware(Frame):
+    chip: Label | None
+    memory_bytes: Bytes
+    gpu_cores: Count | None
+    cpu_cores: Count | None = None
+    cpu_performance_cores: Count | None = None
+    cpu_efficiency_cores: Count | None = None
+    memory_bandwidth_gbps: Tps | None = None
+    metal_working_set_bytes: Bytes | None = None
+    machine_model: Label | None = None
+    os_version: Label | None = None
+
+
+class KVLayer(Frame):
+    kind: Literal["full", "sliding"]
+    num_kv_heads: Count
+    head_dim: Count
+
+
+class KVLayout(Frame):
+    """Enough to rebuild the catalog's ModelSpec, so the coordinator's admission is byte-exact too."""
+
+    architecture: Label
+    kv_dtype: Label
+    sliding_window: Count
+    layers: Annotated[tuple[KVLayer, ...], Field(max_length=1024)]
+
+
+MAX_ROWS = 4096  # rows one slot may admit: far above any batch a Mac runs
+
+
+class AdmissionLimits(Frame):
+    """The agent's own numbers that admission reads besides its KV tracker (DESIGN.md §4): the coordinator
+    runs the same check with them, so it never keeps a copy. The two with defaults default to the most
+    a peer could mean (to the context, no clip), which keeps the coordinator conservative."""
+
+    kv_safety_margin: Annotated[float, Field(ge=0, le=0.9)]  # share of each slot's budget kept free
+    max_num_seqs: Annotated[int, Field(ge=1, le=MAX_ROWS)]  # requests one slot admits at once
+    prefill_chunk_tokens: Annotated[int, Field(ge=1, le=2**20)]
+    default_max_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None  # None: the context left
+    output_clip_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None  # None: max_tokens unclipped
+
+
+class ModelEntry(Frame):
+    id: ModelId
+    weights_bytes: Bytes
+    max_context: Count
+    kv_bytes_per_token: Bytes
+    kv_fixed_bytes_per_sequence: Bytes
+    fits: bool
+    fit_reason: Reason
+    activation_reserve_bytes: Bytes = 0
+    kv_layout: KVLayout | None = None
+    admission: AdmissionLimits | None = None  # None: the coordinator plans with conservative limits
+
+
+class Register(Frame):
+    type: Literal["register"] = "register"
+    protocol_version: Count  # the newest major version the agent speaks
+    min_protocol_version: Count | None = None  # the oldest it still speaks; None: only protocol_version
+    protocol_minor: Count = 0  # of protocol_version; minors only add fields, so they never decide anything
+    agent_version: Label
+    hardware: Hardware
+    models: Annotated[tuple[ModelEntry, ...], Field(max_length=256)]
+
+
+class SlotStatus(Frame):
+    model: ModelId
+    state: SlotState
+    num_running: Count = 0
+    num_waiting: Count = 0
+    kv_bytes_per_token: Bytes = 0
+    kv_budget_bytes: Bytes = 0
+    kv_reserved_bytes: Bytes = 0
+    kv_used_bytes: Bytes = 0
+    prefill_tps: Tps | None = None  # None until observed
+    decode_tps: Tps | None = None
+    weights_bytes: Bytes = 0
+    expected_output_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: taken as 1
+    failure_reason: Reason | None = None
+    kv_longest_row_end_tokens: Count | None = None  # the longest admitted row's expected end: rows pad to it
+
+
+class MemoryStatus(Frame):
+    total_bytes: Bytes
+    available_bytes: Bytes
+    cap_bytes: Bytes
+
+
+class Heartbeat(Frame):
+    type: Literal["heartbeat"] = "heartbeat"
+    seq: Count
+    slots: Annotated[tuple[SlotStatus, ...], Field(max_length=256)]
+    memory: MemoryStatus
+    thermal: ThermalState = ThermalState.UNKNOWN
+    draining: bool = False  # stopping: send nothing new
+
+
+class InferenceAccepted(Frame):
+    type: Literal["inference_accepted"] = "inference_accepted"
+    request_id: RequestId
+    prompt_tokens: Count | None = None
+    expected_output_tokens: Count | None = None
+    reservation_bytes: Bytes | None = None
+
+
+class InferenceRejected(Frame):
+    type: Literal["inference_rejected"] = "inference_rejected"
+    request_id: RequestId
+    verdict: Literal["full", "never"]  # full: not now (retry_after_s); never: not on this node
+    reason: Reason
+    retry_after_s: Annotated[float, Field(ge=0, le=3600)] | None = None
+    code: Label | None = None  # agent.errors' stable code (kv_full, cannot_fit, ...); None from older agents
+    retryable: bool = True  # agent.errors.is_retryable(code): may another provider serve it
+
+
+class ChunkDelta(Frame):
+    content: Text = ""
+    reasoning: Text = ""
+
+
+class InferenceResponseChunk(Frame):
+    type: Literal["inference_response_chunk"] = "inference_response_chunk"
+    request_id: RequestId
+    seq: Count
+    delta: ChunkDelta
+
+
+class UsageReport(Frame):
+    prompt_tokens: Count
+    completion_tokens: Count
+
+
+class InferenceComplete(Frame):
+    type: Literal["inference_complete"] = "inference_complete"
+    request_id: RequestId
+    usage: UsageReport
+    finish_reason: FinishReason
+    num_chunks: Count | None = None  # lets the coordinator see a lost chunk
+    ttft_s: Annotated[float, Field(ge=0, le=1e6)] | None = None
+
+
+class InferenceError(Frame):
+    type: Literal["inference_error"] = "inference_error"
+    request_id: RequestId
+    code: Label
+    message: Reason
+    retryable: bool = False  # agent.errors.is_retryable(code), for a coordinator that does not know the code
+
+
+class ErrorFrame(Frame):
+    """The answer to a frame that could not be used (either direction); never closes the connection."""
+
+    type: Literal["error"] = "error"
+    code: Label
+    message: Reason
+    request_id: RequestId | None = None
+    field: Annotated[str, Field(max_length=MAX_ID_CHARS)] | None = None
+
+
+# ---- coordinator → agent ------------------------------------------------------------------------
+
+Setting = Union[bool, int, float, Annotated[str, Field(max_length=MAX_REASON_CHARS)]]
+
+
+class Registered(Frame):
+    type: Literal["registered"] = "registered"
+    provider_id: Label
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=300)]
+    protocol_version: Count | None = None  # the major version chosen; None: a coordinator from before versions
+    protocol_minor: Count = 0  # the coordinator's own minor of it
+    settings: Annotated[dict[Label, Setting], Field(max_length=64)] = {}  # open-ended; unknown keys ignored
+
+
+class Reservation(Frame):
+    prompt_tokens: Count
+    expected_output_tokens: Count
+    bytes: Bytes
+
+
+class InferenceRequest(Frame):
+    type: Literal["inference_request"] = "inference_request"
+    request_id: RequestId
+    model: ModelId
+    body: ChatCompletionBody
+    reservation: Reservation | None = None
+
+
+class Cancel(Frame):
+    type: Literal["cancel"] = "cancel"
+    request_id: RequestId
+    reason: Reason | None = None
+
+
+class LoadModel(Frame):
+    type: Literal["load_model"] = "load_model"
+    model: ModelId
+
+
+class UnloadModel(Frame):
+    type: Literal["unload_model"] = "unload_model"
+    model: ModelId
+
+

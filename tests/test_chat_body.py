@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.wire.chat_body import MAX_MESSAGES, ChatCompletionBody
+from agent.wire.frames import InferenceRequest
+from agent.wire.protocol import (
+    Direction,
+    FrameNotJson,
+    InvalidField,
+    ProtocolError,
+    encode,
+    parse_message,
+    validate_chat_request,
+)
+
+
+def chat(**fields):
+    return validate_chat_request({"messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_the_openai_sampling_fields_are_accepted():
+    body = chat(model="gpt-oss-20b", max_completion_tokens=100, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
+                presence_penalty=0.5, frequency_penalty=-0.5, stop=["\n\n", "END"], seed=-3, stream=True,
+                stream_options={"include_usage": True}, reasoning_effort="low", n=1, user="u-42")
+    assert isinstance(body, ChatCompletionBody)
+    assert body.output_limit == 100 and body.stop_sequences == ("\n\n", "END")
+    assert body.stream_options.include_usage
+
+
+def test_stop_may_be_one_string_and_content_may_be_text_parts():
+    body = validate_chat_request({"messages": [{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                                               {"role": "user", "content": "hi"}], "stop": "END", "max_tokens": 5})
+    assert body.stop_sequences == ("END",) and body.output_limit == 5
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"temperature": 2.01}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop.0"),
+        ({"n": 2}, "n"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
+        ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
+        ({"max_tokens": "10"}, "max_tokens"),
+    ],
+)
+def test_invalid_or_unsupported_parameters_are_refused_naming_the_parameter(fields, param):
+    result = chat(**fields)
+    assert isinstance(result, InvalidField), result
+    assert result.field == param and f"'{param}'" in str(result)
+
+
+def test_unsupported_message_shapes_are_refused_naming_the_message():
+    image = validate_chat_request({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:"}}]}]})
+    assert isinstance(image, InvalidField) and image.field == "messages.0.content.0.type"
+    tool = validate_chat_request({"messages": [{"role": "tool", "content": "42"}]})
+    assert isinstance(tool, InvalidField) and tool.field == "messages.0.role"
+    numeric = validate_chat_request({"messages": [{"role": "user", "content": 5}]})
+    assert isinstance(numeric, InvalidField) and numeric.field == "messages.0.content"
+    assert "valid string or a valid array" in str(numeric)
+
+
+def test_a_body_needs_between_one_and_the_maximum_number_of_messages():
+    assert validate_chat_request({"messages": []}).field == "messages"
+    too_many = [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)
+    assert validate_chat_request({"messages": too_many}).field == "messages"
+
+
+def test_a_body_is_validated_from_bytes_text_or_a_parsed_dict_alike():
+    raw = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}'
+    assert validate_chat_request(raw) == validate_chat_request(raw.encode()) == validate_chat_request(json.loads(raw))
+    assert isinstance(validate_chat_request({"messages": [], "temperature": float("nan")}), InvalidField)
+    assert isinstance(validate_chat_request("{"), FrameNotJson)
+    assert isinstance(validate_chat_request("[]"), ProtocolError)
+
+
+
+def test_an_accepted_body_is_forwarded_to_the_agent_unchanged():
+    body = chat(max_tokens=9, stop="x", reasoning_effort="high")
+    request = InferenceRequest(request_id="r", model="gpt-oss-20b", body=body)
+    assert parse_message(encode(request), direction=Direction.TO_AGENT).body == body
+
+
+def test_an_assistant_message_echoed_back_with_empty_response_fields_is_accepted():
+    body = validate_chat_request({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello", "refusal": None, "tool_calls": None, "reasoning_content": "greet"},
+        {"role": "user", "content": "again"}], "logprobs": False})
+    assert isinstance(body, ChatCompletionBody)
+    calls = validate_chat_request({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]})
+    assert isinstance(calls, InvalidField) and calls.field == "messages.0.tool_calls"
