@@ -25,16 +25,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.admission import (
-    AdmissionDecision,
-    LoadDecision,
-    Verdict,
-    load_gate,
-    memory_cap_bytes,
-    min_kv_budget_bytes,
-    resolve_max_tokens,
-    safety_margin_bytes,
-)
+from agent.admission import AdmissionDecision, LoadDecision, Verdict, resolve_max_tokens
+from agent.engine import room
 from agent.engine.backend import Backend, Job, StepReport
 from agent.engine.kv_tracker import KVTracker
 from agent.engine.memory import MemoryProbe, SystemMemory
@@ -44,21 +36,8 @@ from agent.engine.schedule import ScheduleLimits
 from agent.engine.slot import Slot, SlotListeners
 from agent.engine.stream import RequestStream
 from agent.engine.types import (
-    Delta,
-    EngineNotRunning,
-    EngineSnapshot,
-    Finish,
-    FinishReason,
-    GenerationRequest,
-    InvalidRequest,
-    LoadFailed,
-    LoadRefused,
-    RequestRefused,
-    SlotListener,
-    SlotSnapshot,
-    SlotState,
-    UnknownModel,
-    Usage,
+    Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, GenerationRequest, InvalidRequest, LoadFailed,
+    LoadRefused, RequestRefused, SlotListener, SlotSnapshot, SlotState, UnknownModel, Usage,
 )
 from agent.tasks import TaskSet
 from agent.wire.frames import AdmissionLimits
@@ -306,34 +285,16 @@ class Engine:
                                  code="model_not_ready")
 
     def _gate(self, slot: Slot) -> LoadDecision:
-        others = [s for s in self._slots.values() if s is not slot and s.kv_tracker is not None]
-        loaded = sum(self._held_bytes(s) for s in others)
-        return load_gate(slot.spec, total_memory_bytes=self.memory.total_bytes(), loaded_bytes=loaded,
-                         operator_reserve_bytes=self.config.operator_reserve_bytes,
-                         min_kv_sequences=self.config.min_kv_sequences,
-                         available_bytes=self.memory.available_bytes(),
-                         metal_limit_bytes=self.memory.metal_limit_bytes())
-
-    def _held_bytes(self, slot: Slot) -> int:
-        """What a loaded slot keeps when another model loads: weights, reserve, its KV minimum or more."""
-        committed = max(slot.kv_tracker.reserved_bytes, slot.kv_tracker.used_bytes)
-        minimum = min_kv_budget_bytes(slot.spec, self.config.min_kv_sequences)
-        return slot.spec.weights_bytes + slot.spec.activation_reserve_bytes + max(minimum, committed)
+        loaded = [s for s in self._slots.values() if s is not slot and s.kv_tracker is not None]
+        return room.gate(slot, loaded, self.memory, operator_reserve_bytes=self.config.operator_reserve_bytes,
+                         min_kv_sequences=self.config.min_kv_sequences)
 
     def _rebalance(self) -> None:
-        loaded = [slot for slot in self._slots.values() if slot.kv_tracker is not None]
-        if not loaded:
-            return
-        cap = memory_cap_bytes(self.memory.total_bytes(), self.config.operator_reserve_bytes,
-                               self.memory.metal_limit_bytes())
-        room = cap - sum(slot.spec.weights_bytes + slot.spec.activation_reserve_bytes for slot in loaded)
-        minimums = {slot.model: min_kv_budget_bytes(slot.spec, self.config.min_kv_sequences) for slot in loaded}
-        for slot in loaded:
-            budget = max(0, room) * minimums[slot.model] // max(1, sum(minimums.values()))
-            if self.config.max_kv_budget_bytes is not None:
-                budget = min(budget, self.config.max_kv_budget_bytes)
-            slot.kv_tracker.safety_margin_bytes = safety_margin_bytes(budget, self.config.kv_safety_margin)
-            slot.kv_tracker.set_budget(budget)
+        config = self.config
+        room.split_kv_room([s for s in self._slots.values() if s.kv_tracker is not None], self.memory,
+                           operator_reserve_bytes=config.operator_reserve_bytes,
+                           min_kv_sequences=config.min_kv_sequences, max_kv_budget_bytes=config.max_kv_budget_bytes,
+                           kv_safety_margin=config.kv_safety_margin)
 
     async def _unload_idle_slots(self) -> None:
         limit = self.config.idle_unload_after_s
