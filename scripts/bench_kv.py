@@ -30,6 +30,7 @@ import mlx_lm  # noqa: E402
 
 from agent.catalog import spec_from_model_dir  # noqa: E402
 from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes  # noqa: E402
+from agent.engine.schedule import ScheduleLimits  # noqa: E402
 from agent.engine.batcher import Batcher  # noqa: E402
 from agent.engine.chat import ChatFormat  # noqa: E402
 from agent.engine.types import FinishReason  # noqa: E402
@@ -80,7 +81,7 @@ def continuous_errors(batcher: Batcher) -> list[int]:
 
 def peak_bound(batcher: Batcher) -> dict[str, int]:
     rows = [PendingRow(f"r{uid}", p, p + m) for uid, p, m in PEAK_ROWS]
-    predicted = predicted_peak_bytes(BatchKV(batcher.spec), {}, rows, CHUNK)
+    predicted = predicted_peak_bytes(BatchKV(batcher.spec), {}, rows, ScheduleLimits(chunk_tokens=CHUNK))
     for uid, prompt, max_tokens in PEAK_ROWS:
         batcher.add(make_row(batcher.chat, uid, prompt, max_tokens))
     observed = 0
@@ -98,7 +99,7 @@ def measure_model(model_dir: Path, prompts: tuple[int, ...], *, batching: bool) 
               "batched": [e for lengths in BATCHES for e in trace_errors(model, spec, lengths, 3)]}
     result: dict = {}
     if batching:
-        batcher = Batcher(model, spec, chunk=CHUNK)
+        batcher = Batcher(model, spec, ScheduleLimits(chunk_tokens=CHUNK))
         batcher.chat = ChatFormat(tokenizer, json.loads((model_dir / "config.json").read_text())["model_type"])
         errors["continuous batching"] = continuous_errors(batcher)
         result["peak_bound"] = peak_bound(batcher)

@@ -58,7 +58,7 @@ CONFIGS = (EngineConfig(), EngineConfig(kv_safety_margin=0.12, max_num_seqs=5, d
 
 
 def build_ledger(spec: ModelSpec, rows: tuple[Row, ...], config: EngineConfig, ratio: float) -> KVTracker:
-    ledger = KVTracker(spec, 64 * GIB, max_num_seqs=1024, chunk=config.prefill_chunk_tokens)
+    ledger = KVTracker(spec, 64 * GIB, max_num_seqs=1024, schedule=config.schedule)
     ledger.ratio.value = ratio
     batch = BatchKV(spec)
     for i, row in enumerate(rows):

@@ -96,7 +96,8 @@ def test_the_predicted_peak_bounds_the_bytes_the_batch_really_holds(batcher):
     chat = batcher.chat
     rows = [(11, 40, 30), (12, 150, 6), (13, 9, 60), (14, 75, 20)]
     predicted = predicted_peak_bytes(BatchKV(batcher.spec), {},
-                                     [PendingRow(f"r{uid}", p, p + m) for uid, p, m in rows], CHUNK)
+                                     [PendingRow(f"r{uid}", p, p + m) for uid, p, m in rows],
+                                     ScheduleLimits(chunk_tokens=CHUNK))
     for uid, prompt, max_tokens in rows:
         batcher.add(make_row(chat, uid, prompt, max_tokens))
     observed = []

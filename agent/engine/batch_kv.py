@@ -119,7 +119,7 @@ class PendingRow:
 
 
 def predicted_peak_bytes(
-    batch: BatchKV, ends: dict[str, int], pending: Sequence[PendingRow] = (), chunk: int = PREFILL_CHUNK_TOKENS
+    batch: BatchKV, ends: dict[str, int], pending: Sequence[PendingRow] = (), limits: ScheduleLimits = ScheduleLimits()
 ) -> int:
     """The most the batch will hold if every row leaves when its caches hold `ends[id]` tokens.
 
@@ -127,10 +127,11 @@ def predicted_peak_bytes(
     while a group prefills it holds more than it will once decoding (the sliding layers' prefill
     overhang), and that extra is added on top, which bounds every moment of the prefill.
     """
+    chunk = limits.chunk_tokens
     future = batch.copy()
     ends = dict(ends)
     overhang = 0
-    for group_rows in _groups(pending, chunk):
+    for group_rows in form_groups(pending, limits):
         group, prefill_peak = BatchKV.prefilled(
             batch.spec, [row.id for row in group_rows], [row.prompt_tokens for row in group_rows], chunk
         )
@@ -147,7 +148,3 @@ def predicted_peak_bytes(
         future.leave({row for row, left in remaining.items() if left == when})
     return peak + overhang
 
-
-def _groups(pending: Sequence[PendingRow], chunk: int) -> list[list[PendingRow]]:
-    """The groups the engine's schedule would prefill the pending rows in (agent/engine/schedule.py)."""
-    return form_groups(pending, ScheduleLimits(chunk_tokens=chunk))

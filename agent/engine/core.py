@@ -167,7 +167,7 @@ class Engine:
                 raise LoadFailed(f"{model} failed to load: {exc}") from exc
             slot.weights_bytes = loaded.weights_bytes
             slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
-                                   chunk=self.config.prefill_chunk_tokens)
+                                        schedule=self.config.schedule)
             self._rebalance()
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()

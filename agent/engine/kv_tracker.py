@@ -23,7 +23,7 @@ from agent.admission import AdmissionDecision, SlotKV, Verdict, admit_request, e
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes
 from agent.engine.ratio import OutputRatio
-from agent.kvcost import PREFILL_CHUNK_TOKENS
+from agent.engine.schedule import ScheduleLimits
 
 log = structlog.get_logger(__name__)
 
@@ -62,14 +62,15 @@ class KVTracker:
         safety_margin_bytes: int = 0,
         ratio: OutputRatio | None = None,
         max_num_seqs: int | None = None,  # the engine passes its EngineConfig's; None: no row limit
-        chunk: int = PREFILL_CHUNK_TOKENS,
+        schedule: ScheduleLimits = ScheduleLimits(),  # the engine's, so the replay groups and chunks as it does
     ) -> None:
         self.spec = spec
         self.budget_bytes = budget_bytes
         self.safety_margin_bytes = safety_margin_bytes
         self.ratio = ratio or OutputRatio(model=spec.id)
         self.max_num_seqs = max_num_seqs
-        self.chunk = chunk
+        self.schedule = schedule
+        self.chunk = schedule.chunk_tokens
         self.rows: dict[str, TrackedRow] = {}
         self.batch = BatchKV(spec)
         self.used_bytes = 0
@@ -182,4 +183,4 @@ class KVTracker:
                 pending.append(PendingRow(row.request_id, row.prompt_tokens, row.end_tokens()))
         if candidate is not None:
             pending.append(candidate)
-        return predicted_peak_bytes(self.batch, ends, pending, self.chunk)
+        return predicted_peak_bytes(self.batch, ends, pending, self.schedule)
