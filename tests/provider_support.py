@@ -88,6 +88,8 @@ class Reply:
     error_frame: str | None = None  # answer with an `error` frame of this code (the request was unusable)
     finish_reason: str = "stop"
     prompt_tokens: int = 11
+    num_tokens: int | None = None  # on each chunk (None: an older agent's chunk, without it)
+    claimed_usage: tuple[int, int] | None = None  # the (prompt, completion) inference_complete claims
 
 
 @dataclass
@@ -250,7 +252,8 @@ class ScriptedProvider:
                 return await self.drop()
             content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
             await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1,
-                                                   delta=ChunkDelta(content=content, reasoning=reasoning)))
+                                                   delta=ChunkDelta(content=content, reasoning=reasoning),
+                                                   num_tokens=reply.num_tokens))
             sent += 1
             await asyncio.sleep(reply.chunk_delay_s)
         if rid in self._cancelled:
@@ -259,8 +262,9 @@ class ScriptedProvider:
 
     async def _end(self, rid: str, reply: Reply, sent: int, finish_reason: str) -> None:
         self._release(rid)
-        await self.send(InferenceComplete(request_id=rid, usage=UsageReport(prompt_tokens=reply.prompt_tokens,
-                                                                        completion_tokens=sent),
+        prompt, completion = reply.claimed_usage or (reply.prompt_tokens, sent)
+        await self.send(InferenceComplete(request_id=rid, usage=UsageReport(prompt_tokens=prompt,
+                                                                        completion_tokens=completion),
                                           finish_reason=finish_reason, num_chunks=sent))
         if self.gate and self.heartbeat_on_end:
             await self.heartbeat()

@@ -34,6 +34,7 @@ from agent.coordinator.errors import (
 from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
 from agent.coordinator.metrics import Metrics
+from agent.coordinator.privacy import for_provider
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
@@ -87,6 +88,7 @@ class Coordinator:
     def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow:
         """Hold the request's expected cost, then hand it to a flow that routes it."""
         request_id = f"chatcmpl-{secrets.token_hex(12)}"
+        body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body)
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         try:
@@ -102,7 +104,9 @@ class Coordinator:
         except DuplicateRequest as exc:
             raise Conflict(str(exc)) from None
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
-        return RequestFlow(self.router, self.accounts, exchange)
+        spec = self.catalog.get(body.model)
+        return RequestFlow(self.router, self.accounts, exchange,
+                           max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
 
     def known_models(self) -> list[str]:
         return self.router.registry.models()

@@ -28,6 +28,7 @@ from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.router import Router
+from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
 from agent.wire.frames import (
     FinishReason,
@@ -62,9 +63,14 @@ class Broken:
 
 
 class RequestFlow:
-    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange) -> None:
+    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None) -> None:
         self.router, self.accounts, self.exchange = router, accounts, exchange
         self.settings = router.settings
+        # The most output this request may be charged or streamed (usage.py): its max_tokens, else the model's
+        # context as the coordinator knows it.
+        self.meter = UsageMeter(max_tokens=max_tokens or exchange.ask.max_tokens or self.settings.output_bound_tokens,
+                                prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
+                                slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
@@ -154,6 +160,7 @@ class RequestFlow:
                 self._unless_retryable(frame.code, frame.retryable, f"{exchange.provider_id} refused it: {frame.reason}")
                 return None  # the router marked the provider; the next placement skips it
             if isinstance(frame, InferenceAccepted):
+                self.meter.prompt_claim = frame.prompt_tokens
                 deadline = loop.time() + self.settings.first_token_timeout_s
                 waiting_for = "first token"
             elif isinstance(frame, InferenceResponseChunk):
@@ -214,12 +221,17 @@ class RequestFlow:
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
+            if not self.meter.admit(frame):
+                return self._cut()
             self.num_chunks += 1
             return Token(frame.delta.content, frame.delta.reasoning)
         if isinstance(frame, InferenceComplete):
-            self._settle(frame.usage)  # the tokens were delivered, whatever ended the stream
             if frame.finish_reason in DELIVERED:
-                return Finished(frame.finish_reason.value, frame.usage)
+                charge = self.meter.settle(frame.usage)
+                if charge.is_clamped:
+                    self._clamped(frame.usage, charge)
+                return Finished(frame.finish_reason.value, self._settle(charge))
+            self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
             self._release(ReleaseReason.PROVIDER_ERROR)
@@ -229,18 +241,37 @@ class RequestFlow:
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
+    def _cut(self) -> Finished:
+        """A chunk would pass max_tokens: the stream ends here as `length`, the agent is told to stop."""
+        exchange = self.exchange
+        log.warning("usage.past_max_tokens", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    max_tokens=self.meter.max_tokens, counted=self.meter.num_tokens)
+        self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.abandon(exchange, reason="max_tokens")
+        return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
+
+    def _clamped(self, claimed: UsageReport, charge: Charge) -> None:
+        exchange = self.exchange
+        log.warning("usage.clamped", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    claimed_prompt=claimed.prompt_tokens, claimed_completion=claimed.completion_tokens,
+                    charged_prompt=charge.prompt_tokens, charged_completion=charge.completion_tokens)
+        self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:
         if self.exchange.provider is not None:
-            self.router.abandon(self.exchange, reason=reason.value,
-                                settle_late=reason is ReleaseReason.CLIENT_DISCONNECT)
+            self.router.abandon(self.exchange, reason=reason.value)
+        if reason is ReleaseReason.CLIENT_DISCONNECT and self.exchange.body.stream and self.meter.num_tokens:
+            self._settle(self.meter.delivered())  # the client left: it pays for the tokens it was sent
         self._release(reason)
 
-    def _settle(self, usage: UsageReport) -> None:
+    def _settle(self, charge: Charge) -> UsageReport:
+        usage = UsageReport(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens)
         if not self.is_closed:
             self.is_closed = True
             self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,
                                  completion_tokens=usage.completion_tokens)
+        return usage
 
     def _release(self, reason: ReleaseReason) -> None:
         if not self.is_closed:

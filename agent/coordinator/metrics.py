@@ -45,13 +45,25 @@ class Metrics:
                                  registry=r)
         self.bad_frames = Counter("darkbloom_bad_frames", "Agent frames that failed validation", ["code"],
                                   registry=r)
+        self.clamped = Counter("darkbloom_usage_claims_clamped", "Usage claims above the coordinator's bound",
+                               ["model"], registry=r)
+        # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
+        self.operator_registry = CollectorRegistry()
+        self.clamped_by_provider = Counter("darkbloom_provider_usage_claims_clamped",
+                                           "Usage claims above the coordinator's bound, per provider",
+                                           ["provider_id"], registry=self.operator_registry)
 
     def watch(self, gauges: Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]) -> None:
         """Add gauges computed at scrape time: (name, help, label names, [(label values, value)])."""
         self.registry.register(_ScrapeTimeGauges(gauges))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, *, is_operator: bool = False) -> bytes:
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.operator_registry) if is_operator else text
+
+    def usage_clamped(self, model: str, provider_id: str) -> None:
+        self.clamped.labels(model).inc()
+        self.clamped_by_provider.labels(provider_id).inc()
 
     def request(self, model: str, outcome: str) -> None:
         self.requests.labels(model or "", outcome).inc()

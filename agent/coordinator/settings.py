@@ -30,6 +30,7 @@ class CoordinatorSettings:
     queue_depth: int = 256
     queue_max_wait_s: float = 30.0
     retry_after_s: float = 2.0  # the Retry-After of a 429 when no agent gave a better hint
+    max_retry_after_s: float = 30.0  # the most Retry-After a consumer is told, whatever an agent hinted
     # one request's attempts
     max_attempts: int = 3  # provider failures (error, link loss, timeout) before the first token
     accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
@@ -43,6 +44,12 @@ class CoordinatorSettings:
     prewarm_waiting_per_slot: int = 2  # ... or when warm slots average this many prompts waiting for prefill
     load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
+    # usage (usage.py): what a provider's claim is bounded by
+    usage_slack_tokens: int = 4  # tokens after the last text (EOS, a held-back stop) a claim may add to the count
+    output_bound_tokens: int = 131_072  # a request without max_tokens, for a model not in the catalog
+    # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)
+    operator_token: str | None = None  # sent as `x-darkbloom-operator`
+    operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
     # responses
     reasoning_field: ReasoningField = "reasoning"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agent.wire.frames import (
+    MAX_CHUNK_TOKENS,
     Cancel,
     ChunkDelta,
     ErrorFrame,
@@ -62,6 +63,7 @@ class LinkState(StrEnum):
 @dataclass(slots=True)
 class _Stream:
     num_chunks: int = 0
+    num_unsent_tokens: int = 0  # tokens of deltas without text, carried by the next chunk that has text
 
 
 @dataclass(slots=True)
@@ -117,13 +119,20 @@ class LinkSession:
         return Heartbeat(seq=self.num_heartbeats, slots=tuple(slots), memory=memory, thermal=thermal,
                          draining=draining)
 
-    def chunk(self, request_id: str, content: str = "", reasoning: str = "") -> InferenceResponseChunk | None:
+    def chunk(self, request_id: str, content: str = "", reasoning: str = "",
+              num_tokens: int | None = None) -> InferenceResponseChunk | None:
         stream = self.streams.get(request_id)
-        if stream is None or not (content or reasoning):
+        if stream is None:
+            return None
+        if num_tokens is not None:
+            stream.num_unsent_tokens += num_tokens
+        if not (content or reasoning):
             return None
         stream.num_chunks += 1
+        tokens, stream.num_unsent_tokens = stream.num_unsent_tokens, 0
         return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
-                                      delta=ChunkDelta(content=content, reasoning=reasoning))
+                                      delta=ChunkDelta(content=content, reasoning=reasoning),
+                                      num_tokens=None if num_tokens is None else min(tokens, MAX_CHUNK_TOKENS))
 
     def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,
                  ttft_s: float | None = None) -> InferenceComplete | None:

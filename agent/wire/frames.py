@@ -33,6 +33,7 @@ RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 ModelId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
 Count = Annotated[int, Field(ge=0, le=2**31)]
+MAX_CHUNK_TOKENS = 4096  # one chunk is one decode step's text; far more than any step emits
 Tps = Annotated[float, Field(ge=0, le=1e9)]
 Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
 Label = Annotated[str, Field(max_length=MAX_ID_CHARS)]
@@ -201,6 +202,9 @@ class InferenceResponseChunk(Frame):
     request_id: RequestId
     seq: Count
     delta: ChunkDelta
+    # Tokens this chunk carries (the coordinator bills what it counts, never more). None from an older agent:
+    # the coordinator then counts a chunk with text as one token (agent/coordinator/usage.py).
+    num_tokens: Annotated[int, Field(ge=0, le=MAX_CHUNK_TOKENS)] | None = None
 
 
 class UsageReport(Frame):

@@ -25,9 +25,10 @@ from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
-from agent.coordinator.http.capacity import capacity_report
+from agent.coordinator.http.capacity import capacity_report, consumer_view
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
 from agent.coordinator.metrics import CONTENT_TYPE
+from agent.coordinator.privacy import is_operator
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import MAX_FRAME_BYTES
 
@@ -147,7 +148,10 @@ def routes(coordinator: Coordinator) -> list[Route]:
     async def capacity(request: Request) -> Response:
         if (refusal := _refuse(coordinator, request)) is not None:
             return refusal
-        return JSONResponse(capacity_report(coordinator.router))
+        report = capacity_report(coordinator.router)
+        if not _is_operator(coordinator, request):
+            report = consumer_view(report)
+        return JSONResponse(report)
 
     async def health(request: Request) -> Response:
         router = coordinator.router
@@ -156,7 +160,8 @@ def routes(coordinator: Coordinator) -> list[Route]:
                              "queued": sum(len(q) for q in router.queues.values())})
 
     async def metrics(request: Request) -> Response:
-        return Response(coordinator.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(coordinator.metrics.render(is_operator=_is_operator(coordinator, request)),
+                        media_type=CONTENT_TYPE)
 
     return [
         Route("/v1/chat/completions", ChatCompletions(coordinator), methods=["POST"]),
@@ -165,6 +170,10 @@ def routes(coordinator: Coordinator) -> list[Route]:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def _is_operator(coordinator: Coordinator, request: Request) -> bool:
+    return is_operator(coordinator.settings, request.client.host if request.client else None, request.headers)
 
 
 def _refuse(coordinator: Coordinator, request: Request) -> Response | None:

@@ -16,7 +16,10 @@ States (placement.Residency): running (serving requests), idle (loaded, none), l
 load gate says it would load now), cold_no_room (it fits the machine but not beside what is loaded,
 or the agent refused the last load), draining, never_fits (too big for the machine, or no KV layout).
 
-Public names: capacity_report, state_counts.
+A consumer (privacy.is_operator says no) gets `consumer_view`: the same numbers without `details` and
+`never_fits`, which name each provider, its chip and its memory.
+
+Public names: capacity_report, consumer_view, state_counts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from agent.coordinator.routing.router import Router
 def capacity_report(router: Router) -> dict[str, Any]:
     models = sorted(set(router.registry.models()) | {m for m, q in router.queues.items() if len(q)})
     return {"object": "list", "data": [_model_report(router, model) for model in models]}
+
+
+def consumer_view(report: dict[str, Any]) -> dict[str, Any]:
+    per_provider = ("details", "never_fits")
+    return {**report, "data": [{k: v for k, v in row.items() if k not in per_provider} for row in report["data"]]}
 
 
 def state_counts(router: Router) -> dict[str, dict[str, int]]:

@@ -275,7 +275,8 @@ class Router:
         hints = [h for _, offer in self.registry.offers(exchange.model) if (h := offer.retry_after_hint_s)]
         if exchange.retry_after_hint_s:
             hints.append(exchange.retry_after_hint_s)
-        return min(hints) if hints else self.settings.retry_after_s
+        # An agent's hint is a stranger's word: bounded, so one saying 3600 s cannot turn consumers away for an hour.
+        return min(min(hints), self.settings.max_retry_after_s) if hints else self.settings.retry_after_s
 
     def prewarm(self, model: str) -> None:
         queue = self.queues.get(model)

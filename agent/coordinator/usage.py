@@ -1,0 +1,79 @@
+"""What one request may be charged: the coordinator's own count of what it delivered, never the provider's word.
+
+A provider is a stranger, so its `inference_complete` usage is a claim. The meter bounds it:
+
+    per chunk     its `num_tokens`, at least 1 when it carries text; an older agent's chunk without
+                  `num_tokens` counts as 1 (a floor: a chunk is one decode step or more)
+    completion    min(max(claimed, counted), bound)   (a claim of 0 still pays for what was delivered)
+    bound         min(max_tokens, counted + slack)    when every chunk carried num_tokens
+                  max_tokens                          when some did not (the count is only a floor then)
+    prompt        claimed, within [floor, estimate]   (routing/estimate.py: the estimate is the hold's own figure,
+                                                       the floor stops a claim of 0 from serving the prompt free)
+
+`slack` covers tokens after the last text (EOS, a held-back stop sequence) that no chunk carries. A chunk
+that would take the count past max_tokens is refused (`admit` says no): the flow ends the request there
+with finish_reason `length` and cancels it at the agent. A stream the client did not receive in full is
+charged `delivered()`: the bounded prompt and the tokens the client was handed, nothing the provider claims.
+
+Public names: UsageMeter, Charge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.wire.frames import InferenceResponseChunk, UsageReport
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    prompt_tokens: int
+    completion_tokens: int
+    is_clamped: bool  # the provider claimed more than the bound
+
+
+@dataclass(slots=True)
+class UsageMeter:
+    max_tokens: int
+    prompt_bound: int
+    prompt_floor: int = 0
+    slack_tokens: int = 4
+    num_tokens: int = 0  # counted, of the chunks admitted
+    is_exact: bool = True  # every admitted chunk carried num_tokens
+    prompt_claim: int | None = None  # the agent's count from inference_accepted
+
+    @staticmethod
+    def tokens_of(chunk: InferenceResponseChunk) -> int:
+        has_text = bool(chunk.delta.content or chunk.delta.reasoning)
+        if chunk.num_tokens is None:
+            return 1 if has_text else 0
+        return max(chunk.num_tokens, 1 if has_text else 0)
+
+    def admit(self, chunk: InferenceResponseChunk) -> bool:
+        """Count the chunk, or False (counting nothing) when it would pass max_tokens."""
+        tokens = self.tokens_of(chunk)
+        if self.num_tokens + tokens > self.max_tokens:
+            return False
+        self.num_tokens += tokens
+        self.is_exact = self.is_exact and chunk.num_tokens is not None
+        return True
+
+    @property
+    def completion_bound(self) -> int:
+        if self.is_exact:
+            return min(self.max_tokens, self.num_tokens + self.slack_tokens)
+        return self.max_tokens
+
+    def settle(self, claimed: UsageReport) -> Charge:
+        prompt = self._prompt(claimed.prompt_tokens)
+        completion = min(max(claimed.completion_tokens, self.num_tokens), self.completion_bound)
+        is_clamped = claimed.prompt_tokens > self.prompt_bound or claimed.completion_tokens > self.completion_bound
+        return Charge(prompt, completion, is_clamped)
+
+    def delivered(self) -> Charge:
+        """What the client received: its prompt (the agent's count when lower) and the counted tokens."""
+        prompt = self.prompt_bound if self.prompt_claim is None else self._prompt(self.prompt_claim)
+        return Charge(prompt, self.num_tokens, False)
+
+    def _prompt(self, claimed: int) -> int:
+        return min(max(claimed, self.prompt_floor), self.prompt_bound)
