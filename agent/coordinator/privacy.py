@@ -27,7 +27,7 @@ def for_provider(body: ChatCompletionBody) -> ChatCompletionBody:
     if body.user is None and all(message.name is None for message in body.messages):
         return body
     messages = [m if m.name is None else m.model_copy(update={"name": None}) for m in body.messages]
-    return body.model_copy(update={"user": None, "messages": messages})
+    return body.model_copy(update={"user": None, "messages": tuple(messages)})
 
 
 def is_operator(settings: CoordinatorSettings, client_host: str | None, headers) -> bool:
