@@ -33,6 +33,15 @@ def test_chunks_are_numbered_per_request_and_complete_reports_how_many():
     assert session.chunk("a", "late") is None
 
 
+def test_a_chunk_carries_its_tokens_and_those_of_the_textless_deltas_before_it():
+    session = LinkSession(REGISTER)
+    session.receive(request("a"))
+    assert session.chunk("a", "", num_tokens=2) is None  # a held-back byte, a special token: no frame
+    assert session.chunk("a", "x", num_tokens=1).num_tokens == 3
+    assert session.chunk("a", "y", num_tokens=1).num_tokens == 1
+    assert session.chunk("a", "z").num_tokens is None  # a caller that does not count sends none
+
+
 def test_a_duplicate_request_id_is_refused_with_an_error_frame():
     session = LinkSession(REGISTER)
     session.receive(request("a"))
