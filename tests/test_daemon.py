@@ -106,6 +106,9 @@ async def test_a_request_streams_accepted_chunks_and_complete_with_usage(tmp_pat
     assert complete["usage"]["completion_tokens"] > 0 and complete["finish_reason"] in ("stop", "length")
     assert [c["seq"] for c in chunks] == list(range(1, complete["num_chunks"] + 1))
     assert all(c["request_id"] == "r-1" and c["delta"]["content"] for c in chunks)
+    # Each chunk counts its tokens, so the coordinator can bill its own count (all but a trailing EOS).
+    counted = sum(c["num_tokens"] for c in chunks)
+    assert 0 < counted <= complete["usage"]["completion_tokens"] <= counted + 4
     heartbeat = await wait_for_state(coordinator, "idle")
     assert heartbeat["slots"][0]["kv_reserved_bytes"] == 0
     assert await finished(coordinator, daemon, task) == 0
