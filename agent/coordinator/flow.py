@@ -276,7 +276,7 @@ class RequestFlow:
     def _release(self, reason: ReleaseReason) -> None:
         if not self.is_closed:
             self.is_closed = True
-            self.accounts.release(self.exchange.request_id, reason, produced_output_tokens=self.num_chunks)
+            self.accounts.release(self.exchange.request_id, reason, produced_output_tokens=self.meter.num_tokens)
 
 
 def release_reason(error: ApiError) -> ReleaseReason:
