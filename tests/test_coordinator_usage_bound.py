@@ -145,3 +145,15 @@ async def test_a_client_that_leaves_a_stream_pays_only_for_the_tokens_it_was_sen
     prompt, completion = await charged(db, accounts)  # once: the agent's late complete adds no charge
     assert prompt == 11 and 1 <= completion < 200
     accounts.close()
+
+
+async def test_a_chunk_claiming_more_tokens_than_one_chunk_can_carry_is_refused_as_a_bad_frame():
+    async with coordinator() as server:
+        agent = await provider(server, GPT)
+        await agent.send('{"type": "inference_response_chunk", "request_id": "r1", "seq": 1, '
+                         '"delta": {"content": "x"}, "num_tokens": 2147483648}')
+        await eventually(lambda: len(agent.errors) == 1)
+        assert agent.errors[0]["code"] == "invalid_field" and agent.errors[0]["field"] == "num_tokens"
+        result = await client(server, "local").chat.completions.create(model=GPT.id, messages=MESSAGES)
+        assert result.choices[0].message.content == "Hello, world"
+        await agent.stop()
