@@ -57,9 +57,8 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
             evictions.cancel()
             await asyncio.gather(evictions, return_exceptions=True)
             endpoint.close_all("the coordinator is shutting down")
-            if owns_accounts:
-                accounts.close()
-            log.info("coordinator.stop")
+            unwritten = accounts.close() if owns_accounts else []
+            log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
 
     app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
     app.state.coordinator = coordinator
