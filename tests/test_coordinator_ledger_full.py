@@ -164,3 +164,29 @@ async def test_a_full_disk_pauses_billed_requests_with_a_503_and_loses_no_charge
     assert ledger_sum(db, "bob", EntryKind.USAGE) == -charged
     with Accounts.from_db(db) as reopened:
         assert reopened.balance_micros("bob") == balance == 50_000_000 - charged
+
+
+async def test_a_stream_that_ends_while_the_disk_is_full_is_charged_once_space_returns(db):
+    key = create_key(db, "bob").key
+    credit_account(db, "bob", 50_000_000)
+    accounts = Accounts.from_db(db, poll_interval_s=0.02)
+    async with coordinator(accounts=accounts) as server:
+        agent = await provider(server, GPT, reply=lambda request: Reply(chunks=["x"] * 6, prompt_tokens=40))
+        client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        stream = await client.chat.completions.create(model=GPT.id, max_tokens=64, stream=True,
+                                                      stream_options={"include_usage": True},
+                                                      messages=[{"role": "user", "content": "Say hello."}])
+        chunks = [await anext(stream)]  # admitted and streaming: then the disk fills
+        fill_disk(accounts.ledger)
+        accounts.ledger.append(usage("filler"))  # alice's page-sized entry: the next write fails
+        assert not accounts.flush()
+        chunks += [chunk async for chunk in stream]
+        assert not accounts.flush() and not accounts.ledger.is_available
+        assert accounts.ledger.num_backlog == 2  # the filler and the stream's charge, kept
+        await agent.stop()
+    done = chunks[-1].usage
+    cost = DEFAULT_PRICES.cost_micros(GPT.id, done.prompt_tokens, done.completion_tokens)
+    free_disk(accounts.ledger)
+    assert accounts.flush()
+    assert accounts.close() == []
+    assert ledger_sum(db, "bob", EntryKind.USAGE) == -cost and cost > 0

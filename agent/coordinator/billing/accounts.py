@@ -45,6 +45,7 @@ from agent.coordinator.billing.keys import KeyStore
 from agent.coordinator.billing.ledger import (
     MAX_BACKLOG_ENTRIES,
     POLL_INTERVAL_S,
+    RETRY_MAX_S,
     EntryKind,
     LedgerEntry,
     LedgerUnavailable,
@@ -109,8 +110,9 @@ class Accounts:
     @classmethod
     def from_db(cls, db_path: str | Path, *, prices: PriceTable = DEFAULT_PRICES, limits: RateLimits | None = None,
                 clock: Clock = time.monotonic, poll_interval_s: float = POLL_INTERVAL_S,
-                max_backlog_entries: int = MAX_BACKLOG_ENTRIES) -> Accounts:
-        ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s, max_backlog_entries=max_backlog_entries)
+                max_backlog_entries: int = MAX_BACKLOG_ENTRIES, retry_max_s: float = RETRY_MAX_S) -> Accounts:
+        ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s, max_backlog_entries=max_backlog_entries,
+                              retry_max_s=retry_max_s)
         return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock)
 
     @property
@@ -130,7 +132,7 @@ class Accounts:
         limits = self._limits(account)
         if account.is_billed and (reason := self.ledger.refusal()) is not None:
             # A charge that could not be written would be lost on a restart: serve no new billed work.
-            log.warning("accounts.refuse", account_id=account.id, request_id=request_id, code=LedgerUnavailable.code)
+            log.info("accounts.refuse", account_id=account.id, request_id=request_id, code=LedgerUnavailable.code)
             raise LedgerUnavailable(reason)
         with self._lock:
             # Money first: a request the balance can never pay for should not be told to retry later.
