@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import structlog.testing
 
 from agent.coordinator.billing.accounts import Accounts, LedgerUnavailable
 from agent.coordinator.billing.keys import create_key
@@ -87,6 +88,23 @@ def test_a_shutdown_with_the_disk_still_full_returns_what_it_could_not_write(db)
     assert not ledger.flush()
     unwritten = ledger.close(timeout_s=0.2)
     assert [entry.request_id for entry in unwritten] == ["a", "b"] and count_rows(db) == 0
+
+
+def test_the_log_names_the_sqlite_error_once_and_every_entry_a_shutdown_could_not_write(db):
+    with structlog.testing.capture_logs() as logs:
+        ledger = SqliteLedger(db, poll_interval_s=0.02, retry_min_s=0.01, retry_max_s=0.02)
+        ledger.start(Recorder())
+        fill_disk(ledger)
+        ledger.append(usage("a"))
+        assert not ledger.flush()
+        ledger.append(usage("b"))
+        assert not ledger.flush()  # a second failure with the same error: not logged again
+        ledger.close(timeout_s=0.1)
+    states = [e for e in logs if e["event"] == "ledger.state"]
+    assert [(e["state"], e["error"]) for e in states] == [("unavailable", "OperationalError: database or disk is full")]
+    assert not [e for e in logs if "rollback" in str(e).lower()]
+    assert [e["request_id"] for e in logs if e["event"] == "ledger.unwritten_entry"] == ["a", "b"]
+    assert [e["num_entries"] for e in logs if e["event"] == "ledger.unwritten"] == [2]
 
 
 def test_a_backlog_past_its_limit_refuses_billed_work_until_the_writer_catches_up(db):
