@@ -246,7 +246,8 @@ async def test_health_models_and_metrics_describe_the_running_coordinator():
             health = (await http.get("/health")).json()
             models = (await http.get("/v1/models")).json()
             metrics = (await http.get("/metrics")).text
-        assert health == {"status": "ok", "mode": "open", "providers": 1, "models": [GPT.id], "queued": 0}
+        assert health == {"status": "ok", "mode": "open", "providers": 1, "models": [GPT.id], "queued": 0,
+                          "ledger": {"is_available": True, "reason": None, "num_backlog": 0}}
         assert models["data"][0]["id"] == GPT.id and models["object"] == "list"
         assert f'darkbloom_requests_total{{model="{GPT.id}",outcome="ok"}} 1.0' in metrics
         assert f'darkbloom_time_to_first_token_seconds_count{{model="{GPT.id}"}} 1.0' in metrics

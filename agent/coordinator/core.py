@@ -23,8 +23,10 @@ import structlog
 from agent.admission import OUTPUT_CLIP_TOKENS
 from agent.catalog import CatalogError, ModelSpec, load_catalog
 from agent.coordinator.billing.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
+from agent.coordinator.billing.ledger import LedgerUnavailable
 from agent.coordinator.errors import (
     BadRequest,
+    BillingUnavailable,
     Conflict,
     ModelNotFound,
     PaymentRequired,
@@ -103,6 +105,9 @@ class Coordinator:
             raise TooManyRequests(str(exc), retry_after_s=exc.retry_after_s) from None
         except DuplicateRequest as exc:
             raise Conflict(str(exc)) from None
+        except LedgerUnavailable as exc:
+            raise BillingUnavailable(f"billing is paused: {exc}. Retry later; the operator should check the "
+                                     "accounts database's disk", retry_after_s=self.settings.retry_after_s) from None
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
         return RequestFlow(self.router, self.accounts, exchange,
@@ -133,6 +138,9 @@ class Coordinator:
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
+        ledger = self.accounts.ledger
+        yield ("darkbloom_ledger_backlog", "Ledger entries not yet written", [], [([], ledger.num_backlog)])
+        yield ("darkbloom_ledger_available", "1 while the ledger can be written", [], [([], int(ledger.is_available))])
 
 
 def _default_catalog() -> dict[str, ModelSpec]:

@@ -10,12 +10,13 @@
     ├── TooManyRequests    429 rate_limit_error       rate_limit_exceeded: the account's own limit
     │   └── Saturated      429 rate_limit_error       capacity_saturated: every capable provider full, queue full or timed out
     ├── ProviderFailed     502 server_error           provider_failed (every attempt failed before a token)
-    └── NoProvider         503 server_error           no_provider (no provider can ever serve it, and why)
+    ├── NoProvider         503 server_error           no_provider (no provider can ever serve it, and why)
+    └── BillingUnavailable 503 server_error           ledger_unavailable (charges cannot be recorded now)
 
 Every message says what happened and what to do. 429s carry Retry-After (whole seconds).
 
 Public names: ApiError, BadRequest, Unauthorized, PaymentRequired, ModelNotFound, Conflict,
-TooManyRequests, Saturated, ProviderFailed, NoProvider, error_body.
+TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
 """
 
 from __future__ import annotations
@@ -94,3 +95,7 @@ class ProviderFailed(ApiError):
 
 class NoProvider(ApiError):
     status, type, code, outcome = 503, "server_error", "no_provider", "no_provider"
+
+
+class BillingUnavailable(ApiError):
+    status, type, code, outcome = 503, "server_error", "ledger_unavailable", "ledger_unavailable"

@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.coordinator.billing.ledger import MAX_BACKLOG_ENTRIES, RETRY_MAX_S
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -52,6 +54,9 @@ class CoordinatorSettings:
     operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
     # responses
     reasoning_field: ReasoningField = "reasoning"
+    # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many
+    ledger_max_backlog_entries: int = MAX_BACKLOG_ENTRIES  # past it, billed work gets 503 until the writer catches up
+    ledger_retry_max_s: float = RETRY_MAX_S  # the longest wait between retries of a failed write (backoff doubles)
 
     @property
     def eviction_after_s(self) -> float:

@@ -4,7 +4,8 @@ The one object the API layer talks to, non-blocking and safe to call from the ev
 
     account = accounts.authenticate(bearer_key)                     # memory only; None -> 401
     accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...)
-        # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409)
+        # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409),
+        # LedgerUnavailable (503) for a billed account while the ledger cannot be written
     accounts.settle(request_id, prompt_tokens=..., completion_tokens=...)   # on inference_complete
     accounts.release(request_id, ReleaseReason.TIMEOUT)                     # on every failure path
 
@@ -17,7 +18,7 @@ without a usage report (or is re-admitted under a new request id: ReleaseReason.
 `Accounts.open()` is `--open` mode: one implicit local account, no keys, no billing, no limits.
 
 Public names: Accounts, Admission, ReleaseReason, LOCAL_ACCOUNT (and re-exported: Account,
-InsufficientBalance, DuplicateRequest, RateLimited, RateLimits, Settlement, SettleStatus).
+InsufficientBalance, DuplicateRequest, LedgerUnavailable, RateLimited, RateLimits, Settlement, SettleStatus).
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ from agent.coordinator.billing.holds import (
     SettleStatus,
 )
 from agent.coordinator.billing.keys import KeyStore
-from agent.coordinator.billing.ledger import POLL_INTERVAL_S, EntryKind, LedgerEntry, MemoryLedger, SqliteLedger
+from agent.coordinator.billing.ledger import (
+    MAX_BACKLOG_ENTRIES,
+    POLL_INTERVAL_S,
+    RETRY_MAX_S,
+    EntryKind,
+    LedgerEntry,
+    LedgerUnavailable,
+    MemoryLedger,
+    SqliteLedger,
+)
 from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
 
 __all__ = ["Accounts", "Admission", "ReleaseReason", "LOCAL_ACCOUNT", "Account", "InsufficientBalance",
-           "DuplicateRequest", "RateLimited", "RateLimits", "Settlement", "SettleStatus"]
+           "DuplicateRequest", "LedgerUnavailable", "RateLimited", "RateLimits", "Settlement", "SettleStatus"]
 
 log = structlog.get_logger(__name__)
 LOCAL_ACCOUNT = Account("local", is_billed=False)
@@ -99,8 +109,10 @@ class Accounts:
 
     @classmethod
     def from_db(cls, db_path: str | Path, *, prices: PriceTable = DEFAULT_PRICES, limits: RateLimits | None = None,
-                clock: Clock = time.monotonic, poll_interval_s: float = POLL_INTERVAL_S) -> Accounts:
-        ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s)
+                clock: Clock = time.monotonic, poll_interval_s: float = POLL_INTERVAL_S,
+                max_backlog_entries: int = MAX_BACKLOG_ENTRIES, retry_max_s: float = RETRY_MAX_S) -> Accounts:
+        ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s, max_backlog_entries=max_backlog_entries,
+                              retry_max_s=retry_max_s)
         return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock)
 
     @property
@@ -118,6 +130,10 @@ class Accounts:
         cost = self.prices.cost_micros(model, prompt_tokens, expected) if account.is_billed else 0
         hold = Hold(request_id, account.id, model, prompt_tokens, expected, cost, account.is_billed)
         limits = self._limits(account)
+        if account.is_billed and (reason := self.ledger.refusal()) is not None:
+            # A charge that could not be written would be lost on a restart: serve no new billed work.
+            log.info("accounts.refuse", account_id=account.id, request_id=request_id, code=LedgerUnavailable.code)
+            raise LedgerUnavailable(reason)
         with self._lock:
             # Money first: a request the balance can never pay for should not be told to retry later.
             refusal = self._book.refusal(hold)
@@ -187,8 +203,9 @@ class Accounts:
     def flush(self, timeout_s: float | None = 10.0) -> bool:
         return self.ledger.flush(timeout_s)
 
-    def close(self) -> None:
-        self.ledger.close()
+    def close(self) -> list[LedgerEntry]:
+        """Close the ledger; returns the entries it could not write (logged by the ledger)."""
+        return self.ledger.close()
 
     def __enter__(self) -> Accounts:
         return self

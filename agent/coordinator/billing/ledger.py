@@ -14,8 +14,14 @@ revocation) and reports them, so the caller's caches follow without a restart.
 Durability: `flush()` waits until everything appended so far is committed; `close()` flushes. A crash
 loses at most the entries of the last few milliseconds (WAL, synchronous=NORMAL).
 
-Public names: LedgerEntry, EntryKind, LedgerListener, SqliteLedger, MemoryLedger, load_balances,
-credit_account, ledger_sum.
+A write that fails (disk full, a lock held too long) keeps its entries and retries them with backoff; none
+is ever dropped. While a write is failing, or the backlog passes `max_backlog_entries`, `refusal()` says
+why, and the caller stops admitting billed work until the writer catches up (`ledger.state` logs each
+change). The real SQLite error is logged, never the ROLLBACK's that may follow it. `close()` returns what
+it could not write, so the shutdown reports it.
+
+Public names: LedgerEntry, EntryKind, LedgerListener, SqliteLedger, MemoryLedger, LedgerUnavailable,
+load_balances, credit_account, ledger_sum.
 """
 
 from __future__ import annotations
@@ -34,10 +40,18 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.coordinator.billing.store import connect, get_account
+from agent.errors import DarkbloomError
 
 log = structlog.get_logger(__name__)
 POLL_INTERVAL_S = 0.5  # how often the writer looks for other processes' commits
 MAX_BATCH = 4096
+MAX_BACKLOG_ENTRIES = 100_000  # unwritten entries kept in memory before billed work is refused (~100 MB worst case)
+RETRY_MIN_S = 0.05  # the first retry after a failed write; doubled per failure up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
+
+
+class LedgerUnavailable(DarkbloomError):
+    code = "ledger_unavailable"
 
 
 class EntryKind(StrEnum):
@@ -109,8 +123,12 @@ def credit_account(db_path: str | Path, account_id: str, amount_micros: int, *, 
 
 
 class SqliteLedger:
-    def __init__(self, db_path: str | Path, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+    def __init__(self, db_path: str | Path, *, poll_interval_s: float = POLL_INTERVAL_S,
+                 max_backlog_entries: int = MAX_BACKLOG_ENTRIES, retry_min_s: float = RETRY_MIN_S,
+                 retry_max_s: float = RETRY_MAX_S) -> None:
         self.db_path = Path(db_path)
+        self.max_backlog_entries = max_backlog_entries
+        self._retry_min_s, self._retry_max_s = retry_min_s, retry_max_s
         self.source = secrets.token_hex(8)  # tells this process's entries from other writers'
         self._poll_interval_s = poll_interval_s
         self._queue: queue.SimpleQueue[LedgerEntry | threading.Event | None] = queue.SimpleQueue()
@@ -122,6 +140,24 @@ class SqliteLedger:
         self._data_version = self._read_data_version()
         self.num_written = 0
         self.num_commits = 0
+        self.num_write_failures = 0
+        self.num_backlog = 0  # appended, not yet committed (queued or pending a retry)
+        self.error: str | None = None  # the last write's SQLite error while writes fail; None when they succeed
+        self._backlog_lock = threading.Lock()
+        self._stop_deadline = 0.0
+        self.unwritten: list[LedgerEntry] = []  # what the writer still held when it stopped
+
+    @property
+    def is_available(self) -> bool:
+        return self.refusal() is None
+
+    def refusal(self) -> str | None:
+        """Why billed work should not be admitted now, or None."""
+        if self.error is not None:
+            return f"the ledger cannot be written ({self.error}); charges are kept in memory and retried"
+        if self.num_backlog >= self.max_backlog_entries:
+            return f"the ledger is {self.num_backlog} entries behind (limit {self.max_backlog_entries})"
+        return None
 
     def start(self, listener: LedgerListener) -> None:
         self._listener = listener
@@ -131,33 +167,45 @@ class SqliteLedger:
     def append(self, entry: LedgerEntry) -> None:
         if self._closed:
             raise RuntimeError("the ledger is closed")
+        self._count(1)
         self._queue.put(entry)
 
     def flush(self, timeout_s: float | None = 10.0) -> bool:
         """Wait until every entry appended so far is committed and other processes' commits are read;
-        False if that did not happen within the timeout (the writer keeps retrying)."""
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout_s)
+        False if a write failed first or that did not happen within the timeout (the writer keeps retrying)."""
+        waiter = _Flush()
+        self._queue.put(waiter)
+        return waiter.done.wait(timeout_s) and waiter.is_ok
 
-    def close(self, timeout_s: float | None = 10.0) -> None:
+    def close(self, timeout_s: float = 10.0) -> list[LedgerEntry]:
+        """Write what is queued, retrying for up to `timeout_s`; returns the entries that could not be
+        written (also logged, one line each, as `ledger.unwritten_entry`)."""
         if self._closed:
-            return
+            return self.unwritten
         self._closed = True
         if self._thread is not None:
+            self._stop_deadline = time.monotonic() + timeout_s
             self._queue.put(None)
-            self._thread.join(timeout_s)
+            self._thread.join(timeout_s + 1.0)
         self.conn.close()
+        return self.unwritten
+
+    def _count(self, delta: int) -> None:
+        with self._backlog_lock:
+            self.num_backlog += delta
 
     # -- the writer thread
     def _run(self) -> None:
         next_poll = time.monotonic() + self._poll_interval_s
+        next_retry, retry_s = 0.0, self._retry_min_s
         pending: list[LedgerEntry] = []  # entries whose commit failed are retried, never dropped
-        waiters: list[threading.Event] = []  # flush() callers, answered once what preceded them is committed
+        waiters: list[_Flush] = []  # flush() callers, answered once what preceded them is committed
         is_stopping = False
-        while not is_stopping:
+        while not (is_stopping and (not pending or time.monotonic() >= self._stop_deadline)):
+            now = time.monotonic()
+            wait_s = max(0.0, min(next_poll, next_retry) - now) if pending else self._poll_interval_s
             try:
-                items = [self._queue.get(timeout=self._poll_interval_s)]
+                items = [self._queue.get(timeout=min(wait_s, self._poll_interval_s))]
             except queue.Empty:
                 items = []
             while len(items) < MAX_BATCH:
@@ -166,27 +214,56 @@ class SqliteLedger:
                 except queue.Empty:
                     break
             pending.extend(item for item in items if isinstance(item, LedgerEntry))
-            waiters.extend(item for item in items if isinstance(item, threading.Event))
-            is_stopping = any(item is None for item in items)
-            if pending and self._guarded(self._write, pending):
-                pending = []
+            waiters.extend(item for item in items if isinstance(item, _Flush))
+            is_stopping = is_stopping or any(item is None for item in items)
+            if pending and (time.monotonic() >= next_retry or is_stopping):
+                if self._try_write(pending):
+                    self._count(-len(pending))
+                    pending, retry_s = [], self._retry_min_s
+                else:
+                    next_retry, retry_s = time.monotonic() + retry_s, min(retry_s * 2, self._retry_max_s)
+                    for waiter in waiters:
+                        waiter.answer(is_ok=False)
+                    waiters = []
             if waiters or is_stopping or time.monotonic() >= next_poll:
                 self._guarded(self._poll)
                 next_poll = time.monotonic() + self._poll_interval_s
             if not pending:
                 for waiter in waiters:
-                    waiter.set()
+                    waiter.answer(is_ok=True)
                 waiters = []
+        for waiter in waiters:
+            waiter.answer(is_ok=not pending)
+        self.unwritten = pending
         if pending:
-            log.error("ledger.unwritten", num_entries=len(pending), db_path=str(self.db_path))
+            log.error("ledger.unwritten", num_entries=len(pending), error=self.error, db_path=str(self.db_path),
+                      sum_micros=sum(entry.amount_micros for entry in pending))
+            for entry in pending:
+                log.error("ledger.unwritten_entry", **entry.model_dump(mode="json"))
+
+    def _try_write(self, entries: list[LedgerEntry]) -> bool:
+        # A failed commit must not kill the writer nor lose the batch: keep it, say why, retry later.
+        try:
+            self._write(entries)
+        except Exception as exc:
+            self.num_write_failures += 1
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.error:
+                log.error("ledger.state", state="unavailable", error=error, num_backlog=self.num_backlog,
+                          db_path=str(self.db_path))
+            self.error = error
+            return False
+        if self.error is not None:
+            log.warning("ledger.state", state="available", was=self.error, num_written=len(entries))
+            self.error = None
+        return True
 
     def _guarded(self, step: Callable[..., None], *args: object) -> bool:
-        # A failed commit (disk full, a lock held too long) must not kill the writer: log, retry later.
         try:
             step(*args)
             return True
         except Exception:
-            log.exception("ledger.write_failed", db_path=str(self.db_path))
+            log.exception("ledger.poll_failed", db_path=str(self.db_path))
             return False
 
     def _write(self, entries: list[LedgerEntry]) -> None:
@@ -200,7 +277,12 @@ class SqliteLedger:
                     refused.append(entry)
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (SQLITE_FULL does): a ROLLBACK error must not hide the cause.
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_exc:
+                    log.warning("ledger.rollback_failed", error=str(rollback_exc))
             raise
         self.num_written += len(entries) - len(refused)
         self.num_commits += 1
@@ -232,8 +314,26 @@ class SqliteLedger:
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
 
+class _Flush:
+    """One flush() call: answered once, with whether everything before it was committed."""
+
+    __slots__ = ("done", "is_ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.is_ok = False
+
+    def answer(self, *, is_ok: bool) -> None:
+        self.is_ok = is_ok
+        self.done.set()
+
+
 class MemoryLedger:
     """The ledger without a file, for `--open` mode and tests: same uniqueness rule, kept in a list."""
+
+    num_backlog = 0
+    error: str | None = None
+    is_available = True
 
     def __init__(self) -> None:
         self.entries: list[LedgerEntry] = []
@@ -254,8 +354,11 @@ class MemoryLedger:
             self._keys.add(key)
         self.entries.append(entry)
 
+    def refusal(self) -> str | None:
+        return None
+
     def flush(self, timeout_s: float | None = None) -> bool:
         return True
 
-    def close(self, timeout_s: float | None = None) -> None:
-        pass
+    def close(self, timeout_s: float | None = None) -> list[LedgerEntry]:
+        return []

@@ -154,10 +154,16 @@ def routes(coordinator: Coordinator) -> list[Route]:
         return JSONResponse(report)
 
     async def health(request: Request) -> Response:
-        router = coordinator.router
-        return JSONResponse({"status": "ok", "mode": "open" if coordinator.accounts.is_open else "keys",
+        router, ledger = coordinator.router, coordinator.accounts.ledger
+        # Not "ok" while charges cannot be written: billed work is refused until they can (ledger.py).
+        ledger_refusal = ledger.refusal()
+        return JSONResponse({"status": "ok" if ledger_refusal is None else "ledger_unavailable",
+                             "mode": "open" if coordinator.accounts.is_open else "keys",
                              "providers": len(router.registry), "models": router.registry.models(),
-                             "queued": sum(len(q) for q in router.queues.values())})
+                             "queued": sum(len(q) for q in router.queues.values()),
+                             "ledger": {"is_available": ledger_refusal is None, "reason": ledger_refusal,
+                                        "num_backlog": ledger.num_backlog}},
+                            status_code=200 if ledger_refusal is None else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(coordinator.metrics.render(is_operator=_is_operator(coordinator, request)),

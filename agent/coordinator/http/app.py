@@ -57,9 +57,8 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
             evictions.cancel()
             await asyncio.gather(evictions, return_exceptions=True)
             endpoint.close_all("the coordinator is shutting down")
-            if owns_accounts:
-                accounts.close()
-            log.info("coordinator.stop")
+            unwritten = accounts.close() if owns_accounts else []
+            log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
 
     app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
     app.state.coordinator = coordinator
@@ -95,7 +94,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
         ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
     settings = replace(settings or CoordinatorSettings(), **overrides)
     check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
-    accounts = Accounts.open() if is_open else Accounts.from_db(db_path)
+    accounts = Accounts.open() if is_open else Accounts.from_db(
+        db_path, max_backlog_entries=settings.ledger_max_backlog_entries, retry_max_s=settings.ledger_retry_max_s)
     app = build_app(accounts, settings, owns_accounts=True)
     uvicorn.Server(_config(app, host, port, log_level)).run()
 
