@@ -26,6 +26,8 @@ class CoordinatorSettings:
     missed_heartbeats: int = 3  # a provider silent for this many intervals is evicted
     provider_token: str | None = None  # None: any token is accepted (local use)
     register_timeout_s: float = 10.0
+    bad_frame_log_lines: int = 10  # log lines for bad frames per link per interval; the rest are counted
+    bad_frame_log_interval_s: float = 60.0
     # the queue, per model
     queue_depth: int = 256
     queue_max_wait_s: float = 30.0

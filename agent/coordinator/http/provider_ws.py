@@ -27,9 +27,20 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.coordinator.core import Coordinator
+from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.routing.registry import ProviderRecord
 from agent.wire.frames import ErrorFrame, Register, Registered
-from agent.wire.protocol import PROTOCOL_MINOR, Direction, Message, ProtocolError, encode, negotiate, parse_message
+from agent.wire.protocol import (
+    MAX_REGISTER_FRAME_BYTES,
+    PROTOCOL_MINOR,
+    Direction,
+    FrameTooLarge,
+    Message,
+    ProtocolError,
+    encode,
+    negotiate,
+    parse_message,
+)
 from agent.wire.unknown_fields import UnknownFields
 
 log = structlog.get_logger("agent.coordinator.http.provider_ws")
@@ -61,8 +72,10 @@ class ProviderEndpoint:
         pump = asyncio.create_task(self._pump(websocket, outbox))
         provider: ProviderRecord | None = None
         unknown = UnknownFields()
+        settings = self.coordinator.settings
+        budget = LogBudget(settings.bad_frame_log_lines, settings.bad_frame_log_interval_s)
         try:
-            register = await self._await_register(websocket, outbox, unknown)
+            register = await self._await_register(websocket, outbox, unknown, budget)
             if register is None:
                 return
             version = negotiate(register)
@@ -76,7 +89,7 @@ class ProviderEndpoint:
             outbox.put_nowait(Registered(provider_id=provider.provider_id,
                                          heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
                                          protocol_version=version, protocol_minor=PROTOCOL_MINOR))
-            while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+            while (frame := await self._next_frame(websocket, outbox, unknown, budget)) is not None:
                 self.coordinator.router.receive(provider, frame)
         finally:
             if provider is not None:
@@ -97,10 +110,11 @@ class ProviderEndpoint:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
-                              unknown: UnknownFields) -> Register | None:
+                              unknown: UnknownFields, budget: LogBudget) -> Register | None:
         try:
             async with asyncio.timeout(self.coordinator.settings.register_timeout_s):
-                while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+                while (frame := await self._next_frame(websocket, outbox, unknown, budget,
+                                                       max_bytes=MAX_REGISTER_FRAME_BYTES)) is not None:
                     if isinstance(frame, Register):
                         return frame
                     outbox.put_nowait(ErrorFrame(code="not_registered", message=(
@@ -110,21 +124,29 @@ class ProviderEndpoint:
         return None
 
     async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
-                          unknown: UnknownFields) -> Message | None:
-        """The next valid frame, answering bad ones with an error frame; None when the link is closed."""
+                          unknown: UnknownFields, budget: LogBudget, max_bytes: int | None = None) -> Message | None:
+        """The next valid frame, answering bad ones with an error frame; None when the link is closed.
+        Before register, frames are held to the smaller register limit (max_bytes), checked before parsing."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return None
             data = message.get("text")
-            frame = parse_message(data if data is not None else message.get("bytes") or b"",
-                                  direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+            data = data if data is not None else message.get("bytes") or b""
+            if max_bytes is not None and len(data) > max_bytes:
+                frame: Message | ProtocolError = FrameTooLarge(
+                    f"frame of {len(data)}+ bytes before register exceeds the {max_bytes}-byte register limit")
+            else:
+                frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
             for name in unknown.drain():
-                log.info("provider.unknown_field", client=str(websocket.client), field=name)
+                if budget.allow():
+                    log.info("provider.unknown_field", client=str(websocket.client), field=name)
             if not isinstance(frame, ProtocolError):
                 return frame
             self.coordinator.metrics.bad_frames.labels(frame.code).inc()
-            log.warning("provider.bad_frame", code=frame.code, message=frame.message)
+            if budget.allow():
+                log.warning("provider.bad_frame", code=frame.code, message=frame.message[:256],
+                            client=str(websocket.client), num_suppressed=budget.take_suppressed())
             outbox.put_nowait(frame.to_frame())
 
     async def _pump(self, websocket: WebSocket, outbox: asyncio.Queue) -> None:
