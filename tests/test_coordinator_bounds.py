@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import httpx
 import structlog
@@ -37,15 +38,16 @@ async def test_a_register_claiming_a_context_of_two_to_the_thirty_is_refused_nam
 
 async def test_metrics_and_capacity_answer_in_under_100_ms_beside_a_provider_at_the_largest_context():
     async with coordinator() as server:
-        entries = [entry_for(spec).model_copy(update={"max_context": MAX_CONTEXT_TOKENS}) for spec in (GPT, GEMMA)]
-        await provider(server, GPT, GEMMA, models=entries, state=SlotState.COLD)
+        # Models the catalog does not know: the coordinator plans with the context the provider claims.
+        hostile = [replace(spec, id=f"hostile-{spec.id}", max_context=MAX_CONTEXT_TOKENS) for spec in (GPT, GEMMA)]
+        await provider(server, *hostile, state=SlotState.COLD)
         async with httpx.AsyncClient(base_url=server.base_url) as http:
             for path in ("/metrics", "/v1/models/capacity", "/health", "/metrics"):
                 started = time.perf_counter()
                 response = await http.get(path)
                 elapsed = time.perf_counter() - started
                 assert response.status_code == 200 and elapsed < 0.1, (path, elapsed)
-        assert 'darkbloom_providers{model="gpt-oss-20b",state="cold_no_room"} 1.0' in response.text  # the load gate ran
+        assert 'darkbloom_providers{model="hostile-gpt-oss-20b",state="cold_no_room"} 1.0' in response.text  # the load gate ran
         assert len(server.coordinator.router.registry) == 1
 
 
@@ -80,3 +82,11 @@ def test_a_log_budget_allows_its_lines_per_interval_then_reports_how_many_it_sup
     assert [budget.allow() for _ in range(5)] == [True, True, False, False, False]
     now[0] = 10.0
     assert budget.allow() and budget.take_suppressed() == 3 and budget.take_suppressed() == 0
+
+
+async def test_a_catalog_model_registered_with_a_larger_context_is_planned_at_the_catalogs_context():
+    async with coordinator() as server:
+        entry = entry_for(GPT).model_copy(update={"max_context": MAX_CONTEXT_TOKENS})
+        await provider(server, GPT, models=[entry])
+        [(_, offer)] = server.coordinator.router.registry.offers(GPT.id)
+        assert offer.spec.max_context == GPT.max_context < MAX_CONTEXT_TOKENS
