@@ -29,6 +29,7 @@ from agent.catalog import ModelSpec
 from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
+from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
 from agent.errors import ConfigError
@@ -63,6 +64,7 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
 
     app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
     app.state.coordinator = coordinator
+    app.state.provider_endpoint = endpoint
     return app
 
 
@@ -101,9 +103,13 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
 
 
 def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+    settings: CoordinatorSettings = app.state.coordinator.settings
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                           ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
-                          log_config=None)
+                          log_config=None, http=with_head_deadline(settings.http_head_timeout_s),
+                          limit_concurrency=settings.http_max_connections,
+                          timeout_keep_alive=settings.http_keep_alive_s,
+                          h11_max_incomplete_event_size=settings.http_max_header_bytes)
 
 
 @dataclass(slots=True)

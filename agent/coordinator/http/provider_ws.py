@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.coordinator.core import Coordinator
+from agent.coordinator.http.link_caps import LinkCaps, credential_key
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.routing.registry import ProviderRecord
 from agent.wire.frames import ErrorFrame, Register, Registered
@@ -58,6 +59,8 @@ class ProviderEndpoint:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.links: set[asyncio.Queue] = set()  # one outbox per live link, for shutdown
+        settings = coordinator.settings
+        self.caps = LinkCaps(settings.max_provider_links_per_ip, settings.max_provider_links_per_credential)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -66,6 +69,20 @@ class ProviderEndpoint:
             await websocket.send_denial_response(PlainTextResponse(
                 "invalid provider token: set provider_token in the agent config to the coordinator's\n", 401))
             return
+        ip = websocket.client.host if websocket.client else ""
+        credential = credential_key(websocket.headers.get("authorization"))
+        refusal = self.caps.refusal(ip, credential)
+        if refusal:
+            log.warning("provider.refused", client=str(websocket.client), reason=refusal)
+            await websocket.send_denial_response(PlainTextResponse(refusal + "\n", 429))
+            return
+        self.caps.open(ip, credential)
+        try:
+            await self._serve(websocket)
+        finally:
+            self.caps.close(ip, credential)
+
+    async def _serve(self, websocket: WebSocket) -> None:
         await websocket.accept()
         outbox: asyncio.Queue[Message | _Close] = asyncio.Queue()
         self.links.add(outbox)
