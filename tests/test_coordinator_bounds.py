@@ -13,8 +13,13 @@ import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.ledger import credit_account
+from agent.coordinator.billing.ratelimit import RateLimits
+from agent.coordinator.http.app import served_accounts
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.settings import CoordinatorSettings
+from agent.testing.fleet.harness import MICROS_PER_DOLLAR
 from agent.wire.frames import MAX_CONTEXT_TOKENS, Hardware, Register, SlotState
 from agent.wire.protocol import MAX_REGISTER_FRAME_BYTES, PROTOCOL_VERSION, encode
 from tests.provider_support import FAST, GEMMA, GPT, Reply, coordinator, entry_for, eventually, provider
@@ -197,3 +202,31 @@ async def test_an_idle_keep_alive_connection_is_closed_and_a_slow_consumer_of_a_
             streamed = await reader.read()  # longer than the head deadline: a request in progress is not cut
         assert status.startswith(b"HTTP/1.1 200") and b"[DONE]" in streamed, streamed
         await agent.stop()
+
+
+# ---- rate limits on by default ------------------------------------------------------------------
+
+def test_a_served_keyed_coordinator_rate_limits_every_account_by_default_and_the_cli_numbers_replace_it(tmp_path):
+    accounts = served_accounts(tmp_path / "accounts.db")
+    try:
+        assert accounts.limiter.default == RateLimits.generous() and not accounts.limiter.default.is_unlimited
+    finally:
+        accounts.close()
+    assert RateLimits.from_cli(None, None) == RateLimits.generous()
+    assert RateLimits.from_cli(30, 0) == RateLimits(30, None)
+
+
+async def test_a_key_flooding_a_rate_limited_coordinator_gets_429_with_retry_after_past_its_limit(tmp_path):
+    db = tmp_path / "accounts.db"
+    key = create_key(db, "flooder", name="flood").key
+    credit_account(db, "flooder", 10 * MICROS_PER_DOLLAR, note="test")
+    accounts = served_accounts(db, RateLimits.from_cli(5, None))
+    async with coordinator(accounts=accounts) as server:
+        agent = await provider(server, GPT)
+        async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+            body = {"model": GPT.id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            answers = [await http.post("/v1/chat/completions", json=body) for _ in range(8)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
+        assert answers[-1].json()["error"]["code"] == "rate_limit_exceeded" and int(answers[-1].headers["Retry-After"]) >= 1
+        await agent.stop()
+    accounts.close()
