@@ -9,9 +9,10 @@ import time
 from dataclasses import replace
 
 import httpx
+import pytest
 import structlog
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from agent.coordinator.billing.keys import create_key
 from agent.coordinator.billing.ledger import credit_account
@@ -231,3 +232,15 @@ async def test_a_key_flooding_a_rate_limited_coordinator_gets_429_with_retry_aft
         assert answers[-1].json()["error"]["code"] == "rate_limit_exceeded" and int(answers[-1].headers["Retry-After"]) >= 1
         await agent.stop()
     accounts.close()
+
+
+async def test_a_link_that_floods_bad_frames_past_the_limit_is_closed_with_a_policy_code():
+    async with coordinator(_with(max_bad_frames=20, bad_frame_log_interval_s=3600.0)) as server:
+        async with connect(server.ws_url) as ws:
+            for _ in range(50):
+                await ws.send("{not json")
+            answers = []
+            with pytest.raises(ConnectionClosedError):  # the coordinator closes the link
+                while True:
+                    answers.append(await ws.recv())
+        assert len(answers) == 20 and ws.close_code == 1008 and ws.close_reason == "too many bad frames"

@@ -28,6 +28,7 @@ class CoordinatorSettings:
     register_timeout_s: float = 10.0
     bad_frame_log_lines: int = 10  # log lines for bad frames per link per interval; the rest are counted
     bad_frame_log_interval_s: float = 60.0
+    max_bad_frames: int = 1000  # bad frames per link per interval before the link is closed (each is answered)
     max_provider_links_per_ip: int = 64  # live provider websockets from one address (raise it for a local fleet)
     max_provider_links_per_credential: int = 256  # ... presenting one provider credential (the shared token too)
     # HTTP: uvicorn's limits, and a head deadline of our own (http/head_deadline.py) against slowloris

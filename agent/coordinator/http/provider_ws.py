@@ -55,6 +55,12 @@ class _Close:
     code: int = CLOSE_EVICTED
 
 
+@dataclass(frozen=True, slots=True)
+class _BadFrames:
+    log: LogBudget  # how many are logged
+    flood: LogBudget  # how many are answered before the link is closed
+
+
 class ProviderEndpoint:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
@@ -90,7 +96,8 @@ class ProviderEndpoint:
         provider: ProviderRecord | None = None
         unknown = UnknownFields()
         settings = self.coordinator.settings
-        budget = LogBudget(settings.bad_frame_log_lines, settings.bad_frame_log_interval_s)
+        budget = _BadFrames(LogBudget(settings.bad_frame_log_lines, settings.bad_frame_log_interval_s),
+                            LogBudget(settings.max_bad_frames, settings.bad_frame_log_interval_s))
         try:
             register = await self._await_register(websocket, outbox, unknown, budget)
             if register is None:
@@ -127,7 +134,7 @@ class ProviderEndpoint:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
-                              unknown: UnknownFields, budget: LogBudget) -> Register | None:
+                              unknown: UnknownFields, budget: _BadFrames) -> Register | None:
         try:
             async with asyncio.timeout(self.coordinator.settings.register_timeout_s):
                 while (frame := await self._next_frame(websocket, outbox, unknown, budget,
@@ -141,7 +148,7 @@ class ProviderEndpoint:
         return None
 
     async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
-                          unknown: UnknownFields, budget: LogBudget, max_bytes: int | None = None) -> Message | None:
+                          unknown: UnknownFields, budget: _BadFrames, max_bytes: int | None = None) -> Message | None:
         """The next valid frame, answering bad ones with an error frame; None when the link is closed.
         Before register, frames are held to the smaller register limit (max_bytes), checked before parsing."""
         while True:
@@ -156,14 +163,18 @@ class ProviderEndpoint:
             else:
                 frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
             for name in unknown.drain():
-                if budget.allow():
+                if budget.log.allow():
                     log.info("provider.unknown_field", client=str(websocket.client), field=name)
             if not isinstance(frame, ProtocolError):
                 return frame
             self.coordinator.metrics.bad_frames.labels(frame.code).inc()
-            if budget.allow():
+            if not budget.flood.allow():  # answering each one would queue without bound for a peer that never reads
+                log.warning("provider.bad_frame_flood", client=str(websocket.client))
+                outbox.put_nowait(_Close("too many bad frames", CLOSE_POLICY))
+                return None
+            if budget.log.allow():
                 log.warning("provider.bad_frame", code=frame.code, message=frame.message[:256],
-                            client=str(websocket.client), num_suppressed=budget.take_suppressed())
+                            client=str(websocket.client), num_suppressed=budget.log.take_suppressed())
             outbox.put_nowait(frame.to_frame())
 
     async def _pump(self, websocket: WebSocket, outbox: asyncio.Queue) -> None:
