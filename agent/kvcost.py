@@ -101,6 +101,12 @@ class RotatingCacheShape:
     def advance(self, num_steps: int) -> None:
         """num_steps one-token updates, skipping over the steps that neither grow, trim nor rotate."""
         while num_steps > 0:
+            if not self.is_empty and self.length == self.window and 1 <= self.idx and num_steps > 2 * self.window:
+                # Fully allocated: every `window` steps rotate once and bring idx back (O(1), not O(steps)).
+                skipped = (num_steps // self.window - 1) * self.window
+                self.offset += skipped
+                self.rotated = True
+                num_steps -= skipped
             quiet = self.window - self.idx
             if self.length < self.window:
                 quiet = min(quiet, self.length - self.offset)
@@ -226,9 +232,51 @@ def _replay(
     """(final bytes, peak bytes). Decode only grows the caches once the first token has trimmed the
     prefill's sliding overhang, so the peak is the larger of the prefill's peak and the final bytes."""
     prompt = total_tokens if prompt_tokens is None else prompt_tokens
-    updates = engine_updates(prompt, total_tokens, chunk)
-    num_prefill = len(updates) - (total_tokens - prompt + 1)
+    if prompt < 1 or total_tokens < prompt:
+        raise ValueError(f"need 1 <= prompt_tokens <= total_tokens, got {prompt}, {total_tokens}")
     caches = SequenceKV(spec, batch_size)
-    peak = max([caches.update(n) for n in updates[: num_prefill + 1]])
-    final = caches.advance(len(updates) - num_prefill - 1)
+    peak = _prefill(caches, prompt - 1, chunk)
+    peak = max(peak, caches.update(1))
+    final = caches.advance(total_tokens - prompt)
     return final, max(peak, final)
+
+
+def _prefill(caches: SequenceKV, num_tokens: int, chunk: int) -> int:
+    """The peak bytes of prefilling num_tokens in chunks, in O(window / chunk + 256) updates whatever
+    num_tokens is: once the sliding layers hold window − 1 + chunk tokens they stay there, and the growing
+    cache's (idx mod 256, slack) repeats, so whole repeats are skipped (its bytes only grow, so the skipped
+    steps never hold the peak)."""
+    if chunk == 1:  # one-token updates only grow the caches: the peak is the end
+        return caches.advance(num_tokens) if num_tokens else 0
+    peak, num_full, last = 0, num_tokens // chunk, num_tokens % chunk
+    seen: dict[tuple[int, int], tuple[int, int, int]] = {}
+    step = 0
+    while step < num_full:
+        peak = max(peak, caches.update(chunk))
+        step += 1
+        full, sliding = caches.full, caches.sliding
+        is_steady = sliding.length == sliding.window - 1 + chunk  # trimmed to the window each chunk
+        is_linear = sliding.length == sliding.offset < sliding.window  # never trimmed yet: grows by chunk
+        if step >= num_full or not (is_steady or is_linear):
+            continue
+        key = (full.idx % CACHE_STEP_TOKENS, full.capacity - full.idx, is_steady)
+        if key not in seen:
+            seen[key] = (step, full.capacity, full.idx)
+            continue
+        first, capacity, idx = seen.pop(key)
+        period = step - first
+        repeats = (num_full - step) // period
+        if is_linear:  # only as far as the sliding layers stay untrimmed
+            repeats = min(repeats, max(0, sliding.window - 1 - sliding.length - chunk) // (period * chunk))
+        full.capacity += repeats * (full.capacity - capacity)
+        full.idx += repeats * (full.idx - idx)
+        sliding.offset += repeats * period * chunk
+        if is_linear:
+            sliding.length += repeats * period * chunk
+            sliding.idx = sliding.length
+        step += repeats * period
+        peak = max(peak, caches.nbytes)
+        seen.clear()
+    if last:
+        peak = max(peak, caches.update(last))
+    return peak

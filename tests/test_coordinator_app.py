@@ -115,7 +115,7 @@ async def test_errors_come_in_openais_shape_naming_the_bad_parameter():
                 {"role": "user", "content": "x" * (8 * 2**20)}]})
         assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_json"
         assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
-        assert huge.status_code == 400 and huge.json()["error"]["code"] == "request_too_large"
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
         assert agent.received == []
         await agent.stop()
 

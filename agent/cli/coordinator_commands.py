@@ -32,11 +32,14 @@ def coordinator(
     queue_depth: Annotated[Optional[int], typer.Option(help="Requests a model's queue holds.")] = None,
     queue_max_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait in the queue.")] = None,
     heartbeat_interval: Annotated[Optional[float], typer.Option(help="Seconds between agent heartbeats.")] = None,
+    requests_per_minute: Annotated[Optional[int], typer.Option(help="Per-account request limit with --db (default 1200; 0: unlimited).")] = None,
+    output_tokens_per_minute: Annotated[Optional[int], typer.Option(help="Per-account output-token limit with --db (default 2000000; 0: unlimited).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="auto, json or console.")] = "auto",
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    from agent.coordinator.billing.ratelimit import RateLimits
     from agent.coordinator.http.app import serve
     from agent.logs import configure_logging
 
@@ -45,7 +48,7 @@ def coordinator(
     try:
         serve(host, port, db, open_mode=open_mode, provider_token=token, allow_open_remote=allow_open_remote,
               queue_depth=queue_depth, queue_max_wait_s=queue_max_wait, heartbeat_interval_s=heartbeat_interval,
-              log_level=log_level)
+              rate_limits=RateLimits.from_cli(requests_per_minute, output_tokens_per_minute), log_level=log_level)
     except DarkbloomError as error:
         fail(error)
 

@@ -2,6 +2,8 @@
 
     ApiError (status, type, code)                                 root
     ├── BadRequest         400 invalid_request_error  (param)    a body the API cannot use
+    │   ├── RequestTimeout 408 invalid_request_error  request_timeout: the body did not arrive in time
+    │   └── RequestTooLarge 413 invalid_request_error request_too_large: Content-Length or body over the limit
     ├── Unauthorized       401 invalid_request_error  invalid_api_key
     ├── PaymentRequired    402 insufficient_quota     insufficient_balance
     ├── ModelNotFound      404 invalid_request_error  model_not_found (param "model"): agent.errors.UnknownModel,
@@ -15,8 +17,8 @@
 
 Every message says what happened and what to do. 429s carry Retry-After (whole seconds).
 
-Public names: ApiError, BadRequest, Unauthorized, PaymentRequired, ModelNotFound, Conflict,
-TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
+Public names: ApiError, BadRequest, RequestTimeout, RequestTooLarge, Unauthorized, PaymentRequired,
+ModelNotFound, Conflict, TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ class ApiError(DarkbloomError):
 
 class BadRequest(ApiError):
     status, type, code, outcome = 400, "invalid_request_error", "invalid_request", "invalid_request"
+
+
+class RequestTimeout(BadRequest):
+    status, code = 408, "request_timeout"
+
+
+class RequestTooLarge(BadRequest):
+    status, code = 413, "request_too_large"
 
 
 class Unauthorized(ApiError):

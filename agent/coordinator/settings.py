@@ -28,6 +28,17 @@ class CoordinatorSettings:
     missed_heartbeats: int = 3  # a provider silent for this many intervals is evicted
     provider_token: str | None = None  # None: any token is accepted (local use)
     register_timeout_s: float = 10.0
+    bad_frame_log_lines: int = 10  # log lines for bad frames per link per interval; the rest are counted
+    bad_frame_log_interval_s: float = 60.0
+    max_bad_frames: int = 1000  # bad frames per link per interval before the link is closed (each is answered)
+    max_provider_links_per_ip: int = 64  # live provider websockets from one address (raise it for a local fleet)
+    max_provider_links_per_credential: int = 256  # ... presenting one provider credential (the shared token too)
+    # HTTP: uvicorn's limits, and a head deadline of our own (http/head_deadline.py) against slowloris
+    http_max_connections: int = 1024  # uvicorn limit_concurrency: connections and websockets beyond it get a 503
+    http_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    http_max_header_bytes: int = 64 * 1024  # h11's max incomplete event: a request head larger is refused
+    http_head_timeout_s: float = 10.0  # a whole request head must arrive within this of connecting
+    body_read_timeout_s: float = 30.0  # the whole request body must arrive within this
     # the queue, per model
     queue_depth: int = 256
     queue_max_wait_s: float = 30.0

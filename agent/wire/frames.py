@@ -28,6 +28,9 @@ from agent.wire.chat_body import ChatCompletionBody, Text
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 4096
 MAX_BYTES = 2**53  # exact in every JSON implementation
+MAX_CONTEXT_TOKENS = 2**22  # 4M tokens: above every architecture's real context (the catalog's is at most 262k)
+MAX_MODELS = 64  # models one register or heartbeat may list: a Mac holds a handful
+MAX_KV_LAYERS = 512  # layers of one kv_layout: the deepest served model has ~100
 
 RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 ModelId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
@@ -100,8 +103,8 @@ class KVLayout(Frame):
 
     architecture: Label
     kv_dtype: Label
-    sliding_window: Count
-    layers: Annotated[tuple[KVLayer, ...], Field(max_length=1024)]
+    sliding_window: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)]
+    layers: Annotated[tuple[KVLayer, ...], Field(max_length=MAX_KV_LAYERS)]
 
 
 MAX_ROWS = 4096  # rows one slot may admit: far above any batch a Mac runs
@@ -122,7 +125,7 @@ class AdmissionLimits(Frame):
 class ModelEntry(Frame):
     id: ModelId
     weights_bytes: Bytes
-    max_context: Count
+    max_context: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)]
     kv_bytes_per_token: Bytes
     kv_fixed_bytes_per_sequence: Bytes
     fits: bool
@@ -139,7 +142,7 @@ class Register(Frame):
     protocol_minor: Count = 0  # of protocol_version; minors only add fields, so they never decide anything
     agent_version: Label
     hardware: Hardware
-    models: Annotated[tuple[ModelEntry, ...], Field(max_length=256)]
+    models: Annotated[tuple[ModelEntry, ...], Field(max_length=MAX_MODELS)]
 
 
 class SlotStatus(Frame):
@@ -156,7 +159,7 @@ class SlotStatus(Frame):
     weights_bytes: Bytes = 0
     expected_output_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: taken as 1
     failure_reason: Reason | None = None
-    kv_longest_row_end_tokens: Count | None = None  # the longest admitted row's expected end: rows pad to it
+    kv_longest_row_end_tokens: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)] | None = None  # the longest admitted row's expected end: rows pad to it
 
 
 class MemoryStatus(Frame):
@@ -168,7 +171,7 @@ class MemoryStatus(Frame):
 class Heartbeat(Frame):
     type: Literal["heartbeat"] = "heartbeat"
     seq: Count
-    slots: Annotated[tuple[SlotStatus, ...], Field(max_length=256)]
+    slots: Annotated[tuple[SlotStatus, ...], Field(max_length=MAX_MODELS)]
     memory: MemoryStatus
     thermal: ThermalState = ThermalState.UNKNOWN
     draining: bool = False  # stopping: send nothing new

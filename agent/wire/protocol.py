@@ -19,7 +19,7 @@ protocol_version), `negotiate` picks the newest one both speak, `registered` nam
 major is ProtocolVersionUnsupported, which the agent treats as fatal.
 
 Public names: PROTOCOL_VERSION, PROTOCOL_MINOR, MIN_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSION,
-MAX_FRAME_BYTES, Direction, Message, AgentMessage, CoordinatorMessage, ProtocolError, FrameTooLarge,
+MAX_FRAME_BYTES, MAX_REGISTER_FRAME_BYTES, Direction, Message, AgentMessage, CoordinatorMessage, ProtocolError, FrameTooLarge,
 FrameNotJson, UnknownMessageType, InvalidField, ProtocolVersionUnsupported, parse_message, negotiate,
 validate_chat_request, encode, json_schema; the frame classes are re-exported from agent.wire.frames.
 """
@@ -58,6 +58,7 @@ PROTOCOL_MINOR = 2  # 1: unknown fields ignored, version range in register, erro
 MIN_PROTOCOL_VERSION = 1  # the oldest major it still speaks
 LEGACY_PROTOCOL_VERSION = 1  # what a peer that names no version (one from before negotiation) speaks
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a full 262k-token prompt is ~1-3 MiB of JSON
+MAX_REGISTER_FRAME_BYTES = 256 * 1024  # a register (and anything before it): 64 models with layouts is ~100 KiB
 
 AgentMessage = Annotated[
     Union[Register, Heartbeat, InferenceAccepted, InferenceRejected, InferenceResponseChunk, InferenceComplete,

@@ -54,6 +54,14 @@ class RateLimits:
     def generous(cls) -> RateLimits:
         return cls(DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_OUTPUT_TOKENS_PER_MINUTE)
 
+    @classmethod
+    def from_cli(cls, requests_per_minute: int | None, output_tokens_per_minute: int | None) -> RateLimits:
+        """The generous defaults, each replaced when given; 0 means unlimited."""
+        default = cls.generous()
+        rpm = default.requests_per_minute if requests_per_minute is None else requests_per_minute or None
+        tpm = default.output_tokens_per_minute if output_tokens_per_minute is None else output_tokens_per_minute or None
+        return cls(rpm, tpm)
+
     @property
     def is_unlimited(self) -> bool:
         return self.requests_per_minute is None and self.output_tokens_per_minute is None

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
-from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed
+from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
 from agent.coordinator.http.capacity import capacity_report, consumer_view
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
@@ -47,7 +47,7 @@ class ChatCompletions:
         request = Request(scope, receive)
         try:
             account = coordinator.authenticate(request.headers.get("authorization"))
-            body = coordinator.parse(await _read_body(request))
+            body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
             model = body.model
             flow = coordinator.open(account, body)
         except ApiError as exc:
@@ -190,15 +190,24 @@ def _refuse(coordinator: Coordinator, request: Request) -> Response | None:
     return None
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused once it outgrows what one inference_request frame can carry."""
+async def _read_body(request: Request, timeout_s: float) -> bytes:
+    """The body, refused from its Content-Length before reading, once it outgrows what one inference_request
+    frame can carry, or when it does not arrive within timeout_s (a slow client holds no slot for long)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"the request body of {declared} bytes exceeds {MAX_BODY_BYTES} bytes, the most one "
+                              "request can carry to a provider")
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise BadRequest(f"the request body exceeds {MAX_BODY_BYTES} bytes, the most one request can carry "
-                                 "to a provider", code="request_too_large")
-        parts.append(part)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                size += len(part)
+                if size > MAX_BODY_BYTES:
+                    raise RequestTooLarge(f"the request body exceeds {MAX_BODY_BYTES} bytes, the most one request "
+                                          "can carry to a provider")
+                parts.append(part)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s; send it at once") from None
     return b"".join(parts)
 
 

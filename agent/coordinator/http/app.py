@@ -27,8 +27,10 @@ from starlette.routing import WebSocketRoute
 
 from agent.catalog import ModelSpec
 from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
+from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
 from agent.errors import ConfigError
@@ -62,6 +64,7 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
 
     app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
     app.state.coordinator = coordinator
+    app.state.provider_endpoint = endpoint
     return app
 
 
@@ -82,8 +85,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
           open_mode: bool | None = None, provider_token: str | None = None, allow_open_remote: bool = False,
           queue_depth: int | None = None, queue_max_wait_s: float | None = None,
           heartbeat_interval_s: float | None = None, settings: CoordinatorSettings | None = None,
-          log_level: str = "info") -> None:
-    """Run the coordinator until SIGINT/SIGTERM. Open mode (no keys, no billing) unless `db_path` is given."""
+          rate_limits: RateLimits | None = None, log_level: str = "info") -> None:
+    """Run the coordinator until SIGINT/SIGTERM. Open mode (no keys, no billing) unless `db_path` is given.
+    With keys, every account is rate limited (`rate_limits`, RateLimits.generous() unless given; an account's
+    own limits in the database win)."""
     is_open = db_path is None if open_mode is None else open_mode
     if is_open and db_path is not None:
         raise ConfigError("--open and --db exclude each other: open mode has no keys and no billing")
@@ -94,16 +99,29 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
         ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
     settings = replace(settings or CoordinatorSettings(), **overrides)
     check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
-    accounts = Accounts.open() if is_open else Accounts.from_db(
-        db_path, max_backlog_entries=settings.ledger_max_backlog_entries, retry_max_s=settings.ledger_retry_max_s)
+    accounts = served_accounts(db_path if not is_open else None, rate_limits, settings)
     app = build_app(accounts, settings, owns_accounts=True)
     uvicorn.Server(_config(app, host, port, log_level)).run()
 
 
+def served_accounts(db_path: str | Path | None, rate_limits: RateLimits | None = None,
+                    settings: CoordinatorSettings = CoordinatorSettings()) -> Accounts:
+    """The accounts `serve` runs with: open (no keys) without a database, else keyed and rate limited by default."""
+    if db_path is None:
+        return Accounts.open()
+    return Accounts.from_db(db_path, limits=rate_limits if rate_limits is not None else RateLimits.generous(),
+                            max_backlog_entries=settings.ledger_max_backlog_entries,
+                            retry_max_s=settings.ledger_retry_max_s)
+
+
 def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+    settings: CoordinatorSettings = app.state.coordinator.settings
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                           ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
-                          log_config=None)
+                          log_config=None, http=with_head_deadline(settings.http_head_timeout_s),
+                          limit_concurrency=settings.http_max_connections,
+                          timeout_keep_alive=settings.http_keep_alive_s,
+                          h11_max_incomplete_event_size=settings.http_max_header_bytes)
 
 
 @dataclass(slots=True)

@@ -27,9 +27,21 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.coordinator.core import Coordinator
+from agent.coordinator.http.link_caps import LinkCaps, credential_key
+from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.routing.registry import ProviderRecord
 from agent.wire.frames import ErrorFrame, Register, Registered
-from agent.wire.protocol import PROTOCOL_MINOR, Direction, Message, ProtocolError, encode, negotiate, parse_message
+from agent.wire.protocol import (
+    MAX_REGISTER_FRAME_BYTES,
+    PROTOCOL_MINOR,
+    Direction,
+    FrameTooLarge,
+    Message,
+    ProtocolError,
+    encode,
+    negotiate,
+    parse_message,
+)
 from agent.wire.unknown_fields import UnknownFields
 
 log = structlog.get_logger("agent.coordinator.http.provider_ws")
@@ -43,10 +55,18 @@ class _Close:
     code: int = CLOSE_EVICTED
 
 
+@dataclass(frozen=True, slots=True)
+class _BadFrames:
+    log: LogBudget  # how many are logged
+    flood: LogBudget  # how many are answered before the link is closed
+
+
 class ProviderEndpoint:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.links: set[asyncio.Queue] = set()  # one outbox per live link, for shutdown
+        settings = coordinator.settings
+        self.caps = LinkCaps(settings.max_provider_links_per_ip, settings.max_provider_links_per_credential)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -55,14 +75,31 @@ class ProviderEndpoint:
             await websocket.send_denial_response(PlainTextResponse(
                 "invalid provider token: set provider_token in the agent config to the coordinator's\n", 401))
             return
+        ip = websocket.client.host if websocket.client else ""
+        credential = credential_key(websocket.headers.get("authorization"))
+        refusal = self.caps.refusal(ip, credential)
+        if refusal:
+            log.warning("provider.refused", client=str(websocket.client), reason=refusal)
+            await websocket.send_denial_response(PlainTextResponse(refusal + "\n", 429))
+            return
+        self.caps.open(ip, credential)
+        try:
+            await self._serve(websocket)
+        finally:
+            self.caps.close(ip, credential)
+
+    async def _serve(self, websocket: WebSocket) -> None:
         await websocket.accept()
         outbox: asyncio.Queue[Message | _Close] = asyncio.Queue()
         self.links.add(outbox)
         pump = asyncio.create_task(self._pump(websocket, outbox))
         provider: ProviderRecord | None = None
         unknown = UnknownFields()
+        settings = self.coordinator.settings
+        budget = _BadFrames(LogBudget(settings.bad_frame_log_lines, settings.bad_frame_log_interval_s),
+                            LogBudget(settings.max_bad_frames, settings.bad_frame_log_interval_s))
         try:
-            register = await self._await_register(websocket, outbox, unknown)
+            register = await self._await_register(websocket, outbox, unknown, budget)
             if register is None:
                 return
             version = negotiate(register)
@@ -76,7 +113,7 @@ class ProviderEndpoint:
             outbox.put_nowait(Registered(provider_id=provider.provider_id,
                                          heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
                                          protocol_version=version, protocol_minor=PROTOCOL_MINOR))
-            while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+            while (frame := await self._next_frame(websocket, outbox, unknown, budget)) is not None:
                 self.coordinator.router.receive(provider, frame)
         finally:
             if provider is not None:
@@ -97,10 +134,11 @@ class ProviderEndpoint:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
-                              unknown: UnknownFields) -> Register | None:
+                              unknown: UnknownFields, budget: _BadFrames) -> Register | None:
         try:
             async with asyncio.timeout(self.coordinator.settings.register_timeout_s):
-                while (frame := await self._next_frame(websocket, outbox, unknown)) is not None:
+                while (frame := await self._next_frame(websocket, outbox, unknown, budget,
+                                                       max_bytes=MAX_REGISTER_FRAME_BYTES)) is not None:
                     if isinstance(frame, Register):
                         return frame
                     outbox.put_nowait(ErrorFrame(code="not_registered", message=(
@@ -110,21 +148,33 @@ class ProviderEndpoint:
         return None
 
     async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
-                          unknown: UnknownFields) -> Message | None:
-        """The next valid frame, answering bad ones with an error frame; None when the link is closed."""
+                          unknown: UnknownFields, budget: _BadFrames, max_bytes: int | None = None) -> Message | None:
+        """The next valid frame, answering bad ones with an error frame; None when the link is closed.
+        Before register, frames are held to the smaller register limit (max_bytes), checked before parsing."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return None
             data = message.get("text")
-            frame = parse_message(data if data is not None else message.get("bytes") or b"",
-                                  direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+            data = data if data is not None else message.get("bytes") or b""
+            if max_bytes is not None and len(data) > max_bytes:
+                frame: Message | ProtocolError = FrameTooLarge(
+                    f"frame of {len(data)}+ bytes before register exceeds the {max_bytes}-byte register limit")
+            else:
+                frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
             for name in unknown.drain():
-                log.info("provider.unknown_field", client=str(websocket.client), field=name)
+                if budget.log.allow():
+                    log.info("provider.unknown_field", client=str(websocket.client), field=name)
             if not isinstance(frame, ProtocolError):
                 return frame
             self.coordinator.metrics.bad_frames.labels(frame.code).inc()
-            log.warning("provider.bad_frame", code=frame.code, message=frame.message)
+            if not budget.flood.allow():  # answering each one would queue without bound for a peer that never reads
+                log.warning("provider.bad_frame_flood", client=str(websocket.client))
+                outbox.put_nowait(_Close("too many bad frames", CLOSE_POLICY))
+                return None
+            if budget.log.allow():
+                log.warning("provider.bad_frame", code=frame.code, message=frame.message[:256],
+                            client=str(websocket.client), num_suppressed=budget.log.take_suppressed())
             outbox.put_nowait(frame.to_frame())
 
     async def _pump(self, websocket: WebSocket, outbox: asyncio.Queue) -> None:

@@ -30,20 +30,21 @@ COLD_BEATS_BEFORE_REFUSED = 2  # heartbeats still showing cold after a load_mode
 
 def spec_for_entry(entry: ModelEntry, catalog: dict[str, ModelSpec]) -> tuple[ModelSpec | None, str]:
     """The exact ModelSpec of a registered model, or None and why the coordinator cannot admit for it."""
-    layout = entry.kv_layout
+    layout, known = entry.kv_layout, catalog.get(entry.id)
+    # A model the catalog knows is never planned beyond the catalog's context, whatever the peer claims.
+    max_context = min(entry.max_context, known.max_context) if known is not None else entry.max_context
     if layout is not None:
         if layout.kv_dtype not in DTYPE_BYTES:
             return None, f"unknown kv_dtype {layout.kv_dtype!r} in its kv_layout"
         layers = tuple(KVLayer(LayerKind(layer.kind), layer.num_kv_heads, layer.head_dim) for layer in layout.layers)
         return ModelSpec(id=entry.id, architecture=layout.architecture, kv_layers=layers,
                          sliding_window=max(layout.sliding_window, 1), kv_dtype=layout.kv_dtype,
-                         max_context=entry.max_context, weights_bytes=entry.weights_bytes,
+                         max_context=max_context, weights_bytes=entry.weights_bytes,
                          activation_reserve_bytes=entry.activation_reserve_bytes), ""
-    known = catalog.get(entry.id)
     if known is None:
         return None, "its register entry has no kv_layout and the model is not in the coordinator's catalog"
     return ModelSpec(id=entry.id, architecture=known.architecture, kv_layers=known.kv_layers,
-                     sliding_window=known.sliding_window, kv_dtype=known.kv_dtype, max_context=entry.max_context,
+                     sliding_window=known.sliding_window, kv_dtype=known.kv_dtype, max_context=max_context,
                      weights_bytes=entry.weights_bytes or known.weights_bytes,
                      activation_reserve_bytes=entry.activation_reserve_bytes or known.activation_reserve_bytes), ""
 
