@@ -43,6 +43,9 @@ class CoordinatorSettings:
     prewarm_waiting_per_slot: int = 2  # ... or when warm slots average this many prompts waiting for prefill
     load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
+    # billing (billing/holds.py): an account without a credit line holds the worst case
+    min_capped_output_tokens: int = 16  # a balance covering less output than this refuses (402), not caps
+    max_hold_context_tokens: int = 262_144  # the context a hold assumes for a model not in the catalog (and at most)
     # responses
     reasoning_field: ReasoningField = "reasoning"
 
