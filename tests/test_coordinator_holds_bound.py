@@ -111,3 +111,19 @@ def test_a_version_1_database_gains_a_zero_credit_limit_and_keeps_its_accounts(t
     assert set_credit_limit(db, "old", 2_500_000).credit_limit_micros == 2_500_000
     assert connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
     assert get_account(Path(db), "old").requests_per_minute == 5
+
+
+def test_the_cli_sets_a_credit_limit_that_a_running_coordinator_uses_for_the_accounts_next_request(tmp_path):
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    db = tmp_path / "accounts.sqlite"
+    created = create_key(db, "firm")
+    result = CliRunner().invoke(app, ["coordinator", "credit-limit", "firm", "2.50", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "2.500000" in result.output and get_account(db, "firm").credit_limit_micros == 2_500_000
+    with Accounts.from_db(db) as accounts:
+        assert accounts.authenticate(created.key).credit_limit_micros == 2_500_000
+    unknown = CliRunner().invoke(app, ["coordinator", "credit-limit", "nobody", "1", "--db", str(db)])
+    assert unknown.exit_code != 0 and "no account 'nobody'" in unknown.output
