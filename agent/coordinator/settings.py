@@ -13,6 +13,7 @@ from typing import Literal
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+MIN_CAPPED_OUTPUT_TOKENS = 16  # a balance covering less output than this refuses (402) rather than caps
 
 # Where reasoning goes in responses: `reasoning` (OpenRouter, vLLM ≥ 0.10, Ollama), `reasoning_content`
 # (DeepSeek, older vLLM), or both (a client that reads either sees it; one that sums both sees it twice).
@@ -44,7 +45,7 @@ class CoordinatorSettings:
     load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # billing (billing/holds.py): an account without a credit line holds the worst case
-    min_capped_output_tokens: int = 16  # a balance covering less output than this refuses (402), not caps
+    min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS
     max_hold_context_tokens: int = 262_144  # the context a hold assumes for a model not in the catalog (and at most)
     # responses
     reasoning_field: ReasoningField = "reasoning"

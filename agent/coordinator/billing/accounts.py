@@ -52,6 +52,7 @@ from agent.coordinator.billing.ledger import POLL_INTERVAL_S, EntryKind, LedgerE
 from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
+from agent.coordinator.settings import MIN_CAPPED_OUTPUT_TOKENS
 
 __all__ = ["Accounts", "Admission", "ReleaseReason", "LOCAL_ACCOUNT", "Account", "InsufficientBalance",
            "DuplicateRequest", "RateLimited", "RateLimits", "Settlement", "SettleStatus"]
@@ -86,9 +87,6 @@ class Admission:
     expected_cost_micros: int
     bound_cost_micros: int = 0  # the most it can be charged: prompt bound + max_tokens of output
     is_capped: bool = False  # max_tokens was lowered to what the balance covers
-
-
-MIN_CAPPED_OUTPUT_TOKENS = 16  # a cap below this helps nobody: refuse with the cost instead
 
 
 class Accounts:
