@@ -23,6 +23,7 @@ from agent.coordinator.billing.accounts import (
 from agent.coordinator.billing.keys import create_key
 from agent.coordinator.billing.ledger import EntryKind, ledger_sum
 from agent.coordinator.billing.pricing import DEFAULT_PRICES
+from agent.coordinator.billing.store import set_credit_limit
 from agent.errors import DarkbloomError
 
 MODEL = "gpt-oss-20b"
@@ -46,8 +47,10 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def funded(db: Path):
-    """(accounts, account, key) for an account holding exactly 64 expected costs: not 64 worst cases."""
+    """(accounts, account, key) for an account holding exactly 64 expected costs: not 64 worst cases, with
+    a credit line that covers the rest of 64 worst cases (so its holds are expected costs, holds.py)."""
     created = create_key(db, "alice")
+    set_credit_limit(db, "alice", 64 * worst_cost())
     accounts = Accounts.from_db(db)
     accounts.credit("alice", 64 * expected_cost())
     yield accounts, accounts.authenticate(created.key), created.key
@@ -171,29 +174,30 @@ def test_a_request_costing_more_than_the_available_balance_is_refused_with_insuf
         assert accounts.num_holds == 0 and accounts.limiter.num_outstanding == 0
 
 
-def test_holds_in_flight_count_against_the_available_balance_until_they_end(db):
+def test_worst_case_holds_in_flight_count_against_the_available_balance_until_they_end(db):
     created = create_key(db, "carol")
     with Accounts.from_db(db) as accounts:
         carol = accounts.authenticate(created.key)
         one_token = DEFAULT_PRICES.cost_micros(MODEL, PROMPT, 1)
-        accounts.credit("carol", 2 * expected_cost() + one_token)
+        accounts.credit("carol", 2 * worst_cost() + one_token)
         admit(accounts, carol, "r1")
         admit(accounts, carol, "r2")
         with pytest.raises(InsufficientBalance):
             admit(accounts, carol, "r3")
         accounts.settle("r1", prompt_tokens=PROMPT, completion_tokens=1)  # frees its hold, charges one token
-        assert accounts.available_micros("carol") == expected_cost()
+        assert accounts.available_micros("carol") == worst_cost()
         admit(accounts, carol, "r3")
 
 
-def test_a_settlement_above_its_hold_is_charged_in_full_and_flags_the_overdraft(db):
+def test_a_settlement_above_its_expected_hold_is_charged_in_full_within_the_credit_line_and_flags_it(db):
     created = create_key(db, "dave")
+    set_credit_limit(db, "dave", worst_cost())
     with Accounts.from_db(db) as accounts:
         dave = accounts.authenticate(created.key)
         accounts.credit("dave", expected_cost())
         admit(accounts, dave, "r1")
         settled = accounts.settle("r1", prompt_tokens=PROMPT, completion_tokens=MAX_TOKENS)
-        assert settled.cost_micros == worst_cost()
+        assert settled.cost_micros == worst_cost() and settled.forgiven_micros == 0
         assert settled.is_overdrawn and accounts.balance_micros("dave") < 0
         with pytest.raises(InsufficientBalance):
             admit(accounts, dave, "r2", max_tokens=1)

@@ -109,3 +109,19 @@ def credit(account: Annotated[str, typer.Argument(help="The account to credit.")
     except (DarkbloomError, ValueError) as error:
         fail(str(error))
     typer.echo(f"credited {format_micros(micros)} to {account}")
+
+
+@coordinator_app.command("credit-limit")
+def credit_limit(account: Annotated[str, typer.Argument(help="The account.")],
+                 amount: Annotated[str, typer.Argument(help="How far below zero it may go, in dollars (0: none).")],
+                 db: DbOpt) -> None:
+    """Set an account's credit line. With 0 (the default) every hold covers the request's worst case."""
+    from agent.coordinator.billing.pricing import format_micros, parse_amount
+    from agent.coordinator.billing.store import set_credit_limit
+
+    try:
+        micros = parse_amount(amount)
+        set_credit_limit(db, account, micros)
+    except (DarkbloomError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"credit limit of {account}: {format_micros(micros)}")

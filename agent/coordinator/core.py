@@ -88,17 +88,19 @@ class Coordinator:
         return body
 
     def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow:
-        """Hold the request's expected cost, then hand it to a flow that routes it."""
+        """Hold the request's cost (billing/holds.py), then hand it to a flow that routes it."""
         request_id = f"chatcmpl-{secrets.token_hex(12)}"
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body)
-        ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         try:
             # Holds use the default ratio and clip, not an agent's adapted ones: money errs on the safe side.
-            # No provider is chosen yet, so a request without max_tokens is held at the clip, the most
-            # output the hold's formula ever counts.
-            self.accounts.admit(account, request_id, model=body.model, prompt_tokens=estimate.tokens,
-                                max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS)
+            # No provider is chosen yet, so a request without max_tokens is expected at the clip; its bound
+            # is all the output the model's context leaves (hold_output_tokens).
+            admission = self.accounts.admit(
+                account, request_id, model=body.model, prompt_tokens=estimate.tokens,
+                max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS,
+                max_output_tokens=self.hold_output_tokens(body, estimate.floor_tokens),
+                can_cap=True, min_capped_output_tokens=self.settings.min_capped_output_tokens)
         except InsufficientBalance as exc:
             raise PaymentRequired(str(exc)) from None
         except RateLimited as exc:
@@ -108,10 +110,23 @@ class Coordinator:
         except LedgerUnavailable as exc:
             raise BillingUnavailable(f"billing is paused: {exc}. Retry later; the operator should check the "
                                      "accounts database's disk", retry_after_s=self.settings.retry_after_s) from None
+        if admission.is_capped:
+            # The balance covers only this much output: the agent stops there, with finish_reason "length".
+            capped = admission.max_tokens
+            body = body.model_copy(update={"max_tokens": capped,
+                                           "max_completion_tokens": capped if body.max_completion_tokens else None})
+        ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
         return RequestFlow(self.router, self.accounts, exchange,
                            max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
+
+    def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
+        """All the output a request may produce: max_tokens, at most what the model's context leaves."""
+        spec = self.catalog.get(body.model)
+        context = spec.max_context if spec is not None else self.settings.max_hold_context_tokens
+        room = max(1, min(context, self.settings.max_hold_context_tokens) - prompt_floor_tokens)
+        return min(body.output_limit or room, room)
 
     def known_models(self) -> list[str]:
         return self.router.registry.models()

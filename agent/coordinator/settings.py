@@ -15,6 +15,7 @@ from agent.coordinator.billing.ledger import MAX_BACKLOG_ENTRIES, RETRY_MAX_S
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+MIN_CAPPED_OUTPUT_TOKENS = 16  # a balance covering less output than this refuses (402) rather than caps
 
 # Where reasoning goes in responses: `reasoning` (OpenRouter, vLLM ≥ 0.10, Ollama), `reasoning_content`
 # (DeepSeek, older vLLM), or both (a client that reads either sees it; one that sums both sees it twice).
@@ -63,6 +64,9 @@ class CoordinatorSettings:
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)
     operator_token: str | None = None  # sent as `x-darkbloom-operator`
     operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
+    # billing (billing/holds.py): an account without a credit line holds the worst case
+    min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS
+    max_hold_context_tokens: int = 262_144  # the context a hold assumes for a model not in the catalog (and at most)
     # responses
     reasoning_field: ReasoningField = "reasoning"
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many

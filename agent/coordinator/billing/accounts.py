@@ -3,14 +3,21 @@
 The one object the API layer talks to, non-blocking and safe to call from the event loop:
 
     account = accounts.authenticate(bearer_key)                     # memory only; None -> 401
-    accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...)
+    admission = accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...,
+                               max_output_tokens=..., can_cap=True)
         # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409),
-        # LedgerUnavailable (503) for a billed account while the ledger cannot be written
+        # LedgerUnavailable (503) for a billed account while the ledger cannot be written;
+        # admission.max_tokens may be below the ask when the balance covers only that much output
     accounts.settle(request_id, prompt_tokens=..., completion_tokens=...)   # on inference_complete
     accounts.release(request_id, ReleaseReason.TIMEOUT)                     # on every failure path
 
-Admission holds the EXPECTED cost and charges the rate limiter the EXPECTED output, both from
-agent.admission.expected_output_tokens, the rule KV admission uses (DESIGN.md §4). Settlement appends
+Admission charges the rate limiter the EXPECTED output (agent.admission.expected_output_tokens, the
+rule KV admission uses, DESIGN.md §4) and holds what holds.py says: the worst case (prompt bound +
+`max_output_tokens`, all the output the request may produce) for an account without a credit line, the
+expected cost within the worst case's credit line otherwise. When the balance cannot cover the worst case
+and the caller `can_cap`, the request's output is capped to the most the balance covers (binary search
+on the book's own check) and it ends with finish_reason "length"; below `min_capped_output_tokens` it is
+refused instead (402, naming what it could cost). Settlement appends
 one ledger entry; the SQLite write happens later on the ledger's writer thread. A retry of the same
 consumer request on another provider keeps its hold; release only when the request itself ends
 without a usage report (or is re-admitted under a new request id: ReleaseReason.RETRY).
@@ -55,6 +62,7 @@ from agent.coordinator.billing.ledger import (
 from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
+from agent.coordinator.settings import MIN_CAPPED_OUTPUT_TOKENS
 
 __all__ = ["Accounts", "Admission", "ReleaseReason", "LOCAL_ACCOUNT", "Account", "InsufficientBalance",
            "DuplicateRequest", "LedgerUnavailable", "RateLimited", "RateLimits", "Settlement", "SettleStatus"]
@@ -87,6 +95,8 @@ class Admission:
     max_tokens: int
     expected_output_tokens: int
     expected_cost_micros: int
+    bound_cost_micros: int = 0  # the most it can be charged: prompt bound + max_tokens of output
+    is_capped: bool = False  # max_tokens was lowered to what the balance covers
 
 
 class Accounts:
@@ -124,25 +134,60 @@ class Accounts:
         return self.open_account if self.open_account is not None else self.keys.authenticate(key)
 
     def admit(self, account: Account, request_id: str, *, model: str, prompt_tokens: int, max_tokens: int,
-              ratio: float = EXPECTED_OUTPUT_RATIO_START) -> Admission:
-        """Hold the expected cost and charge the expected output, or raise and take nothing."""
-        expected = expected_output_tokens(max_tokens, ratio)
-        cost = self.prices.cost_micros(model, prompt_tokens, expected) if account.is_billed else 0
-        hold = Hold(request_id, account.id, model, prompt_tokens, expected, cost, account.is_billed)
+              ratio: float = EXPECTED_OUTPUT_RATIO_START, max_output_tokens: int | None = None,
+              can_cap: bool = False, min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS) -> Admission:
+        """Hold the request's cost (see holds.py) and charge the expected output, or raise and take nothing.
+
+        `max_tokens` sizes the expected output; `max_output_tokens` (default: max_tokens) is all the output
+        the request may produce, the bound's output. `prompt_tokens` is the prompt's upper bound."""
+        bound_tokens = max_tokens if max_output_tokens is None else max_output_tokens
         limits = self._limits(account)
         if account.is_billed and (reason := self.ledger.refusal()) is not None:
             # A charge that could not be written would be lost on a restart: serve no new billed work.
             log.info("accounts.refuse", account_id=account.id, request_id=request_id, code=LedgerUnavailable.code)
             raise LedgerUnavailable(reason)
         with self._lock:
+            hold = self._hold(account, request_id, model, prompt_tokens, max_tokens, bound_tokens, ratio)
             # Money first: a request the balance can never pay for should not be told to retry later.
             refusal = self._book.refusal(hold)
+            if refusal is not None and can_cap and refusal.code == InsufficientBalance.code:
+                capped = self._largest_affordable(account, request_id, model, prompt_tokens, bound_tokens, ratio)
+                if capped >= min(min_capped_output_tokens, bound_tokens):
+                    hold = self._hold(account, request_id, model, prompt_tokens, capped, capped, ratio)
+                    refusal = None
             if refusal is not None:
                 log.info("accounts.refuse", account_id=account.id, request_id=request_id, code=refusal.code)
                 raise refusal
-            self.limiter.admit(request_id, account.id, expected, limits)
+            self.limiter.admit(request_id, account.id, hold.expected_output_tokens, limits)
             self._book.hold(hold)
-        return Admission(request_id, account, model, prompt_tokens, max_tokens, expected, cost)
+        is_capped = hold.max_output_tokens is not None and hold.max_output_tokens < bound_tokens
+        if is_capped:
+            log.info("accounts.cap", account_id=account.id, request_id=request_id, max_tokens=hold.max_output_tokens,
+                     asked_tokens=bound_tokens)
+        return Admission(request_id, account, model, prompt_tokens,
+                         hold.max_output_tokens if is_capped else max_tokens, hold.expected_output_tokens,
+                         hold.expected_cost_micros, hold.bound_micros, is_capped)
+
+    def _hold(self, account: Account, request_id: str, model: str, prompt_tokens: int, max_tokens: int,
+              bound_tokens: int, ratio: float) -> Hold:
+        expected = min(expected_output_tokens(max_tokens, ratio), bound_tokens)
+        billed = account.is_billed
+        cost = self.prices.cost_micros(model, prompt_tokens, expected) if billed else 0
+        bound = self.prices.cost_micros(model, prompt_tokens, bound_tokens) if billed else 0
+        return Hold(request_id, account.id, model, prompt_tokens, expected, cost, billed, bound,
+                    account.credit_limit_micros, bound_tokens)
+
+    def _largest_affordable(self, account: Account, request_id: str, model: str, prompt_tokens: int,
+                            bound_tokens: int, ratio: float) -> int:
+        """The most output tokens (≤ bound_tokens) whose hold the book accepts now; 0 if none."""
+        low, high = 0, bound_tokens - 1  # bound_tokens itself was just refused
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._book.refusal(self._hold(account, request_id, model, prompt_tokens, mid, mid, ratio)) is None:
+                low = mid
+            else:
+                high = mid - 1
+        return low
 
     def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Charge the real usage once (see holds.py for duplicates, late and unknown settlements)."""
@@ -155,11 +200,13 @@ class Accounts:
                 self.limiter.reconcile(request_id, completion_tokens)
         if hold is not None and hold.is_billed and settlement.status in (SettleStatus.SETTLED, SettleStatus.LATE):
             self.ledger.append(LedgerEntry(
-                account_id=hold.account_id, kind=EntryKind.USAGE, amount_micros=-cost, request_id=request_id,
+                account_id=hold.account_id, kind=EntryKind.USAGE, amount_micros=-settlement.cost_micros,
+                request_id=request_id,
                 model=hold.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
-        if settlement.status is not SettleStatus.SETTLED or settlement.is_overdrawn:
+        if settlement.status is not SettleStatus.SETTLED or settlement.is_overdrawn or settlement.forgiven_micros:
             log.warning("accounts.settle", request_id=request_id, status=settlement.status.value,
-                        account_id=settlement.account_id, cost_micros=cost, balance_micros=settlement.balance_micros)
+                        account_id=settlement.account_id, cost_micros=settlement.cost_micros,
+                        forgiven_micros=settlement.forgiven_micros, balance_micros=settlement.balance_micros)
         return settlement
 
     def release(self, request_id: str, reason: ReleaseReason | str, *, produced_output_tokens: int = 0) -> bool:

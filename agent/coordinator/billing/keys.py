@@ -142,11 +142,12 @@ class KeyStore:
 
     def reload(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute(
-            "SELECT k.id, k.key_sha256, a.id, a.is_billed, a.requests_per_minute, a.output_tokens_per_minute"
+            "SELECT k.id, k.key_sha256, a.id, a.is_billed, a.requests_per_minute, a.output_tokens_per_minute,"
+            " a.credit_limit_micros"
             " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.revoked_at IS NULL"
         )
         # Built aside and swapped in one assignment, so a concurrent authenticate sees old or new, never half.
-        self._records = {r[0]: _KeyRecord(bytes(r[1]), Account(r[2], bool(r[3]), r[4], r[5])) for r in rows}
+        self._records = {r[0]: _KeyRecord(bytes(r[1]), Account(r[2], bool(r[3]), r[4], r[5], r[6])) for r in rows}
 
     @property
     def num_keys(self) -> int:

@@ -1,6 +1,7 @@
 """The accounts database: one SQLite file holding accounts, API keys (hashed) and the ledger.
 
-    accounts  id, is_billed, requests_per_minute, output_tokens_per_minute, created_at
+    accounts  id, is_billed, requests_per_minute, output_tokens_per_minute, created_at,
+              credit_limit_micros (how far below zero it may go; 0: holds cover the worst case)
     api_keys  id (visible), account_id, name, key_sha256, created_at, revoked_at
     ledger    seq, account_id, kind (usage | credit), request_id, amount_micros (signed), model,
               prompt_tokens, completion_tokens, note, source, created_at;  UNIQUE (request_id, kind)
@@ -9,7 +10,9 @@ The ledger is append-only (triggers refuse UPDATE and DELETE): a balance is the 
 entries, never a row that every request rewrites (DESIGN.md §1, lesson 1). WAL lets the CLI and the
 running coordinator read while the ledger writer appends.
 
-Public names: Account, UnknownAccount, connect, create_account, get_account, list_accounts.
+Schema versions: 1 (the first), 2 (accounts.credit_limit_micros, added to a version 1 file in place).
+
+Public names: Account, UnknownAccount, connect, create_account, get_account, list_accounts, set_credit_limit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from agent.errors import DarkbloomError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
@@ -30,7 +33,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     is_billed INTEGER NOT NULL DEFAULT 1,
     requests_per_minute INTEGER,
     output_tokens_per_minute INTEGER,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    credit_limit_micros INTEGER NOT NULL DEFAULT 0 CHECK (credit_limit_micros >= 0)
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
@@ -74,6 +78,7 @@ class Account:
     is_billed: bool = True
     requests_per_minute: int | None = None
     output_tokens_per_minute: int | None = None
+    credit_limit_micros: int = 0  # how far below zero its balance may go (holds.py)
 
 
 def connect(db_path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -86,9 +91,16 @@ def connect(db_path: str | Path, *, check_same_thread: bool = True) -> sqlite3.C
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        # A version 1 file keeps its accounts table (CREATE IF NOT EXISTS): the new column is added to it.
+        migrate = MIGRATION_TO_2 if version == 1 else ""
+        conn.executescript(f"BEGIN; {SCHEMA} {migrate} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
     return conn
+
+
+MIGRATION_TO_2 = ("ALTER TABLE accounts ADD COLUMN credit_limit_micros INTEGER NOT NULL DEFAULT 0"
+                  " CHECK (credit_limit_micros >= 0);")
 
 
 def create_account(
@@ -114,6 +126,18 @@ def create_account(
         conn.close()
 
 
+def set_credit_limit(db_path: str | Path, account_id: str, credit_limit_micros: int) -> Account:
+    """How far below zero the account may go (0: every hold covers its worst case). Not a ledger entry."""
+    if credit_limit_micros < 0:
+        raise ValueError("a credit limit is zero or more micro-units")
+    conn = connect(db_path)
+    try:
+        conn.execute("UPDATE accounts SET credit_limit_micros = ? WHERE id = ?", (credit_limit_micros, account_id))
+        return _get(conn, account_id)
+    finally:
+        conn.close()
+
+
 def get_account(db_path: str | Path, account_id: str) -> Account:
     conn = connect(db_path)
     try:
@@ -130,7 +154,7 @@ def list_accounts(db_path: str | Path) -> list[Account]:
         conn.close()
 
 
-_ACCOUNT_COLUMNS = "id, is_billed, requests_per_minute, output_tokens_per_minute"
+_ACCOUNT_COLUMNS = "id, is_billed, requests_per_minute, output_tokens_per_minute, credit_limit_micros"
 
 
 def _get(conn: sqlite3.Connection, account_id: str) -> Account:
@@ -141,4 +165,4 @@ def _get(conn: sqlite3.Connection, account_id: str) -> Account:
 
 
 def _account(row: tuple) -> Account:
-    return Account(row[0], bool(row[1]), row[2], row[3])
+    return Account(row[0], bool(row[1]), row[2], row[3], row[4])

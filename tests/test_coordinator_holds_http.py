@@ -1,0 +1,54 @@
+"""Holds that cannot be outrun, end to end: real HTTP, the official SDK, a scripted provider, a real ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+
+from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.ledger import ledger_sum
+from agent.coordinator.billing.pricing import DEFAULT_PRICES
+from tests.provider_support import GPT, Reply, coordinator, provider
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def every_token_it_may(request) -> Reply:
+    """A provider that produces all the output it is allowed, and says so (finish_reason length)."""
+    return Reply(chunks=["x"] * request.body.output_limit, finish_reason="length")
+
+
+async def test_a_poor_account_asking_for_120000_tokens_four_times_at_once_is_capped_or_refused_never_overdrawn(
+        tmp_path: Path):
+    db = tmp_path / "accounts.sqlite"
+    key = create_key(db, "poor").key
+    accounts = Accounts.from_db(db)
+    accounts.credit("poor", 1_000)  # $0.001, the attack of issue 11
+    async with coordinator(accounts=accounts) as server:
+        agent = await provider(server, GPT, reply=every_token_it_may)
+        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+
+        async def one() -> object:
+            try:
+                return await client.chat.completions.create(model=GPT.id, messages=MESSAGES, max_tokens=120_000)
+            except openai.APIStatusError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one() for _ in range(4)))
+        served = [r for r in results if not isinstance(r, openai.APIStatusError)]
+        refused = [r for r in results if isinstance(r, openai.APIStatusError)]
+        assert served and all(r.choices[0].finish_reason == "length" for r in served)
+        assert all(r.status_code == 402 and r.body["code"] == "insufficient_balance" for r in refused)
+        assert all("could cost up to" in r.body["message"] for r in refused)
+        asked = [request.body.output_limit for request in agent.received]
+        assert asked and all(16 <= n < 120_000 for n in asked)  # the provider was told the capped max_tokens
+        assert sum(r.usage.completion_tokens for r in served) == sum(asked)
+        await agent.stop()
+    assert accounts.flush()
+    charged = sum(DEFAULT_PRICES.cost_micros(GPT.id, r.usage.prompt_tokens, r.usage.completion_tokens)
+                  for r in served)
+    assert accounts.balance_micros("poor") == 1_000 - charged == ledger_sum(db, "poor") >= 0
+    accounts.close()
