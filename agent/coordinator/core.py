@@ -43,7 +43,6 @@ from agent.coordinator.routing.placement import Ask
 from agent.coordinator.routing.router import Router
 from agent.coordinator.settings import CoordinatorSettings
 from agent.wire.chat_body import ChatCompletionBody
-from agent.wire.frames import UsageReport
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 log = structlog.get_logger("agent.coordinator")
@@ -57,7 +56,6 @@ class Coordinator:
         self.catalog = _default_catalog() if catalog is None else catalog
         self.metrics = Metrics()
         self.router = Router(self.settings, catalog=self.catalog, clock=clock, metrics=self.metrics)
-        self.router.late_complete = self._late_complete
         self.metrics.watch(self._gauges)
         self.clock = clock
 
@@ -137,10 +135,6 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
             self.router.evict_stale()
-
-    def _late_complete(self, request_id: str, usage: UsageReport) -> None:
-        # The client left; the agent finished the request it had started (holds.py: a LATE settlement).
-        self.accounts.settle(request_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
 
     def _gauges(self) -> Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
         router = self.router

@@ -56,7 +56,6 @@ class PendingEntry:
     is_counted: bool = False  # the last heartbeat includes it
     num_chunks: int = 0
     abandoned_at: float | None = None  # the coordinator sent cancel at this time
-    settle_late: bool = False  # bill a late inference_complete (the client left; the agent did the work)
 
     @property
     def tokens_now(self) -> int:
@@ -145,11 +144,10 @@ class PendingSends:
             self.credits[request_id] = entry.reservation_bytes
         return entry
 
-    def abandon(self, request_id: str, now: float, *, settle_late: bool = False) -> PendingEntry | None:
+    def abandon(self, request_id: str, now: float) -> PendingEntry | None:
         entry = self.entries.get(request_id)
         if entry is not None and entry.abandoned_at is None:
             entry.abandoned_at = now
-            entry.settle_late = settle_late
         return entry
 
     def mark_full(self) -> None:

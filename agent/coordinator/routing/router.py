@@ -36,7 +36,6 @@ from agent.wire.frames import (
     ErrorFrame,
     Heartbeat,
     InferenceAccepted,
-    InferenceComplete,
     InferenceError,
     InferenceRejected,
     InferenceRequest,
@@ -44,7 +43,6 @@ from agent.wire.frames import (
     LoadModel,
     Register,
     Reservation,
-    UsageReport,
 )
 from agent.wire.protocol import Message
 
@@ -73,7 +71,6 @@ class Router:
         self.metrics = metrics or Metrics()
         self.registry = Registry()
         self.queues: dict[str, WaitQueue] = {}
-        self.late_complete: Callable[[str, UsageReport], None] | None = None  # a released request's agent finished it
         self._num_connects = 0
 
     # -- providers ------------------------------------------------------------------------------
@@ -157,18 +154,16 @@ class Router:
         pending = offer.pending
         ended = not isinstance(frame, (InferenceAccepted, InferenceResponseChunk))
         if isinstance(frame, InferenceAccepted):
-            entry = pending.accept(request_id, prompt_tokens=frame.prompt_tokens,
-                                  expected_output_tokens=frame.expected_output_tokens,
-                                  reservation_bytes=frame.reservation_bytes)
+            pending.accept(request_id, prompt_tokens=frame.prompt_tokens,
+                           expected_output_tokens=frame.expected_output_tokens,
+                           reservation_bytes=frame.reservation_bytes)
         elif isinstance(frame, InferenceResponseChunk):
-            entry = pending.chunk(request_id)
+            pending.chunk(request_id)
         else:
-            entry = pending.end(request_id)
+            pending.end(request_id)
         if exchange is None:  # abandoned: the agent has not seen our cancel yet, or ignored it
             if not ended and isinstance(frame, InferenceAccepted):
                 provider.send(Cancel(request_id=request_id, reason="abandoned"))
-            if isinstance(frame, InferenceComplete) and entry.settle_late and self.late_complete is not None:
-                self.late_complete(request_id, frame.usage)
         else:
             if isinstance(frame, InferenceRejected):
                 self._rejected(provider, offer, exchange, frame)
@@ -257,7 +252,7 @@ class Router:
             if num_failed > MAX_PASSES or not waiter.may_be_passed(now, self.settings.queue_max_wait_s):
                 break
 
-    def abandon(self, exchange: Exchange, *, reason: str, settle_late: bool = False) -> None:
+    def abandon(self, exchange: Exchange, *, reason: str) -> None:
         """Give up on the current attempt: cancel it at the agent; its KV counts until the agent ends it."""
         provider = exchange.provider
         if provider is None:
@@ -267,7 +262,7 @@ class Router:
         provider.exchanges.pop(exchange.request_id, None)
         offer = provider.offer_holding(exchange.request_id)
         if offer is not None:
-            offer.pending.abandon(exchange.request_id, self.clock(), settle_late=settle_late)
+            offer.pending.abandon(exchange.request_id, self.clock())
         if provider.is_connected:
             provider.send(Cancel(request_id=exchange.request_id, reason=reason))
 
