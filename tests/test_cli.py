@@ -164,3 +164,32 @@ def test_logs_prints_the_last_lines_of_the_agent_log(tmp_path):
 def test_logs_without_a_log_file_explains_where_logs_go(tmp_path):
     result = run("logs", "--log-dir", str(tmp_path))
     assert result.exit_code == 2 and "service install" in result.output
+
+
+def test_a_second_agent_with_the_same_home_is_refused_naming_the_running_pid(tmp_path, monkeypatch):
+    from agent.daemon.instance_lock import instance_lock, lock_path_for
+
+    status = tmp_path / "status.json"
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(status))
+    with instance_lock(lock_path_for(status)):
+        result = run("start", "--coordinator", "ws://127.0.0.1:9", "--token", "t", "--model", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"already running with this HOME (pid {os.getpid()}" in result.output
+
+
+def test_the_agent_lock_is_free_again_once_its_holder_exits(tmp_path):
+    from agent.daemon.instance_lock import AgentAlreadyRunning, instance_lock
+
+    lock = tmp_path / "agent.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from agent.daemon.instance_lock import instance_lock\n"
+        f"with instance_lock(Path({str(lock)!r})):\n    print('held', flush=True); sys.stdin.readline()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(AgentAlreadyRunning, match=f"pid {holder.pid}"):
+        with instance_lock(lock):
+            pass
+    holder.kill()  # as a crash: the kernel releases the lock, nothing stale is left
+    holder.wait()
+    with instance_lock(lock):
+        assert lock.read_text() == str(os.getpid())

@@ -26,6 +26,7 @@ def start(
     import asyncio
 
     from agent.daemon.config import load_config
+    from agent.daemon.instance_lock import instance_lock, lock_path_for
     from agent.daemon.main import Daemon, resolve_models
     from agent.hardware import probe_hardware
     from agent.logs import configure_logging
@@ -38,12 +39,14 @@ def start(
             raise DarkbloomError("no coordinator: give --coordinator URL (or coordinator_url in the config)")
         if cfg.provider_token is None:
             raise DarkbloomError("no provider token: give --token, DARKBLOOM_PROVIDER_TOKEN or provider_token")
-        entries = resolve_models(cfg)
+        with instance_lock(lock_path_for(cfg.status_path)):
+            entries = resolve_models(cfg)
+            configure_logging(cfg.log_format, cfg.log_level)
+            daemon = Daemon(cfg, entries, probe_hardware().to_wire())
+            code = asyncio.run(daemon.run())
     except DarkbloomError as error:
         fail(error)
-    configure_logging(cfg.log_format, cfg.log_level)
-    daemon = Daemon(cfg, entries, probe_hardware().to_wire())
-    raise typer.Exit(code=asyncio.run(daemon.run()))
+    raise typer.Exit(code=code)
 
 
 def _read_status(config: Path | None) -> tuple[Path, dict | None]:
