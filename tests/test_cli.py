@@ -193,3 +193,43 @@ def test_the_agent_lock_is_free_again_once_its_holder_exits(tmp_path):
     holder.wait()
     with instance_lock(lock):
         assert lock.read_text() == str(os.getpid())
+
+
+def test_version_prints_the_package_and_protocol_versions():
+    from agent import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith(f"darkbloom-agent {__version__} (protocol ")
+
+
+def test_help_labels_options_without_python_type_names():
+    result = runner.invoke(app, ["kv", "--help"], terminal_width=100)
+    assert result.exit_code == 0 and "--json" in result.output
+    assert "<bool>" not in result.output and "<list[int]>" not in result.output
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="launchd keeps the log on macOS")
+def test_logs_off_macos_says_where_a_foreground_agent_logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run("logs")
+    assert result.exit_code == 2 and "no launchd here" in result.output and "Library" not in result.output
+
+
+def test_status_of_an_agent_that_died_does_not_claim_its_link_is_up(tmp_path, monkeypatch):
+    from agent.daemon.status_file import write_status
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    status = tmp_path / "status.json"
+    write_status(status, {"pid": int(finished.stdout), "state": "running", "uptime_s": 5.0, "link": "ready",
+                          "coordinator_url": "ws://127.0.0.1:8000/ws/provider", "num_served": 3, "num_in_flight": 1,
+                          "slots": []})
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(status))
+    result = run("status")
+    assert result.exit_code == 0 and "not running" in result.output
+    assert "link down" in result.output and "link ready" not in result.output
+
+
+def test_kv_beyond_the_models_context_warns():
+    result = runner.invoke(app, ["kv", "gpt-oss-20b", "-c", "1000000"])
+    assert result.exit_code == 0
+    assert "beyond gpt-oss-20b's context of 131,072" in result.output
