@@ -122,8 +122,8 @@ class Coordinator:
     def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
         """All the output a request may produce: max_tokens, at most what the model's context leaves."""
         spec = self.catalog.get(body.model)
-        context = spec.max_context if spec is not None else self.settings.max_hold_context_tokens
-        room = max(1, min(context, self.settings.max_hold_context_tokens) - prompt_floor_tokens)
+        context = spec.max_context if spec is not None else self.settings.uncatalogued_context_tokens
+        room = max(1, context - prompt_floor_tokens)
         return min(body.output_limit or room, room)
 
     def known_models(self) -> list[str]:

@@ -68,7 +68,8 @@ class RequestFlow:
         self.settings = router.settings
         # The most output this request may be charged or streamed (usage.py): its max_tokens, else the model's
         # context as the coordinator knows it.
-        self.meter = UsageMeter(max_tokens=max_tokens or exchange.ask.max_tokens or self.settings.output_bound_tokens,
+        bound = max_tokens or exchange.ask.max_tokens or self.settings.uncatalogued_context_tokens
+        self.meter = UsageMeter(max_tokens=bound,
                                 prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0

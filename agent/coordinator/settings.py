@@ -60,13 +60,13 @@ class CoordinatorSettings:
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by
     usage_slack_tokens: int = 4  # tokens after the last text (EOS, a held-back stop) a claim may add to the count
-    output_bound_tokens: int = 131_072  # a request without max_tokens, for a model not in the catalog
+    # a model not in the catalog: the context assumed for its holds (billing/holds.py) and usage bound (usage.py)
+    uncatalogued_context_tokens: int = 262_144
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)
     operator_token: str | None = None  # sent as `x-darkbloom-operator`
     operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
     # billing (billing/holds.py): an account without a credit line holds the worst case
     min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS
-    max_hold_context_tokens: int = 262_144  # the context a hold assumes for a model not in the catalog (and at most)
     # responses
     reasoning_field: ReasoningField = "reasoning"
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many
