@@ -100,7 +100,7 @@ def credit(account: Annotated[str, typer.Argument(help="The account to credit.")
            amount: Annotated[str, typer.Argument(help="Amount in dollars, e.g. 25.00.")], db: DbOpt,
            note: Annotated[Optional[str], typer.Option(help="Why.")] = None) -> None:
     """Add credit to an account (an append-only ledger entry)."""
-    from agent.coordinator.billing.ledger import credit_account
+    from agent.coordinator.billing.ledger_entries import credit_account
     from agent.coordinator.billing.pricing import format_micros, parse_amount
 
     try:

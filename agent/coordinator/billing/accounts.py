@@ -53,12 +53,11 @@ from agent.coordinator.billing.ledger import (
     MAX_BACKLOG_ENTRIES,
     POLL_INTERVAL_S,
     RETRY_MAX_S,
-    EntryKind,
-    LedgerEntry,
     LedgerUnavailable,
-    MemoryLedger,
     SqliteLedger,
 )
+from agent.coordinator.billing.ledger_entries import EntryKind, LedgerEntry
+from agent.coordinator.billing.memory_ledger import MemoryLedger
 from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
