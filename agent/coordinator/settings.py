@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.coordinator.billing.client_ratelimit import DEFAULT_OPEN_REQUESTS_PER_MINUTE_PER_IP, MAX_RATE_LIMITED_CLIENTS
 from agent.coordinator.billing.ledger import MAX_BACKLOG_ENTRIES, RETRY_MAX_S
 
 DEFAULT_HOST = "127.0.0.1"
@@ -67,6 +68,9 @@ class CoordinatorSettings:
     operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
     # billing (billing/holds.py): an account without a credit line holds the worst case
     min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS
+    # open mode (no keys): a request-rate limit per client address (billing/client_ratelimit.py); None: none
+    open_requests_per_minute_per_ip: int | None = DEFAULT_OPEN_REQUESTS_PER_MINUTE_PER_IP
+    max_rate_limited_ips: int = MAX_RATE_LIMITED_CLIENTS  # addresses tracked; the least recently seen is forgotten
     # responses
     reasoning_field: ReasoningField = "reasoning"
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many

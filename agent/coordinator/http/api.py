@@ -47,6 +47,8 @@ class ChatCompletions:
         request = Request(scope, receive)
         try:
             account = coordinator.authenticate(request.headers.get("authorization"))
+            # What the key (or, in open mode, the address) already decides is refused before the body is read.
+            coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
             model = body.model
             flow = coordinator.open(account, body)
