@@ -105,11 +105,12 @@ class Coordinator:
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body)
         with _as_api_errors(self.settings):
-            # Holds use the default ratio and clip, not an agent's adapted ones: money errs on the safe side.
+            # Holds use the prompt's upper bound and the default ratio and clip, not an agent's adapted ones:
+            # money errs on the safe side.
             # No provider is chosen yet, so a request without max_tokens is expected at the clip; its bound
             # is all the output the model's context leaves (hold_output_tokens).
             admission = self.accounts.admit(
-                account, request_id, model=body.model, prompt_tokens=estimate.tokens,
+                account, request_id, model=body.model, prompt_tokens=estimate.max_tokens,
                 max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS,
                 max_output_tokens=self.hold_output_tokens(body, estimate.floor_tokens),
                 can_cap=True, min_capped_output_tokens=self.settings.min_capped_output_tokens)
@@ -121,7 +122,7 @@ class Coordinator:
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
-        return RequestFlow(self.router, self.accounts, exchange,
+        return RequestFlow(self.router, self.accounts, exchange, max_prompt_tokens=estimate.max_tokens,
                            max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
 
     def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
