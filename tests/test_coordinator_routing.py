@@ -247,8 +247,10 @@ def test_the_prompt_estimate_errs_high_for_holds_and_the_floor_errs_low_for_refu
     english = ChatCompletionBody(messages=(ChatMessage(role="system", content="Be brief."),
                                     ChatMessage(role="user", content="word " * 240)))
     cjk = ChatCompletionBody(messages=(ChatMessage(role="user", content="漢字" * 300),))
-    assert estimate_prompt(english) == PromptEstimate(tokens=96 + 8 + 3 + 8 + 400, floor_tokens=2 + 150)
-    assert estimate_prompt(cjk) == PromptEstimate(tokens=96 + 8 + 600, floor_tokens=225)  # ~1 token per character
+    assert estimate_prompt(english) == PromptEstimate(tokens=96 + 8 + 3 + 8 + 400, floor_tokens=2 + 150,
+                                                      max_tokens=256 + 40 + 9 + 40 + 1200)  # bytes: a true bound
+    assert estimate_prompt(cjk) == PromptEstimate(tokens=96 + 8 + 600, floor_tokens=225,  # ~1 token per character
+                                                  max_tokens=256 + 40 + 1800)
 
 
 def test_a_slot_running_the_engines_request_limit_counts_as_full_without_asking_the_agent():

@@ -69,13 +69,15 @@ class Broken:
 
 
 class RequestFlow:
-    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None) -> None:
+    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None,
+                 max_prompt_tokens: int | None = None) -> None:
         self.router, self.accounts, self.exchange = router, accounts, exchange
         self.settings = router.settings
         # The most output this request may be charged or streamed (usage.py): its max_tokens, else the model's
         # context as the coordinator knows it.
-        self.meter = UsageMeter(max_tokens=max_tokens or exchange.ask.max_tokens or self.settings.output_bound_tokens,
-                                prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
+        bound = max_tokens or exchange.ask.max_tokens or self.settings.uncatalogued_context_tokens
+        self.meter = UsageMeter(max_tokens=bound, prompt_bound=max_prompt_tokens or exchange.ask.prompt_tokens,
+                                prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
         self.is_closed = False  # settled or released

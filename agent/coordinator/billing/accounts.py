@@ -3,6 +3,7 @@
 The one object the API layer talks to, non-blocking and safe to call from the event loop:
 
     account = accounts.authenticate(bearer_key)                     # memory only; None -> 401
+    accounts.precheck(account)                 # before the body is read: what admit would refuse whatever it says
     admission = accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...,
                                max_output_tokens=..., can_cap=True)
         # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409),
@@ -53,13 +54,12 @@ from agent.coordinator.billing.ledger import (
     MAX_BACKLOG_ENTRIES,
     POLL_INTERVAL_S,
     RETRY_MAX_S,
-    EntryKind,
-    LedgerEntry,
     LedgerUnavailable,
-    MemoryLedger,
     SqliteLedger,
 )
-from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
+from agent.coordinator.billing.ledger_entries import EntryKind, LedgerEntry
+from agent.coordinator.billing.memory_ledger import MemoryLedger
+from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable, format_micros
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
 from agent.coordinator.settings import MIN_CAPPED_OUTPUT_TOKENS
@@ -132,6 +132,21 @@ class Accounts:
     # -- the request path
     def authenticate(self, key: str | None) -> Account | None:
         return self.open_account if self.open_account is not None else self.keys.authenticate(key)
+
+    def precheck(self, account: Account) -> None:
+        """Refuse, from the account alone and before the body is read, what `admit` would refuse whatever the
+        body says (in admit's order: the ledger, the balance, the request rate). Takes nothing."""
+        if account.is_billed and (reason := self.ledger.refusal()) is not None:
+            raise LedgerUnavailable(reason)
+        with self._lock:
+            cheapest = self.prices.cheapest_request_micros
+            if account.is_billed and not self._book.can_hold(account.id, account.credit_limit_micros, cheapest):
+                available = self._book.available_micros(account.id)
+                raise InsufficientBalance(
+                    f"account {account.id!r} has {format_micros(max(available, 0))} available "
+                    f"({format_micros(self._book.held_micros(account.id))} held by requests in flight), less than "
+                    f"any request costs ({format_micros(cheapest)}): add credit")
+            self.limiter.check(account.id, 0, self._limits(account))
 
     def admit(self, account: Account, request_id: str, *, model: str, prompt_tokens: int, max_tokens: int,
               ratio: float = EXPECTED_OUTPUT_RATIO_START, max_output_tokens: int | None = None,

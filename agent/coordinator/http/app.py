@@ -85,10 +85,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
           open_mode: bool | None = None, provider_token: str | None = None, allow_open_remote: bool = False,
           queue_depth: int | None = None, queue_max_wait_s: float | None = None,
           heartbeat_interval_s: float | None = None, settings: CoordinatorSettings | None = None,
-          rate_limits: RateLimits | None = None, log_level: str = "info") -> None:
+          rate_limits: RateLimits | None = None, operator_token: str | None = None,
+          open_requests_per_minute_per_ip: int | None = None, log_level: str = "info") -> None:
     """Run the coordinator until SIGINT/SIGTERM. Open mode (no keys, no billing) unless `db_path` is given.
     With keys, every account is rate limited (`rate_limits`, RateLimits.generous() unless given; an account's
-    own limits in the database win)."""
+    own limits in the database win); in open mode every client address is (the settings' default unless
+    `open_requests_per_minute_per_ip` is given; 0: unlimited)."""
     is_open = db_path is None if open_mode is None else open_mode
     if is_open and db_path is not None:
         raise ConfigError("--open and --db exclude each other: open mode has no keys and no billing")
@@ -96,7 +98,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
         raise ConfigError("keys and billing need an accounts database: pass --db PATH")
     overrides = {name: value for name, value in (
         ("provider_token", provider_token), ("queue_depth", queue_depth), ("queue_max_wait_s", queue_max_wait_s),
-        ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
+        ("heartbeat_interval_s", heartbeat_interval_s), ("operator_token", operator_token)) if value is not None}
+    if open_requests_per_minute_per_ip is not None:
+        overrides["open_requests_per_minute_per_ip"] = open_requests_per_minute_per_ip or None
     settings = replace(settings or CoordinatorSettings(), **overrides)
     check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
     accounts = served_accounts(db_path if not is_open else None, rate_limits, settings)
