@@ -27,6 +27,7 @@ import structlog
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
@@ -165,10 +166,12 @@ class RequestFlow:
                 waiting_for = "first token"
             elif isinstance(frame, InferenceResponseChunk):
                 self.router.metrics.attempt(exchange.model, "streamed")
+                self.router.observe(exchange, Outcome.FIRST_TOKEN)
                 return frame
             elif isinstance(frame, InferenceComplete):
                 if frame.finish_reason in DELIVERED:
                     self.router.metrics.attempt(exchange.model, "streamed")
+                    self.router.observe(exchange, Outcome.FIRST_TOKEN)
                     return frame
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
@@ -193,6 +196,7 @@ class RequestFlow:
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange
         self.router.metrics.attempt(exchange.model, outcome)
+        self.router.observe(exchange, outcome, message)
         exchange.num_failures += 1
         exchange.last_failure = message
         exchange.excluded[self.exchange.provider_id] = f"failed this request: {message}"
@@ -211,6 +215,7 @@ class RequestFlow:
                     async with asyncio.timeout(self.settings.stall_timeout_s):
                         frame = await self.exchange.next_event()
                 except TimeoutError:
+                    self.router.observe(self.exchange, Outcome.STALLED)
                     self.router.abandon(self.exchange, reason="stalled")
                     self._release(ReleaseReason.TIMEOUT)
                     return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s",
@@ -230,14 +235,18 @@ class RequestFlow:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
+                self.router.observe(self.exchange, Outcome.COMPLETED)
                 return Finished(frame.finish_reason.value, self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
+            self.router.observe(self.exchange, Outcome.ENDED, f"ended mid-stream ({frame.finish_reason})")
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.ERROR, f"mid-stream: {frame.code}")
             return Broken(f"the provider failed mid-stream: {frame.code}: {frame.message}")
         if isinstance(frame, LinkLost):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
@@ -247,6 +256,7 @@ class RequestFlow:
         log.warning("usage.past_max_tokens", request_id=exchange.request_id, provider_id=exchange.provider_id,
                     max_tokens=self.meter.max_tokens, counted=self.meter.num_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a chunk past max_tokens")
         self.router.abandon(exchange, reason="max_tokens")
         return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
 
@@ -256,6 +266,7 @@ class RequestFlow:
                     claimed_prompt=claimed.prompt_tokens, claimed_completion=claimed.completion_tokens,
                     charged_prompt=charge.prompt_tokens, charged_completion=charge.completion_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a usage claim over the bound")
 
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:

@@ -32,6 +32,7 @@ from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
 from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
+from agent.coordinator.reputations import keep_saving, save_final_reputations
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
 from agent.errors import ConfigError
 from agent.wire.protocol import MAX_FRAME_BYTES
@@ -50,14 +51,21 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         evictions = asyncio.create_task(coordinator.run_evictions(), name="coordinator-evictions")
+        db_path = getattr(accounts.ledger, "db_path", None)  # identities' reputations are saved beside them
+        saves = asyncio.create_task(keep_saving(coordinator.router, db_path), name="coordinator-reputation") \
+            if db_path is not None else None
         log.info("coordinator.start", mode="open" if accounts.is_open else "keys",
                  provider_token=coordinator.settings.provider_token is not None,
                  heartbeat_interval_s=coordinator.settings.heartbeat_interval_s)
         try:
             yield
         finally:
-            evictions.cancel()
-            await asyncio.gather(evictions, return_exceptions=True)
+            for task in (evictions, saves):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (evictions, saves) if t is not None), return_exceptions=True)
+            if db_path is not None:
+                save_final_reputations(coordinator.router, db_path)
             endpoint.close_all("the coordinator is shutting down")
             unwritten = accounts.close() if owns_accounts else []
             log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
