@@ -85,6 +85,8 @@ class Router:
         """A registered link: as the identity's stable `provider_id` (replacing its live link), else a fresh id."""
         self._num_connects += 1
         if provider_id is not None and (old := self.registry.get(provider_id)) is not None:
+            for exchange in old.exchanges.values():
+                exchange.relinked.add(provider_id)  # the old link failed it, not the identity: it may retry here
             self.disconnect(old, "replaced by a new connection of the same identity")
             old.close("replaced by a new connection of the same identity")
         provider_id = provider_id or f"prov-{self._num_connects}-{secrets.token_hex(3)}"
@@ -235,6 +237,7 @@ class Router:
 
     def try_dispatch(self, exchange: Exchange, provider: ProviderRecord | None = None) -> Placement:
         """Place and, if some provider admits it, commit: pending entry, then the frame on its outbox."""
+        _forgive_relinked(exchange)
         offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
             self.registry.offers(exchange.model)
         placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
@@ -244,6 +247,7 @@ class Router:
         return placement
 
     def submit(self, exchange: Exchange) -> Submission:
+        _forgive_relinked(exchange)
         queue, now = self.queue(exchange.model), self.clock()
         head = next(iter(queue), None)
         if head is None or head.may_be_passed(now, self.settings.queue_max_wait_s):
@@ -336,3 +340,9 @@ class Router:
                                     bytes=decision.reservation_bytes)))
         log.debug("route.dispatch", provider_id=provider.provider_id, request_id=exchange.request_id,
                   model=exchange.model, reservation_bytes=decision.reservation_bytes, uncertain=option.is_uncertain)
+
+
+def _forgive_relinked(exchange: Exchange) -> None:
+    for provider_id in exchange.relinked:
+        exchange.excluded.pop(provider_id, None)
+    exchange.relinked.clear()
