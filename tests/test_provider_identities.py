@@ -145,3 +145,13 @@ async def test_the_shared_token_admits_while_no_identity_exists_and_never_after(
 async def test_a_setting_requires_identities_even_before_any_exists():
     async with coordinator(replace(FAST, require_provider_identity=True)) as server:
         assert await refused_status(server, "anything") == 401
+
+
+def test_provider_identities_stand_in_for_the_shared_token_on_a_public_address():
+    from agent.coordinator.http.app import check_exposure
+    from agent.errors import ConfigError
+
+    check_exposure("0.0.0.0", is_open=False, provider_token=None, allow_open_remote=False,
+                   has_provider_identities=True)
+    with pytest.raises(ConfigError, match="or provider identities"):
+        check_exposure("0.0.0.0", is_open=False, provider_token=None, allow_open_remote=False)

@@ -27,6 +27,7 @@ from starlette.routing import WebSocketRoute
 
 from agent.catalog import ModelSpec
 from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.identities import list_identities
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
@@ -76,12 +77,15 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
     return app
 
 
-def check_exposure(host: str, *, is_open: bool, provider_token: str | None, allow_open_remote: bool) -> None:
-    """Refuse an open coordinator (no consumer keys, or any provider token) on a non-loopback address."""
+def check_exposure(host: str, *, is_open: bool, provider_token: str | None, allow_open_remote: bool,
+                   has_provider_identities: bool = False) -> None:
+    """Refuse an open coordinator (no consumer keys, or any provider token) on a non-loopback address.
+    Provider identities in the database stand in for the shared token (provider_auth.py)."""
     if is_loopback_host(host) or allow_open_remote:
         return
     missing = [what for what, is_missing in (("consumer API keys (--db)", is_open),
-                                             ("a provider token (--provider-token)", provider_token is None))
+                                             ("a provider token (--provider-token) or provider identities",
+                                              provider_token is None and not has_provider_identities))
                if is_missing]
     if missing:
         raise ConfigError(f"refusing to serve on {host} without {' and '.join(missing)}: anyone who can reach it "
@@ -106,7 +110,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
         ("provider_token", provider_token), ("queue_depth", queue_depth), ("queue_max_wait_s", queue_max_wait_s),
         ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
     settings = replace(settings or CoordinatorSettings(), **overrides)
-    check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
+    has_identities = not is_open and db_path is not None and bool(list_identities(db_path))
+    check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote,
+                   has_provider_identities=has_identities or settings.require_provider_identity)
     accounts = served_accounts(db_path if not is_open else None, rate_limits, settings)
     app = build_app(accounts, settings, owns_accounts=True)
     uvicorn.Server(_config(app, host, port, log_level)).run()
