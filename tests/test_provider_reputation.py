@@ -47,6 +47,11 @@ async def test_a_sinkhole_advertising_1000_gib_costs_a_bounded_few_requests_then
         assert router.reputation.quarantine_reason(sinkhole.provider_id).startswith("quarantined for 60 s")
         assert counted(server.coordinator.metrics, "darkbloom_provider_quarantines_total") == 1
         assert counted(server.coordinator.metrics, "darkbloom_providers_quarantined") == 1
+        async with httpx.AsyncClient(base_url=server.base_url) as http:  # loopback: the operator's view
+            details = (await http.get("/v1/models/capacity")).json()["data"][0]["details"]
+        standing = {row["provider_id"]: (row["trust"], row["quarantine"]) for row in details}
+        assert standing[sinkhole.provider_id][1].startswith("quarantined") and standing[honest.provider_id][1] is None
+        assert standing[honest.provider_id][0] > 0.5 > standing[sinkhole.provider_id][0]
         assert await asyncio.gather(*(ask(server) for _ in range(3))) == ["Hello, world"] * 3
         assert len(sinkhole.received) == 2
         await honest.stop()

@@ -144,3 +144,62 @@ def test_a_view_round_trips_through_restore_with_its_quarantine_left():
     restored.restore("p", view)
     assert restored.view("p").model_copy(update={"quarantine_left_s": 30.0}) == view
     assert restored.quarantine_reason("p").startswith("quarantined for 30 s")
+
+
+# -- placement reads it (a real Router, frames in by hand, no sockets)
+GIB = 2**30
+
+
+def router_with(*budgets_gib: int, settings: CoordinatorSettings = SETTINGS):
+    from agent.coordinator.routing.router import Router
+    from tests.provider_support import GPT
+    from tests.test_coordinator_agreement import heartbeat, register
+
+    clock = FakeClock()
+    router = Router(settings, clock=clock)
+    providers = []
+    for budget in budgets_gib:
+        provider = router.connect(register(GPT), lambda frame: None)
+        router.receive(provider, heartbeat(1, GPT.id, budget * GIB, 0, 0))
+        providers.append(provider)
+    return router, clock, providers
+
+
+def ask():
+    from agent.coordinator.routing.placement import Ask
+    from tests.provider_support import GPT
+
+    return Ask(GPT.id, prompt_tokens=100, floor_prompt_tokens=40, max_tokens=64)
+
+
+def test_placement_skips_a_quarantined_provider_with_the_quarantine_as_its_reason():
+    router, _, (liar, honest) = router_with(1000, 8)
+    for _ in range(3):
+        router.reputation.record(liar.provider_id, Outcome.TIMEOUT, detail="no first token")
+    placement = router.placement(ask(), lazy=False)
+    assert placement.best.provider is honest
+    assert placement.never[liar.provider_id].startswith("quarantined for 30 s")
+    router.disconnect(honest, "gone")
+    alone = router.placement(ask(), lazy=False)
+    assert not alone.can_ever and "quarantined" in alone.why_never()
+
+
+def test_a_proven_provider_outranks_a_newcomers_bigger_claim_but_the_claim_still_decides_admission():
+    router, _, (newcomer, proven) = router_with(1000, 8)
+    assert router.placement(ask()).best.provider is newcomer  # equals: the claim decides
+    succeed(router.reputation, proven.provider_id, times=4)
+    placement = router.placement(ask(), lazy=False)
+    assert [option.provider for option in placement.admit] == [proven, newcomer]
+
+
+def test_an_unproven_provider_at_its_cap_is_an_overflow_used_only_when_no_other_slot_admits():
+    from agent.coordinator.routing.exchange import Exchange
+    from tests.test_coordinator_agreement import body
+
+    router, _, (newcomer, other) = router_with(1000, 8)
+    exchange = Exchange("r1", body(64), ask(), created_at=0.0)
+    assert router.try_dispatch(exchange).best.provider is newcomer  # cap 1: it now holds its one request
+    placement = router.placement(ask(), lazy=False)
+    assert placement.best.provider is other and [o.provider for o in placement.overflow] == [newcomer]
+    router.disconnect(other, "gone")
+    assert router.placement(ask(), lazy=False).best.provider is newcomer
