@@ -16,7 +16,7 @@ from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.billing.identities import create_identity, list_identities, revoke_identity
 from agent.coordinator.billing.keys import create_key
 from agent.coordinator.billing.store import SCHEMA_VERSION, connect, create_account
-from tests.provider_support import FAST, GPT, ScriptedProvider, coordinator, entry_for, eventually, provider
+from tests.provider_support import FAST, GPT, Reply, ScriptedProvider, coordinator, entry_for, eventually, provider
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -92,8 +92,6 @@ async def test_an_identity_registers_under_its_stable_id_and_keeps_it_when_it_re
 
 
 async def test_a_second_connection_of_one_identity_replaces_the_first_and_its_request_is_retried(tmp_path):
-    from tests.provider_support import Reply
-
     accounts, credentials = accounts_with_identities(tmp_path, "mac-1")
     with accounts:
         async with coordinator(accounts=accounts) as server:
@@ -155,3 +153,14 @@ def test_provider_identities_stand_in_for_the_shared_token_on_a_public_address()
                    has_provider_identities=True)
     with pytest.raises(ConfigError, match="or provider identities"):
         check_exposure("0.0.0.0", is_open=False, provider_token=None, allow_open_remote=False)
+
+
+async def test_a_forged_or_malformed_credential_is_refused_with_401(tmp_path):
+    accounts, credentials = accounts_with_identities(tmp_path, "mac-1")
+    real = credentials["mac-1"]
+    forged = real[: real.rindex("_") + 1] + "x" * 43  # the visible id is no secret; the rest is
+    with accounts:
+        async with coordinator(accounts=accounts) as server:
+            for token in (forged, "dbp_", "dbp_zz_", "Bearer", "x" * 1000):
+                assert await refused_status(server, token) == 401
+            assert len(server.coordinator.router.registry) == 0

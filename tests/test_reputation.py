@@ -68,7 +68,8 @@ def test_three_failures_within_the_window_quarantine_with_a_reason_and_the_quara
     assert reputations.quarantine_reason("p") == ""
     reputations.record("p", Outcome.ERROR, detail="engine failed")
     reason = reputations.quarantine_reason("p")
-    assert reason.startswith("quarantined for 30 s more after 3 failures") and "engine failed" in reason
+    assert reason.startswith("quarantined for 30 s more after 3 failures") and reason.endswith("(last: error)")
+    assert reputations.view("p").last_failure == "error: engine failed"  # the detail, for operators only
     assert reputations.num_quarantined() == 1
     clock.now += 30.1
     assert reputations.quarantine_reason("p") == "" and reputations.num_quarantined() == 0

@@ -167,7 +167,7 @@ class ReputationBook:
             return ""
         return (f"quarantined for {reputation.quarantined_until - now:.0f} s more after "
                 f"{self.settings.quarantine_after_failures} failures within {self.settings.quarantine_window_s:g} s "
-                f"(last: {reputation.last_failure})")
+                f"(last: {reputation.last_failure.partition(':')[0]})")  # the detail is for operators only
 
     def num_quarantined(self) -> int:
         now = self.clock()
