@@ -47,6 +47,7 @@ class Outcome(StrEnum):
     STALLED = "stalled"
     CLAMPED = "clamped"  # a usage claim over the bound, or a chunk past max_tokens
     LINK_LOST = "link_lost"
+    EMPTY_FLOOD = "empty_flood"  # empty chunks past max_tokens before a token
 
     @classmethod
     def of(cls, name: str) -> Outcome:
