@@ -1,4 +1,4 @@
-"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys and account credit."""
+"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys, provider identities and account credit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from agent.cli.provider_commands import providers_app
 from agent.cli.support import fail
 from agent.errors import DarkbloomError
 
@@ -17,6 +18,7 @@ coordinator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False
                               help="The bundled OpenAI-compatible coordinator (serves when run without a subcommand).")
 keys_app = typer.Typer(no_args_is_help=True, help="Consumer API keys (stored hashed in the accounts database).")
 coordinator_app.add_typer(keys_app, name="keys")
+coordinator_app.add_typer(providers_app, name="providers")
 DbOpt = Annotated[Path, typer.Option("--db", help="The accounts database (SQLite).")]
 
 

@@ -40,6 +40,7 @@ from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
 from agent.coordinator.metrics import Metrics
 from agent.coordinator.privacy import for_provider
+from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
@@ -60,6 +61,8 @@ class Coordinator:
         self.metrics = Metrics()
         self.router = Router(self.settings, catalog=self.catalog, clock=clock, metrics=self.metrics)
         self.metrics.watch(self._gauges)
+        self.metrics.watch_operator(lambda: operator_gauges(self.router))
+        restore(self.router, accounts.identities)
         self.clock = clock
         self.client_limiter = ClientRateLimiter(self.settings.open_requests_per_minute_per_ip,
                                                 max_clients=self.settings.max_rate_limited_ips, clock=clock)
@@ -137,10 +140,11 @@ class Coordinator:
 
     # -- background work
     async def run_evictions(self) -> None:
-        """Evict providers that missed heartbeats, until cancelled."""
+        """Evict providers that missed heartbeats, and links whose identity was revoked, until cancelled."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
             self.router.evict_stale()
+            self.router.drop_revoked(self.accounts.identities.is_live)
 
     def _gauges(self) -> Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
         router = self.router
@@ -153,6 +157,8 @@ class Coordinator:
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
+        yield ("darkbloom_providers_quarantined", "Providers quarantined now", [],
+               [([], router.reputation.num_quarantined())])
         ledger = self.accounts.ledger
         yield ("darkbloom_ledger_backlog", "Ledger entries not yet written", [], [([], ledger.num_backlog)])
         yield ("darkbloom_ledger_available", "1 while the ledger can be written", [], [([], int(ledger.is_available))])

@@ -33,6 +33,7 @@ from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.deadlines import first_token_window_s, stream_deadline
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
@@ -196,10 +197,12 @@ class RequestFlow:
                     self._failed("empty_flood", f"{exchange.provider_id} sent more than max_tokens of empty chunks")
                     return None
                 self.router.metrics.attempt(exchange.model, "streamed")
+                self.router.observe(exchange, Outcome.FIRST_TOKEN)
                 return self._with_held_tokens(frame)
             elif isinstance(frame, InferenceComplete):
                 if frame.finish_reason in DELIVERED:
                     self.router.metrics.attempt(exchange.model, "streamed")
+                    self.router.observe(exchange, Outcome.FIRST_TOKEN)
                     return frame
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
@@ -242,6 +245,7 @@ class RequestFlow:
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange
         self.router.metrics.attempt(exchange.model, outcome)
+        self.router.observe(exchange, outcome, message)
         exchange.num_failures += 1
         exchange.last_failure = message
         exchange.excluded[self.exchange.provider_id] = f"failed this request: {message}"
@@ -268,6 +272,7 @@ class RequestFlow:
                 return event
 
     def _timed_out(self, *, is_stall: bool) -> Broken:
+        self.router.observe(self.exchange, Outcome.STALLED if is_stall else Outcome.TIMEOUT)
         self.router.abandon(self.exchange, reason="stalled" if is_stall else "deadline")
         self._release(ReleaseReason.TIMEOUT)  # as for a provider error mid-stream: not charged
         if is_stall:
@@ -285,14 +290,18 @@ class RequestFlow:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
+                self.router.observe(self.exchange, Outcome.COMPLETED)
                 return Finished(frame.finish_reason.value, self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
+            self.router.observe(self.exchange, Outcome.ENDED, f"ended mid-stream ({frame.finish_reason})")
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.ERROR, f"mid-stream: {frame.code}")
             return Broken(f"the provider failed mid-stream: {frame.code}: {frame.message}")
         if isinstance(frame, LinkLost):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
@@ -302,6 +311,7 @@ class RequestFlow:
         log.warning("usage.past_max_tokens", request_id=exchange.request_id, provider_id=exchange.provider_id,
                     max_tokens=self.meter.max_tokens, counted=self.meter.num_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a chunk past max_tokens")
         self.router.abandon(exchange, reason="max_tokens")
         return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
 
@@ -311,6 +321,7 @@ class RequestFlow:
                     claimed_prompt=claimed.prompt_tokens, claimed_completion=claimed.completion_tokens,
                     charged_prompt=charge.prompt_tokens, charged_completion=charge.completion_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a usage claim over the bound")
 
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:

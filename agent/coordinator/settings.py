@@ -84,6 +84,18 @@ class CoordinatorSettings:
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many
     ledger_max_backlog_entries: int = MAX_BACKLOG_ENTRIES  # past it, billed work gets 503 until the writer catches up
     ledger_retry_max_s: float = RETRY_MAX_S  # the longest wait between retries of a failed write (backoff doubles)
+    # provider reputation and quarantine (routing/reputation.py); identities in billing/identities.py
+    require_provider_identity: bool = False  # refuse the shared token even while no identity exists
+    reputation_half_life_s: float = 600.0  # outcomes count half after this long
+    num_trust_tiers: int = 4  # equal-row slots are ordered by trust in this many steps before their claimed KV
+    proven_after_first_tokens: int = 4  # first tokens a provider must show before it may hold more requests
+    unproven_max_in_flight: int = 4  # requests an unproven provider holds at once (a sinkhole costs this many)
+    quarantine_after_failures: int = 3  # failures within the window that quarantine a provider
+    quarantine_window_s: float = 60.0
+    quarantine_s: float = 60.0  # the first quarantine; doubled on each repeat
+    max_quarantine_s: float = 3600.0
+    max_reputations: int = 4096  # providers whose reputation is kept (the least recently seen go first)
+    reputation_save_interval_s: float = 10.0  # identities' reputations written to the accounts database
 
     @property
     def eviction_after_s(self) -> float:

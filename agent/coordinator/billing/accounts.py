@@ -49,6 +49,7 @@ from agent.coordinator.billing.holds import (
     Settlement,
     SettleStatus,
 )
+from agent.coordinator.billing.identities import IdentityStore
 from agent.coordinator.billing.keys import KeyStore
 from agent.coordinator.billing.ledger import (
     MAX_BACKLOG_ENTRIES,
@@ -102,9 +103,10 @@ class Admission:
 class Accounts:
     def __init__(self, *, ledger: SqliteLedger | MemoryLedger, keys: KeyStore, prices: PriceTable = DEFAULT_PRICES,
                  limits: RateLimits | None = None, clock: Clock = time.monotonic,
-                 open_account: Account | None = None) -> None:
+                 open_account: Account | None = None, identities: IdentityStore | None = None) -> None:
         self.prices = prices
         self.keys = keys
+        self.identities = identities or IdentityStore()  # provider credentials live in the same database
         self.limiter = RateLimiter(limits, clock=clock)
         self.ledger = ledger
         self.open_account = open_account
@@ -123,7 +125,8 @@ class Accounts:
                 max_backlog_entries: int = MAX_BACKLOG_ENTRIES, retry_max_s: float = RETRY_MAX_S) -> Accounts:
         ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s, max_backlog_entries=max_backlog_entries,
                               retry_max_s=retry_max_s)
-        return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock)
+        return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock,
+                   identities=IdentityStore.load(ledger.conn))
 
     @property
     def is_open(self) -> bool:
@@ -286,6 +289,7 @@ class Accounts:
 
     def on_changed(self, conn: sqlite3.Connection) -> None:
         self.keys.reload(conn)
+        self.identities.reload(conn)
 
     def _limits(self, account: Account) -> RateLimits:
         default = self.limiter.default
