@@ -9,7 +9,9 @@ import pytest
 from mlx_lm.utils import load
 
 from agent.engine import InvalidRequest, MLXEngine
+from agent.engine.token_text import TokenText
 from tests.engine_fixtures import NARROW, chat, run
+from tests.pinned_versions import outside_pinned_range
 from tests.test_engine import forcing
 
 PROMPT = "Hello there"
@@ -119,3 +121,18 @@ def test_a_logit_bias_outside_the_vocabulary_is_refused_before_admission(tiny_mo
 
     reserved, after = run(scenario())
     assert reserved == 0 and after.finish.usage.completion_tokens >= 1
+
+
+@pytest.mark.skipif(outside_pinned_range("mlx-lm") is not None, reason=outside_pinned_range("mlx-lm") or "")
+@pytest.mark.parametrize("name", NARROW)
+def test_each_tokens_own_bytes_join_to_the_decoded_text_and_half_a_character_is_named_by_its_bytes(
+        tiny_models_dir, name):
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_models_dir / name)
+    text = TokenText(tokenizer)
+    sentence = "The capital of France is Paris: café, naïve, 日本."
+    ids = tokenizer.encode(sentence, add_special_tokens=False)
+    assert b"".join(bytes(text.lookup(i)[1]) for i in ids).decode() == tokenizer.decode(ids) == sentence
+    partial = [i for i in ids if text.lookup(i)[0].startswith("bytes:")]
+    assert partial and all(len(text.lookup(i)[1]) == text.lookup(i)[0].count("\\x") for i in partial)
