@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 import openai
+import pytest
 
 from agent.daemon.handler import LinkHandler, MemoryReading
 from agent.engine import MLXEngine
@@ -58,9 +59,14 @@ def test_the_sdk_gets_three_alternatives_per_greedy_token_none_likelier_than_it_
                 forced_id = next(i for i in range(200, 400) if text.lookup(i)[0].strip())
                 biased = await sdk.chat.completions.create(**ask(name, logprobs=True, logit_bias={forced_id: 100}))
                 results[name] = whole, chunks, biased, text.lookup(forced_id)[0]
-            return results
+            # Only the agent knows the vocabulary: it refuses the id before admitting, and that is not retried.
+            with pytest.raises(openai.APIStatusError) as outside:
+                await sdk.chat.completions.create(**ask(NARROW[0], logit_bias={"999999": 5}))
+            return results, outside.value
 
-    for name, (whole, chunks, biased, forced_text) in run(scenario()).items():
+    results, outside = run(scenario())
+    assert outside.status_code == 502 and "logit_bias names token id 999999" in outside.message
+    for name, (whole, chunks, biased, forced_text) in results.items():
         entries = whole.choices[0].logprobs.content
         assert entries, name
         for entry in entries:
