@@ -32,6 +32,7 @@ import structlog
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.deadlines import first_token_window_s, stream_deadline
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
+from agent.coordinator.logprob_check import LogprobsRefused, checked_logprobs
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
@@ -46,6 +47,7 @@ from agent.wire.frames import (
     InferenceResponseChunk,
     UsageReport,
 )
+from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
@@ -55,6 +57,7 @@ DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
 class Token:
     content: str
     reasoning: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # checked (logprob_check.py); only when the request asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +284,16 @@ class RequestFlow:
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
+            try:
+                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs)
+            except LogprobsRefused as exc:
+                return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
             self.num_chunks += 1
-            return None if frame.delta.is_empty else Token(frame.delta.content, frame.delta.reasoning)
+            if frame.delta.is_empty:
+                return None
+            return Token(frame.delta.content, frame.delta.reasoning, logprobs)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)
@@ -314,6 +323,15 @@ class RequestFlow:
         self.router.observe(exchange, Outcome.CLAMPED, "a chunk past max_tokens")
         self.router.abandon(exchange, reason="max_tokens")
         return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
+
+    def _refuse_logprobs(self, problem: str) -> Broken:
+        """Invented logprobs are not shown: the stream ends with an error, the attempt is cancelled, no charge."""
+        exchange = self.exchange
+        log.warning("logprobs.refused", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    problem=problem)
+        self.router.abandon(exchange, reason="invalid_logprobs")
+        self._release(ReleaseReason.PROVIDER_ERROR)
+        return Broken(f"the provider sent invalid logprobs ({problem})", "provider_invalid_logprobs")
 
     def _clamped(self, claimed: UsageReport, charge: Charge) -> None:
         exchange = self.exchange

@@ -96,16 +96,17 @@ class ChatCompletions:
 
     async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         request_id = flow.exchange.request_id
-        fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field,
+                           include_usage=include_usage)
         headers = [(name.encode(), value.encode()) for name, value in _response_headers(flow, body).items()]
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
         head = fmt.role()  # goes out with the first token: one write instead of two
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         while True:
             event = await flow.next()
             if isinstance(event, Token):
                 if event.content or event.reasoning:
-                    await _part(send, head + fmt.delta(event.content, event.reasoning))
+                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.logprobs))
                     head = b""
                 continue
             if isinstance(event, Finished):
@@ -122,14 +123,18 @@ class ChatCompletions:
     async def _complete(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         content: list[str] = []
         reasoning: list[str] = []
+        logprobs = [] if body.logprobs else None
         while True:
             event = await flow.next()
             if isinstance(event, Token):
                 content.append(event.content)
                 reasoning.append(event.reasoning)
+                if logprobs is not None:
+                    logprobs.extend(event.logprobs)
             elif isinstance(event, Finished):
                 data = completion_body(flow.exchange.request_id, body.model, "".join(content), "".join(reasoning),
-                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field)
+                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field,
+                                       logprobs)
                 self.coordinator.metrics.request(body.model, "ok")
                 await _send_response(send, JSONResponse(data, headers=_response_headers(flow, body)))
                 return
