@@ -94,3 +94,28 @@ def test_a_real_run_takes_its_operator_token_from_the_flag_and_its_open_rate_lim
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=15)
+
+
+def test_any_coordinator_setting_is_set_by_name_from_the_file_and_set_flags_win(tmp_path):
+    from agent.cli.coordinator_config import coordinator_settings, parse_set_flags
+
+    config = tmp_path / "coordinator.toml"
+    config.write_text("port = 9001\n[settings]\nfirst_token_base_s = 45\nstall_timeout_s = 20\n")
+    flags = {"settings": parse_set_flags(["stall_timeout_s=15", "reasoning_field = both"])}
+    settings = coordinator_settings(load_coordinator_config(config, {}, flags).settings)
+    assert (settings.first_token_base_s, settings.stall_timeout_s, settings.reasoning_field) == (45.0, 15.0, "both")
+    assert settings.max_request_s == 3600.0  # the rest keep their defaults
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (["first_token_bsae_s=60"], r"unknown coordinator setting 'first_token_bsae_s' \(did you mean first_token_base_s"),
+    (["stall_timeout_s=soon"], r"'stall_timeout_s': Input should be a valid number"),
+    (["stall_timeout_s=-1"], r"'stall_timeout_s': must be >= 0"),
+    (["reasoning_field=everywhere"], r"'reasoning_field'"),
+    (["no_equals_sign"], r"give NAME=VALUE"),
+])
+def test_an_unusable_set_flag_is_one_error_naming_the_setting(pairs, message):
+    from agent.cli.coordinator_config import parse_set_flags
+
+    with pytest.raises(ConfigError, match=message):
+        load_coordinator_config(None, {}, {"settings": parse_set_flags(pairs)})

@@ -41,18 +41,19 @@ def coordinator(
     open_requests_per_minute_per_ip: Annotated[Optional[int], typer.Option(help="Per-address request limit in open mode (default 6000; 0: unlimited).")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error (default info).")] = None,
     log_format: Annotated[Optional[str], typer.Option(help="auto, json or console (default auto).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="NAME=VALUE for any coordinator setting (agent/coordinator/settings.py), e.g. first_token_base_s=60; repeat for more.")] = None,
 ) -> None:
     """Every option is also a key of --config's file and a DARKBLOOM_COORDINATOR_<NAME> variable (flags win)."""
     if ctx.invoked_subcommand is not None:
         return
-    flags = {name: value for name, value in locals().items() if name not in ("ctx", "config")}
-    from agent.cli.coordinator_config import load_coordinator_config
+    flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "set_")}
+    from agent.cli.coordinator_config import coordinator_settings, load_coordinator_config, parse_set_flags
     from agent.coordinator.billing.ratelimit import RateLimits
     from agent.coordinator.http.app import serve
     from agent.logs import configure_logging
 
     try:
-        options = load_coordinator_config(config, os.environ, flags)
+        options = load_coordinator_config(config, os.environ, flags | {"settings": parse_set_flags(set_ or ())})
         configure_logging(options.log_format, options.log_level)
         serve(options.host, options.port, options.db, open_mode=options.open_mode,
               provider_token=options.provider_token, operator_token=options.operator_token,
@@ -60,7 +61,7 @@ def coordinator(
               queue_max_wait_s=options.queue_max_wait, heartbeat_interval_s=options.heartbeat_interval,
               rate_limits=RateLimits.from_cli(options.requests_per_minute, options.output_tokens_per_minute),
               open_requests_per_minute_per_ip=options.open_requests_per_minute_per_ip,
-              log_level=options.log_level)
+              settings=coordinator_settings(options.settings), log_level=options.log_level)
     except DarkbloomError as error:
         fail(error)
 
