@@ -3,7 +3,7 @@ simulated Macs, 2 sinkholes, 1 usage inflater and 1 flooder, and 64 streaming co
 empty and credit-line accounts, for a warm-up minute and then 60 s.
 
     python scripts/soak.py [--consumers 64] [--seconds 60] [--warmup-seconds 60] [--time-scale 1.0]
-                           [--max-wait-s 120] [--out scripts/results/soak.json] [--render SECURITY.md]
+                           [--max-wait-s 60] [--out scripts/results/soak.json] [--render SECURITY.md]
 
 Prints a table (agent/testing/soak/report.py says what each row means), writes the JSON to --out, and,
 with --render, rewrites the block between the soak markers in that file from the JSON just written.
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="the measured window after the warm-up")
     parser.add_argument("--warmup-seconds", type=float, default=60.0)
     parser.add_argument("--time-scale", type=float, default=1.0, help="real seconds per simulated second")
-    parser.add_argument("--max-wait-s", type=float, default=120.0, help="a client gives up after this")
+    parser.add_argument("--max-wait-s", type=float, default=60.0, help="a client gives up after this")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--sinkholes", default="silent,trickle", help="modes: silent, empty_then_silent, trickle")
     parser.add_argument("--out", default="scripts/results/soak.json")

@@ -28,7 +28,8 @@ class SoakConfig:
     seconds: float = 60.0  # the measured window, after the warm-up
     warmup_seconds: float = 60.0  # "the first minute of reputation": requests started in it are counted apart
     time_scale: float = 1.0
-    max_wait_s: float = 120.0  # a client gives up after this (and counts the request lost: no answer)
+    max_wait_s: float = 60.0  # a client gives up after this (and counts the request lost: no answer); below the
+    # window, so a client stuck on a sinkhole in the warm-up still sends requests after it
     max_tokens: int = 32
     model: str = "gpt-oss-20b"
     num_honest: int = 4
@@ -42,9 +43,9 @@ class SoakConfig:
     num_funded_accounts: int = 5
     funded_dollars: int = 100
     num_small_accounts: int = 2  # accounts that run dry during the run: no account may end below its limit
-    small_balance_micros: int = 3_000
+    small_balance_micros: int = 300  # ~30 requests: these run dry within the run
     num_credit_accounts: int = 1  # ... and one allowed into debt, down to its credit limit
-    credit_limit_micros: int = 2_000
+    credit_limit_micros: int = 200
     refusal_pause_s: float = 1.0  # a client refused for money or rate waits this before its next request
     probe_interval_s: float = 0.25  # real seconds between /health and /metrics probes
 
