@@ -19,7 +19,7 @@ from agent.testing.soak.run import run_soak
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BALANCE_MICROS = 60  # a few requests' worth: these accounts run dry during the run
-CONFIG = SoakConfig(num_consumers=16, warmup_seconds=30, seconds=40, time_scale=0.1, max_wait_s=20,
+CONFIG = SoakConfig(num_consumers=16, warmup_seconds=30, seconds=40, time_scale=0.1, max_wait_s=30,
                     small_balance_micros=SMALL_BALANCE_MICROS, flood_links=2, max_flood_frames_per_s=300)
 MAX_PROBE_MS = 2_000  # on a shared 2-core test machine; PERFORMANCE-grade figures come from scripts/soak.py
 MAX_RSS_GROWTH_BYTES = 150 * 2**20

@@ -28,6 +28,7 @@ from agent.testing.soak.report import summarize
 READY_TIMEOUT_S = 30.0  # real seconds, beyond the honest agents' simulated load time
 SETTLE_TIMEOUT_S = 10.0  # real seconds for the coordinator to close the flows of clients that gave up
 SETTLE_POLL_S = 0.02
+TEARDOWN_BUDGET_S = 60.0  # real seconds to stop the cast and the coordinator (websocket closes time out at 10 s)
 
 
 def counter_totals(counter) -> dict[str, float]:
@@ -37,6 +38,18 @@ def counter_totals(counter) -> dict[str, float]:
 
 
 async def run_soak(config: SoakConfig, workdir: str | Path) -> dict:
+    """The whole run, within a budget: a soak that hangs fails with the stage it hung in, never blocks."""
+    stage = ["starting"]
+    budget_s = (READY_TIMEOUT_S + config.real(60 + config.warmup_seconds + config.seconds + config.max_wait_s)
+                + SETTLE_TIMEOUT_S + TEARDOWN_BUDGET_S)
+    try:
+        async with asyncio.timeout(budget_s):
+            return await _run(config, workdir, stage)
+    except TimeoutError:
+        raise RuntimeError(f"the soak overran its {budget_s:.0f} s budget while {stage[0]}") from None
+
+
+async def _run(config: SoakConfig, workdir: str | Path, stage: list[str]) -> dict:
     db_path = Path(workdir) / "soak.db"
     keys = make_accounts(db_path, config)
     accounts = Accounts.from_db(db_path, limits=FLEET_LIMITS)
@@ -45,14 +58,19 @@ async def run_soak(config: SoakConfig, workdir: str | Path) -> dict:
         settings = replace(settings, provider_token=SHARED_TOKEN)
     try:
         async with running(build_app(accounts, settings)) as server:
+            stage[0] = "starting the cast"
             cast = await Cast.start(server, config, db_path)
             try:
+                stage[0] = "waiting for the cast to be ready"
                 await cast.until_ready(server, config.model, READY_TIMEOUT_S + config.real(60))
+                stage[0] = "measuring"
                 measured = await _measure(server.base_url, server.coordinator, keys, config)
                 measured["first_hostile"] = cast.first_hostile()
                 measured["cast"] = _cast_counts(cast)
             finally:
+                stage[0] = "stopping the cast"
                 await cast.stop()
+            stage[0] = "stopping the coordinator"
     finally:
         unwritten = accounts.close()
     books = check_books(db_path, measured["outcomes"], accounts.prices)
