@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--max-wait-s", type=float, default=60.0, help="a client gives up after this")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--sinkholes", default="silent,trickle", help="modes: silent, empty_then_silent, trickle")
+    parser.add_argument("--shared-token", action="store_true",
+                        help="every provider presents one shared token instead of its own identity")
     parser.add_argument("--out", default="scripts/results/soak.json")
     parser.add_argument("--render", help="a markdown file with the soak markers to rewrite (e.g. SECURITY.md)")
     parser.add_argument("--log-level", default="error")
@@ -55,7 +57,8 @@ def main() -> None:
     configure_logging("auto", args.log_level, stream=sys.stderr)
     config = SoakConfig(num_consumers=args.consumers, seconds=args.seconds, warmup_seconds=args.warmup_seconds,
                         time_scale=args.time_scale, max_wait_s=args.max_wait_s, max_tokens=args.max_tokens,
-                        sinkhole_modes=tuple(args.sinkholes.split(",")))
+                        sinkhole_modes=tuple(args.sinkholes.split(",")),
+                        uses_identities=not args.shared_token)
     with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
         report = asyncio.run(run_soak(config, workdir))
     command = "python scripts/soak.py " + shlex.join(sys.argv[1:])

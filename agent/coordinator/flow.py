@@ -3,14 +3,19 @@
     start()   dispatch (or wait in the queue) → the agent answers:
                 rejected          → the next provider at once (a "full" one is skipped until its next heartbeat)
                                     if agent.errors.is_retryable(code) says another may serve it, else fails
-                accepted          → the first-token timeout starts now (not at the send: a load or a long
-                                    prefill behind `accepted` must not look like a dead provider)
+                accepted          → the first-token deadline starts now (not at the send: a long prefill
+                                    behind `accepted` must not look like a dead provider), sized by the
+                                    prompt and the slot's prefill rate (deadlines.py)
                 error / link lost / timeout before the first token → another provider, same request id,
-                                    at most `max_attempts` failures; an error whose code is not retryable
-                                    (the request itself is at fault) fails at once
+                                    at most `max_attempts` failures and no new attempt after
+                                    `first_token_total_s`; an error whose code is not retryable (the
+                                    request itself is at fault) fails at once
               and returns once the first token (or an empty completion) is in. Raises ApiError before that.
+              An empty chunk (a channel header, or a peer pretending to be alive) is not a first token: its
+              tokens wait for the attempt's first text and are dropped with the attempt if it fails.
     next()    Token ... then Finished (settled from the agent's usage) or Broken (an error after the first
-              token: never retried, the stream ends with finish_reason "error").
+              token: never retried, the stream ends with finish_reason "error"). A stall (no text for
+              `stall_timeout_s`) or the stream's own deadline ends it Broken too.
     close()   every exit: cancels the attempt at the agent if one is open, and releases the hold unless
               the request was settled. Idempotent.
 
@@ -25,8 +30,11 @@ from dataclasses import dataclass
 import structlog
 
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
+from agent.coordinator.deadlines import first_token_window_s, stream_deadline
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
+from agent.coordinator.logprob_check import LogprobsRefused, checked_logprobs
 from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
@@ -39,6 +47,7 @@ from agent.wire.frames import (
     InferenceResponseChunk,
     UsageReport,
 )
+from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
@@ -48,6 +57,7 @@ DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
 class Token:
     content: str
     reasoning: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # checked (logprob_check.py); only when the request asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +73,44 @@ class Broken:
 
 
 class RequestFlow:
-    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None) -> None:
+    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None,
+                 max_prompt_tokens: int | None = None) -> None:
         self.router, self.accounts, self.exchange = router, accounts, exchange
         self.settings = router.settings
         # The most output this request may be charged or streamed (usage.py): its max_tokens, else the model's
         # context as the coordinator knows it.
-        self.meter = UsageMeter(max_tokens=max_tokens or exchange.ask.max_tokens or self.settings.output_bound_tokens,
-                                prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
+        bound = max_tokens or exchange.ask.max_tokens or self.settings.uncatalogued_context_tokens
+        self.meter = UsageMeter(max_tokens=bound, prompt_bound=max_prompt_tokens or exchange.ask.prompt_tokens,
+                                prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
+        self._empty_tokens = 0  # tokens of empty chunks before this attempt's first text
+        self._arrived_at = 0.0  # the event loop's time when start() began
+        self._stream_deadline = float("inf")
 
     # -- before the first token
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._arrived_at = loop.time()
         while True:
             await self._dispatch()
             first = await self._await_first()
             if first is not None:
                 self._first = first
+                self._stream_deadline = stream_deadline(loop.time(), self._arrived_at, self.meter.max_tokens,
+                                                        self.settings)
                 return
+            self._within_total_time(loop.time())
+
+    def _within_total_time(self, now: float) -> None:
+        """Another attempt only while the request is young: a client that meets several silent providers
+        hears back within first_token_total_s (plus the last attempt's own deadline)."""
+        elapsed = now - self._arrived_at
+        if elapsed >= self.settings.first_token_total_s:
+            raise ProviderFailed(f"no first token after {elapsed:.0f} s and {self.exchange.num_failures} "
+                                 f"attempt(s); last: {self.exchange.last_failure}")
 
     async def _dispatch(self) -> None:
         router, exchange = self.router, self.exchange
@@ -161,14 +189,23 @@ class RequestFlow:
                 return None  # the router marked the provider; the next placement skips it
             if isinstance(frame, InferenceAccepted):
                 self.meter.prompt_claim = frame.prompt_tokens
-                deadline = loop.time() + self.settings.first_token_timeout_s
+                deadline = loop.time() + self._first_token_window(frame.prompt_tokens)
                 waiting_for = "first token"
+                self._empty_tokens = 0
             elif isinstance(frame, InferenceResponseChunk):
+                if frame.delta.is_empty:
+                    if self._hold_empty(frame):
+                        continue
+                    self.router.abandon(exchange, reason="max_tokens")
+                    self._failed("empty_flood", f"{exchange.provider_id} sent more than max_tokens of empty chunks")
+                    return None
                 self.router.metrics.attempt(exchange.model, "streamed")
-                return frame
+                self.router.observe(exchange, Outcome.FIRST_TOKEN)
+                return self._with_held_tokens(frame)
             elif isinstance(frame, InferenceComplete):
                 if frame.finish_reason in DELIVERED:
                     self.router.metrics.attempt(exchange.model, "streamed")
+                    self.router.observe(exchange, Outcome.FIRST_TOKEN)
                     return frame
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
@@ -180,6 +217,24 @@ class RequestFlow:
             elif isinstance(frame, LinkLost):
                 self._failed("link_lost", f"{frame.provider_id}'s link dropped ({frame.reason})")
                 return None
+
+    def _first_token_window(self, claimed_prompt_tokens: int) -> float:
+        """deadlines.py: the agent's prompt count within the coordinator's bound, at the slot's reported rate."""
+        provider = self.exchange.provider
+        offer = provider.offers.get(self.exchange.model) if provider is not None else None
+        prefill_tps = offer.status.prefill_tps if offer is not None and offer.status is not None else None
+        prompt_tokens = min(claimed_prompt_tokens, self.meter.prompt_bound)
+        return first_token_window_s(prompt_tokens, prefill_tps, self.settings)
+
+    def _hold_empty(self, chunk: InferenceResponseChunk) -> bool:
+        """Keep an empty chunk's tokens for the first text; False when they pass max_tokens (no more are due)."""
+        self._empty_tokens += self.meter.tokens_of(chunk)
+        return self._empty_tokens <= self.meter.max_tokens
+
+    def _with_held_tokens(self, chunk: InferenceResponseChunk) -> InferenceResponseChunk:
+        if not self._empty_tokens or chunk.num_tokens is None:
+            return chunk
+        return chunk.model_copy(update={"num_tokens": chunk.num_tokens + self._empty_tokens})
 
     def _unless_retryable(self, code: str | None, retryable: bool, message: str) -> None:
         """The agent's code decides (agent.errors.is_retryable); its own flag only for a code we do not know."""
@@ -193,6 +248,7 @@ class RequestFlow:
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange
         self.router.metrics.attempt(exchange.model, outcome)
+        self.router.observe(exchange, outcome, message)
         exchange.num_failures += 1
         exchange.last_failure = message
         exchange.excluded[self.exchange.provider_id] = f"failed this request: {message}"
@@ -204,40 +260,57 @@ class RequestFlow:
 
     # -- after it
     async def next(self) -> Token | Finished | Broken:
+        loop = asyncio.get_running_loop()
+        stall_at = loop.time() + self.settings.stall_timeout_s  # empty chunks do not move it
         while True:
             frame, self._first = self._first, None
             if frame is None:
                 try:
-                    async with asyncio.timeout(self.settings.stall_timeout_s):
+                    async with asyncio.timeout_at(min(stall_at, self._stream_deadline)):
                         frame = await self.exchange.next_event()
                 except TimeoutError:
-                    self.router.abandon(self.exchange, reason="stalled")
-                    self._release(ReleaseReason.TIMEOUT)
-                    return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s",
-                                  "provider_stalled")
+                    return self._timed_out(is_stall=stall_at <= self._stream_deadline)
             event = self._convert(frame)
             if event is not None:
                 return event
 
+    def _timed_out(self, *, is_stall: bool) -> Broken:
+        self.router.observe(self.exchange, Outcome.STALLED if is_stall else Outcome.TIMEOUT)
+        self.router.abandon(self.exchange, reason="stalled" if is_stall else "deadline")
+        self._release(ReleaseReason.TIMEOUT)  # as for a provider error mid-stream: not charged
+        if is_stall:
+            return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s", "provider_stalled")
+        return Broken("the provider did not finish within the request's deadline", "provider_too_slow")
+
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
+            try:
+                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs)
+            except LogprobsRefused as exc:
+                return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
             self.num_chunks += 1
-            return Token(frame.delta.content, frame.delta.reasoning)
+            if frame.delta.is_empty:
+                return None
+            return Token(frame.delta.content, frame.delta.reasoning, logprobs)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
+                self.router.observe(self.exchange, Outcome.COMPLETED)
                 return Finished(frame.finish_reason.value, self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
+            self.router.observe(self.exchange, Outcome.ENDED, f"ended mid-stream ({frame.finish_reason})")
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.ERROR, f"mid-stream: {frame.code}")
             return Broken(f"the provider failed mid-stream: {frame.code}: {frame.message}")
         if isinstance(frame, LinkLost):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
@@ -247,8 +320,18 @@ class RequestFlow:
         log.warning("usage.past_max_tokens", request_id=exchange.request_id, provider_id=exchange.provider_id,
                     max_tokens=self.meter.max_tokens, counted=self.meter.num_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a chunk past max_tokens")
         self.router.abandon(exchange, reason="max_tokens")
         return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
+
+    def _refuse_logprobs(self, problem: str) -> Broken:
+        """Invented logprobs are not shown: the stream ends with an error, the attempt is cancelled, no charge."""
+        exchange = self.exchange
+        log.warning("logprobs.refused", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    problem=problem)
+        self.router.abandon(exchange, reason="invalid_logprobs")
+        self._release(ReleaseReason.PROVIDER_ERROR)
+        return Broken(f"the provider sent invalid logprobs ({problem})", "provider_invalid_logprobs")
 
     def _clamped(self, claimed: UsageReport, charge: Charge) -> None:
         exchange = self.exchange
@@ -256,6 +339,7 @@ class RequestFlow:
                     claimed_prompt=claimed.prompt_tokens, claimed_completion=claimed.completion_tokens,
                     charged_prompt=charge.prompt_tokens, charged_completion=charge.completion_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a usage claim over the bound")
 
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:

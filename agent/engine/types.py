@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
+from agent.wire.body_options import token_biases
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
 from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.wire.logprobs import TokenLogprob
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
@@ -76,6 +78,10 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
+    # Output options: logprobs of the content tokens with this many alternatives (None: not asked), and
+    # OpenAI's logit_bias as (token id, additive bias) pairs.
+    num_top_logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
 
@@ -93,6 +99,7 @@ class GenerationRequest:
             stop=parsed.stop_sequences, reasoning_effort=parsed.reasoning_effort,
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
+            num_top_logprobs=parsed.num_top_logprobs, logit_bias=token_biases(parsed.logit_bias),
         )
 
 
@@ -115,11 +122,13 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """Text generated since the previous event; `num_tokens` counts the tokens behind it (some carry no text)."""
+    """Text generated since the previous event; `num_tokens` counts the tokens behind it (some carry no text).
+    `logprobs`: one entry per content token behind it, when the request asked for them."""
 
     content: str = ""
     reasoning: str = ""
     num_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The soak of issue 11: honest and hostile providers under concurrent consumers, and what the books say.
 
     config.py      SoakConfig (what the run is made of) and soak_settings (deadlines on the soak's clock)
-    identities.py  each provider's credential: its own identity when the coordinator has them
+    identities.py  each provider's credential: its own identity, or the shared token
     cast.py        Cast: the honest SimAgents and the hostile peers (agent/testing/hostile)
     consumers.py   ConsumerPool: M streaming clients, each request's Outcome
     books.py       the consumer accounts, and the ledger matched to what each client was shown

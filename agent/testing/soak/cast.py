@@ -1,6 +1,6 @@
 """Who takes part in a soak: honest simulated Macs and hostile peers, each with its own credential.
 
-    cast = await Cast.start(server, config, db_path)   # everyone connected; identities made if supported
+    cast = await Cast.start(server, config, credentials)   # everyone connected with its credential
     await cast.until_ready(server)                      # honest slots warm, every peer registered
     cast.first_hostile()                                # {request tag: the hostile peer that took it first}
     await cast.stop()
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agent.coordinator.http.app import RunningServer
 from agent.testing.fleet.agent import SimAgent
@@ -21,7 +20,6 @@ from agent.testing.hostile.inflater import UsageInflater
 from agent.testing.hostile.peer import HostilePeer
 from agent.testing.hostile.sinkhole import Sinkhole, SinkholeMode
 from agent.testing.soak.config import SoakConfig
-from agent.testing.soak.identities import provider_credentials
 from agent.wire.frames import SlotState
 
 READY_POLL_S = 0.02
@@ -36,13 +34,9 @@ class Cast:
     names: dict[str, str] = field(default_factory=dict)  # provider id -> cast name
 
     @classmethod
-    async def start(cls, server: RunningServer, config: SoakConfig, db_path: str | Path) -> Cast:
-        honest_names = [f"honest-{i}" for i in range(config.num_honest)]
-        sinkhole_names = [f"sinkhole-{mode}" for mode in config.sinkhole_modes]
-        inflater_names = [f"inflater-{i}" for i in range(config.num_inflaters)]
-        flooder_names = [f"flooder-{i}" for i in range(config.num_flooders)]
-        credentials, uses_identities = provider_credentials(
-            db_path, honest_names + sinkhole_names + inflater_names + flooder_names)
+    async def start(cls, server: RunningServer, config: SoakConfig, credentials: dict[str, str]) -> Cast:
+        """`credentials` for every name of `member_names(config)` (identities.provider_credentials)."""
+        honest_names, sinkhole_names, inflater_names, flooder_names = _names(config)
         url = server.ws_url
         honest = [await SimAgent(url, memory_gb=config.honest_memory_gb, preload=(config.model,),
                                  time_scale=config.time_scale, token=credentials[name]).start()
@@ -54,7 +48,11 @@ class Cast:
         hostile += [await UsageInflater(url, token=credentials[name], name=name).start() for name in inflater_names]
         flooders = [await Flooder(url, token=credentials[name], name=name, num_links=config.flood_links,
                                   max_frames_per_s=config.max_flood_frames_per_s).start() for name in flooder_names]
-        return cls(honest, hostile, flooders, uses_identities)
+        return cls(honest, hostile, flooders, config.uses_identities)
+
+    @staticmethod
+    def member_names(config: SoakConfig) -> list[str]:
+        return [name for names in _names(config) for name in names]
 
     async def until_ready(self, server: RunningServer, model: str, timeout_s: float) -> None:
         """Every honest agent registered with `model` warm, and every hostile peer registered."""
@@ -90,3 +88,10 @@ class Cast:
             await peer.stop()
         for agent in self.honest:
             await agent.stop()
+
+
+def _names(config: SoakConfig) -> tuple[list[str], list[str], list[str], list[str]]:
+    return ([f"honest-{i}" for i in range(config.num_honest)],
+            [f"sinkhole-{mode}" for mode in config.sinkhole_modes],
+            [f"inflater-{i}" for i in range(config.num_inflaters)],
+            [f"flooder-{i}" for i in range(config.num_flooders)])

@@ -33,6 +33,7 @@ class SoakConfig:
     max_tokens: int = 32
     model: str = "gpt-oss-20b"
     num_honest: int = 4
+    uses_identities: bool = True  # False: every provider presents the one shared token (as before identities)
     honest_memory_gb: int = 64
     sinkhole_modes: tuple[str, ...] = ("silent", "trickle")
     trickle_interval_s: float = 5.0

@@ -21,7 +21,7 @@ from agent.testing.soak.books import account_floors, check_books, make_accounts
 from agent.testing.soak.cast import Cast
 from agent.testing.soak.config import SoakConfig, soak_settings
 from agent.testing.soak.consumers import ConsumerPool
-from agent.testing.soak.identities import SHARED_TOKEN, identity_api
+from agent.testing.soak.identities import SHARED_TOKEN, provider_credentials
 from agent.testing.soak.probe import Probe, rss_bytes
 from agent.testing.soak.report import summarize
 
@@ -52,14 +52,16 @@ async def run_soak(config: SoakConfig, workdir: str | Path) -> dict:
 async def _run(config: SoakConfig, workdir: str | Path, stage: list[str]) -> dict:
     db_path = Path(workdir) / "soak.db"
     keys = make_accounts(db_path, config)
+    # Before the coordinator opens the database: it admits identities it has loaded.
+    credentials = provider_credentials(db_path, Cast.member_names(config), shared=not config.uses_identities)
     accounts = Accounts.from_db(db_path, limits=FLEET_LIMITS)
     settings = soak_settings(config.time_scale)
-    if identity_api() is None:
+    if not config.uses_identities:
         settings = replace(settings, provider_token=SHARED_TOKEN)
     try:
         async with running(build_app(accounts, settings)) as server:
             stage[0] = "starting the cast"
-            cast = await Cast.start(server, config, db_path)
+            cast = await Cast.start(server, config, credentials)
             try:
                 stage[0] = "waiting for the cast to be ready"
                 await cast.until_ready(server, config.model, READY_TIMEOUT_S + config.real(60))
