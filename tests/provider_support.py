@@ -25,9 +25,8 @@ from agent.catalog import ModelSpec, load_catalog
 from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.http.app import RunningServer, build_app, running
 from agent.coordinator.settings import CoordinatorSettings
-from agent.kvcost import PREFILL_CHUNK_TOKENS, kv_bytes_per_token, kv_fixed_bytes_per_sequence
+from agent.testing.model_entry import GIB, LIMITS, entry_for
 from agent.wire.frames import (
-    AdmissionLimits,
     ChunkDelta,
     ErrorFrame,
     Hardware,
@@ -38,8 +37,6 @@ from agent.wire.frames import (
     InferenceRejected,
     InferenceRequest,
     InferenceResponseChunk,
-    KVLayer,
-    KVLayout,
     MemoryStatus,
     ModelEntry,
     Register,
@@ -49,24 +46,9 @@ from agent.wire.frames import (
 )
 from agent.wire.protocol import PROTOCOL_VERSION, Direction, encode, parse_message
 
-GIB = 2**30
 CATALOG = load_catalog()
 GPT = CATALOG["gpt-oss-20b"]
 GEMMA = CATALOG["gemma-4-26b"]
-# What a scripted provider says about how it admits (as a real agent sends its EngineConfig's numbers).
-LIMITS = AdmissionLimits(kv_safety_margin=0.05, max_num_seqs=32, prefill_chunk_tokens=PREFILL_CHUNK_TOKENS,
-                         default_max_tokens=4096, output_clip_tokens=4096)
-
-
-def entry_for(spec: ModelSpec, *, fits: bool = True, fit_reason: str = "fits", layout: bool = True,
-              limits: AdmissionLimits | None = LIMITS) -> ModelEntry:
-    kv_layout = KVLayout(architecture=spec.architecture, kv_dtype=spec.kv_dtype, sliding_window=spec.sliding_window,
-                         layers=tuple(KVLayer(kind=layer.kind.value, num_kv_heads=layer.num_kv_heads,
-                                              head_dim=layer.head_dim) for layer in spec.kv_layers))
-    return ModelEntry(id=spec.id, weights_bytes=spec.weights_bytes, max_context=spec.max_context,
-                      kv_bytes_per_token=kv_bytes_per_token(spec), kv_fixed_bytes_per_sequence=kv_fixed_bytes_per_sequence(spec),
-                      fits=fits, fit_reason=fit_reason, activation_reserve_bytes=spec.activation_reserve_bytes,
-                      kv_layout=kv_layout if layout else None, admission=limits)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
     result = await stream_chat(http, body, key=...)
     result.status, result.content, result.num_chunks, result.finish_reason, result.error, result.is_done,
-    result.ttft_s, result.latency_s, result.retry_after, result.error_code
+    result.ttft_s, result.latency_s, result.retry_after, result.error_code, result.request_id
+
+Pass `into=StreamResult()` to keep what arrived when the caller gives up (a timeout cancels the call).
 
 Only a base URL and a key: nothing here knows the coordinator's internals.
 
@@ -32,6 +34,7 @@ class StreamResult:
     retry_after: str | None = None
     usage: dict | None = None
     exception: str | None = None  # a client-side failure (connection refused, reset, timeout)
+    request_id: str | None = None  # the coordinator's x-request-id (sent with the first token)
 
     @property
     def text(self) -> str:
@@ -42,15 +45,17 @@ class StreamResult:
         return len(self.content)
 
 
-async def stream_chat(http: httpx.AsyncClient, body: dict, *, key: str, on_chunk=None) -> StreamResult:
+async def stream_chat(http: httpx.AsyncClient, body: dict, *, key: str, on_chunk=None,
+                      into: StreamResult | None = None) -> StreamResult:
     """POST /v1/chat/completions with stream=true and read it to the end (or the first failure)."""
-    result, started = StreamResult(), time.perf_counter()
+    result, started = into if into is not None else StreamResult(), time.perf_counter()
     headers = {"Authorization": f"Bearer {key}"}
     try:
         async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
                                headers=headers) as response:
             result.status = response.status_code
             result.retry_after = response.headers.get("retry-after")
+            result.request_id = response.headers.get("x-request-id")
             if response.status_code != 200:
                 data = json.loads(await response.aread())
                 result.error = data.get("error")
