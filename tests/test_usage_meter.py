@@ -24,6 +24,7 @@ def test_no_claim_and_no_stream_is_charged_past_max_tokens_or_the_prompt_estimat
     admitted = [c for text, n in chunks if meter.admit(c := chunk(text, n))]
     assert meter.num_tokens <= max_tokens
     assert meter.num_tokens >= sum(1 for c in admitted if c.delta.content)  # text is never free
+    assert meter.num_tokens <= meter.num_text_bytes + meter.textless_tokens  # a token is a byte of text or more
     for charge in (meter.settle(UsageReport(prompt_tokens=claim[0], completion_tokens=claim[1])), meter.delivered()):
         assert floor <= charge.prompt_tokens <= floor + extra
         assert meter.num_tokens <= charge.completion_tokens <= max_tokens
@@ -44,3 +45,19 @@ def test_an_older_agents_chunks_count_one_token_each_and_its_claim_is_trusted_up
         assert meter.admit(chunk("word ", None))
     assert meter.settle(UsageReport(prompt_tokens=10, completion_tokens=9)).completion_tokens == 9
     assert meter.settle(UsageReport(prompt_tokens=10, completion_tokens=2**31)).completion_tokens == 16
+
+
+def test_a_chunk_claiming_more_tokens_than_its_text_can_carry_is_counted_to_its_bytes_and_flagged():
+    meter = UsageMeter(max_tokens=10_000, prompt_bound=50, textless_tokens=8)
+    for _ in range(100):
+        assert meter.admit(chunk("word ", 8))  # the soak's inflater: 8 tokens claimed for 5 bytes
+    assert meter.num_tokens == 100 * 5 + 8 and meter.num_inflated_tokens == 800 - 508
+    charge = meter.settle(UsageReport(prompt_tokens=10, completion_tokens=800))
+    assert charge.completion_tokens == 508 + meter.slack_tokens and charge.is_clamped
+
+
+def test_textless_markup_tokens_of_an_honest_stream_are_counted():
+    meter = UsageMeter(max_tokens=100, prompt_bound=50)
+    for text, n in [("", 3), ("Hi", 1), ("", 5), ("there", 1)]:  # a harmony header, reasoning, the final header
+        assert meter.admit(chunk(text, n))
+    assert meter.num_tokens == 10 and meter.num_inflated_tokens == 0

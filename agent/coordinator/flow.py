@@ -82,7 +82,8 @@ class RequestFlow:
         bound = max_tokens or exchange.ask.max_tokens or self.settings.uncatalogued_context_tokens
         self.meter = UsageMeter(max_tokens=bound, prompt_bound=max_prompt_tokens or exchange.ask.prompt_tokens,
                                 prompt_floor=exchange.ask.floor_prompt_tokens,
-                                slack_tokens=self.settings.usage_slack_tokens)
+                                slack_tokens=self.settings.usage_slack_tokens,
+                                textless_tokens=self.settings.usage_textless_tokens)
         self.num_chunks = 0
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None

@@ -69,6 +69,7 @@ class CoordinatorSettings:
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by
     usage_slack_tokens: int = 4  # tokens after the last text (EOS, a held-back stop) a claim may add to the count
+    usage_textless_tokens: int = 32  # tokens a stream may count beyond one per byte of its text (channel markup)
     # a model not in the catalog: the context assumed for its holds (billing/holds.py) and usage bound (usage.py)
     uncatalogued_context_tokens: int = 262_144
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)

@@ -3,7 +3,9 @@
 A provider is a stranger, so its `inference_complete` usage is a claim. The meter bounds it:
 
     per chunk     its `num_tokens`, at least 1 when it carries text; an older agent's chunk without
-                  `num_tokens` counts as 1 (a floor: a chunk is one decode step or more)
+                  `num_tokens` counts as 1 (a floor: a chunk is one decode step or more); never more
+                  than one token per byte of the stream's text plus `textless_tokens` in all (a token
+                  decodes to a byte or more, bar a few markers), so a chunk cannot claim 8 tokens for a word
     completion    min(max(claimed, counted), bound)   (a claim of 0 still pays for what was delivered)
     bound         min(max_tokens, counted + slack)    when every chunk carried num_tokens
                   max_tokens                          when some did not (the count is only a floor then)
@@ -38,23 +40,33 @@ class UsageMeter:
     prompt_bound: int
     prompt_floor: int = 0
     slack_tokens: int = 4
+    textless_tokens: int = 32  # tokens a stream may carry beyond one per byte of its text (markup, specials)
     num_tokens: int = 0  # counted, of the chunks admitted
+    num_text_bytes: int = 0  # UTF-8 bytes of the text admitted
+    num_inflated_tokens: int = 0  # claimed by chunks beyond what their text can carry: not counted
     is_exact: bool = True  # every admitted chunk carried num_tokens
     prompt_claim: int | None = None  # the agent's count from inference_accepted
 
     @staticmethod
     def tokens_of(chunk: InferenceResponseChunk) -> int:
-        has_text = bool(chunk.delta.content or chunk.delta.reasoning)
+        has_text = not chunk.delta.is_empty
         if chunk.num_tokens is None:
             return 1 if has_text else 0
         return max(chunk.num_tokens, 1 if has_text else 0)
 
     def admit(self, chunk: InferenceResponseChunk) -> bool:
-        """Count the chunk, or False (counting nothing) when it would pass max_tokens."""
-        tokens = self.tokens_of(chunk)
+        """Count the chunk, or False (counting nothing) when it would pass max_tokens. A token is at least
+        one byte of text, apart from a stream's few textless ones (a channel header, an end marker), so a
+        chunk claiming more tokens than that is counted only up to it."""
+        text_bytes = len(chunk.delta.content.encode()) + len(chunk.delta.reasoning.encode())
+        claimed = self.tokens_of(chunk)
+        ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - self.num_tokens
+        tokens = min(claimed, max(ceiling, 1 if text_bytes else 0))
         if self.num_tokens + tokens > self.max_tokens:
             return False
         self.num_tokens += tokens
+        self.num_text_bytes += text_bytes
+        self.num_inflated_tokens += claimed - tokens
         self.is_exact = self.is_exact and chunk.num_tokens is not None
         return True
 
@@ -67,7 +79,8 @@ class UsageMeter:
     def settle(self, claimed: UsageReport) -> Charge:
         prompt = self._prompt(claimed.prompt_tokens)
         completion = min(max(claimed.completion_tokens, self.num_tokens), self.completion_bound)
-        is_clamped = claimed.prompt_tokens > self.prompt_bound or claimed.completion_tokens > self.completion_bound
+        is_clamped = (claimed.prompt_tokens > self.prompt_bound or claimed.completion_tokens > self.completion_bound
+                      or self.num_inflated_tokens > 0)
         return Charge(prompt, completion, is_clamped)
 
     def delivered(self) -> Charge:
