@@ -48,7 +48,10 @@ def test_stop_may_be_one_string_and_content_may_be_text_parts():
         ({"stop": [""]}, "stop.0"),
         ({"n": 2}, "n"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "absent"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "a.b"}}]}, "tools.0.function.name"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logprobs": True}, "logprobs"),
         ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
@@ -67,7 +70,7 @@ def test_unsupported_message_shapes_are_refused_naming_the_message():
         {"type": "image_url", "image_url": {"url": "data:"}}]}]})
     assert isinstance(image, InvalidField) and image.field == "messages.0.content.0.type"
     tool = validate_chat_request({"messages": [{"role": "tool", "content": "42"}]})
-    assert isinstance(tool, InvalidField) and tool.field == "messages.0.role"
+    assert isinstance(tool, InvalidField) and tool.field == "messages.0" and "tool_call_id" in str(tool)
     numeric = validate_chat_request({"messages": [{"role": "user", "content": 5}]})
     assert isinstance(numeric, InvalidField) and numeric.field == "messages.0.content"
     assert "valid string or a valid array" in str(numeric)
@@ -101,4 +104,4 @@ def test_an_assistant_message_echoed_back_with_empty_response_fields_is_accepted
         {"role": "user", "content": "again"}], "logprobs": False})
     assert isinstance(body, ChatCompletionBody)
     calls = validate_chat_request({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]})
-    assert isinstance(calls, InvalidField) and calls.field == "messages.0.tool_calls"
+    assert isinstance(calls, InvalidField) and calls.field == "messages.0.tool_calls.0.function"

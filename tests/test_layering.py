@@ -19,7 +19,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "agent"
 MLX_ROOTS = {"mlx", "mlx_lm"}
 SHARED_PURE = ("catalog.py", "kvcost.py", "admission.py", "errors.py", "safetensors_info.py", "tables.py",
-               "wire/frames.py", "wire/protocol.py", "wire/chat_body.py", "wire/unknown_fields.py",
+               "wire/frames.py", "wire/protocol.py", "wire/chat_body.py", "wire/unknown_fields.py", "wire/tools.py",
+               "wire/tool_deltas.py",
                "daemon/config.py", "engine/schedule.py")
 
 

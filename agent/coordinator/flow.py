@@ -28,6 +28,7 @@ from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.router import Router
+from agent.coordinator.tool_calls import InvalidToolCall, ToolCallLedger
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
 from agent.wire.frames import (
@@ -37,17 +38,19 @@ from agent.wire.frames import (
     InferenceError,
     InferenceRejected,
     InferenceResponseChunk,
+    ToolCallDelta,
     UsageReport,
 )
 
 log = structlog.get_logger("agent.coordinator.flow")
-DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
+DELIVERED = (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
     content: str
     reasoning: str
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # checked by the flow's ToolCallLedger (tool_calls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class RequestFlow:
                                 prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
+        self.tool_calls = ToolCallLedger(max_calls=self.settings.max_tool_calls, keep_arguments=not exchange.body.stream,
+                                         max_argument_chars=self.settings.max_tool_argument_chars)
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
 
@@ -223,14 +228,18 @@ class RequestFlow:
         if isinstance(frame, InferenceResponseChunk):
             if not self.meter.admit(frame):
                 return self._cut()
+            try:
+                self.tool_calls.admit(frame.delta.tool_calls)
+            except InvalidToolCall as exc:
+                return self._invalid_output(str(exc))
             self.num_chunks += 1
-            return Token(frame.delta.content, frame.delta.reasoning)
+            return Token(frame.delta.content, frame.delta.reasoning, frame.delta.tool_calls)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
-                return Finished(frame.finish_reason.value, self._settle(charge))
+                return Finished(self._finish_reason(frame.finish_reason), self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
@@ -240,6 +249,21 @@ class RequestFlow:
             self._release(ReleaseReason.PROVIDER_ERROR)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
+
+    def _finish_reason(self, claimed: FinishReason) -> str:
+        """`tool_calls` exactly when the response made calls (and was not cut at max_tokens), as OpenAI says."""
+        if claimed is FinishReason.LENGTH:
+            return claimed.value
+        return (FinishReason.TOOL_CALLS if self.tool_calls.num_calls else FinishReason.STOP).value
+
+    def _invalid_output(self, message: str) -> Broken:
+        """A provider's tool-call delta broke the rules: the stream ends, it pays only what was delivered."""
+        exchange = self.exchange
+        log.warning("request.invalid_tool_call", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    message=message)
+        self.router.abandon(exchange, reason="invalid_output")
+        self._settle(self.meter.delivered())
+        return Broken(f"the provider sent an invalid tool call: {message}", "provider_invalid_output")
 
     def _cut(self) -> Finished:
         """A chunk would pass max_tokens: the stream ends here as `length`, the agent is told to stop."""

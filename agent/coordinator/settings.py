@@ -60,6 +60,8 @@ class CoordinatorSettings:
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by
     usage_slack_tokens: int = 4  # tokens after the last text (EOS, a held-back stop) a claim may add to the count
+    max_tool_calls: int = 64  # calls one response may carry (frames.MAX_TOOL_CALLS_PER_TURN is the wire's own bound)
+    max_tool_argument_chars: int = 1024 * 1024  # one call's arguments, summed over its fragments
     output_bound_tokens: int = 131_072  # a request without max_tokens, for a model not in the catalog
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)
     operator_token: str | None = None  # sent as `x-darkbloom-operator`

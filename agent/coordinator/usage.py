@@ -2,7 +2,7 @@
 
 A provider is a stranger, so its `inference_complete` usage is a claim. The meter bounds it:
 
-    per chunk     its `num_tokens`, at least 1 when it carries text; an older agent's chunk without
+    per chunk     its `num_tokens`, at least 1 when it carries text or a tool call; an older agent's chunk without
                   `num_tokens` counts as 1 (a floor: a chunk is one decode step or more)
     completion    min(max(claimed, counted), bound)   (a claim of 0 still pays for what was delivered)
     bound         min(max_tokens, counted + slack)    when every chunk carried num_tokens
@@ -44,7 +44,7 @@ class UsageMeter:
 
     @staticmethod
     def tokens_of(chunk: InferenceResponseChunk) -> int:
-        has_text = bool(chunk.delta.content or chunk.delta.reasoning)
+        has_text = bool(chunk.delta.content or chunk.delta.reasoning or chunk.delta.tool_calls)
         if chunk.num_tokens is None:
             return 1 if has_text else 0
         return max(chunk.num_tokens, 1 if has_text else 0)

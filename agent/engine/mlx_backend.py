@@ -207,7 +207,7 @@ class MLXBackend:
                 sampler=sampler if sampler is greedy_sampler else guard.sampler(sampler),
                 processors=[guard.processor(p) for p in make_processors(request)],
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
-                splitter=chat.splitter(prompt.payload, request.stop), guard=guard,
+                splitter=chat.splitter(prompt.payload, request.stop, request.tool_names), guard=guard,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.admission import AdmissionDecision
-from agent.engine.types import Delta, Event, Finish
+from agent.engine.types import Delta, Event, Finish, ToolCallDelta
+from agent.wire.tool_deltas import coalesce_tool_deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Completion:
     reasoning: str
     finish: Finish
     num_deltas: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # every delta of the turn's calls, coalesced per call
 
 
 class RequestStream:
@@ -85,12 +87,14 @@ class RequestStream:
         if not self._events or not isinstance(self._events[0], Delta):
             return first
         content, reasoning, num_tokens = [first.content], [first.reasoning], first.num_tokens
+        tool_calls = list(first.tool_calls)
         while self._events and isinstance(self._events[0], Delta):
             delta = self._events.popleft()
             content.append(delta.content)
             reasoning.append(delta.reasoning)
             num_tokens += delta.num_tokens
-        return Delta("".join(content), "".join(reasoning), num_tokens)
+            tool_calls.extend(delta.tool_calls)
+        return Delta("".join(content), "".join(reasoning), num_tokens, coalesce_tool_deltas(tool_calls))
 
     async def cancel(self) -> bool:
         """Ask the engine to take the request out; its stream then ends with finish_reason cancelled."""
@@ -102,12 +106,15 @@ class RequestStream:
     async def collect(self) -> Completion:
         content: list[str] = []
         reasoning: list[str] = []
+        tool_calls: list[ToolCallDelta] = []
         num_deltas = 0
         async for event in self:
             if isinstance(event, Delta):
                 content.append(event.content)
                 reasoning.append(event.reasoning)
+                tool_calls.extend(event.tool_calls)
                 num_deltas += 1
             else:
-                return Completion("".join(content), "".join(reasoning), event, num_deltas)
+                return Completion("".join(content), "".join(reasoning), event, num_deltas,
+                                  coalesce_tool_deltas(tool_calls))
         raise RuntimeError("the stream ended without a Finish")  # unreachable: the last event is a Finish

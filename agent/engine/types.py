@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
-from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.wire.frames import (  # one vocabulary with the wire (re-exported)
+    AdmissionLimits,
+    FinishReason,
+    SlotState,
+    ToolCallDelta,
+)
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
@@ -65,7 +70,9 @@ class EngineNotRunning(EngineError):
 class GenerationRequest:
     request_id: str
     model: str
-    messages: tuple[Mapping[str, str], ...]  # {"role": ..., "content": ...}, content as plain text
+    # {"role": ..., "content": ...}, content as plain text; a tool turn adds "tool_calls" (OpenAI's shape,
+    # arguments as JSON text) and "reasoning", a tool result "tool_call_id" (agent/engine/chat_messages.py).
+    messages: tuple[Mapping[str, Any], ...]
     max_tokens: int | None = None  # None: the engine's default, within the context
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
@@ -78,6 +85,16 @@ class GenerationRequest:
     ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
     # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
+    tools: tuple[Mapping[str, Any], ...] = ()  # OpenAI function tools, as JSON: the chat template renders them
+    tool_choice: str | Mapping[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """The functions the model may call: none when tool_choice is "none"."""
+        if self.tool_choice == "none":
+            return frozenset()
+        return frozenset(tool["function"]["name"] for tool in self.tools)
 
     @classmethod
     def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any] | ChatCompletionBody) -> GenerationRequest:
@@ -93,6 +110,8 @@ class GenerationRequest:
             stop=parsed.stop_sequences, reasoning_effort=parsed.reasoning_effort,
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
+            tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
+            tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,
         )
 
 
@@ -100,11 +119,20 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _message(message: ChatMessage) -> dict[str, str]:
-    content = message.content
-    if not isinstance(content, str):
-        content = "".join(part.text for part in content)
-    return {"role": message.role, "content": content}
+def _choice(choice: Any) -> str | dict[str, Any] | None:
+    return choice if choice is None or isinstance(choice, str) else choice.model_dump()
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.text}
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        reasoning = message.reasoning or message.reasoning_content
+        if reasoning:
+            out["reasoning"] = reasoning
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +148,7 @@ class Delta:
     content: str = ""
     reasoning: str = ""
     num_tokens: int = 0
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # pieces of the turn's tool calls (agent/engine/tool_calls.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from agent.wire.frames import (
     Registered,
     SlotStatus,
     ThermalState,
+    ToolCallDelta,
     UnloadModel,
     UsageReport,
 )
@@ -119,19 +120,19 @@ class LinkSession:
         return Heartbeat(seq=self.num_heartbeats, slots=tuple(slots), memory=memory, thermal=thermal,
                          draining=draining)
 
-    def chunk(self, request_id: str, content: str = "", reasoning: str = "",
-              num_tokens: int | None = None) -> InferenceResponseChunk | None:
+    def chunk(self, request_id: str, content: str = "", reasoning: str = "", num_tokens: int | None = None,
+              tool_calls: tuple[ToolCallDelta, ...] = ()) -> InferenceResponseChunk | None:
         stream = self.streams.get(request_id)
         if stream is None:
             return None
         if num_tokens is not None:
             stream.num_unsent_tokens += num_tokens
-        if not (content or reasoning):
+        if not (content or reasoning or tool_calls):
             return None
         stream.num_chunks += 1
         tokens, stream.num_unsent_tokens = stream.num_unsent_tokens, 0
         return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
-                                      delta=ChunkDelta(content=content, reasoning=reasoning),
+                                      delta=ChunkDelta(content=content, reasoning=reasoning, tool_calls=tool_calls),
                                       num_tokens=None if num_tokens is None else min(tokens, MAX_CHUNK_TOKENS))
 
     def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,

@@ -101,8 +101,8 @@ class ChatCompletions:
         while True:
             event = await flow.next()
             if isinstance(event, Token):
-                if event.content or event.reasoning:
-                    await _part(send, head + fmt.delta(event.content, event.reasoning))
+                if event.content or event.reasoning or event.tool_calls:
+                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.tool_calls))
                     head = b""
                 continue
             if isinstance(event, Finished):
@@ -126,7 +126,8 @@ class ChatCompletions:
                 reasoning.append(event.reasoning)
             elif isinstance(event, Finished):
                 data = completion_body(flow.exchange.request_id, body.model, "".join(content), "".join(reasoning),
-                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field)
+                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field,
+                                       flow.tool_calls.calls)
                 self.coordinator.metrics.request(body.model, "ok")
                 await _send_response(send, JSONResponse(data, headers={"x-request-id": flow.exchange.request_id}))
                 return

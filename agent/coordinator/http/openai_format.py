@@ -4,6 +4,9 @@ A stream is, as OpenAI sends it:
 
     data: {..."delta": {"role": "assistant", "content": ""}...}        the role chunk, first
     data: {..."delta": {"content": "..."}...} / {"reasoning": "..."}   content and reasoning deltas
+    data: {..."delta": {"tool_calls": [{"index": 0, "id": "call_…",    a call opens (id, name, empty
+            "type": "function", "function": {"name": "…", "arguments": ""}}]}...}     arguments), then
+    data: {..."delta": {"tool_calls": [{"index": 0, "function": {"arguments": "…"}}]}...}   its fragments
     data: {..."delta": {}, "finish_reason": "stop"}                    the finish chunk
     data: {..."choices": [], "usage": {...}}                           only with stream_options.include_usage
     data: [DONE]
@@ -13,7 +16,10 @@ OpenRouter and Ollama use), or `reasoning_content` (DeepSeek's), or both: settin
 An error after the first token ends the stream with finish_reason "error" and an `event: error` whose
 data is OpenAI's error object (the openai SDK raises APIError on it), then [DONE].
 
-Public names: StreamFormat, completion_body, usage_body, sse, DONE.
+A non-streamed answer with calls has `message.tool_calls` and `content` null when the model said nothing
+else, as OpenAI returns it.
+
+Public names: StreamFormat, completion_body, usage_body, tool_call_delta, sse, DONE.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from typing import Any
 
 from agent.coordinator.errors import error_body
 from agent.coordinator.settings import ReasoningField
-from agent.wire.frames import UsageReport
+from agent.coordinator.tool_calls import AssembledCall
+from agent.wire.frames import ToolCallDelta, UsageReport
+from agent.wire.tool_deltas import coalesce_tool_deltas
 
 DONE = b"data: [DONE]\n\n"
 
@@ -38,6 +46,14 @@ def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
 def usage_body(usage: UsageReport) -> dict[str, int]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """One entry of a chunk's `delta.tool_calls`: the opening piece carries id, type and name."""
+    if delta.id is None:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    return {"index": delta.index, "id": delta.id, "type": "function",
+            "function": {"name": delta.name, "arguments": delta.arguments}}
 
 
 def _reasoning(field: ReasoningField, text: str) -> dict[str, str]:
@@ -62,12 +78,14 @@ class StreamFormat:
     def role(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def delta(self, content: str, reasoning: str) -> bytes:
+    def delta(self, content: str, reasoning: str, tool_calls: tuple[ToolCallDelta, ...] = ()) -> bytes:
         delta: dict[str, Any] = {}
         if reasoning:
             delta.update(_reasoning(self.reasoning_field, reasoning))
         if content:
             delta["content"] = content
+        if tool_calls:
+            delta["tool_calls"] = [tool_call_delta(piece) for piece in coalesce_tool_deltas(tool_calls)]
         return self._chunk(delta)
 
     def finish(self, finish_reason: str) -> bytes:
@@ -82,10 +100,16 @@ class StreamFormat:
 
 
 def completion_body(completion_id: str, model: str, content: str, reasoning: str, finish_reason: str,
-                    usage: UsageReport, reasoning_field: ReasoningField) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+                    usage: UsageReport, reasoning_field: ReasoningField,
+                    tool_calls: list[AssembledCall] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if tool_calls else ""),
+                               "refusal": None}
     if reasoning:
         message.update(_reasoning(reasoning_field, reasoning))
+    if tool_calls:
+        message["tool_calls"] = [{"id": call.id, "type": "function",
+                                  "function": {"name": call.name, "arguments": call.arguments}}
+                                 for call in tool_calls]
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
