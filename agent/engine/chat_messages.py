@@ -75,7 +75,7 @@ def _plain(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_mapping_arguments(message: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(message)
+    out = {**message, "content": message.get("content") or ""}  # null beside tool_calls: the template wants text
     if message.get("tool_calls"):
         out["tool_calls"] = [_call(call) for call in message["tool_calls"]]
     return out
