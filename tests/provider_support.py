@@ -76,7 +76,7 @@ class Reply:
     reject: str | None = None  # "full" | "never"
     reason: str = "scripted refusal"
     retry_after_s: float | None = None
-    chunks: Sequence[str | tuple[str, str]] = ("Hello", ", world")  # content, or (content, reasoning)
+    chunks: Sequence[str | tuple[str, str] | ChunkDelta] = ("Hello", ", world")  # content, (content, reasoning), a delta
     chunk_delay_s: float = 0.0
     accept_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
@@ -90,6 +90,13 @@ class Reply:
     prompt_tokens: int = 11
     num_tokens: int | None = None  # on each chunk (None: an older agent's chunk, without it)
     claimed_usage: tuple[int, int] | None = None  # the (prompt, completion) inference_complete claims
+
+
+def _delta(chunk: str | tuple[str, str] | ChunkDelta) -> ChunkDelta:
+    if isinstance(chunk, ChunkDelta):
+        return chunk
+    content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
+    return ChunkDelta(content=content, reasoning=reasoning)
 
 
 @dataclass
@@ -250,9 +257,7 @@ class ScriptedProvider:
                                                       retryable=reply.retryable))
             if reply.drop_link_after == i:
                 return await self.drop()
-            content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
-            await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1,
-                                                   delta=ChunkDelta(content=content, reasoning=reasoning),
+            await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1, delta=_delta(chunk),
                                                    num_tokens=reply.num_tokens))
             sent += 1
             await asyncio.sleep(reply.chunk_delay_s)
