@@ -107,3 +107,19 @@ def test_tool_choice_none_shows_the_model_no_tools():
     assert offered_tools(GenerationRequest.from_openai("r", "m", body))
     chosen_none = GenerationRequest.from_openai("r", "m", {**body, "tool_choice": "none"})
     assert not offered_tools(chosen_none) and chosen_none.tool_names == frozenset()
+
+
+def test_only_required_and_named_tool_choices_become_a_constraint_for_the_grammar():
+    from agent.engine.tool_choice import tool_call_constraint
+
+    tools = [*TOOLS, {"type": "function", "function": {"name": "get_time"}}]
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+
+    def constraint(**fields):
+        return tool_call_constraint(GenerationRequest.from_openai("r", "m", {**body, **fields}), "harmony")
+
+    assert constraint() is None and constraint(tool_choice="auto") is None and constraint(tool_choice="none") is None
+    required = constraint(tool_choice="required", parallel_tool_calls=False)
+    assert [f["name"] for f in required.functions] == ["get_weather", "get_time"] and not required.is_parallel
+    named = constraint(tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert [f["name"] for f in named.functions] == ["get_time"] and named.is_parallel and named.family == "harmony"

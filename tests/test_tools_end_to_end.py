@@ -118,8 +118,9 @@ async def test_a_forced_call_comes_back_as_tool_calls_streamed_or_not_and_a_thre
             assert chunks[-1].usage.completion_tokens == scripted.num_forced[1]
 
             scripted.scripts.append(ANSWER[name])
-            history = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-                       {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}]
+            echoed = choice.message.model_dump(exclude_none=True)  # as a client sends it back: no content, reasoning kept
+            assert "content" not in echoed and echoed["tool_calls"][0]["id"] == call.id
+            history = [*QUESTION, echoed, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}]
             answer = await client.chat.completions.create(**{**ask, "messages": history})
             assert answer.choices[0].message.content == "Sunny in Paris." and answer.choices[0].finish_reason == "stop"
             assert not answer.choices[0].message.tool_calls
