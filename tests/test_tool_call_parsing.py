@@ -129,3 +129,13 @@ def test_a_recipient_longer_than_any_function_name_is_not_kept_whole():
     splitter = harmony()
     content, _, deltas = read(splitter, "<|channel|>commentary to=functions." + "x" * 100_000 + "<|message|>{}", 997)
     assert deltas == [] and content == "{}" and len(splitter.calls._recipient) <= 256
+
+
+@pytest.mark.parametrize("family", ["harmony", "gemma"])
+def test_parallel_tool_calls_false_ends_the_turn_when_its_first_call_closes(family):
+    text, make, reader = ((HARMONY_TWO_CALLS, harmony, HarmonyCalls) if family == "harmony"
+                          else (GEMMA_TWO_CALLS, gemma, GemmaCalls))
+    splitter = make()
+    splitter.calls = reader(NAMES, is_parallel=False) if family == "harmony" else reader(NAMES, 4096, is_parallel=False)
+    _, _, deltas = read(splitter, text, 3)
+    assert [name for name, _ in calls(deltas)] == ["get_weather"] and splitter.is_stopped

@@ -12,6 +12,12 @@ gemma-4 thinks in a `<|channel>thought ... <channel|>` block when its template's
 is on (mlx-lm's default). Here it is on only when the request asks for reasoning (a
 `reasoning_effort` other than none/minimal); the thought block is reasoning.
 
+Tool calls: a harmony message whose header names a recipient (` to=functions.NAME`, before or after
+its channel, commentary or analysis) is a call, its body the arguments, ended by `<|call|>` or `<|end|>`;
+gemma-4's calls are `<|tool_call>...<tool_call|>`. The splitter routes that text to the request's
+ToolCallReader (agent/engine/tool_calls.py), which makes the wire's tool-call deltas; the request's
+messages and tools reach the template through agent/engine/chat_messages.py.
+
 Splitting runs on decoded text with mlx-lm's TextStateMachine (robust to how markers tokenize). Stop
 strings are transitions to its end state in every state, so a stop string is never emitted and ends
 the request even when it tokenizes differently from the stop sequence.
@@ -147,7 +153,10 @@ class ChannelSplitter:
         was_in_call, self._field = self._field in CALL_FIELDS, None
         if self.calls is None or not was_in_call:
             return ""
-        return self.calls.end() or ""
+        text = self.calls.end() or ""
+        if self.calls.is_done:
+            self.is_stopped = True  # parallel_tool_calls false: the first call ends the turn
+        return text
 
 
 class ChatFormat:
@@ -185,9 +194,10 @@ class ChatFormat:
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
 
-    def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = (),
-                 tool_names: frozenset[str] = frozenset()) -> ChannelSplitter:
-        """`tool_names`: the functions the model was offered (empty: no call is parsed, its text is content)."""
+    def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = (), tool_names: frozenset[str] = frozenset(),
+                 is_parallel: bool = True) -> ChannelSplitter:
+        """`tool_names`: the functions the model was offered (empty: no call is parsed, its text is content);
+        `is_parallel` false: the turn ends when its first call closes."""
         key = tuple(stop)
         machine = self._machines.get(key)
         if machine is None:
@@ -196,15 +206,16 @@ class ChatFormat:
             for edges in transitions.values():
                 edges.extend((word, None) for word in stop)
             machine = self._machines[key] = TextStateMachine(transitions)
-        return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup, self._calls(tool_names))
+        calls = self._calls(tool_names, is_parallel)
+        return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup, calls)
 
-    def _calls(self, tool_names: frozenset[str]) -> HarmonyCalls | GemmaCalls | None:
+    def _calls(self, tool_names: frozenset[str], is_parallel: bool) -> HarmonyCalls | GemmaCalls | None:
         if not tool_names:
             return None
         if self.family == "harmony":
-            return HarmonyCalls(tool_names)
+            return HarmonyCalls(tool_names, is_parallel)
         if self.family == "gemma":
-            return GemmaCalls(tool_names, MAX_GEMMA_CALL_CHARS)
+            return GemmaCalls(tool_names, MAX_GEMMA_CALL_CHARS, is_parallel)
         return None
 
     def _initial_state(self, ids: Sequence[int]) -> str:

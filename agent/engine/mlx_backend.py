@@ -209,7 +209,8 @@ class MLXBackend:
                 # what a grammar processor added here enforces.
                 processors=[guard.processor(p) for p in make_processors(request)],
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
-                splitter=chat.splitter(prompt.payload, request.stop, request.tool_names), guard=guard,
+                splitter=chat.splitter(prompt.payload, request.stop, request.tool_names,
+                                       is_parallel=request.parallel_tool_calls is not False), guard=guard,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])

@@ -39,13 +39,19 @@ def new_call_id() -> str:
 
 
 class ToolCallReader:
-    """The calls of one turn. `names`: the functions the request offered."""
+    """The calls of one turn. `names`: the functions the request offered; `is_parallel` false
+    (parallel_tool_calls: false) ends the turn when its first call closes."""
 
-    def __init__(self, names: frozenset[str]) -> None:
-        self.names = names
+    def __init__(self, names: frozenset[str], is_parallel: bool = True) -> None:
+        self.names, self.is_parallel = names, is_parallel
         self.num_calls = 0
         self.is_open = False  # inside a call now
         self._deltas: list[ToolCallDelta] = []
+
+    @property
+    def is_done(self) -> bool:
+        """No further call may follow: the turn should end."""
+        return not self.is_parallel and self.num_calls > 0 and not self.is_open
 
     def take(self) -> tuple[ToolCallDelta, ...]:
         deltas, self._deltas = tuple(self._deltas), []
@@ -65,8 +71,8 @@ class ToolCallReader:
 
 
 class HarmonyCalls(ToolCallReader):
-    def __init__(self, names: frozenset[str]) -> None:
-        super().__init__(names)
+    def __init__(self, names: frozenset[str], is_parallel: bool = True) -> None:
+        super().__init__(names, is_parallel)
         self._recipient = ""
         self._is_refused = False  # this message names a recipient we do not call: its body is content
 
@@ -93,8 +99,8 @@ class HarmonyCalls(ToolCallReader):
 
 
 class GemmaCalls(ToolCallReader):
-    def __init__(self, names: frozenset[str], max_call_chars: int) -> None:
-        super().__init__(names)
+    def __init__(self, names: frozenset[str], max_call_chars: int, is_parallel: bool = True) -> None:
+        super().__init__(names, is_parallel)
         self.max_call_chars = max_call_chars
         self._text = ""
         self._name: str | None = None
