@@ -76,7 +76,8 @@ class Reply:
     reject: str | None = None  # "full" | "never"
     reason: str = "scripted refusal"
     retry_after_s: float | None = None
-    chunks: Sequence[str | tuple[str, str] | ChunkDelta] = ("Hello", ", world")  # content, (content, reasoning), a delta
+    # content, (content, reasoning), or any delta
+    chunks: Sequence[str | tuple[str, str] | ChunkDelta] = ("Hello", ", world")
     chunk_delay_s: float = 0.0
     accept_delay_s: float = 0.0
     first_token_delay_s: float = 0.0

@@ -75,8 +75,9 @@ class RequestFlow:
                                 prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
-        self.tool_calls = ToolCallLedger(max_calls=self.settings.max_tool_calls, keep_arguments=not exchange.body.stream,
-                                         max_argument_chars=self.settings.max_tool_argument_chars)
+        self.tool_calls = ToolCallLedger(max_calls=self.settings.max_tool_calls,
+                                         max_argument_chars=self.settings.max_tool_argument_chars,
+                                         keep_arguments=not exchange.body.stream)  # a stream keeps only lengths
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
 
