@@ -58,7 +58,8 @@ class Reply:
     reject: str | None = None  # "full" | "never"
     reason: str = "scripted refusal"
     retry_after_s: float | None = None
-    chunks: Sequence[str | tuple[str, str]] = ("Hello", ", world")  # content, or (content, reasoning)
+    # content, (content, reasoning), or any delta
+    chunks: Sequence[str | tuple[str, str] | ChunkDelta] = ("Hello", ", world")
     chunk_delay_s: float = 0.0
     accept_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
@@ -74,6 +75,13 @@ class Reply:
     num_tokens: int | None = None  # on each chunk (None: an older agent's chunk, without it)
     claimed_usage: tuple[int, int] | None = None  # the (prompt, completion) inference_complete claims
     chunk_logprobs: Sequence[Any] | None = None  # per chunk, the raw JSON of its `logprobs` (unchecked: may be hostile)
+
+
+def _delta(chunk: str | tuple[str, str] | ChunkDelta) -> ChunkDelta:
+    if isinstance(chunk, ChunkDelta):
+        return chunk
+    content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
+    return ChunkDelta(content=content, reasoning=reasoning)
 
 
 @dataclass
@@ -236,9 +244,7 @@ class ScriptedProvider:
                 return await self.drop()
             if reply.hang_after == i:
                 return
-            content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
-            frame = InferenceResponseChunk(request_id=rid, seq=i + 1, num_tokens=reply.num_tokens,
-                                           delta=ChunkDelta(content=content, reasoning=reasoning))
+            frame = InferenceResponseChunk(request_id=rid, seq=i + 1, num_tokens=reply.num_tokens, delta=_delta(chunk))
             if reply.chunk_logprobs is not None:
                 frame = json.dumps(json.loads(encode(frame)) | {"logprobs": reply.chunk_logprobs[i]})
             await self.send(frame)

@@ -48,7 +48,10 @@ def test_stop_may_be_one_string_and_content_may_be_text_parts():
         ({"stop": [""]}, "stop.0"),
         ({"n": 2}, "n"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "absent"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "a.b"}}]}, "tools.0.function.name"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
         ({"stream_options": {"include_tokens": True}}, "stream_options.include_tokens"),
@@ -94,7 +97,7 @@ def test_unsupported_message_shapes_are_refused_naming_the_message():
         {"type": "image_url", "image_url": {"url": "data:"}}]}]})
     assert isinstance(image, InvalidField) and image.field == "messages.0.content.0.type"
     tool = validate_chat_request({"messages": [{"role": "tool", "content": "42"}]})
-    assert isinstance(tool, InvalidField) and tool.field == "messages.0.role"
+    assert isinstance(tool, InvalidField) and tool.field == "messages.0" and "tool_call_id" in str(tool)
     numeric = validate_chat_request({"messages": [{"role": "user", "content": 5}]})
     assert isinstance(numeric, InvalidField) and numeric.field == "messages.0.content"
     assert "valid string or a valid array" in str(numeric)
@@ -128,4 +131,42 @@ def test_an_assistant_message_echoed_back_with_empty_response_fields_is_accepted
         {"role": "user", "content": "again"}], "logprobs": False})
     assert isinstance(body, ChatCompletionBody)
     calls = validate_chat_request({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]})
-    assert isinstance(calls, InvalidField) and calls.field == "messages.0.tool_calls"
+    assert isinstance(calls, InvalidField) and calls.field == "messages.0.tool_calls.0.function"
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+def test_a_tool_loop_is_accepted_with_null_assistant_content_and_a_tool_result_in_text_parts():
+    body = validate_chat_request({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL], "reasoning": "Call it."},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sun"}, {"type": "text", "text": "ny"}]},
+        {"role": "assistant", "tool_calls": [{**CALL, "id": "call_2"}]},  # content absent, as SDKs send it
+        {"role": "tool", "tool_call_id": "call_2", "content": "rain"}],
+        "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False})
+    assert isinstance(body, ChatCompletionBody), body
+    assert body.messages[1].text == "" and body.messages[2].text == "sunny" and body.parallel_tool_calls is False
+    assert body.tool_choice.function.name == "get_weather"
+    for choice in ("auto", "none", "required"):
+        assert isinstance(chat(tools=TOOLS, tool_choice=choice), ChatCompletionBody)
+
+
+@pytest.mark.parametrize(("messages", "complaint"), [
+    ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "other", "content": "x"}],
+     "which no earlier assistant message"),
+    ([{"role": "user", "content": "x", "tool_calls": [CALL]}], "only an assistant message carries tool_calls"),
+    ([{"role": "user", "content": "x", "tool_call_id": "call_1"}], "only a tool message has one"),
+    ([{"role": "assistant", "content": None}], "content is required"),
+])
+def test_tool_turns_that_break_openais_rules_are_refused_saying_why(messages, complaint):
+    result = validate_chat_request({"messages": messages})
+    assert isinstance(result, InvalidField) and complaint in str(result) and result.field.startswith("messages")
+
+
+def test_two_tools_with_one_name_are_refused_naming_tools():
+    result = chat(tools=TOOLS * 2)
+    assert isinstance(result, InvalidField) and result.field == "tools" and "same function name" in str(result)

@@ -101,10 +101,11 @@ async def test_errors_come_in_openais_shape_naming_the_bad_parameter():
         with pytest.raises(openai.BadRequestError) as bad:
             await client.chat.completions.create(model=GPT.id, messages=MESSAGES, temperature=5)
         assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
-        with pytest.raises(openai.BadRequestError) as unsupported:
+        with pytest.raises(openai.BadRequestError) as unknown_tool:
             await client.chat.completions.create(model=GPT.id, messages=MESSAGES,
-                                                 tools=[{"type": "function", "function": {"name": "f"}}])
-        assert unsupported.value.body["param"] == "tools"
+                                                 tools=[{"type": "function", "function": {"name": "f"}}],
+                                                 tool_choice={"type": "function", "function": {"name": "g"}})
+        assert unknown_tool.value.body["param"] == "tool_choice"
         with pytest.raises(openai.NotFoundError) as missing:
             await client.chat.completions.create(model="no-such-model", messages=MESSAGES)
         assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"

@@ -29,16 +29,22 @@ def test_each_greedy_tokens_logprob_is_the_direct_forwards_and_its_three_alterna
     async def scenario():
         async with MLXEngine({name: tiny_models_dir / name}) as engine:
             await engine.load(name)
-            request = chat("lp", name, PROMPT, max_tokens=4, ignore_eos=True, num_top_logprobs=3)
-            prompt = engine.chat_format(name).encode(request).token_ids
-            return prompt, await (await engine.submit(request)).collect(), engine.chat_format(name).token_text
+            chat_format = engine.chat_format(name)
+            # Markup tokens are banned, so the random model's greedy tokens are all content (what logprobs cover).
+            banned = tuple((token, -100.0) for token in sorted(chat_format.markup_ids))
+            request = chat("lp", name, PROMPT, max_tokens=4, ignore_eos=True, num_top_logprobs=3, logit_bias=banned)
+            prompt = chat_format.encode(request).token_ids
+            return prompt, banned, await (await engine.submit(request)).collect(), chat_format.token_text
 
-    prompt, completion, token_text = run(scenario())
+    prompt, banned, completion, token_text = run(scenario())
     model, _ = load(str(tiny_models_dir / name))
+    bias = mx.zeros((model.args.vocab_size,))
+    bias[mx.array([token for token, _ in banned])] = -100.0
     tokens = list(prompt)
-    assert len(completion.logprobs) >= 3  # the tiny models' first tokens are plain text
+    assert len(completion.logprobs) >= 3
     for entry in completion.logprobs[:3]:
-        expected = direct_logprobs(model, tokens)
+        logits = model(mx.array([tokens]))[0, -1].astype(mx.float32) + bias
+        expected = logits - mx.logsumexp(logits)
         chosen = int(mx.argmax(expected).item())
         assert (entry.token, entry.bytes) == token_text.lookup(chosen)
         assert math.isclose(entry.logprob, expected[chosen].item(), abs_tol=0.05)

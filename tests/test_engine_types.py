@@ -30,7 +30,8 @@ def test_an_openai_body_becomes_a_chat_request():
 
 @pytest.mark.parametrize("body, complaint", [
     ({"messages": []}, "messages"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+    ({"messages": [{"role": "function", "content": "x"}]}, "role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "text"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),

@@ -127,7 +127,7 @@ def test_nested_fixed_names_are_on_the_wire_too():
     assert {"model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
             "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps"} <= set(heartbeat["slots"][0])
     assert set(heartbeat["memory"]) == {"total_bytes", "available_bytes", "cap_bytes"}
-    assert set(json.loads(encode(EXAMPLES[4]))["delta"]) == {"content", "reasoning"}
+    assert set(json.loads(encode(EXAMPLES[4]))["delta"]) == {"content", "reasoning", "tool_calls"}
     assert set(json.loads(encode(EXAMPLES[5]))["usage"]) == {"prompt_tokens", "completion_tokens"}
 
 
@@ -269,7 +269,7 @@ def test_the_json_schema_describes_both_directions_and_every_frame():
         definition = schema["$defs"][ref.rsplit("/", 1)[1]]
         assert "type" in definition["required"] and "additionalProperties" not in definition  # ignored if unknown
     assert schema["$defs"]["ChatCompletionBody"]["additionalProperties"] is False  # the consumer's body stays strict
-    assert "tools" not in schema["$defs"]["ChatCompletionBody"]["properties"]
+    assert "response_format" not in schema["$defs"]["ChatCompletionBody"]["properties"]
 
 
 # ---- versions ----

@@ -25,6 +25,8 @@ json_values = st.recursive(
 
 def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values valid under `schema`, for the subset of JSON Schema pydantic writes for these models."""
+    if schema is True or schema == {}:  # any JSON (a tool's JSON Schema is kept as the client sent it)
+        return json_values
     if "$ref" in schema:
         return st.deferred(lambda: from_schema(DEFS[schema["$ref"].rsplit("/", 1)[1]]))
     if "const" in schema:
@@ -35,6 +37,8 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if branches:
         return st.one_of([from_schema(branch) for branch in branches])
     kind = schema["type"]
+    if "pattern" in schema:  # function names: the one pattern the wire has
+        return st.from_regex(schema["pattern"], fullmatch=True)
     if kind == "string":
         return st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 12), 12))
     if kind == "integer":
@@ -59,7 +63,51 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 def valid_frames(direction: str) -> st.SearchStrategy[dict[str, Any]]:
-    return from_schema(DEFS["ToAgent" if direction == Direction.TO_AGENT else "ToCoordinator"])
+    return from_schema(DEFS["ToAgent" if direction == Direction.TO_AGENT else "ToCoordinator"]).map(_tool_rules).map(_output_option_rules)
+
+
+def _output_option_rules(frame: dict[str, Any]) -> dict[str, Any]:
+    """The body's output-option rules the schema cannot state, made true: top_logprobs only with logprobs,
+    logit_bias keys that are token ids, nothing stored."""
+    body = frame.get("body")
+    if not isinstance(body, dict):
+        return frame
+    if body.get("top_logprobs") is not None:
+        body["logprobs"] = True
+    if body.get("logit_bias"):
+        body["logit_bias"] = {str(index): bias for index, bias in enumerate(body["logit_bias"].values())}
+    if body.get("store"):
+        body["store"] = False
+    return frame
+
+
+def _tool_rules(frame: dict[str, Any]) -> dict[str, Any]:
+    """The body's tool rules the schema cannot state, made true: content only null (or absent) beside
+    tool_calls, tool_calls on assistant turns and tool_call_id on tool messages answering an earlier call,
+    unique tool names, a tool_choice that names one of them."""
+    body = frame.get("body")
+    if not isinstance(body, dict):
+        return frame
+    call_ids: set[str] = set()
+    for message in body["messages"]:
+        if message["role"] != "assistant":
+            message.pop("tool_calls", None)
+        call_ids.update(call["id"] for call in message.get("tool_calls") or ())
+        if message["role"] == "tool" and call_ids:
+            message["tool_call_id"] = sorted(call_ids)[0]
+        elif message["role"] == "tool":
+            message["role"] = "user"
+        if message["role"] != "tool":
+            message.pop("tool_call_id", None)
+        if message.get("content") is None and not message.get("tool_calls"):
+            message["content"] = ""
+    names = {tool["function"]["name"]: tool for tool in body.get("tools") or ()}
+    if body.get("tools"):
+        body["tools"] = list(names.values())
+    choice = body.get("tool_choice")
+    if choice == "required" and not names or isinstance(choice, dict) and choice["function"]["name"] not in names:
+        body["tool_choice"] = "auto"
+    return frame
 
 
 def assert_parses_or_explains(data: str | bytes) -> None:

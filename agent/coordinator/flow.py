@@ -36,6 +36,7 @@ from agent.coordinator.logprob_check import LogprobsRefused, checked_logprobs
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
+from agent.coordinator.tool_calls import InvalidToolCall, ToolCallLedger
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
 from agent.wire.frames import (
@@ -45,12 +46,13 @@ from agent.wire.frames import (
     InferenceError,
     InferenceRejected,
     InferenceResponseChunk,
+    ToolCallDelta,
     UsageReport,
 )
 from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
-DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
+DELIVERED = (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Token:
     content: str
     reasoning: str
     logprobs: tuple[TokenLogprob, ...] = ()  # checked (logprob_check.py); only when the request asked
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # checked by the flow's ToolCallLedger (tool_calls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class RequestFlow:
                                 slack_tokens=self.settings.usage_slack_tokens,
                                 textless_tokens=self.settings.usage_textless_tokens)
         self.num_chunks = 0
+        self.tool_calls = ToolCallLedger(max_calls=self.settings.max_tool_calls,
+                                         max_argument_chars=self.settings.max_tool_argument_chars,
+                                         keep_arguments=not exchange.body.stream)  # a stream keeps only lengths
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._empty_tokens = 0  # tokens of empty chunks before this attempt's first text
@@ -291,17 +297,21 @@ class RequestFlow:
                 return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
+            try:
+                self.tool_calls.admit(frame.delta.tool_calls)
+            except InvalidToolCall as exc:
+                return self._invalid_output(str(exc))
             self.num_chunks += 1
             if frame.delta.is_empty:
                 return None
-            return Token(frame.delta.content, frame.delta.reasoning, logprobs)
+            return Token(frame.delta.content, frame.delta.reasoning, logprobs, frame.delta.tool_calls)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
                 self.router.observe(self.exchange, Outcome.COMPLETED)
-                return Finished(frame.finish_reason.value, self._settle(charge))
+                return Finished(self._finish_reason(frame.finish_reason), self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
             self.router.observe(self.exchange, Outcome.ENDED, f"ended mid-stream ({frame.finish_reason})")
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
@@ -314,6 +324,22 @@ class RequestFlow:
             self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
+
+    def _finish_reason(self, claimed: FinishReason) -> str:
+        """`tool_calls` exactly when the response made calls (and was not cut at max_tokens), as OpenAI says."""
+        if claimed is FinishReason.LENGTH:
+            return claimed.value
+        return (FinishReason.TOOL_CALLS if self.tool_calls.num_calls else FinishReason.STOP).value
+
+    def _invalid_output(self, message: str) -> Broken:
+        """A provider's tool-call delta broke the rules: the stream ends, it pays only what was delivered."""
+        exchange = self.exchange
+        self.router.observe(exchange, Outcome.ERROR, "an invalid tool call")
+        log.warning("request.invalid_tool_call", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    message=message)
+        self.router.abandon(exchange, reason="invalid_output")
+        self._settle(self.meter.delivered())
+        return Broken(f"the provider sent an invalid tool call: {message}", "provider_invalid_output")
 
     def _cut(self) -> Finished:
         """A chunk would pass max_tokens: the stream ends here as `length`, the agent is told to stop."""

@@ -2,10 +2,11 @@
 
 A provider is a stranger, so its `inference_complete` usage is a claim. The meter bounds it:
 
-    per chunk     its `num_tokens`, at least 1 when it carries text; an older agent's chunk without
-                  `num_tokens` counts as 1 (a floor: a chunk is one decode step or more); never more
-                  than one token per byte of the stream's text plus `textless_tokens` in all (a token
-                  decodes to a byte or more, bar a few markers), so a chunk cannot claim 8 tokens for a word
+    per chunk     its `num_tokens`, at least 1 when it carries text or a tool call; an older agent's chunk
+                  without `num_tokens` counts as 1 (a floor: a chunk is one decode step or more); never more
+                  than one token per byte of the stream's text (tool calls' names and arguments included)
+                  plus `textless_tokens` in all (a token decodes to a byte or more, bar a few markers), so a
+                  chunk cannot claim 8 tokens for a word
     completion    min(max(claimed, counted), bound)   (a claim of 0 still pays for what was delivered)
     bound         min(max_tokens, counted + slack)    when every chunk carried num_tokens
                   max_tokens                          when some did not (the count is only a floor then)
@@ -58,7 +59,7 @@ class UsageMeter:
         """Count the chunk, or False (counting nothing) when it would pass max_tokens. A token is at least
         one byte of text, apart from a stream's few textless ones (a channel header, an end marker), so a
         chunk claiming more tokens than that is counted only up to it."""
-        text_bytes = len(chunk.delta.content.encode()) + len(chunk.delta.reasoning.encode())
+        text_bytes = chunk.delta.num_text_bytes
         claimed = self.tokens_of(chunk)
         ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - self.num_tokens
         tokens = min(claimed, max(ceiling, 1 if text_bytes else 0))

@@ -189,7 +189,7 @@ class LinkHandler:
             if isinstance(event, Delta):
                 first_token_at = first_token_at or time.perf_counter()
                 link.send(link.session.chunk(request_id, event.content, event.reasoning, event.num_tokens,
-                                             event.logprobs))
+                                             logprobs=event.logprobs, tool_calls=event.tool_calls))
             else:
                 self._finish(link, frame, event, started, first_token_at)
         self.state_changed.set()

@@ -177,10 +177,15 @@ class Batcher:
             if finish_reason == "length":
                 more_content, more_reasoning = splitter.flush()
                 content, reasoning = content + more_content, reasoning + more_reasoning
+        ended = splitter.is_stopped or finish_reason in ("stop", "length")
+        if ended:
+            content += splitter.finish()  # a call still open closes (gemma's arguments are converted then)
         logprobs = () if row.logprobs is None else _logprobs(row, response, content, reasoning)
-        events.append((row.request_id, Delta(content, reasoning, 1, logprobs)))
+        events.append((row.request_id, Delta(content, reasoning, 1, logprobs=logprobs,
+                                             tool_calls=splitter.take_tool_calls())))
         if splitter.is_stopped or finish_reason == "stop":
-            events.append((row.request_id, row.finish(FinishReason.STOP)))
+            reason = FinishReason.TOOL_CALLS if splitter.num_tool_calls else FinishReason.STOP
+            events.append((row.request_id, row.finish(reason)))
             return True
         if finish_reason == "length":
             events.append((row.request_id, row.finish(FinishReason.LENGTH)))

@@ -12,6 +12,12 @@ gemma-4 thinks in a `<|channel>thought ... <channel|>` block when its template's
 is on (mlx-lm's default). Here it is on only when the request asks for reasoning (a
 `reasoning_effort` other than none/minimal); the thought block is reasoning.
 
+Tool calls: a harmony message whose header names a recipient (` to=functions.NAME`, before or after
+its channel, commentary or analysis) is a call, its body the arguments, ended by `<|call|>` or `<|end|>`;
+gemma-4's calls are `<|tool_call>...<tool_call|>`. The splitter routes that text to the request's
+ToolCallReader (agent/engine/tool_calls.py), which makes the wire's tool-call deltas; the request's
+messages and tools reach the template through agent/engine/chat_messages.py.
+
 Splitting runs on decoded text with mlx-lm's TextStateMachine (robust to how markers tokenize). Stop
 strings are transitions to its end state in every state, so a stop string is never emitted and ends
 the request even when it tokenizes differently from the stop sequence.
@@ -25,34 +31,49 @@ from dataclasses import dataclass
 from mlx_lm.generate import TextStateMachine
 
 from agent.engine.token_text import TokenText
+from agent.engine.chat_messages import offered_tools, template_messages
+from agent.engine.tool_calls import GemmaCalls, HarmonyCalls
 from agent.engine.types import GenerationRequest, InvalidRequest
+from agent.wire.frames import ToolCallDelta
 
-CONTENT, REASONING = "content", "reasoning"
+CONTENT, REASONING, RECIPIENT, TOOL, TOOL_HEADER = "content", "reasoning", "recipient", "tool", "tool_header"
+CALL_FIELDS = (RECIPIENT, TOOL_HEADER, TOOL)  # the parts of one tool call's message
+MAX_GEMMA_CALL_CHARS = 1024 * 1024  # one call's text, kept until it closes (the model's max_tokens binds first)
 
 _HARMONY_MESSAGE_SAFETY = [("<|start|>assistant", "header"), ("<|channel|>final<|message|>", "normal"),
                            ("<|channel|>analysis<|message|>", "reasoning")]
+_HARMONY_MESSAGE_END = [("<|end|>", "header"), ("<|call|>", "header")]
 HARMONY_TRANSITIONS: dict[str, list[tuple[str, str]]] = {
     "header": [
         ("<|channel|>analysis", "analysis_header"),
         ("<|channel|>final", "final_header"),
         ("<|channel|>commentary", "final_header"),
         ("<|start|>assistant", "header"),
+        (" to=", "recipient"),  # `<|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>`
         ("<|end|>", "header"),
         ("<|message|>", "normal"),
     ],
-    "analysis_header": [("<|message|>", "reasoning")],  # drops e.g. ` to=...` or `<|constrain|>json`
-    "final_header": [("<|message|>", "normal")],
-    "reasoning": [("<|end|>", "header"), *_HARMONY_MESSAGE_SAFETY],
-    "normal": [("<|end|>", "header"), *_HARMONY_MESSAGE_SAFETY],
+    # Drops e.g. `<|constrain|>json`; a recipient makes the message a tool call, on either channel.
+    "analysis_header": [(" to=", "recipient"), ("<|message|>", "reasoning")],
+    "final_header": [(" to=", "recipient"), ("<|message|>", "normal")],
+    "recipient": [("<|channel|>", "tool_header"), ("<|constrain|>", "tool_header"), (" ", "tool_header"),
+                  ("<|message|>", "tool")],
+    "tool_header": [("<|message|>", "tool")],
+    "tool": [*_HARMONY_MESSAGE_END, *_HARMONY_MESSAGE_SAFETY],
+    "reasoning": [*_HARMONY_MESSAGE_END, *_HARMONY_MESSAGE_SAFETY],
+    "normal": [*_HARMONY_MESSAGE_END, *_HARMONY_MESSAGE_SAFETY],
 }
-HARMONY_FIELDS = {"header": CONTENT, "normal": CONTENT, "reasoning": REASONING}
+HARMONY_FIELDS = {"header": CONTENT, "normal": CONTENT, "reasoning": REASONING, "recipient": RECIPIENT,
+                  "tool_header": TOOL_HEADER, "tool": TOOL}
 
 GEMMA_THINK_START, GEMMA_THINK_END = "<|channel>thought", "<channel|>"
+GEMMA_TOOL_CALL_START, GEMMA_TOOL_CALL_END = "<|tool_call>", "<tool_call|>"
 GEMMA_TRANSITIONS: dict[str, list[tuple[str, str]]] = {
-    "normal": [(GEMMA_THINK_START, "reasoning")],
+    "normal": [(GEMMA_THINK_START, "reasoning"), (GEMMA_TOOL_CALL_START, "tool")],
     "reasoning": [(GEMMA_THINK_END, "normal")],
+    "tool": [(GEMMA_TOOL_CALL_END, "normal")],
 }
-GENERIC_FIELDS = {"normal": CONTENT, "tool": CONTENT, "reasoning": REASONING}
+GENERIC_FIELDS = {"normal": CONTENT, "tool": TOOL, "reasoning": REASONING}
 NO_THINKING_EFFORTS = (None, "none", "minimal")
 
 
@@ -63,16 +84,23 @@ class EncodedPrompt:
 
 
 class ChannelSplitter:
-    """One request's generated text, routed to content or reasoning with markup and stop strings removed."""
+    """One request's generated text, routed to content, reasoning or tool calls, with markup and stop strings
+    removed. `calls` reads the text of tool calls (None: the request offered no tools; such text is content)."""
 
     def __init__(self, machine: TextStateMachine, initial_state: str, fields: Mapping[str, str],
-                 markup: Sequence[str] = ()) -> None:
+                 markup: Sequence[str] = (), calls: HarmonyCalls | GemmaCalls | None = None) -> None:
         self._state = machine.make_state(initial_state)
         self._fields = fields
         self._markup = markup  # special tokens outside any recognised marker (a stray `<|start|>`): dropped
+        self.calls = calls
         self.is_stopped = False  # a stop string was matched: nothing more is emitted
         self._reasoning_started = False
         self.ended_marker = False  # the last feed completed a marker: the text held back was markup (logprobs.py)
+        self._field: str | None = None  # of the last segment routed
+
+    @property
+    def num_tool_calls(self) -> int:
+        return 0 if self.calls is None else self.calls.num_calls
 
     def feed(self, text: str) -> tuple[str, str]:
         self.ended_marker = False
@@ -89,15 +117,33 @@ class ChannelSplitter:
         self._state, text, state = TextStateMachine.flush(self._state)
         return self._route([(state, text)])
 
+    def finish(self) -> str:
+        """The turn ended (eos, a stop, max_tokens): a call still open is closed; returns text for content."""
+        return self._leave_call()
+
+    def take_tool_calls(self) -> tuple[ToolCallDelta, ...]:
+        """The tool-call deltas produced since the last take."""
+        return () if self.calls is None else self.calls.take()
+
     def _route(self, segments: Sequence[tuple[str | None, str]]) -> tuple[str, str]:
         content, reasoning = [], []
         for state, text in segments:
             if state is None:
                 self.is_stopped = True
                 break
+            field = self._fields.get(state)
+            if self._field in CALL_FIELDS and field not in CALL_FIELDS:
+                content.append(self._leave_call())
+            self._field = field
+            if field == TOOL:
+                content.append(text if self.calls is None else self.calls.body(text))
+                continue
+            if field in (RECIPIENT, TOOL_HEADER):
+                if field == RECIPIENT and isinstance(self.calls, HarmonyCalls):
+                    self.calls.recipient(text)
+                continue
             for token in self._markup:
                 text = text.replace(token, "")
-            field = self._fields.get(state)
             if field == CONTENT:
                 content.append(text)
             elif field == REASONING and text:
@@ -106,6 +152,15 @@ class ChannelSplitter:
                     self._reasoning_started = bool(text)
                 reasoning.append(text)
         return "".join(content), "".join(reasoning)
+
+    def _leave_call(self) -> str:
+        was_in_call, self._field = self._field in CALL_FIELDS, None
+        if self.calls is None or not was_in_call:
+            return ""
+        text = self.calls.end() or ""
+        if self.calls.is_done:
+            self.is_stopped = True  # parallel_tool_calls false: the first call ends the turn
+        return text
 
 
 class ChatFormat:
@@ -135,15 +190,20 @@ class ChatFormat:
             kwargs["reasoning_effort"] = "low" if effort in ("none", "minimal") else effort
         elif self.family == "gemma":
             kwargs["enable_thinking"] = request.reasoning_effort not in NO_THINKING_EFFORTS
+        if offered_tools(request):
+            kwargs["tools"] = [dict(tool) for tool in request.tools]
         try:
             ids = self.tokenizer.apply_chat_template(
-                [dict(message) for message in request.messages], add_generation_prompt=True, **kwargs
+                template_messages(self.family, request.messages), add_generation_prompt=True, **kwargs
             )
         except Exception as exc:  # a template's raise_exception, or messages it cannot render
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
 
-    def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = ()) -> ChannelSplitter:
+    def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = (), tool_names: frozenset[str] = frozenset(),
+                 is_parallel: bool = True) -> ChannelSplitter:
+        """`tool_names`: the functions the model was offered (empty: no call is parsed, its text is content);
+        `is_parallel` false: the turn ends when its first call closes."""
         key = tuple(stop)
         machine = self._machines.get(key)
         if machine is None:
@@ -152,7 +212,17 @@ class ChatFormat:
             for edges in transitions.values():
                 edges.extend((word, None) for word in stop)
             machine = self._machines[key] = TextStateMachine(transitions)
-        return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup)
+        calls = self._calls(tool_names, is_parallel)
+        return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup, calls)
+
+    def _calls(self, tool_names: frozenset[str], is_parallel: bool) -> HarmonyCalls | GemmaCalls | None:
+        if not tool_names:
+            return None
+        if self.family == "harmony":
+            return HarmonyCalls(tool_names, is_parallel)
+        if self.family == "gemma":
+            return GemmaCalls(tool_names, MAX_GEMMA_CALL_CHARS, is_parallel)
+        return None
 
     def _initial_state(self, ids: Sequence[int]) -> str:
         if self.family == "harmony":

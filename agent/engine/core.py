@@ -258,7 +258,7 @@ class Engine:
         self._requests.pop(request_id, None)
         stream.push(finish)
         if slot.kv_tracker is not None:
-            observed = finish.reason in (FinishReason.STOP, FinishReason.LENGTH)
+            observed = finish.reason in (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
             slot.kv_tracker.release(request_id, observed=observed, completion_tokens=finish.usage.completion_tokens)
         if finish.reason is FinishReason.ERROR:
             log.warning("request.failed", model=slot.model, request_id=request_id, code=finish.error_code,

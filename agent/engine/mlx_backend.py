@@ -208,9 +208,12 @@ class MLXBackend:
                 request_id=request.request_id, uid=next(self._uids), prompt=list(prompt.payload.token_ids),
                 max_tokens=command.job.max_tokens,
                 sampler=sampler if sampler is greedy_sampler else guard.sampler(sampler),
+                # tool_choice required / named: tool_call_constraint(request, chat.family) (tool_choice.py) is
+                # what a grammar processor added here enforces.
                 processors=[guard.processor(p) for p in make_processors(request)],
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
-                splitter=chat.splitter(prompt.payload, request.stop), guard=guard,
+                splitter=chat.splitter(prompt.payload, request.stop, request.tool_names,
+                                       is_parallel=request.parallel_tool_calls is not False), guard=guard,
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids,
             ))
         except Exception as exc:

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.admission import AdmissionDecision
-from agent.engine.types import Delta, Event, Finish
+from agent.engine.types import Delta, Event, Finish, ToolCallDelta
 from agent.wire.logprobs import TokenLogprob
+from agent.wire.tool_deltas import coalesce_tool_deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class Completion:
     finish: Finish
     num_deltas: int
     logprobs: tuple[TokenLogprob, ...] = ()  # of the content tokens, when the request asked
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # every delta of the turn's calls, coalesced per call
 
 
 class RequestStream:
@@ -88,13 +90,16 @@ class RequestStream:
             return first
         content, reasoning, num_tokens = [first.content], [first.reasoning], first.num_tokens
         logprobs = list(first.logprobs)
+        tool_calls = list(first.tool_calls)
         while self._events and isinstance(self._events[0], Delta):
             delta = self._events.popleft()
             content.append(delta.content)
             reasoning.append(delta.reasoning)
             num_tokens += delta.num_tokens
             logprobs.extend(delta.logprobs)
-        return Delta("".join(content), "".join(reasoning), num_tokens, tuple(logprobs))
+            tool_calls.extend(delta.tool_calls)
+        return Delta("".join(content), "".join(reasoning), num_tokens, logprobs=tuple(logprobs),
+                     tool_calls=coalesce_tool_deltas(tool_calls))
 
     async def cancel(self) -> bool:
         """Ask the engine to take the request out; its stream then ends with finish_reason cancelled."""
@@ -107,13 +112,16 @@ class RequestStream:
         content: list[str] = []
         reasoning: list[str] = []
         logprobs: list[TokenLogprob] = []
+        tool_calls: list[ToolCallDelta] = []
         num_deltas = 0
         async for event in self:
             if isinstance(event, Delta):
                 content.append(event.content)
                 reasoning.append(event.reasoning)
                 logprobs.extend(event.logprobs)
+                tool_calls.extend(event.tool_calls)
                 num_deltas += 1
             else:
-                return Completion("".join(content), "".join(reasoning), event, num_deltas, tuple(logprobs))
+                return Completion("".join(content), "".join(reasoning), event, num_deltas,
+                                  logprobs=tuple(logprobs), tool_calls=coalesce_tool_deltas(tool_calls))
         raise RuntimeError("the stream ended without a Finish")  # unreachable: the last event is a Finish

@@ -28,7 +28,12 @@ from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.wire.body_options import token_biases
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
-from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.wire.frames import (  # one vocabulary with the wire (re-exported)
+    AdmissionLimits,
+    FinishReason,
+    SlotState,
+    ToolCallDelta,
+)
 from agent.wire.logprobs import TokenLogprob
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
@@ -67,7 +72,9 @@ class EngineNotRunning(EngineError):
 class GenerationRequest:
     request_id: str
     model: str
-    messages: tuple[Mapping[str, str], ...]  # {"role": ..., "content": ...}, content as plain text
+    # {"role": ..., "content": ...}, content as plain text; a tool turn adds "tool_calls" (OpenAI's shape,
+    # arguments as JSON text) and "reasoning", a tool result "tool_call_id" (agent/engine/chat_messages.py).
+    messages: tuple[Mapping[str, Any], ...]
     max_tokens: int | None = None  # None: the engine's default, within the context
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
@@ -84,6 +91,16 @@ class GenerationRequest:
     logit_bias: tuple[tuple[int, float], ...] = ()
     # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
+    tools: tuple[Mapping[str, Any], ...] = ()  # OpenAI function tools, as JSON: the chat template renders them
+    tool_choice: str | Mapping[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """The functions the model may call: none when tool_choice is "none"."""
+        if self.tool_choice == "none":
+            return frozenset()
+        return frozenset(tool["function"]["name"] for tool in self.tools)
 
     @classmethod
     def from_openai(cls, request_id: str, model: str, body: Mapping[str, Any] | ChatCompletionBody) -> GenerationRequest:
@@ -100,6 +117,8 @@ class GenerationRequest:
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
             num_top_logprobs=parsed.num_top_logprobs, logit_bias=token_biases(parsed.logit_bias),
+            tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
+            tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,
         )
 
 
@@ -107,11 +126,20 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _message(message: ChatMessage) -> dict[str, str]:
-    content = message.content
-    if not isinstance(content, str):
-        content = "".join(part.text for part in content)
-    return {"role": message.role, "content": content}
+def _choice(choice: Any) -> str | dict[str, Any] | None:
+    return choice if choice is None or isinstance(choice, str) else choice.model_dump()
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.text}
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        reasoning = message.reasoning or message.reasoning_content
+        if reasoning:
+            out["reasoning"] = reasoning
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +157,7 @@ class Delta:
     reasoning: str = ""
     num_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # pieces of the turn's tool calls (agent/engine/tool_calls.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from agent.wire.frames import (
     Registered,
     SlotStatus,
     ThermalState,
+    ToolCallDelta,
     UnloadModel,
     UsageReport,
 )
@@ -122,21 +123,22 @@ class LinkSession:
         return Heartbeat(seq=self.num_heartbeats, slots=tuple(slots), memory=memory, thermal=thermal,
                          draining=draining)
 
-    def chunk(self, request_id: str, content: str = "", reasoning: str = "",
-              num_tokens: int | None = None, logprobs: Sequence[TokenLogprob] = ()) -> InferenceResponseChunk | None:
+    def chunk(self, request_id: str, content: str = "", reasoning: str = "", num_tokens: int | None = None,
+              logprobs: Sequence[TokenLogprob] = (),
+              tool_calls: tuple[ToolCallDelta, ...] = ()) -> InferenceResponseChunk | None:
         stream = self.streams.get(request_id)
         if stream is None:
             return None
         if num_tokens is not None:
             stream.num_unsent_tokens += num_tokens
         stream.unsent_logprobs.extend(logprobs)
-        if not (content or reasoning):
+        if not (content or reasoning or tool_calls):
             return None
         stream.num_chunks += 1
         tokens, stream.num_unsent_tokens = stream.num_unsent_tokens, 0
         entries, stream.unsent_logprobs = stream.unsent_logprobs[:MAX_CHUNK_TOKENS], []
         return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
-                                      delta=ChunkDelta(content=content, reasoning=reasoning),
+                                      delta=ChunkDelta(content=content, reasoning=reasoning, tool_calls=tool_calls),
                                       num_tokens=None if num_tokens is None else min(tokens, MAX_CHUNK_TOKENS),
                                       logprobs=tuple(entries) if entries else None)
 

@@ -18,7 +18,8 @@ Public names:
                                         tokenizer files, generation_config.json
   write_all(out_dir, names=None)        -> list[Path]
   is_up_to_date(model_dir, name)        -> bool, every file a load needs is there and config.json and
-                                        tokenizer.json are what this code writes now (for reusing a cache)
+                                        tokenizer.json and the chat template are what this code writes now
+                                        (for reusing a cache)
 
 Quantization, as the MLX releases do it (`mlx-community/gpt-oss-20b-MXFP4-Q8`,
 `mlx-community/gemma-4-26b-a4b-it-4bit`), with mlx-lm's own quantize_model and each model's quant_predicate:
@@ -300,4 +301,6 @@ def is_up_to_date(model_dir: Path | str, name: str) -> bool:
     written_config = json.loads((model_dir / "config.json").read_text())
     written_tokenizer = (model_dir / "tokenizer.json").read_text(encoding="utf-8")
     family = VARIANTS[name].family
-    return written_config == build_model(name)[1] and written_tokenizer == trained_tokenizer_json(family)
+    written_template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    return (written_config == build_model(name)[1] and written_tokenizer == trained_tokenizer_json(family)
+            and written_template == TOKENIZER_SPECS[family].chat_template)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from agent.testing.tiny_templates import GEMMA_TEMPLATE, HARMONY_TEMPLATE
+
 # Big enough for a few hundred merges, small enough to embed. Role and channel words are included so the
 # chat markup encodes to a few tokens, as it does with the real vocabularies.
 _CORPUS = """
@@ -48,58 +50,6 @@ A small model with random weights says nothing useful, but it says it quickly an
 
 _VOCAB_SIZE = 640  # a target: the corpus may support fewer merges; the trained size is what counts
 
-_HARMONY_TEMPLATE = """\
-{#- Harmony, rendered like gpt-oss's own template (no tools). current_date is optional (the real template
-    always prints today's date) so that prompts, and so token counts, are the same every day. -#}
-{%- set effort = reasoning_effort if reasoning_effort is defined and reasoning_effort else "medium" -%}
-{{- "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\\n" -}}
-{{- "Knowledge cutoff: 2024-06\\n" -}}
-{%- if current_date is defined and current_date %}{{ "Current date: " + current_date + "\\n" }}{% endif -%}
-{{- "\\nReasoning: " + effort + "\\n\\n" -}}
-{{- "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>" -}}
-{%- set has_developer = messages and messages[0].role in ["system", "developer"] -%}
-{%- if has_developer -%}
-{{- "<|start|>developer<|message|># Instructions\\n\\n" + messages[0].content + "\\n\\n<|end|>" -}}
-{%- endif -%}
-{%- for message in messages[1 if has_developer else 0:] -%}
-{%- if message.role == "user" -%}
-{{- "<|start|>user<|message|>" + message.content + "<|end|>" -}}
-{%- elif message.role == "assistant" and loop.last and not add_generation_prompt -%}
-{%- if message.thinking is defined and message.thinking -%}
-{{- "<|start|>assistant<|channel|>analysis<|message|>" + message.thinking + "<|end|>" -}}
-{%- endif -%}
-{{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|return|>" -}}
-{%- elif message.role == "assistant" -%}
-{#- Earlier turns drop their chain of thought, as the real template does. -#}
-{{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|end|>" -}}
-{%- else -%}
-{{- raise_exception("this template renders system, developer, user and assistant messages only") -}}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}{{- "<|start|>assistant" -}}{%- endif -%}
-"""
-
-_GEMMA_TEMPLATE = """\
-{#- Gemma 4 turns. Thinking is switched on by <|think|> in the system turn; with it off, the generation
-    prompt closes an empty thought channel so the model answers directly. -#}
-{{- bos_token -}}
-{%- set has_system = messages and messages[0].role in ["system", "developer"] -%}
-{%- if enable_thinking or has_system -%}
-{{- "<|turn>system\\n" -}}
-{%- if enable_thinking -%}{{- "<|think|>" -}}{%- endif -%}
-{%- if has_system -%}{{- messages[0].content | trim -}}{%- endif -%}
-{{- "<turn|>\\n" -}}
-{%- endif -%}
-{%- for message in messages[1 if has_system else 0:] -%}
-{%- set role = "model" if message.role == "assistant" else message.role -%}
-{%- set content = message.content.split("<channel|>")[-1] if role == "model" else message.content -%}
-{{- "<|turn>" + role + "\\n" + (content | trim) + "<turn|>\\n" -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-{{- "<|turn>model\\n" -}}
-{%- if not enable_thinking -%}{{- "<|channel>thought\\n<channel|>" -}}{%- endif -%}
-{%- endif -%}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +60,7 @@ class TokenizerSpec:
     pad_token: str
     chat_template: str
     bos_token: str | None = None  # when set, encoding prepends it (gemma's post-processor does)
+    tool_tokens: tuple[str, ...] = ()  # special tokens of the tool format, added after the trained vocabulary
     unk_token: str | None = None
 
 
@@ -123,17 +74,20 @@ TOKENIZER_SPECS: dict[str, TokenizerSpec] = {
         eos_token="<|return|>",
         stop_tokens=("<|return|>", "<|endoftext|>", "<|call|>"),
         pad_token="<|endoftext|>",
-        chat_template=_HARMONY_TEMPLATE,
+        chat_template=HARMONY_TEMPLATE,
     ),
     # Same order as the real vocabulary's head (<pad> 0, <eos> 1, <bos> 2, <unk> 3); <turn|> is 106 there.
     "gemma4": TokenizerSpec(
         special_tokens=(
             "<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>",
         ),
+        # Added after training, so the vocabulary and merges of the tokens above stay as they were.
+        tool_tokens=("<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+                     '<|"|>'),
         eos_token="<eos>",
-        stop_tokens=("<eos>", "<turn|>"),
+        stop_tokens=("<eos>", "<turn|>", "<|tool_response>"),  # the model waits for a tool's result there
         pad_token="<pad>",
-        chat_template=_GEMMA_TEMPLATE,
+        chat_template=GEMMA_TEMPLATE,
         bos_token="<bos>",
         unk_token="<unk>",
     ),
@@ -154,6 +108,7 @@ def trained_tokenizer_json(family: str) -> str:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS.strip().splitlines(), trainer=trainer)
+    tokenizer.add_special_tokens(list(spec.tool_tokens))
     if spec.bos_token is not None:
         # Like gemma's own tokenizer: plain encoding prepends <bos>. Chat prompts carry it from the template,
         # and mlx-lm does not add it again to a prompt that already starts with it.

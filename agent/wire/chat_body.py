@@ -1,22 +1,28 @@
 """The OpenAI chat-completions request body, as the coordinator accepts it and the agent receives it.
 
-Unknown or unsupported parameters (tools, response_format, ...) are REFUSED, and the
+Unknown or unsupported parameters (response_format, ...) are REFUSED, and the
 error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
 answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
 1, `metadata`, `store` as false, and null for the fields a client echoes back in an assistant message
-(`refusal`, `tool_calls`, ...). `logprobs`, `top_logprobs` and `logit_bias` are served, with the bounds
-of agent/wire/body_options.py. Sampling parameters are those mlx-lm implements, with OpenAI's
+(`refusal`, `audio`, ...). `logprobs`, `top_logprobs` and `logit_bias` are served, with the bounds
+of agent/wire/body_options.py; `tools`, `tool_choice` and tool messages with agent/wire/tools.py's. Sampling parameters are those mlx-lm implements, with OpenAI's
 ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
 
+Tools (agent/wire/tools.py): `tools`, `tool_choice` (a named function must be one of `tools`),
+`parallel_tool_calls`; an assistant turn may carry `tool_calls` with `content` null, and a `tool`
+message answers one of the calls before it by `tool_call_id`, as OpenAI requires.
+
 Public names: ChatCompletionBody, ChatMessage, TextPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
-MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES.
+MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, MAX_HISTORY_TOOL_CALLS.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from agent.wire.tools import MAX_CALL_ID_CHARS, MAX_TOOLS, FunctionTool, NamedToolChoice, ToolCall, ToolChoice
 
 from agent.wire.body_options import LogitBias, Metadata, TopLogprobs
 
@@ -24,6 +30,7 @@ MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) b
 MAX_MESSAGES = 4096
 MAX_OUTPUT_TOKENS = 2**24
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_HISTORY_TOOL_CALLS = 128  # calls one earlier assistant turn may carry
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, Field(max_length=256)]
@@ -42,16 +49,34 @@ class TextPart(Body):
 
 
 class ChatMessage(Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | Annotated[tuple[TextPart, ...], Field(max_length=MAX_MESSAGES)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | Annotated[tuple[TextPart, ...], Field(max_length=MAX_MESSAGES)] | None = None
     name: Label | None = None
     reasoning: Text | None = None  # an earlier assistant turn's reasoning; the chat template decides its fate
     reasoning_content: Text | None = None  # the same, as vLLM and DeepSeek name it
+    tool_calls: Annotated[tuple[ToolCall, ...], Field(max_length=MAX_HISTORY_TOOL_CALLS)] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=MAX_CALL_ID_CHARS)] | None = None  # role tool
     # A client that sends a response message back as history echoes these; only their empty value is accepted.
     refusal: None = None
-    tool_calls: None = None
     function_call: None = None
     audio: None = None
+
+    @model_validator(mode="after")
+    def _fits_its_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only an assistant message carries tool_calls, not a {self.role} message")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs a tool_call_id, and only a tool message has one")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined; null is empty)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(Body):
@@ -83,6 +108,38 @@ class ChatCompletionBody(Body):
     logit_bias: LogitBias | None = None
     metadata: Metadata | None = None  # the consumer's labels; never forwarded to a provider
     store: bool | None = None  # nothing is stored here: `true` is refused, not silently ignored
+    tools: Annotated[tuple[FunctionTool, ...], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_earlier_calls(cls, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        call_ids: set[str] = set()
+        for index, message in enumerate(messages):
+            call_ids.update(call.id for call in message.tool_calls or ())
+            if message.role == "tool" and message.tool_call_id not in call_ids:
+                raise ValueError(f"message {index} (role tool) answers tool_call_id {message.tool_call_id!r}, "
+                                 "which no earlier assistant message's tool_calls has")
+        return messages
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names_are_unique(cls, tools: tuple[FunctionTool, ...] | None) -> tuple[FunctionTool, ...] | None:
+        names = [tool.function.name for tool in tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("two tools have the same function name")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _chooses_an_offered_tool(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        names = {tool.function.name for tool in info.data.get("tools") or ()}
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"names the function {choice.function.name!r}, which is not in tools")
+        if choice == "required" and not names:
+            raise ValueError("is 'required' but the request offers no tools")
+        return choice
 
     @field_validator("max_completion_tokens")
     @classmethod

@@ -12,8 +12,8 @@ Building a frame with a field it does not have is a bug and raises (extra="forbi
 peer* may carry fields of a newer release, and agent.protocol.parse_message drops those.
 
 Public names: the frame classes (Register ... UnloadModel, ErrorFrame), their parts (Hardware,
-ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, ChunkDelta, UsageReport, Reservation), SlotState,
-ThermalState, FinishReason, Frame.
+ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, ChunkDelta, ToolCallDelta, UsageReport,
+Reservation), SlotState, ThermalState, FinishReason, Frame, MAX_TOOL_CALLS_PER_TURN.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.wire.chat_body import ChatCompletionBody, Text
 from agent.wire.logprobs import TokenLogprob
+from agent.wire.tools import FUNCTION_NAME_PATTERN, MAX_CALL_ID_CHARS
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 4096
@@ -76,6 +77,7 @@ class FinishReason(StrEnum):
     LENGTH = "length"
     CANCELLED = "cancelled"
     ERROR = "error"
+    TOOL_CALLS = "tool_calls"  # the turn ended with one or more calls (harmony's <|call|>, gemma's tool response)
 
 
 # ---- agent → coordinator ------------------------------------------------------------------------
@@ -196,14 +198,34 @@ class InferenceRejected(Frame):
     retryable: bool = True  # agent.errors.is_retryable(code): may another provider serve it
 
 
+MAX_TOOL_CALLS_PER_TURN = 64  # calls one assistant turn may make: far more than a model makes at once
+
+
+class ToolCallDelta(Frame):
+    """A piece of one tool call, as OpenAI streams it: the first piece of a call carries its id and name,
+    later ones only argument text to append."""
+
+    index: Annotated[int, Field(ge=0, le=MAX_TOOL_CALLS_PER_TURN - 1)]
+    id: Annotated[str, Field(min_length=1, max_length=MAX_CALL_ID_CHARS)] | None = None
+    name: Annotated[str, Field(pattern=FUNCTION_NAME_PATTERN)] | None = None
+    arguments: Text = ""  # a fragment of the call's JSON arguments
+
+
 class ChunkDelta(Frame):
     content: Text = ""
     reasoning: Text = ""
+    tool_calls: Annotated[tuple[ToolCallDelta, ...], Field(max_length=MAX_TOOL_CALLS_PER_TURN)] = ()
 
     @property
     def is_empty(self) -> bool:
         """Nothing a client would see: not a token for the deadlines (it may still count tokens, e.g. a channel header)."""
-        return not (self.content or self.reasoning)
+        return not (self.content or self.reasoning or self.tool_calls)
+
+    @property
+    def num_text_bytes(self) -> int:
+        """UTF-8 bytes of what the client is shown: text, reasoning and tool calls' names and arguments."""
+        return (len(self.content.encode()) + len(self.reasoning.encode())
+                + sum(len((call.name or "").encode()) + len(call.arguments.encode()) for call in self.tool_calls))
 
 
 class InferenceResponseChunk(Frame):

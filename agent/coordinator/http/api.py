@@ -105,8 +105,9 @@ class ChatCompletions:
         while True:
             event = await flow.next()
             if isinstance(event, Token):
-                if event.content or event.reasoning:
-                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.logprobs))
+                if event.content or event.reasoning or event.tool_calls:
+                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.logprobs,
+                                                       event.tool_calls))
                     head = b""
                 continue
             if isinstance(event, Finished):
@@ -134,7 +135,7 @@ class ChatCompletions:
             elif isinstance(event, Finished):
                 data = completion_body(flow.exchange.request_id, body.model, "".join(content), "".join(reasoning),
                                        event.finish_reason, event.usage, self.coordinator.settings.reasoning_field,
-                                       logprobs)
+                                       logprobs, flow.tool_calls.calls)
                 self.coordinator.metrics.request(body.model, "ok")
                 await _send_response(send, JSONResponse(data, headers=_response_headers(flow, body)))
                 return

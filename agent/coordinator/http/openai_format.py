@@ -4,6 +4,9 @@ A stream is, as OpenAI sends it:
 
     data: {..."delta": {"role": "assistant", "content": ""}...}        the role chunk, first
     data: {..."delta": {"content": "..."}...} / {"reasoning": "..."}   content and reasoning deltas
+    data: {..."delta": {"tool_calls": [{"index": 0, "id": "call_…",    a call opens (id, name, empty
+            "type": "function", "function": {"name": "…", "arguments": ""}}]}...}     arguments), then
+    data: {..."delta": {"tool_calls": [{"index": 0, "function": {"arguments": "…"}}]}...}   its fragments
     data: {..."delta": {}, "finish_reason": "stop"}                    the finish chunk
     data: {..."choices": [], "usage": {...}}                           only with stream_options.include_usage
     data: [DONE]
@@ -17,7 +20,10 @@ OpenRouter and Ollama use), or `reasoning_content` (DeepSeek's), or both: settin
 An error after the first token ends the stream with finish_reason "error" and an `event: error` whose
 data is OpenAI's error object (the openai SDK raises APIError on it), then [DONE].
 
-Public names: StreamFormat, completion_body, logprobs_body, usage_body, sse, DONE.
+A non-streamed answer with calls has `message.tool_calls` and `content` null when the model said nothing
+else, as OpenAI returns it.
+
+Public names: StreamFormat, completion_body, logprobs_body, usage_body, tool_call_delta, sse, DONE.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from typing import Any
 
 from agent.coordinator.errors import error_body
 from agent.coordinator.settings import ReasoningField
-from agent.wire.frames import UsageReport
+from agent.coordinator.tool_calls import AssembledCall
+from agent.wire.frames import ToolCallDelta, UsageReport
 from agent.wire.logprobs import TokenLogprob
+from agent.wire.tool_deltas import coalesce_tool_deltas
 
 DONE = b"data: [DONE]\n\n"
 
@@ -44,6 +52,14 @@ def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
 def usage_body(usage: UsageReport) -> dict[str, int]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """One entry of a chunk's `delta.tool_calls`: the opening piece carries id, type and name."""
+    if delta.id is None:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    return {"index": delta.index, "id": delta.id, "type": "function",
+            "function": {"name": delta.name, "arguments": delta.arguments}}
 
 
 def _reasoning(field: ReasoningField, text: str) -> dict[str, str]:
@@ -74,12 +90,15 @@ class StreamFormat:
     def role(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def delta(self, content: str, reasoning: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+    def delta(self, content: str, reasoning: str, logprobs: Sequence[TokenLogprob] = (),
+              tool_calls: tuple[ToolCallDelta, ...] = ()) -> bytes:
         delta: dict[str, Any] = {}
         if reasoning:
             delta.update(_reasoning(self.reasoning_field, reasoning))
         if content:
             delta["content"] = content
+        if tool_calls:
+            delta["tool_calls"] = [tool_call_delta(piece) for piece in coalesce_tool_deltas(tool_calls)]
         return self._chunk(delta, logprobs=logprobs)
 
     def finish(self, finish_reason: str) -> bytes:
@@ -95,11 +114,17 @@ class StreamFormat:
 
 def completion_body(completion_id: str, model: str, content: str, reasoning: str, finish_reason: str,
                     usage: UsageReport, reasoning_field: ReasoningField,
-                    logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+                    logprobs: Sequence[TokenLogprob] | None = None,
+                    tool_calls: list[AssembledCall] | None = None) -> dict[str, Any]:
     """`logprobs`: the content tokens' entries when the request asked for them (None: it did not)."""
-    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if tool_calls else ""),
+                               "refusal": None}
     if reasoning:
         message.update(_reasoning(reasoning_field, reasoning))
+    if tool_calls:
+        message["tool_calls"] = [{"id": call.id, "type": "function",
+                                  "function": {"name": call.name, "arguments": call.arguments}}
+                                 for call in tool_calls]
     choice_logprobs = None if logprobs is None else logprobs_body(logprobs)
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,

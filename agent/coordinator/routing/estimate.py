@@ -48,6 +48,8 @@ class PromptEstimate:
 
 def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
     sizes = [_message_bytes(message) for message in body.messages]
+    if body.tools and body.tool_choice != "none":  # the template renders each tool's schema into the prompt
+        sizes.append(sum(len(tool.model_dump_json(exclude_none=True)) for tool in body.tools))
     tokens = REQUEST_OVERHEAD_TOKENS + sum(MESSAGE_OVERHEAD_TOKENS + _ceil_div(n, BYTES_PER_TOKEN_ESTIMATE)
                                            for n in sizes)
     floor = max(1, sum(_ceil_div(n, BYTES_PER_TOKEN_FLOOR) for n in sizes))
@@ -56,10 +58,8 @@ def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
 
 
 def _message_bytes(message: ChatMessage) -> int:
-    if isinstance(message.content, str):
-        size = len(message.content.encode("utf-8", "surrogatepass"))
-    else:
-        size = sum(len(part.text.encode("utf-8", "surrogatepass")) for part in message.content)
+    size = len(message.text.encode("utf-8", "surrogatepass"))
+    size += sum(len(call.model_dump_json()) for call in message.tool_calls or ())
     for extra in (message.name, message.reasoning, message.reasoning_content):
         if extra:
             size += len(extra.encode("utf-8", "surrogatepass"))
