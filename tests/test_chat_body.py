@@ -49,7 +49,7 @@ def test_stop_may_be_one_string_and_content_may_be_text_parts():
         ({"n": 2}, "n"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"tools": [{"type": "function"}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"logprobs": True}, "logprobs"),
         ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
         ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
+from agent.engine.constraint import Constraint, constraint_for
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
 from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
@@ -76,6 +77,7 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
+    constraint: Constraint | None = None  # the output must match it (agent/engine/constraint.py)
     # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
 
@@ -93,6 +95,7 @@ class GenerationRequest:
             stop=parsed.stop_sequences, reasoning_effort=parsed.reasoning_effort,
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
+            constraint=constraint_for(parsed.response_format),
         )
 
 

@@ -1,11 +1,12 @@
 """The OpenAI chat-completions request body, as the coordinator accepts it and the agent receives it.
 
-Unknown or unsupported parameters (tools, response_format, logit_bias, ...) are REFUSED, and the
+Unknown or unsupported parameters (tools, logit_bias, ...) are REFUSED, and the
 error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
 answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
 1, `logprobs` as false, and null for the fields a client echoes back in an assistant message
 (`refusal`, `tool_calls`, ...). Sampling parameters are those mlx-lm implements, with OpenAI's
 ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
+`response_format` (agent/wire/response_format.py) is enforced by constrained decoding on the agent.
 
 Public names: ChatCompletionBody, ChatMessage, TextPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
 MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES.
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from agent.wire.response_format import ResponseFormat
 
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) binds first anyway
 MAX_MESSAGES = 4096
@@ -73,6 +76,7 @@ class ChatCompletionBody(Body):
     reasoning_effort: ReasoningEffort | None = None
     n: Literal[1] | None = None
     logprobs: Literal[False] | None = None
+    response_format: ResponseFormat | None = None
     user: Label | None = None  # accepted, unused: an end-user id for the consumer's own records
 
     @field_validator("max_completion_tokens")

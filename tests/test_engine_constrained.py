@@ -1,0 +1,87 @@
+"""Constrained decoding in the MLX engine on tiny random-weight models: the output matches the schema."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from agent.engine import FinishReason, InvalidRequest, MLXEngine
+from agent.engine.constraint import JsonConstraint
+from agent.wire.response_format import schema_text
+from tests.engine_fixtures import NARROW, chat, run
+
+# Bounded fields, so that random weights finish the object well within max_tokens.
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome", "Lima"]},
+        "is_raining": {"type": "boolean"},
+        "celsius": {"type": "integer", "minimum": -40, "maximum": 50},
+        "note": {"type": "string", "maxLength": 6},
+    },
+    "required": ["city", "is_raining", "celsius", "note"],
+    "additionalProperties": False,
+}
+
+
+def weather_request(request_id: str, name: str, seed: int, **fields):
+    fields.setdefault("max_tokens", 192)
+    return chat(request_id, name, "What is the weather?", temperature=1.0, seed=seed,
+                constraint=JsonConstraint(schema_text(WEATHER)), **fields)
+
+
+async def completions(engine, requests):
+    streams = [await engine.submit(request) for request in requests]
+    return [await stream.collect() for stream in streams]
+
+
+@pytest.mark.parametrize("name", NARROW)
+def test_a_constrained_request_answers_json_that_validates_against_its_schema(tiny_models_dir, name):
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            return await completions(engine, [weather_request(f"w{seed}", name, seed) for seed in range(3)])
+
+    for completion in run(scenario()):
+        assert completion.finish.reason is FinishReason.STOP, completion
+        jsonschema.validate(json.loads(completion.content), WEATHER)
+        assert "<|" not in completion.content and "<|" not in completion.reasoning  # no markup leaks
+
+
+def test_gpt_oss_reasoning_stays_free_and_the_answer_arrives_on_the_final_channel(tiny_models_dir):
+    name = "gpt-oss-tiny"
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            return await completions(engine, [weather_request(f"r{seed}", name, seed, max_tokens=160)
+                                              for seed in range(6)])
+
+    results = run(scenario())
+    assert any(completion.reasoning for completion in results)  # some rows reasoned first, unconstrained
+    for completion in results:
+        jsonschema.validate(json.loads(completion.content), WEATHER)
+
+
+@pytest.mark.parametrize("schema, word", [
+    ({"type": "strin"}, "strin"),  # no such type
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
+])
+def test_a_schema_the_grammar_cannot_enforce_is_refused_naming_response_format_before_admission(
+        tiny_models_dir, schema, word):
+    name = "gemma-4-tiny"
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            request = chat("bad", name, "Hi", max_tokens=8, constraint=JsonConstraint(schema_text(schema)))
+            with pytest.raises(InvalidRequest) as refused:
+                await engine.submit(request)
+            slot = engine.snapshot().slot(name)
+            return str(refused.value), slot.kv_reserved_bytes, slot.num_running + slot.num_waiting
+
+    message, reserved_bytes, num_admitted = run(scenario())
+    assert message.startswith("response_format:") and word in message
+    assert reserved_bytes == 0 and num_admitted == 0
