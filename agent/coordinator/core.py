@@ -42,6 +42,7 @@ from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
 from agent.coordinator.routing.router import Router
 from agent.coordinator.settings import CoordinatorSettings
+from agent.coordinator.structured_outputs import response_format_problem
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
@@ -78,6 +79,8 @@ class Coordinator:
         body = validate_chat_request(data)
         if isinstance(body, ProtocolError):
             raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
+        if (problem := response_format_problem(body)) is not None:
+            raise BadRequest(problem, param="response_format", code="invalid_value")
         if body.model is None:
             raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
         if body.model not in self.catalog and not self.router.registry.offers(body.model):

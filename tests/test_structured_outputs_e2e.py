@@ -1,0 +1,83 @@
+"""Structured outputs end to end: the `openai` SDK → the coordinator → a real agent on a tiny MLX model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Literal
+
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from agent.daemon.handler import LinkHandler, MemoryReading
+from agent.engine import MLXEngine
+from agent.engine.models import ModelEntry
+from agent.link.client import Link
+from agent.wire.frames import Hardware
+from tests.engine_fixtures import NARROW
+from tests.provider_support import FAST, GIB, GPT, coordinator, eventually
+
+
+NESTED: list = []
+for _ in range(40):
+    NESTED = [NESTED]
+
+
+class Weather(BaseModel):  # bounded fields: random weights finish the object well within max_tokens
+    city: Literal["Paris", "Rome", "Lima"]
+    is_raining: bool
+    celsius: int = Field(ge=-40, le=50)
+    note: str = Field(max_length=6)
+
+
+@contextlib.asynccontextmanager
+async def tiny_agent(server, name: str, model_dir):
+    entry = ModelEntry.from_dir(name, model_dir)
+    engine = MLXEngine({name: entry})
+    await engine.start()
+    await engine.load(name)
+    handler = LinkHandler(engine, {name: entry.spec}, Hardware(chip="Linux CPU", memory_bytes=64 * GIB, gpu_cores=1),
+                          lambda: MemoryReading(64 * GIB, 60 * GIB))
+    link = Link(server.ws_url, "any-token", handler)
+    task = asyncio.create_task(link.run())
+    try:
+        await eventually(lambda: server.coordinator.router.registry.offers(name), timeout=20, what="the agent")
+        yield engine
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.stop()
+
+
+@pytest.mark.parametrize("name", NARROW)
+async def test_the_sdks_parse_returns_a_valid_instance_of_the_pydantic_model_on_both_architectures(
+        tiny_models_dir, name):
+    async with coordinator(FAST) as server, tiny_agent(server, name, tiny_models_dir / name):
+        client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
+        completion = await client.chat.completions.parse(
+            model=name, messages=[{"role": "user", "content": "What is the weather?"}], response_format=Weather,
+            max_tokens=192, temperature=1.0, seed=7)
+        choice = completion.choices[0]
+        assert choice.finish_reason == "stop", choice
+        assert isinstance(choice.message.parsed, Weather)
+        assert Weather.model_validate_json(choice.message.content) == choice.message.parsed
+
+
+@pytest.mark.parametrize("response_format, word", [
+    ({"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "strin"}}}, "strin"),
+    ({"type": "json_schema", "json_schema": {"name": "w", "schema": {"a": NESTED}}}, "deep"),
+    ({"type": "json_schema", "json_schema": {"name": "w", "schema": {"enum": ["x" * 1000] * 100}}}, "bytes"),
+    ({"type": "xml"}, "xml"),
+])
+async def test_a_schema_that_cannot_be_enforced_is_a_400_naming_response_format_before_any_provider(
+        response_format, word):
+    async with coordinator(FAST) as server:  # no provider at all: the check comes first
+        client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model=GPT.id, messages=[{"role": "user", "content": "Hi"}],
+                                                 response_format=response_format, max_tokens=8)
+        error = refused.value.body
+        assert error["param"].startswith("response_format") and word in error["message"]
+        assert server.coordinator.accounts.num_holds == 0
