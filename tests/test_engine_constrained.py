@@ -85,3 +85,22 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused_naming_response_format_b
     message, reserved_bytes, num_admitted = run(scenario())
     assert message.startswith("response_format:") and word in message
     assert reserved_bytes == 0 and num_admitted == 0
+
+
+def test_a_seeded_unconstrained_request_gets_the_same_tokens_alone_and_batched_with_seven_constrained_ones(
+        tiny_models_dir):
+    name = "gemma-4-tiny"
+    free = chat("free", name, "Tell me a story.", temperature=1.0, seed=11, max_tokens=24, ignore_eos=True)
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            alone = (await completions(engine, [free]))[0]
+            together = await completions(engine, [free, *(weather_request(f"c{seed}", name, seed, max_tokens=24)
+                                                        for seed in range(7))])
+            return alone, together, engine.backend.grammar_cache(name)
+
+    alone, together, grammars = run(scenario())
+    assert together[0].content == alone.content and together[0].finish.usage == alone.finish.usage
+    assert len(grammars) == 1  # seven rows, one schema: compiled once
+    assert len(grammars.mask_times.seconds) >= 7  # the seven constrained rows ran under their masks

@@ -94,11 +94,12 @@ class ConstrainedDecoding:
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         mx.async_eval(logits)  # the forward pass runs while the mask is computed below
-        started = time.perf_counter()
-        if self._num_calls:  # the first call follows the prompt; every later one follows a sampled token
-            if not self.matcher.consume_token(tokens[-1].item()):
-                raise RuntimeError(f"the grammar refused a token: {self.matcher.get_error()}"[:500])
+        # The first call follows the prompt; every later one follows a sampled token (waits for it to exist).
+        token = tokens[-1].item() if self._num_calls else None
         self._num_calls += 1
+        started = time.perf_counter()
+        if token is not None and not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused a token: {self.matcher.get_error()}"[:500])
         allowed = self._allowed(logits.shape[-1])
         if self.times is not None:
             self.times.add(time.perf_counter() - started)
