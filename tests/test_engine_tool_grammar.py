@@ -77,20 +77,23 @@ def test_gemma_calls_in_its_own_notation_which_mlx_lms_parser_reads_into_argumen
         jsonschema.validate(call["arguments"], SCHEMAS[call["name"]])
 
 
-@pytest.mark.parametrize("constraint, param", [
-    (ToolCallConstraint(TOOLS, forced_name="no_such_tool"), "tool_choice"),
-    (ToolCallConstraint((ToolSchema("f", schema_text({"type": "object", "properties": {
-        "a": {"$ref": "#/$defs/x"}}})),)), "tools.f"),
-    (ToolCallConstraint((ToolSchema("f", schema_text({"type": "object", "properties": {
-        "a-b": {"type": "string"}}})),)), "tools.f"),
-])
-def test_a_tool_whose_schema_cannot_be_enforced_is_refused_naming_the_tool(tiny_models_dir, constraint, param):
-    async def scenario():
-        async with MLXEngine({"gemma-4-tiny": tiny_models_dir / "gemma-4-tiny"}) as engine:
-            await engine.load("gemma-4-tiny")
-            with pytest.raises(InvalidRequest) as refused:
-                await engine.submit(chat("bad", "gemma-4-tiny", "Hi", max_tokens=8, constraint=constraint))
-            return refused.value
+def test_a_tool_whose_schema_cannot_be_enforced_is_refused_naming_the_tool(tiny_models_dir):
+    name = "gemma-4-tiny"
+    cases = [(ToolCallConstraint(TOOLS, forced_name="no_such_tool"), "tool_choice"),
+             (ToolCallConstraint((ToolSchema("f", schema_text({"type": "object", "properties": {
+                 "a": {"$ref": "#/$defs/x"}}})),)), "tools.f"),
+             (ToolCallConstraint((ToolSchema("f", schema_text({"type": "object", "properties": {
+                 "a-b": {"type": "string"}}})),)), "tools.f")]
 
-    refused = run(scenario())
-    assert refused.param == param and str(refused).startswith(param)
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            refusals = []
+            for constraint, _ in cases:
+                with pytest.raises(InvalidRequest) as refused:
+                    await engine.submit(chat("bad", name, "Hi", max_tokens=8, constraint=constraint))
+                refusals.append(refused.value)
+            return refusals
+
+    for refused, (_, param) in zip(run(scenario()), cases):
+        assert refused.param == param and str(refused).startswith(param)

@@ -137,6 +137,10 @@ class ChatFormat:
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
 
+    def is_reasoning(self, request: GenerationRequest) -> bool:
+        """May the model reason before answering? (gpt-oss always does; gemma when its thinking is on.)"""
+        return self.family != "gemma" or request.reasoning_effort not in NO_THINKING_EFFORTS
+
     def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = ()) -> ChannelSplitter:
         key = tuple(stop)
         machine = self._machines.get(key)

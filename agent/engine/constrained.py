@@ -62,9 +62,11 @@ class GrammarCache:
         self._lock = threading.Lock()
         self.mask_times = MaskTimes()
 
-    def matcher(self, constraint: Constraint, max_tokens: int | None) -> llguidance.LLMatcher:
-        """A fresh matcher for one request (off the MLX thread: compiling may take milliseconds)."""
-        max_reasoning = max(1, int((max_tokens or REASONING_BASIS_TOKENS) * REASONING_SHARE))
+    def matcher(self, constraint: Constraint, max_tokens: int | None, *, is_reasoning: bool = True
+                ) -> llguidance.LLMatcher:
+        """A fresh matcher for one request (off the MLX thread: compiling may take milliseconds).
+        `is_reasoning` False: the prompt switched reasoning off, so the turn starts with the answer."""
+        max_reasoning = max(1, int((max_tokens or REASONING_BASIS_TOKENS) * REASONING_SHARE)) if is_reasoning else 0
         lark = lark_for(constraint, self.family, self.specials, max_reasoning_tokens=max_reasoning)
         with self._lock:
             cached = self._matchers.get(lark)

@@ -73,15 +73,16 @@ def json_rule(schema_text: str, param: str) -> str:
 
 def turn_grammar(family: str, specials: Collection[str], answer: str, rules: list[str], *,
                  max_reasoning_tokens: int) -> str:
-    """`start` for a whole assistant turn whose answer is the expression `answer`; reasoning before it is free."""
+    """`start` for a whole assistant turn whose answer is the expression `answer`; reasoning before it is free
+    (none at all with `max_reasoning_tokens` 0: a gemma prompt whose template switched thinking off)."""
+    if family not in ("harmony", "gemma") or max_reasoning_tokens == 0:
+        return "\n".join([f"start: {answer}", *rules])
     thought = f"thought[max_tokens={max_reasoning_tokens}]: /(.|\\n)*/"
     if family == "harmony":
         opening = (f'({token("<|channel|>", specials)} "analysis" {token("<|message|>", specials)} thought '
                    f'{token("<|end|>", specials)} {token("<|start|>", specials)} "assistant")?')
-    elif family == "gemma":
-        opening = f'({token("<|channel>", specials)} "thought" thought {token("<channel|>", specials)})?'
     else:
-        return "\n".join([f"start: {answer}", *rules])
+        opening = f'({token("<|channel>", specials)} "thought" thought {token("<channel|>", specials)})?'
     return "\n".join([f"start: {opening} {answer}", thought, *rules])
 
 

@@ -134,7 +134,8 @@ class MLXBackend:
         encoded = await asyncio.to_thread(chat.encode, request)
         matcher = None
         if request.constraint is not None:  # an invalid schema fails here, before admission reserves any KV
-            matcher = await asyncio.to_thread(self._grammars[model].matcher, request.constraint, request.max_tokens)
+            matcher = await asyncio.to_thread(self._grammars[model].matcher, request.constraint, request.max_tokens,
+                                              is_reasoning=chat.is_reasoning(request))
         return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher))
 
     def grammar_cache(self, model: str) -> GrammarCache:
