@@ -7,7 +7,8 @@ prompts on the narrow tiny model, alternating unconstrained and constrained runs
 tok/s is generated tokens ÷ wall time from the first submit to the last token (prefill included). The
 unconstrained rows ignore eos, and the constrained rows' schema (an object holding an array of strings)
 does not close within max_tokens, so both make the same number of tokens. The ratio is the median of the
-paired ratios; the mask time is what each constrained token spent on the MLX thread consuming the last
+paired ratios (the 1-minute load average before and after is recorded: on a shared machine the constrained
+rows' extra CPU work is what suffers first); the mask time is what each constrained token spent on the MLX thread consuming the last
 token and computing its grammar mask (while the forward pass runs), p50 and p99 over every run.
 Results go to scripts/results/constrained.json with --json.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,6 +60,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def measure(name: str, streams: int, max_tokens: int, repeats: int) -> dict:
+    load_before = os.getloadavg()[0]
     async with MLXEngine({name: models_dir() / name}) as engine:
         await engine.load(name)
         times = engine.backend.grammar_cache(name).mask_times
@@ -77,6 +80,7 @@ async def measure(name: str, streams: int, max_tokens: int, repeats: int) -> dic
         "constrained_vs_free": round(statistics.median(c / f for c, f in zip(constrained, free)), 3),
         "mask_us_p50": round(percentile(mask_us, 0.50), 1), "mask_us_p99": round(percentile(mask_us, 0.99), 1),
         "num_masks": len(mask_us),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # a shared machine skews the ratio
     }
 
 
