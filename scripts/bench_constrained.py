@@ -9,7 +9,8 @@ unconstrained rows ignore eos, and the constrained rows' schema (an object holdi
 does not close within max_tokens, so both make the same number of tokens. The ratio is the median of the
 paired ratios (the 1-minute load average before and after is recorded: on a shared machine the constrained
 rows' extra CPU work is what suffers first); the mask time is what each constrained token spent on the MLX thread consuming the last
-token and computing its grammar mask (while the forward pass runs), p50 and p99 over every run.
+token and computing its grammar mask (while the forward pass runs), p50 and p99 over every run, and the
+process's CPU time per generated token (less skewed by other processes than wall time).
 Results go to scripts/results/constrained.json with --json.
 """
 
@@ -47,11 +48,13 @@ def requests(name: str, streams: int, max_tokens: int, tag: str, *, is_constrain
                               constraint=constraint) for i in range(streams)]
 
 
-async def aggregate_tps(engine: MLXEngine, batch: list[GenerationRequest]) -> float:
-    started = time.perf_counter()
+async def aggregate_tps(engine: MLXEngine, batch: list[GenerationRequest]) -> tuple[float, float]:
+    """Aggregate tok/s, and the process's CPU milliseconds per generated token."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     streams = [await engine.submit(request) for request in batch]
     completions = await asyncio.gather(*(stream.collect() for stream in streams))
-    return sum(c.finish.usage.completion_tokens for c in completions) / (time.perf_counter() - started)
+    num_tokens = sum(c.finish.usage.completion_tokens for c in completions)
+    return num_tokens / (time.perf_counter() - started), 1000 * (time.process_time() - cpu_started) / num_tokens
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -72,12 +75,15 @@ async def measure(name: str, streams: int, max_tokens: int, repeats: int) -> dic
                                                              is_constrained=False)))
             constrained.append(await aggregate_tps(engine, requests(name, streams, max_tokens, f"c{repeat}",
                                                                     is_constrained=True)))
-            say(f"{name} run {repeat + 1}/{repeats}: {free[-1]:.1f} tok/s free, {constrained[-1]:.1f} constrained")
+            say(f"{name} run {repeat + 1}/{repeats}: {free[-1][0]:.1f} tok/s free, {constrained[-1][0]:.1f} constrained")
         mask_us = [seconds * 1e6 for seconds in times.seconds]
     return {
         "variant": name, "streams": streams, "max_tokens": max_tokens, "repeats": repeats,
-        "free_tps": round(statistics.median(free), 1), "constrained_tps": round(statistics.median(constrained), 1),
-        "constrained_vs_free": round(statistics.median(c / f for c, f in zip(constrained, free)), 3),
+        "free_tps": round(statistics.median(t for t, _ in free), 1),
+        "constrained_tps": round(statistics.median(t for t, _ in constrained), 1),
+        "constrained_vs_free": round(statistics.median(c[0] / f[0] for c, f in zip(constrained, free)), 3),
+        "cpu_ms_per_token_free": round(statistics.median(ms for _, ms in free), 2),
+        "cpu_ms_per_token_constrained": round(statistics.median(ms for _, ms in constrained), 2),
         "mask_us_p50": round(percentile(mask_us, 0.50), 1), "mask_us_p99": round(percentile(mask_us, 0.99), 1),
         "num_masks": len(mask_us),
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # a shared machine skews the ratio
