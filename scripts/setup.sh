@@ -18,6 +18,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# A stamp of what was installed (the dependency spec and the interpreter): when it matches, nothing is
+# fetched, so a complete .venv re-runs the demo and the tests offline.
+STAMP=.venv/.darkbloom-setup
+digest() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi; }
+want="$( (cat pyproject.toml; .venv/bin/python --version) | digest | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c "import agent, pytest" 2>/dev/null; then
+  exit 0
+fi
 echo "setup: installing darkbloom-agent and its dependencies (mlx[cpu] on Linux, mlx on macOS)"
 pip_install --upgrade pip
 pip_install -e ".[test,bench]"
+echo "$want" > "$STAMP"

@@ -84,6 +84,7 @@ class Reply:
     retryable: bool = True
     code: str | None = None  # of the rejection or the error (None: no code on a rejection, engine_failed on an error)
     drop_link_after: int | None = None  # close the websocket after this many chunks
+    hang_after: int | None = None  # say nothing more after this many chunks (a sinkhole: 0)
     silent: bool = False  # never answer
     error_frame: str | None = None  # answer with an `error` frame of this code (the request was unusable)
     finish_reason: str = "stop"
@@ -250,6 +251,8 @@ class ScriptedProvider:
                                                       retryable=reply.retryable))
             if reply.drop_link_after == i:
                 return await self.drop()
+            if reply.hang_after == i:
+                return
             content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
             await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1,
                                                    delta=ChunkDelta(content=content, reasoning=reasoning),

@@ -164,3 +164,72 @@ def test_logs_prints_the_last_lines_of_the_agent_log(tmp_path):
 def test_logs_without_a_log_file_explains_where_logs_go(tmp_path):
     result = run("logs", "--log-dir", str(tmp_path))
     assert result.exit_code == 2 and "service install" in result.output
+
+
+def test_a_second_agent_with_the_same_home_is_refused_naming_the_running_pid(tmp_path, monkeypatch):
+    from agent.daemon.instance_lock import instance_lock, lock_path_for
+
+    status = tmp_path / "status.json"
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(status))
+    with instance_lock(lock_path_for(status)):
+        result = run("start", "--coordinator", "ws://127.0.0.1:9", "--token", "t", "--model", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"already running with this HOME (pid {os.getpid()}" in result.output
+
+
+def test_the_agent_lock_is_free_again_once_its_holder_exits(tmp_path):
+    from agent.daemon.instance_lock import AgentAlreadyRunning, instance_lock
+
+    lock = tmp_path / "agent.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from agent.daemon.instance_lock import instance_lock\n"
+        f"with instance_lock(Path({str(lock)!r})):\n    print('held', flush=True); sys.stdin.readline()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(AgentAlreadyRunning, match=f"pid {holder.pid}"):
+        with instance_lock(lock):
+            pass
+    holder.kill()  # as a crash: the kernel releases the lock, nothing stale is left
+    holder.wait()
+    with instance_lock(lock):
+        assert lock.read_text() == str(os.getpid())
+
+
+def test_version_prints_the_package_and_protocol_versions():
+    from agent import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith(f"darkbloom-agent {__version__} (protocol ")
+
+
+def test_help_labels_options_without_python_type_names():
+    result = runner.invoke(app, ["kv", "--help"], terminal_width=100)
+    assert result.exit_code == 0 and "--json" in result.output
+    assert "<bool>" not in result.output and "<list[int]>" not in result.output
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="launchd keeps the log on macOS")
+def test_logs_off_macos_says_where_a_foreground_agent_logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run("logs")
+    assert result.exit_code == 2 and "no launchd here" in result.output and "Library" not in result.output
+
+
+def test_status_of_an_agent_that_died_does_not_claim_its_link_is_up(tmp_path, monkeypatch):
+    from agent.daemon.status_file import write_status
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    status = tmp_path / "status.json"
+    write_status(status, {"pid": int(finished.stdout), "state": "running", "uptime_s": 5.0, "link": "ready",
+                          "coordinator_url": "ws://127.0.0.1:8000/ws/provider", "num_served": 3, "num_in_flight": 1,
+                          "slots": []})
+    monkeypatch.setenv("DARKBLOOM_STATUS_PATH", str(status))
+    result = run("status")
+    assert result.exit_code == 0 and "not running" in result.output
+    assert "link down" in result.output and "link ready" not in result.output
+
+
+def test_kv_beyond_the_models_context_warns():
+    result = runner.invoke(app, ["kv", "gpt-oss-20b", "-c", "1000000"])
+    assert result.exit_code == 0
+    assert "beyond gpt-oss-20b's context of 131,072" in result.output

@@ -82,7 +82,7 @@ def test_plain_ws_is_fine_on_loopback_and_refused_elsewhere_unless_allowed(home)
         assert load(home, flags={"coordinator_url": url}).coordinator_url == url
     with pytest.raises(ConfigError) as refused:
         load(home, flags={"coordinator_url": "ws://coord.example/agent"})
-    assert str(refused.value).startswith("flag --coordinator-url: field 'coordinator_url': plain ws:// to coord.example")
+    assert str(refused.value).startswith("flag --coordinator: field 'coordinator_url': plain ws:// to coord.example")
     allowed = load(home, flags={"coordinator_url": "ws://10.0.0.5/agent", "allow_insecure_remote": True})
     assert allowed.coordinator_url == "ws://10.0.0.5/agent"
 
@@ -139,3 +139,9 @@ def test_a_refused_url_is_not_echoed_since_it_may_carry_a_password(home):
     with pytest.raises(ConfigError) as error:
         load(home, flags={"coordinator_url": "ws://user:hunter2@coord.example"})
     assert "hunter2" not in str(error.value)
+
+
+def test_an_unknown_setting_lists_the_documented_reserve_gb_among_the_known_ones(home):
+    write_config(home, "reserve_gib = 4\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'reserve_gib' \(known: .*reserve_gb"):
+        load(home)

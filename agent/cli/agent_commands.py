@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,6 +27,7 @@ def start(
     import asyncio
 
     from agent.daemon.config import load_config
+    from agent.daemon.instance_lock import instance_lock, lock_path_for
     from agent.daemon.main import Daemon, resolve_models
     from agent.hardware import probe_hardware
     from agent.logs import configure_logging
@@ -38,12 +40,14 @@ def start(
             raise DarkbloomError("no coordinator: give --coordinator URL (or coordinator_url in the config)")
         if cfg.provider_token is None:
             raise DarkbloomError("no provider token: give --token, DARKBLOOM_PROVIDER_TOKEN or provider_token")
-        entries = resolve_models(cfg)
+        with instance_lock(lock_path_for(cfg.status_path)):
+            entries = resolve_models(cfg)
+            configure_logging(cfg.log_format, cfg.log_level)
+            daemon = Daemon(cfg, entries, probe_hardware().to_wire())
+            code = asyncio.run(daemon.run())
     except DarkbloomError as error:
         fail(error)
-    configure_logging(cfg.log_format, cfg.log_level)
-    daemon = Daemon(cfg, entries, probe_hardware().to_wire())
-    raise typer.Exit(code=asyncio.run(daemon.run()))
+    raise typer.Exit(code=code)
 
 
 def _read_status(config: Path | None) -> tuple[Path, dict | None]:
@@ -72,8 +76,9 @@ def status(
         typer.echo(json.dumps(current, indent=2))
         return
     alive = "running" if current["is_alive"] else "not running (last status below)"
+    link = current["link"] if current["is_alive"] else "down"  # a killed agent's last word may say "ready"
     typer.echo(f"agent pid {current['pid']}: {alive}; state {current['state']}, up {current['uptime_s']:.0f} s, "
-               f"link {current['link']} to {current['coordinator_url']}, {current['num_served']} served, "
+               f"link {link} to {current['coordinator_url']}, {current['num_served']} served, "
                f"{current['num_in_flight']} in flight")
     rows = [[s["model"], s["state"], s["num_running"], s["num_waiting"], human_bytes(s["kv_budget_bytes"]),
              human_bytes(s["kv_reserved_bytes"]), human_bytes(s["kv_used_bytes"]), s.get("reason") or ""]
@@ -112,6 +117,9 @@ def logs(
     """The agent's log as launchd keeps it (~/Library/Logs/darkbloom/agent.log and agent.err.log)."""
     from agent.daemon.launch_agent import log_dir as default_log_dir
 
+    if log_dir is None and sys.platform != "darwin":
+        fail("there is no launchd here, so no agent log file: a foreground `darkbloom-agent start` logs to its "
+             "terminal (redirect it, e.g. `2>> agent.log`, then `logs --log-dir DIR` reads agent.log there)")
     directory = log_dir or default_log_dir(Path.home())
     files = [directory / "agent.log", directory / "agent.err.log"]
     present = [f for f in files if f.is_file()]

@@ -16,6 +16,23 @@ from agent.cli.support import fail as _fail
 from agent.errors import DarkbloomError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A provider node for MLX inference on Apple Silicon.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agent import __version__
+        from agent.wire.protocol import PROTOCOL_MINOR, PROTOCOL_VERSION
+
+        typer.echo(f"darkbloom-agent {__version__} (protocol {PROTOCOL_VERSION}.{PROTOCOL_MINOR})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """A provider node for MLX inference on Apple Silicon."""
+
+
 app.add_typer(service_app, name="service")
 app.add_typer(models_app, name="models")
 app.add_typer(coordinator_app, name="coordinator")
@@ -45,6 +62,9 @@ def kv(
         _fail(DarkbloomError("--context must be at least 1 token"))
     report = kv_report(spec, contexts)
     typer.echo(json.dumps(report, indent=2) if as_json else format_kv_report(report))
+    for n in (n for n in contexts if n > spec.max_context):
+        typer.echo(f"warning: {n:,} tokens is beyond {spec.id}'s context of {spec.max_context:,}: "
+                   "no request can reach it", err=True)
 
 
 @app.command()

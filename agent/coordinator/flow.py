@@ -3,14 +3,19 @@
     start()   dispatch (or wait in the queue) → the agent answers:
                 rejected          → the next provider at once (a "full" one is skipped until its next heartbeat)
                                     if agent.errors.is_retryable(code) says another may serve it, else fails
-                accepted          → the first-token timeout starts now (not at the send: a load or a long
-                                    prefill behind `accepted` must not look like a dead provider)
+                accepted          → the first-token deadline starts now (not at the send: a long prefill
+                                    behind `accepted` must not look like a dead provider), sized by the
+                                    prompt and the slot's prefill rate (deadlines.py)
                 error / link lost / timeout before the first token → another provider, same request id,
-                                    at most `max_attempts` failures; an error whose code is not retryable
-                                    (the request itself is at fault) fails at once
+                                    at most `max_attempts` failures and no new attempt after
+                                    `first_token_total_s`; an error whose code is not retryable (the
+                                    request itself is at fault) fails at once
               and returns once the first token (or an empty completion) is in. Raises ApiError before that.
+              An empty chunk (a channel header, or a peer pretending to be alive) is not a first token: its
+              tokens wait for the attempt's first text and are dropped with the attempt if it fails.
     next()    Token ... then Finished (settled from the agent's usage) or Broken (an error after the first
-              token: never retried, the stream ends with finish_reason "error").
+              token: never retried, the stream ends with finish_reason "error"). A stall (no text for
+              `stall_timeout_s`) or the stream's own deadline ends it Broken too.
     close()   every exit: cancels the attempt at the agent if one is open, and releases the hold unless
               the request was settled. Idempotent.
 
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
+from agent.coordinator.deadlines import first_token_window_s, stream_deadline
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.router import Router
@@ -74,15 +80,31 @@ class RequestFlow:
         self.num_chunks = 0
         self.is_closed = False  # settled or released
         self._first: InferenceResponseChunk | InferenceComplete | None = None
+        self._empty_tokens = 0  # tokens of empty chunks before this attempt's first text
+        self._arrived_at = 0.0  # the event loop's time when start() began
+        self._stream_deadline = float("inf")
 
     # -- before the first token
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._arrived_at = loop.time()
         while True:
             await self._dispatch()
             first = await self._await_first()
             if first is not None:
                 self._first = first
+                self._stream_deadline = stream_deadline(loop.time(), self._arrived_at, self.meter.max_tokens,
+                                                        self.settings)
                 return
+            self._within_total_time(loop.time())
+
+    def _within_total_time(self, now: float) -> None:
+        """Another attempt only while the request is young: a client that meets several silent providers
+        hears back within first_token_total_s (plus the last attempt's own deadline)."""
+        elapsed = now - self._arrived_at
+        if elapsed >= self.settings.first_token_total_s:
+            raise ProviderFailed(f"no first token after {elapsed:.0f} s and {self.exchange.num_failures} "
+                                 f"attempt(s); last: {self.exchange.last_failure}")
 
     async def _dispatch(self) -> None:
         router, exchange = self.router, self.exchange
@@ -161,11 +183,18 @@ class RequestFlow:
                 return None  # the router marked the provider; the next placement skips it
             if isinstance(frame, InferenceAccepted):
                 self.meter.prompt_claim = frame.prompt_tokens
-                deadline = loop.time() + self.settings.first_token_timeout_s
+                deadline = loop.time() + self._first_token_window(frame.prompt_tokens)
                 waiting_for = "first token"
+                self._empty_tokens = 0
             elif isinstance(frame, InferenceResponseChunk):
+                if frame.delta.is_empty:
+                    if self._hold_empty(frame):
+                        continue
+                    self.router.abandon(exchange, reason="max_tokens")
+                    self._failed("empty_flood", f"{exchange.provider_id} sent more than max_tokens of empty chunks")
+                    return None
                 self.router.metrics.attempt(exchange.model, "streamed")
-                return frame
+                return self._with_held_tokens(frame)
             elif isinstance(frame, InferenceComplete):
                 if frame.finish_reason in DELIVERED:
                     self.router.metrics.attempt(exchange.model, "streamed")
@@ -180,6 +209,24 @@ class RequestFlow:
             elif isinstance(frame, LinkLost):
                 self._failed("link_lost", f"{frame.provider_id}'s link dropped ({frame.reason})")
                 return None
+
+    def _first_token_window(self, claimed_prompt_tokens: int) -> float:
+        """deadlines.py: the agent's prompt count within the coordinator's bound, at the slot's reported rate."""
+        provider = self.exchange.provider
+        offer = provider.offers.get(self.exchange.model) if provider is not None else None
+        prefill_tps = offer.status.prefill_tps if offer is not None and offer.status is not None else None
+        prompt_tokens = min(claimed_prompt_tokens, self.meter.prompt_bound)
+        return first_token_window_s(prompt_tokens, prefill_tps, self.settings)
+
+    def _hold_empty(self, chunk: InferenceResponseChunk) -> bool:
+        """Keep an empty chunk's tokens for the first text; False when they pass max_tokens (no more are due)."""
+        self._empty_tokens += self.meter.tokens_of(chunk)
+        return self._empty_tokens <= self.meter.max_tokens
+
+    def _with_held_tokens(self, chunk: InferenceResponseChunk) -> InferenceResponseChunk:
+        if not self._empty_tokens or chunk.num_tokens is None:
+            return chunk
+        return chunk.model_copy(update={"num_tokens": chunk.num_tokens + self._empty_tokens})
 
     def _unless_retryable(self, code: str | None, retryable: bool, message: str) -> None:
         """The agent's code decides (agent.errors.is_retryable); its own flag only for a code we do not know."""
@@ -204,27 +251,33 @@ class RequestFlow:
 
     # -- after it
     async def next(self) -> Token | Finished | Broken:
+        loop = asyncio.get_running_loop()
+        stall_at = loop.time() + self.settings.stall_timeout_s  # empty chunks do not move it
         while True:
             frame, self._first = self._first, None
             if frame is None:
                 try:
-                    async with asyncio.timeout(self.settings.stall_timeout_s):
+                    async with asyncio.timeout_at(min(stall_at, self._stream_deadline)):
                         frame = await self.exchange.next_event()
                 except TimeoutError:
-                    self.router.abandon(self.exchange, reason="stalled")
-                    self._release(ReleaseReason.TIMEOUT)
-                    return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s",
-                                  "provider_stalled")
+                    return self._timed_out(is_stall=stall_at <= self._stream_deadline)
             event = self._convert(frame)
             if event is not None:
                 return event
+
+    def _timed_out(self, *, is_stall: bool) -> Broken:
+        self.router.abandon(self.exchange, reason="stalled" if is_stall else "deadline")
+        self._release(ReleaseReason.TIMEOUT)  # as for a provider error mid-stream: not charged
+        if is_stall:
+            return Broken(f"the provider stalled: no token for {self.settings.stall_timeout_s:g} s", "provider_stalled")
+        return Broken("the provider did not finish within the request's deadline", "provider_too_slow")
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
             if not self.meter.admit(frame):
                 return self._cut()
             self.num_chunks += 1
-            return Token(frame.delta.content, frame.delta.reasoning)
+            return None if frame.delta.is_empty else Token(frame.delta.content, frame.delta.reasoning)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)

@@ -48,8 +48,16 @@ class CoordinatorSettings:
     # one request's attempts
     max_attempts: int = 3  # provider failures (error, link loss, timeout) before the first token
     accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
-    first_token_timeout_s: float = 180.0  # counted from inference_accepted, never from the send
-    stall_timeout_s: float = 120.0  # between chunks once the first token has arrived
+    # deadlines (deadlines.py): what a provider reports may shorten them, never stretch them past these
+    first_token_base_s: float = 30.0  # accepted → first token for a short prompt (counted from accepted, not the send)
+    prefill_slack: float = 2.0  # times the prompt's prefill at the slot's reported rate, added to the base
+    min_prefill_tps: float = 50.0  # a reported prefill rate below this counts as this
+    assumed_prefill_tps: float = 200.0  # the rate of a slot that has not reported one yet
+    first_token_timeout_s: float = 900.0  # the most any one attempt waits for its first token, however long the prompt
+    first_token_total_s: float = 300.0  # no new attempt starts this long after the request arrived
+    stall_timeout_s: float = 60.0  # between chunks that carry text, once the first token has arrived
+    min_decode_tps: float = 2.0  # the stream's deadline allows max_tokens at this rate after the first token ...
+    max_request_s: float = 3600.0  # ... and at most this long after the request arrived
     cancel_grace_s: float = 10.0  # a cancelled request still counts as the agent's until it says it ended
     # Admission runs on each agent's own numbers (its register and heartbeats, see agent_limits.py): none here.
     # pre-warming

@@ -133,8 +133,7 @@ def _file_layer(path: Path | None, env: Mapping[str, str]) -> tuple[str, dict[st
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    names = set(AgentConfig.model_fields) | {"reserve_gb"}
-    return {name: env[_env_name(name)] for name in names if _env_name(name) in env}
+    return {name: env[_env_name(name)] for name in KNOWN_SETTINGS if _env_name(name) in env}
 
 
 def _normalize(layer: dict[str, Any], source: Any) -> dict[str, Any]:
@@ -161,7 +160,7 @@ def _source(kind: str, name: str, path: Path | None, env: Mapping[str, str]) -> 
         return str(Path(named).expanduser() if named else default_config_path(env))
     if kind == "env":
         return f"env {_env_name(name)}"
-    return f"flag --{name.replace('_', '-')}" if kind == "flag" else "default"
+    return f"flag --{FLAG_NAMES.get(name, name).replace('_', '-')}" if kind == "flag" else "default"
 
 
 def _describe(exc: ValidationError, origin: dict[str, str]) -> str:
@@ -169,12 +168,14 @@ def _describe(exc: ValidationError, origin: dict[str, str]) -> str:
     name = str(error["loc"][0]) if error["loc"] else "(config)"
     source = origin.get(name, "default")
     if error["type"] == "extra_forbidden":
-        return f"{source}: unknown setting {name!r} (known: {', '.join(sorted(AgentConfig.model_fields))})"
+        return f"{source}: unknown setting {name!r} (known: {', '.join(sorted(KNOWN_SETTINGS))})"
     message = error["msg"].removeprefix("Value error, ")
     given = "" if name in _NOT_ECHOED or "input" not in error else f" (got {_clip(repr(error['input']))})"
     return f"{source}: field {name!r}: {message}{given}"
 
 
+FLAG_NAMES = {"coordinator_url": "coordinator", "provider_token": "token", "models": "model"}  # `start`'s flags
+KNOWN_SETTINGS = set(AgentConfig.model_fields) | {"reserve_gb"}  # reserve_gb: operator_reserve_bytes in GiB
 _NOT_ECHOED = {"provider_token", "coordinator_url"}  # secrets, and URLs that may carry user:password@
 
 

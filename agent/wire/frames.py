@@ -199,6 +199,11 @@ class ChunkDelta(Frame):
     content: Text = ""
     reasoning: Text = ""
 
+    @property
+    def is_empty(self) -> bool:
+        """Nothing a client would see: not a token for the deadlines (it may still count tokens, e.g. a channel header)."""
+        return not (self.content or self.reasoning)
+
 
 class InferenceResponseChunk(Frame):
     type: Literal["inference_response_chunk"] = "inference_response_chunk"
