@@ -93,3 +93,18 @@ def test_a_seeded_unconstrained_request_gets_the_same_tokens_alone_and_batched_w
     assert together[0].content == alone.content and together[0].finish.usage == alone.finish.usage
     assert len(grammars) == 1  # seven rows, one schema: compiled once
     assert len(grammars.mask_times.seconds) >= 7  # the seven constrained rows ran under their masks
+
+
+def test_a_complete_answer_under_ignore_eos_goes_on_with_eos_tokens_only_and_never_fails(tiny_models_dir):
+    name = "gemma-4-tiny"
+    request = chat("done", name, "Yes or no?", temperature=1.0, seed=3, max_tokens=12, ignore_eos=True,
+                   constraint=JsonConstraint(schema_text({"type": "boolean"})))
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            return (await completions(engine, [request]))[0]
+
+    completion = run(scenario())
+    assert completion.finish.reason is FinishReason.LENGTH and completion.finish.usage.completion_tokens == 12
+    assert completion.content in ("true", "false"), completion

@@ -90,8 +90,10 @@ class GrammarCache:
 class ConstrainedDecoding:
     """One row's logits processor: only the tokens its grammar allows next keep their logits."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, times: MaskTimes | None = None) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_token_ids: Collection[int],
+                 times: MaskTimes | None = None) -> None:
         self.matcher, self.vocab_size, self.times = matcher, vocab_size, times
+        self.eos_token_ids = sorted(eos_token_ids)
         self._num_calls = 0
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
@@ -110,6 +112,10 @@ class ConstrainedDecoding:
     def _allowed(self, width: int) -> np.ndarray:
         if self.matcher.is_error():
             raise RuntimeError(f"the grammar failed: {self.matcher.get_error()}"[:500])
+        if self.matcher.is_stopped():  # the answer is complete; only an eos ends it (it goes on with ignore_eos)
+            bits = np.zeros(width, dtype=bool)
+            bits[[token for token in self.eos_token_ids if token < width]] = True
+            return bits
         words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         bits = np.unpackbits(words, bitorder="little")[: min(width, self.vocab_size)].astype(bool)
         if not bits.any():

@@ -227,7 +227,7 @@ class MLXBackend:
             if prepared.matcher is not None:  # last: the mask has the final word on what may come next
                 grammars = self._grammars[command.model]
                 processors.append(ConstrainedDecoding(prepared.matcher, grammars.tokenizer.vocab_size,
-                                                      grammars.mask_times))
+                                                      chat.tokenizer.eos_token_ids, grammars.mask_times))
             batcher.add(Row(
                 request_id=request.request_id, uid=next(self._uids), prompt=list(prepared.encoded.token_ids),
                 max_tokens=command.job.max_tokens,
