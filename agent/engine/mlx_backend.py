@@ -86,7 +86,6 @@ class MLXBackend:
         self._deliver: Deliver | None = None
         self._chats: dict[str, ChatFormat] = {}  # loop side: encodes prompts
         self._grammars: dict[str, GrammarCache] = {}  # loop side: compiles constraints
-        self._vocab_sizes: dict[str, int] = {}
         # Owned by the MLX thread:
         self._batchers: dict[str, Batcher] = {}
         self._formats: dict[str, ChatFormat] = {}
