@@ -91,6 +91,7 @@ class Reply:
     prompt_tokens: int = 11
     num_tokens: int | None = None  # on each chunk (None: an older agent's chunk, without it)
     claimed_usage: tuple[int, int] | None = None  # the (prompt, completion) inference_complete claims
+    chunk_logprobs: Sequence[Any] | None = None  # per chunk, the raw JSON of its `logprobs` (unchecked: may be hostile)
 
 
 @dataclass
@@ -254,9 +255,11 @@ class ScriptedProvider:
             if reply.hang_after == i:
                 return
             content, reasoning = (chunk, "") if isinstance(chunk, str) else chunk
-            await self.send(InferenceResponseChunk(request_id=rid, seq=i + 1,
-                                                   delta=ChunkDelta(content=content, reasoning=reasoning),
-                                                   num_tokens=reply.num_tokens))
+            frame = InferenceResponseChunk(request_id=rid, seq=i + 1, num_tokens=reply.num_tokens,
+                                           delta=ChunkDelta(content=content, reasoning=reasoning))
+            if reply.chunk_logprobs is not None:
+                frame = json.dumps(json.loads(encode(frame)) | {"logprobs": reply.chunk_logprobs[i]})
+            await self.send(frame)
             sent += 1
             await asyncio.sleep(reply.chunk_delay_s)
         if rid in self._cancelled:

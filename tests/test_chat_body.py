@@ -50,9 +50,22 @@ def test_stop_may_be_one_string_and_content_may_be_text_parts():
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"response_format": {"type": "xml"}}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
         ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
-        ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
+        ({"stream_options": {"include_tokens": True}}, "stream_options.include_tokens"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"logit_bias": {"hello": 1}}, "logit_bias.hello"),
+        ({"logit_bias": {"-5": 1}}, "logit_bias.-5"),
+        ({"logit_bias": {"99999999999": 1}}, "logit_bias.99999999999"),
+        ({"logit_bias": {"12": 100.5}}, "logit_bias.12"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+        ({"metadata": {"k": 5}}, "metadata.k"),
+        ({"store": True}, "store"),
         ({"max_tokens": "10"}, "max_tokens"),
     ],
 )
@@ -60,6 +73,20 @@ def test_invalid_or_unsupported_parameters_are_refused_naming_the_parameter(fiel
     result = chat(**fields)
     assert isinstance(result, InvalidField), result
     assert result.field == param and f"'{param}'" in str(result)
+
+
+def test_the_output_options_clients_send_are_accepted_within_openais_bounds():
+    body = chat(logprobs=True, top_logprobs=20, logit_bias={str(i): (i % 201) - 100 for i in range(300)},
+                metadata={f"k{i}": "v" * 512 for i in range(16)}, store=False,
+                stream_options={"include_usage": True, "include_obfuscation": True})
+    assert isinstance(body, ChatCompletionBody) and body.num_top_logprobs == 20
+    assert chat(logprobs=True).num_top_logprobs == 0 and chat(logprobs=False).num_top_logprobs is None
+    assert chat().num_top_logprobs is None
+
+
+def test_storing_is_refused_with_what_to_send_instead():
+    refused = chat(store=True)
+    assert isinstance(refused, InvalidField) and "not stored here; send store: false" in str(refused)
 
 
 def test_unsupported_message_shapes_are_refused_naming_the_message():

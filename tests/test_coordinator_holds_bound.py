@@ -12,7 +12,7 @@ from agent.coordinator.billing.accounts import Accounts, InsufficientBalance
 from agent.coordinator.billing.holds import Hold, HoldBook
 from agent.coordinator.billing.keys import create_key
 from agent.coordinator.billing.pricing import DEFAULT_PRICES
-from agent.coordinator.billing.store import connect, get_account, set_credit_limit
+from agent.coordinator.billing.store import SCHEMA_VERSION, connect, get_account, set_credit_limit
 
 MODEL = "gpt-oss-20b"
 ACCOUNTS = ("a", "b")
@@ -109,7 +109,7 @@ def test_a_version_1_database_gains_a_zero_credit_limit_and_keeps_its_accounts(t
     old.close()
     assert get_account(db, "old").credit_limit_micros == 0
     assert set_credit_limit(db, "old", 2_500_000).credit_limit_micros == 2_500_000
-    assert connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert get_account(Path(db), "old").requests_per_minute == 5
 
 

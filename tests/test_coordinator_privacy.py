@@ -19,15 +19,16 @@ def client(server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="local", max_retries=0)
 
 
-async def test_the_provider_never_sees_the_consumers_user_field_or_message_names():
+async def test_the_provider_never_sees_the_consumers_user_field_metadata_or_message_names():
     async with coordinator() as server:
         agent = await provider(server, GPT)
         messages = [{"role": "system", "content": "Be brief", "name": "acme-prod"},
                     {"role": "user", "content": "Say hello", "name": "alice@example.com"}]
-        result = await client(server).chat.completions.create(model=GPT.id, messages=messages, user="end-user-42")
+        result = await client(server).chat.completions.create(model=GPT.id, messages=messages, user="end-user-42",
+                                                              metadata={"team": "billing"}, store=False)
         assert result.choices[0].message.content == "Hello, world"
         body = agent.received[0].body
-        assert body.user is None and [m.name for m in body.messages] == [None, None]
+        assert body.user is None and body.metadata is None and [m.name for m in body.messages] == [None, None]
         assert [m.content for m in body.messages] == ["Be brief", "Say hello"]
         await agent.stop()
 

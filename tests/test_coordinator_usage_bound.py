@@ -64,12 +64,12 @@ async def test_a_provider_claiming_two_to_the_31_tokens_is_charged_the_coordinat
         result = await client(server, key).chat.completions.create(model=GPT.id, messages=MESSAGES, max_tokens=16)
         assert result.choices[0].message.content == "Hello"
         slack = CoordinatorSettings().usage_slack_tokens
-        assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (ESTIMATE.tokens, 1 + slack)
+        assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (ESTIMATE.max_tokens, 1 + slack)
         metrics = (await httpx.AsyncClient(base_url=server.base_url).get("/metrics")).text
         assert f'darkbloom_usage_claims_clamped_total{{model="{GPT.id}"}} 1.0' in metrics
         assert f'darkbloom_provider_usage_claims_clamped_total{{provider_id="{agent.provider_id}"}} 1.0' in metrics
         await agent.stop()
-    assert await charged(db, accounts) == (ESTIMATE.tokens, 1 + slack)
+    assert await charged(db, accounts) == (ESTIMATE.max_tokens, 1 + slack)
     accounts.close()
 
 

@@ -4,6 +4,7 @@ import json
 
 from agent.link.session import LinkSession, LinkState
 from agent.wire.frames import FinishReason, Hardware, Register
+from agent.wire.logprobs import TokenLogprob
 
 REGISTER = Register(protocol_version=1, agent_version="t", hardware=Hardware(chip=None, memory_bytes=1, gpu_cores=None),
                     models=())
@@ -40,6 +41,15 @@ def test_a_chunk_carries_its_tokens_and_those_of_the_textless_deltas_before_it()
     assert session.chunk("a", "x", num_tokens=1).num_tokens == 3
     assert session.chunk("a", "y", num_tokens=1).num_tokens == 1
     assert session.chunk("a", "z").num_tokens is None  # a caller that does not count sends none
+
+
+def test_a_chunk_carries_the_logprobs_of_the_textless_deltas_before_it_and_none_when_there_are_none():
+    session = LinkSession(REGISTER)
+    session.receive(request("a"))
+    held, shown = (TokenLogprob(token=t, logprob=-0.5, bytes=tuple(t.encode())) for t in ("<", "b"))
+    assert session.chunk("a", "", num_tokens=1, logprobs=(held,)) is None
+    assert session.chunk("a", "<b", num_tokens=1, logprobs=(shown,)).logprobs == (held, shown)
+    assert session.chunk("a", "c", num_tokens=1).logprobs is None
 
 
 def test_a_duplicate_request_id_is_refused_with_an_error_frame():

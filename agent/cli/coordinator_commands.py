@@ -1,4 +1,4 @@
-"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys and account credit."""
+"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys, provider identities and account credit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from agent.cli.provider_commands import providers_app
 from agent.cli.support import fail
 from agent.errors import DarkbloomError
 
@@ -17,38 +18,50 @@ coordinator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False
                               help="The bundled OpenAI-compatible coordinator (serves when run without a subcommand).")
 keys_app = typer.Typer(no_args_is_help=True, help="Consumer API keys (stored hashed in the accounts database).")
 coordinator_app.add_typer(keys_app, name="keys")
+coordinator_app.add_typer(providers_app, name="providers")
 DbOpt = Annotated[Path, typer.Option("--db", help="The accounts database (SQLite).")]
 
 
 @coordinator_app.callback()
 def coordinator(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for the API and /ws/provider.")] = 8000,
+    config: Annotated[Optional[Path], typer.Option(help="A coordinator.toml whose keys are these options' names (env DARKBLOOM_COORDINATOR_CONFIG).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind; loopback unless you mean it (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port for the API and /ws/provider (default 8000).")] = None,
     db: Annotated[Optional[Path], typer.Option(help="Accounts database: enables API keys and billing.")] = None,
     open_mode: Annotated[Optional[bool], typer.Option("--open/--no-open", help="No keys, no billing (default without --db).", show_default=False)] = None,
-    provider_token: Annotated[Optional[str], typer.Option(help="The token agents must present (default: any; env DARKBLOOM_COORDINATOR_PROVIDER_TOKEN).")] = None,
-    allow_open_remote: Annotated[bool, typer.Option(help="Allow an open coordinator on a non-loopback address.")] = False,
+    provider_token: Annotated[Optional[str], typer.Option(help="The token agents must present (default: any).")] = None,
+    operator_token: Annotated[Optional[str], typer.Option(help="The x-darkbloom-operator token that sees per-provider detail beside loopback.")] = None,
+    allow_open_remote: Annotated[Optional[bool], typer.Option("--allow-open-remote", help="Allow an open coordinator on a non-loopback address.", show_default=False)] = None,
     queue_depth: Annotated[Optional[int], typer.Option(help="Requests a model's queue holds.")] = None,
     queue_max_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait in the queue.")] = None,
     heartbeat_interval: Annotated[Optional[float], typer.Option(help="Seconds between agent heartbeats.")] = None,
     requests_per_minute: Annotated[Optional[int], typer.Option(help="Per-account request limit with --db (default 1200; 0: unlimited).")] = None,
     output_tokens_per_minute: Annotated[Optional[int], typer.Option(help="Per-account output-token limit with --db (default 2000000; 0: unlimited).")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    log_format: Annotated[str, typer.Option(help="auto, json or console.")] = "auto",
+    open_requests_per_minute_per_ip: Annotated[Optional[int], typer.Option(help="Per-address request limit in open mode (default 6000; 0: unlimited).")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error (default info).")] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="auto, json or console (default auto).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="NAME=VALUE for any coordinator setting (agent/coordinator/settings.py), e.g. first_token_base_s=60; repeat for more.")] = None,
 ) -> None:
+    """Every option is also a key of --config's file and a DARKBLOOM_COORDINATOR_<NAME> variable (flags win)."""
     if ctx.invoked_subcommand is not None:
         return
+    flags = {name: value for name, value in locals().items() if name not in ("ctx", "config", "set_")}
+    from agent.cli.coordinator_config import coordinator_settings, load_coordinator_config, parse_set_flags
     from agent.coordinator.billing.ratelimit import RateLimits
     from agent.coordinator.http.app import serve
     from agent.logs import configure_logging
 
-    configure_logging(log_format, log_level)
-    token = provider_token or os.environ.get("DARKBLOOM_COORDINATOR_PROVIDER_TOKEN")
     try:
-        serve(host, port, db, open_mode=open_mode, provider_token=token, allow_open_remote=allow_open_remote,
-              queue_depth=queue_depth, queue_max_wait_s=queue_max_wait, heartbeat_interval_s=heartbeat_interval,
-              rate_limits=RateLimits.from_cli(requests_per_minute, output_tokens_per_minute), log_level=log_level)
+        options = load_coordinator_config(config, os.environ, flags | {"settings": parse_set_flags(set_ or ())})
+        configure_logging(options.log_format, options.log_level)
+        serve(options.host, options.port, options.db, open_mode=options.open_mode,
+              provider_token=options.provider_token, operator_token=options.operator_token,
+              allow_open_remote=options.allow_open_remote, queue_depth=options.queue_depth,
+              queue_max_wait_s=options.queue_max_wait, heartbeat_interval_s=options.heartbeat_interval,
+              rate_limits=RateLimits.from_cli(options.requests_per_minute, options.output_tokens_per_minute),
+              open_requests_per_minute_per_ip=options.open_requests_per_minute_per_ip,
+              settings=coordinator_settings(options.settings), log_level=options.log_level)
     except DarkbloomError as error:
         fail(error)
 
@@ -100,7 +113,7 @@ def credit(account: Annotated[str, typer.Argument(help="The account to credit.")
            amount: Annotated[str, typer.Argument(help="Amount in dollars, e.g. 25.00.")], db: DbOpt,
            note: Annotated[Optional[str], typer.Option(help="Why.")] = None) -> None:
     """Add credit to an account (an append-only ledger entry)."""
-    from agent.coordinator.billing.ledger import credit_account
+    from agent.coordinator.billing.ledger_entries import credit_account
     from agent.coordinator.billing.pricing import format_micros, parse_amount
 
     try:

@@ -3,6 +3,7 @@ takes before routing (authenticate, validate, estimate, hold), so the HTTP layer
 
     coordinator = Coordinator(Accounts.open(), CoordinatorSettings())
     account = coordinator.authenticate(request.headers.get("authorization"))   # Unauthorized
+    coordinator.precheck(account, client_host)          # before the body is read: PaymentRequired / TooManyRequests
     body = coordinator.parse(raw_body)                                          # BadRequest / ModelNotFound
     flow = coordinator.open(account, body)                                      # PaymentRequired / TooManyRequests
     await flow.start(); ... flow.next() ...; flow.close(reason)
@@ -16,13 +17,15 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
 from agent.admission import OUTPUT_CLIP_TOKENS
 from agent.catalog import CatalogError, ModelSpec, load_catalog
 from agent.coordinator.billing.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
+from agent.coordinator.billing.client_ratelimit import ClientRateLimiter
 from agent.coordinator.billing.ledger import LedgerUnavailable
 from agent.coordinator.errors import (
     BadRequest,
@@ -37,6 +40,7 @@ from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
 from agent.coordinator.metrics import Metrics
 from agent.coordinator.privacy import for_provider
+from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
@@ -58,7 +62,11 @@ class Coordinator:
         self.metrics = Metrics()
         self.router = Router(self.settings, catalog=self.catalog, clock=clock, metrics=self.metrics)
         self.metrics.watch(self._gauges)
+        self.metrics.watch_operator(lambda: operator_gauges(self.router))
+        restore(self.router, accounts.identities)
         self.clock = clock
+        self.client_limiter = ClientRateLimiter(self.settings.open_requests_per_minute_per_ip,
+                                                max_clients=self.settings.max_rate_limited_ips, clock=clock)
 
     # -- the steps before routing
     def authenticate(self, authorization: str | None) -> Account:
@@ -68,6 +76,15 @@ class Coordinator:
             raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
                                "`darkbloom-agent keys create`")
         return account
+
+    def precheck(self, account: Account, client_host: str | None) -> None:
+        """Refuse what the request's head already decides, before its body is read: in open mode a client
+        address over its request rate; with keys the ledger unwritable, a balance no request can be paid
+        from, an account over its request rate (billing/accounts.py). The token-based checks come in `open`."""
+        with _as_api_errors(self.settings):
+            if self.accounts.is_open:
+                self.client_limiter.admit(client_host or "unknown")
+            self.accounts.precheck(account)
 
     def parse(self, raw: bytes) -> ChatCompletionBody:
         try:
@@ -93,24 +110,16 @@ class Coordinator:
         request_id = f"chatcmpl-{secrets.token_hex(12)}"
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body)
-        try:
-            # Holds use the default ratio and clip, not an agent's adapted ones: money errs on the safe side.
+        with _as_api_errors(self.settings):
+            # Holds use the prompt's upper bound and the default ratio and clip, not an agent's adapted ones:
+            # money errs on the safe side.
             # No provider is chosen yet, so a request without max_tokens is expected at the clip; its bound
             # is all the output the model's context leaves (hold_output_tokens).
             admission = self.accounts.admit(
-                account, request_id, model=body.model, prompt_tokens=estimate.tokens,
+                account, request_id, model=body.model, prompt_tokens=estimate.max_tokens,
                 max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS,
                 max_output_tokens=self.hold_output_tokens(body, estimate.floor_tokens),
                 can_cap=True, min_capped_output_tokens=self.settings.min_capped_output_tokens)
-        except InsufficientBalance as exc:
-            raise PaymentRequired(str(exc)) from None
-        except RateLimited as exc:
-            raise TooManyRequests(str(exc), retry_after_s=exc.retry_after_s) from None
-        except DuplicateRequest as exc:
-            raise Conflict(str(exc)) from None
-        except LedgerUnavailable as exc:
-            raise BillingUnavailable(f"billing is paused: {exc}. Retry later; the operator should check the "
-                                     "accounts database's disk", retry_after_s=self.settings.retry_after_s) from None
         if admission.is_capped:
             # The balance covers only this much output: the agent stops there, with finish_reason "length".
             capped = admission.max_tokens
@@ -119,14 +128,14 @@ class Coordinator:
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
-        return RequestFlow(self.router, self.accounts, exchange,
+        return RequestFlow(self.router, self.accounts, exchange, max_prompt_tokens=estimate.max_tokens,
                            max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
 
     def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
         """All the output a request may produce: max_tokens, at most what the model's context leaves."""
         spec = self.catalog.get(body.model)
-        context = spec.max_context if spec is not None else self.settings.max_hold_context_tokens
-        room = max(1, min(context, self.settings.max_hold_context_tokens) - prompt_floor_tokens)
+        context = spec.max_context if spec is not None else self.settings.uncatalogued_context_tokens
+        room = max(1, context - prompt_floor_tokens)
         return min(body.output_limit or room, room)
 
     def known_models(self) -> list[str]:
@@ -134,10 +143,11 @@ class Coordinator:
 
     # -- background work
     async def run_evictions(self) -> None:
-        """Evict providers that missed heartbeats, until cancelled."""
+        """Evict providers that missed heartbeats, and links whose identity was revoked, until cancelled."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s / 2)
             self.router.evict_stale()
+            self.router.drop_revoked(self.accounts.identities.is_live)
 
     def _gauges(self) -> Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
         router = self.router
@@ -150,9 +160,27 @@ class Coordinator:
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
+        yield ("darkbloom_providers_quarantined", "Providers quarantined now", [],
+               [([], router.reputation.num_quarantined())])
         ledger = self.accounts.ledger
         yield ("darkbloom_ledger_backlog", "Ledger entries not yet written", [], [([], ledger.num_backlog)])
         yield ("darkbloom_ledger_available", "1 while the ledger can be written", [], [([], int(ledger.is_available))])
+
+
+@contextmanager
+def _as_api_errors(settings: CoordinatorSettings) -> Iterator[None]:
+    """Billing's refusals in the API's words (402, 429, 409, 503)."""
+    try:
+        yield
+    except InsufficientBalance as exc:
+        raise PaymentRequired(str(exc)) from None
+    except RateLimited as exc:
+        raise TooManyRequests(str(exc), retry_after_s=exc.retry_after_s) from None
+    except DuplicateRequest as exc:
+        raise Conflict(str(exc)) from None
+    except LedgerUnavailable as exc:
+        raise BillingUnavailable(f"billing is paused: {exc}. Retry later; the operator should check the "
+                                 "accounts database's disk", retry_after_s=settings.retry_after_s) from None
 
 
 def _default_catalog() -> dict[str, ModelSpec]:

@@ -32,7 +32,9 @@ import structlog
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.deadlines import first_token_window_s, stream_deadline
 from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
+from agent.coordinator.logprob_check import LogprobsRefused, checked_logprobs
 from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
 from agent.coordinator.usage import Charge, UsageMeter
 from agent.errors import is_retryable
@@ -45,6 +47,7 @@ from agent.wire.frames import (
     InferenceResponseChunk,
     UsageReport,
 )
+from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
@@ -54,6 +57,7 @@ DELIVERED = (FinishReason.STOP, FinishReason.LENGTH)
 class Token:
     content: str
     reasoning: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # checked (logprob_check.py); only when the request asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,15 @@ class Broken:
 
 
 class RequestFlow:
-    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None) -> None:
+    def __init__(self, router: Router, accounts: Accounts, exchange: Exchange, *, max_tokens: int | None = None,
+                 max_prompt_tokens: int | None = None) -> None:
         self.router, self.accounts, self.exchange = router, accounts, exchange
         self.settings = router.settings
         # The most output this request may be charged or streamed (usage.py): its max_tokens, else the model's
         # context as the coordinator knows it.
-        self.meter = UsageMeter(max_tokens=max_tokens or exchange.ask.max_tokens or self.settings.output_bound_tokens,
-                                prompt_bound=exchange.ask.prompt_tokens, prompt_floor=exchange.ask.floor_prompt_tokens,
+        bound = max_tokens or exchange.ask.max_tokens or self.settings.uncatalogued_context_tokens
+        self.meter = UsageMeter(max_tokens=bound, prompt_bound=max_prompt_tokens or exchange.ask.prompt_tokens,
+                                prompt_floor=exchange.ask.floor_prompt_tokens,
                                 slack_tokens=self.settings.usage_slack_tokens)
         self.num_chunks = 0
         self.is_closed = False  # settled or released
@@ -194,10 +200,12 @@ class RequestFlow:
                     self._failed("empty_flood", f"{exchange.provider_id} sent more than max_tokens of empty chunks")
                     return None
                 self.router.metrics.attempt(exchange.model, "streamed")
+                self.router.observe(exchange, Outcome.FIRST_TOKEN)
                 return self._with_held_tokens(frame)
             elif isinstance(frame, InferenceComplete):
                 if frame.finish_reason in DELIVERED:
                     self.router.metrics.attempt(exchange.model, "streamed")
+                    self.router.observe(exchange, Outcome.FIRST_TOKEN)
                     return frame
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
@@ -240,6 +248,7 @@ class RequestFlow:
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange
         self.router.metrics.attempt(exchange.model, outcome)
+        self.router.observe(exchange, outcome, message)
         exchange.num_failures += 1
         exchange.last_failure = message
         exchange.excluded[self.exchange.provider_id] = f"failed this request: {message}"
@@ -266,6 +275,7 @@ class RequestFlow:
                 return event
 
     def _timed_out(self, *, is_stall: bool) -> Broken:
+        self.router.observe(self.exchange, Outcome.STALLED if is_stall else Outcome.TIMEOUT)
         self.router.abandon(self.exchange, reason="stalled" if is_stall else "deadline")
         self._release(ReleaseReason.TIMEOUT)  # as for a provider error mid-stream: not charged
         if is_stall:
@@ -274,23 +284,33 @@ class RequestFlow:
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
+            try:
+                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs)
+            except LogprobsRefused as exc:
+                return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
             self.num_chunks += 1
-            return None if frame.delta.is_empty else Token(frame.delta.content, frame.delta.reasoning)
+            if frame.delta.is_empty:
+                return None
+            return Token(frame.delta.content, frame.delta.reasoning, logprobs)
         if isinstance(frame, InferenceComplete):
             if frame.finish_reason in DELIVERED:
                 charge = self.meter.settle(frame.usage)
                 if charge.is_clamped:
                     self._clamped(frame.usage, charge)
+                self.router.observe(self.exchange, Outcome.COMPLETED)
                 return Finished(frame.finish_reason.value, self._settle(charge))
             self._settle(self.meter.delivered())  # only what the client received, whatever the agent claims
+            self.router.observe(self.exchange, Outcome.ENDED, f"ended mid-stream ({frame.finish_reason})")
             return Broken(f"the provider ended the stream early ({frame.finish_reason})", "provider_ended")
         if isinstance(frame, InferenceError):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.ERROR, f"mid-stream: {frame.code}")
             return Broken(f"the provider failed mid-stream: {frame.code}: {frame.message}")
         if isinstance(frame, LinkLost):
             self._release(ReleaseReason.PROVIDER_ERROR)
+            self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
@@ -300,8 +320,18 @@ class RequestFlow:
         log.warning("usage.past_max_tokens", request_id=exchange.request_id, provider_id=exchange.provider_id,
                     max_tokens=self.meter.max_tokens, counted=self.meter.num_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a chunk past max_tokens")
         self.router.abandon(exchange, reason="max_tokens")
         return Finished(FinishReason.LENGTH.value, self._settle(self.meter.delivered()))
+
+    def _refuse_logprobs(self, problem: str) -> Broken:
+        """Invented logprobs are not shown: the stream ends with an error, the attempt is cancelled, no charge."""
+        exchange = self.exchange
+        log.warning("logprobs.refused", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                    problem=problem)
+        self.router.abandon(exchange, reason="invalid_logprobs")
+        self._release(ReleaseReason.PROVIDER_ERROR)
+        return Broken(f"the provider sent invalid logprobs ({problem})", "provider_invalid_logprobs")
 
     def _clamped(self, claimed: UsageReport, charge: Charge) -> None:
         exchange = self.exchange
@@ -309,6 +339,7 @@ class RequestFlow:
                     claimed_prompt=claimed.prompt_tokens, claimed_completion=claimed.completion_tokens,
                     charged_prompt=charge.prompt_tokens, charged_completion=charge.completion_tokens)
         self.router.metrics.usage_clamped(exchange.model, exchange.provider_id)
+        self.router.observe(exchange, Outcome.CLAMPED, "a usage claim over the bound")
 
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:

@@ -10,6 +10,10 @@ free KV, requests in flight) are read from the router when scraped, so they can 
     darkbloom_load_requests_total{model}               load_model frames sent (pre-warming)
     darkbloom_provider_evictions_total                 providers dropped for missed heartbeats
     darkbloom_bad_frames_total{code}                   agent frames that failed validation
+    darkbloom_provider_quarantines_total               providers quarantined for repeated failures
+    darkbloom_providers_quarantined                    (gauge) providers in quarantine now
+    operator only: darkbloom_provider_trust{provider_id}, darkbloom_provider_quarantined{provider_id},
+    darkbloom_provider_outcomes{provider_id,outcome}   (gauges from the reputation book, at scrape time)
     darkbloom_queue_depth{model}, darkbloom_providers{model,state}, darkbloom_free_kv_bytes{model},
     darkbloom_requests_in_flight{model}                (gauges, at scrape time)
 
@@ -45,6 +49,8 @@ class Metrics:
                                  registry=r)
         self.bad_frames = Counter("darkbloom_bad_frames", "Agent frames that failed validation", ["code"],
                                   registry=r)
+        self.quarantines = Counter("darkbloom_provider_quarantines", "Providers quarantined for repeated failures",
+                                   registry=r)
         self.clamped = Counter("darkbloom_usage_claims_clamped", "Usage claims above the coordinator's bound",
                                ["model"], registry=r)
         # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
@@ -56,6 +62,11 @@ class Metrics:
     def watch(self, gauges: Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]) -> None:
         """Add gauges computed at scrape time: (name, help, label names, [(label values, value)])."""
         self.registry.register(_ScrapeTimeGauges(gauges))
+
+    def watch_operator(self, gauges: Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]
+                       ) -> None:
+        """Like `watch`, for per-provider gauges only an operator sees."""
+        self.operator_registry.register(_ScrapeTimeGauges(gauges))
 
     def render(self, *, is_operator: bool = False) -> bytes:
         text = generate_latest(self.registry)

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.coordinator.billing.client_ratelimit import DEFAULT_OPEN_REQUESTS_PER_MINUTE_PER_IP, MAX_RATE_LIMITED_CLIENTS
 from agent.coordinator.billing.ledger import MAX_BACKLOG_ENTRIES, RETRY_MAX_S
 
 DEFAULT_HOST = "127.0.0.1"
@@ -68,18 +69,33 @@ class CoordinatorSettings:
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by
     usage_slack_tokens: int = 4  # tokens after the last text (EOS, a held-back stop) a claim may add to the count
-    output_bound_tokens: int = 131_072  # a request without max_tokens, for a model not in the catalog
+    # a model not in the catalog: the context assumed for its holds (billing/holds.py) and usage bound (usage.py)
+    uncatalogued_context_tokens: int = 262_144
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)
     operator_token: str | None = None  # sent as `x-darkbloom-operator`
     operator_on_loopback: bool = True  # a loopback client without proxy headers is the operator
     # billing (billing/holds.py): an account without a credit line holds the worst case
     min_capped_output_tokens: int = MIN_CAPPED_OUTPUT_TOKENS
-    max_hold_context_tokens: int = 262_144  # the context a hold assumes for a model not in the catalog (and at most)
+    # open mode (no keys): a request-rate limit per client address (billing/client_ratelimit.py); None: none
+    open_requests_per_minute_per_ip: int | None = DEFAULT_OPEN_REQUESTS_PER_MINUTE_PER_IP
+    max_rate_limited_ips: int = MAX_RATE_LIMITED_CLIENTS  # addresses tracked; the least recently seen is forgotten
     # responses
     reasoning_field: ReasoningField = "reasoning"
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many
     ledger_max_backlog_entries: int = MAX_BACKLOG_ENTRIES  # past it, billed work gets 503 until the writer catches up
     ledger_retry_max_s: float = RETRY_MAX_S  # the longest wait between retries of a failed write (backoff doubles)
+    # provider reputation and quarantine (routing/reputation.py); identities in billing/identities.py
+    require_provider_identity: bool = False  # refuse the shared token even while no identity exists
+    reputation_half_life_s: float = 600.0  # outcomes count half after this long
+    num_trust_tiers: int = 4  # equal-row slots are ordered by trust in this many steps before their claimed KV
+    proven_after_first_tokens: int = 4  # first tokens a provider must show before it may hold more requests
+    unproven_max_in_flight: int = 4  # requests an unproven provider holds at once (a sinkhole costs this many)
+    quarantine_after_failures: int = 3  # failures within the window that quarantine a provider
+    quarantine_window_s: float = 60.0
+    quarantine_s: float = 60.0  # the first quarantine; doubled on each repeat
+    max_quarantine_s: float = 3600.0
+    max_reputations: int = 4096  # providers whose reputation is kept (the least recently seen go first)
+    reputation_save_interval_s: float = 10.0  # identities' reputations written to the accounts database
 
     @property
     def eviction_after_s(self) -> float:

@@ -188,7 +188,8 @@ class LinkHandler:
         async for event in stream:
             if isinstance(event, Delta):
                 first_token_at = first_token_at or time.perf_counter()
-                link.send(link.session.chunk(request_id, event.content, event.reasoning, event.num_tokens))
+                link.send(link.session.chunk(request_id, event.content, event.reasoning, event.num_tokens,
+                                             event.logprobs))
             else:
                 self._finish(link, frame, event, started, first_token_at)
         self.state_changed.set()

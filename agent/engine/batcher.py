@@ -28,6 +28,7 @@ from mlx_lm.sample_utils import greedy_sampler
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV
 from agent.engine.chat import ChannelSplitter
+from agent.engine.logprobs import LogprobReader
 from agent.engine.mlx_cache_view import batch_shapes
 from agent.engine.sampling import Guard
 from agent.engine.schedule import PrefillGroup, Schedule, ScheduleLimits, Step
@@ -51,6 +52,8 @@ class Row:
     splitter: ChannelSplitter
     guard: Guard
     num_generated: int = 0
+    logprobs: LogprobReader | None = None  # only for a request that asked (agent/engine/logprobs.py)
+    markup_ids: frozenset[int] = frozenset()  # special tokens: never content, so never given logprobs
 
     @property
     def prompt_tokens(self) -> int:
@@ -142,7 +145,7 @@ class Batcher:
             ended = False
             if row.guard.error is None:
                 try:
-                    ended = self._emit(row, response.token, response.finish_reason, events)
+                    ended = self._emit(row, response, events)
                 except Exception as exc:  # the request's own detokenizer or splitter
                     row.guard.error = exc
             if row.guard.error is not None:
@@ -158,8 +161,9 @@ class Batcher:
         if self._steps % CLEAR_CACHE_EVERY_STEPS == 0:
             mx.clear_cache()
 
-    def _emit(self, row: Row, token: int, finish_reason: str | None, events: list[tuple[str, Event]]) -> bool:
+    def _emit(self, row: Row, response: GenerationBatch.Response, events: list[tuple[str, Event]]) -> bool:
         """Detokenize and split one token; True when the request has ended."""
+        token, finish_reason = response.token, response.finish_reason
         row.num_generated += 1
         detokenizer, splitter = row.detokenizer, row.splitter
         if finish_reason == "stop":  # an eos or a stop sequence: its text is never shown
@@ -173,7 +177,8 @@ class Batcher:
             if finish_reason == "length":
                 more_content, more_reasoning = splitter.flush()
                 content, reasoning = content + more_content, reasoning + more_reasoning
-        events.append((row.request_id, Delta(content, reasoning, 1)))
+        logprobs = () if row.logprobs is None else _logprobs(row, response, content, reasoning)
+        events.append((row.request_id, Delta(content, reasoning, 1, logprobs)))
         if splitter.is_stopped or finish_reason == "stop":
             events.append((row.request_id, row.finish(FinishReason.STOP)))
             return True
@@ -236,6 +241,15 @@ class Batcher:
         state = BatchKV(self.spec, [row.request_id for row in rows], [len(t) for t in self.generation.tokens])
         state.full, state.sliding = batch_shapes(self.generation.prompt_cache, window=self.spec.sliding_window)
         return state
+
+
+def _logprobs(row: Row, response: GenerationBatch.Response, content: str, reasoning: str) -> tuple:
+    """The entries of the tokens this step showed as content (an eos or a special token is never one)."""
+    is_candidate = response.finish_reason != "stop" and response.token not in row.markup_ids
+    entry = row.logprobs.entry(response.logprobs, response.token) if is_candidate else None
+    splitter = row.splitter
+    return row.logprobs.settle(entry, has_content=bool(content),
+                               is_decided=bool(reasoning) or splitter.ended_marker or splitter.is_stopped)
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from mlx_lm.generate import TextStateMachine
 
+from agent.engine.token_text import TokenText
 from agent.engine.types import GenerationRequest, InvalidRequest
 
 CONTENT, REASONING = "content", "reasoning"
@@ -71,11 +72,14 @@ class ChannelSplitter:
         self._markup = markup  # special tokens outside any recognised marker (a stray `<|start|>`): dropped
         self.is_stopped = False  # a stop string was matched: nothing more is emitted
         self._reasoning_started = False
+        self.ended_marker = False  # the last feed completed a marker: the text held back was markup (logprobs.py)
 
     def feed(self, text: str) -> tuple[str, str]:
+        self.ended_marker = False
         if self.is_stopped or not text:
             return "", ""
         self._state, segments = TextStateMachine.split(self._state, text)
+        self.ended_marker = len(segments) > 1
         return self._route(segments)
 
     def flush(self) -> tuple[str, str]:
@@ -121,6 +125,8 @@ class ChatFormat:
         decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self._markup = tuple(sorted({added.content for added in decoder.values() if added.special}, key=len,
                                     reverse=True))
+        self.markup_ids = frozenset(token for token, added in decoder.items() if added.special)
+        self.token_text = TokenText(tokenizer)  # for logprobs
 
     def encode(self, request: GenerationRequest) -> EncodedPrompt:
         kwargs: dict[str, object] = {}

@@ -33,6 +33,8 @@ from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
 from agent.engine.constrained import ConstrainedDecoding, GrammarCache
 from agent.engine.loading import IncrementalLoad, wired_limit
+from agent.engine.logit_bias import check_token_ids
+from agent.engine.logprobs import LogprobReader
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
 from agent.engine.schedule import ScheduleLimits
 from agent.engine.types import EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, Usage
@@ -130,6 +132,7 @@ class MLXBackend:
         chat = self._chats.get(model)
         if chat is None:
             raise EngineNotRunning(f"{model} is not loaded")
+        check_token_ids(request.logit_bias, len(chat.tokenizer))
         encoded = await asyncio.to_thread(chat.encode, request)
         matcher = None
         if request.constraint is not None:  # an invalid schema fails here, before admission reserves any KV
@@ -234,6 +237,7 @@ class MLXBackend:
                 processors=[guard.processor(p) for p in processors],
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
                 splitter=chat.splitter(prepared.encoded, request.stop), guard=guard,
+                logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])
@@ -299,3 +303,9 @@ class MLXBackend:
 
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(settle)
+
+
+def _logprob_reader(chat: ChatFormat, request: GenerationRequest) -> LogprobReader | None:
+    if request.num_top_logprobs is None:
+        return None
+    return LogprobReader(chat.token_text, request.num_top_logprobs)

@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import StopSequences
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler, make_logits_processors
 
+from agent.engine.logit_bias import make_logit_bias
 from agent.engine.types import GenerationRequest
 
 Sampler = Callable[[mx.array], mx.array]
@@ -84,6 +85,8 @@ def make_processors(request: GenerationRequest) -> list[LogitsProcessor]:
     processors = make_logits_processors(
         presence_penalty=request.presence_penalty or None, frequency_penalty=request.frequency_penalty or None
     )
+    if request.logit_bias:
+        processors.append(make_logit_bias(request.logit_bias))
     return processors + list(request.logits_processors)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agent.admission import AdmissionDecision
 from agent.engine.types import Delta, Event, Finish
+from agent.wire.logprobs import TokenLogprob
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Completion:
     reasoning: str
     finish: Finish
     num_deltas: int
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the content tokens, when the request asked
 
 
 class RequestStream:
@@ -85,12 +87,14 @@ class RequestStream:
         if not self._events or not isinstance(self._events[0], Delta):
             return first
         content, reasoning, num_tokens = [first.content], [first.reasoning], first.num_tokens
+        logprobs = list(first.logprobs)
         while self._events and isinstance(self._events[0], Delta):
             delta = self._events.popleft()
             content.append(delta.content)
             reasoning.append(delta.reasoning)
             num_tokens += delta.num_tokens
-        return Delta("".join(content), "".join(reasoning), num_tokens)
+            logprobs.extend(delta.logprobs)
+        return Delta("".join(content), "".join(reasoning), num_tokens, tuple(logprobs))
 
     async def cancel(self) -> bool:
         """Ask the engine to take the request out; its stream then ends with finish_reason cancelled."""
@@ -102,12 +106,14 @@ class RequestStream:
     async def collect(self) -> Completion:
         content: list[str] = []
         reasoning: list[str] = []
+        logprobs: list[TokenLogprob] = []
         num_deltas = 0
         async for event in self:
             if isinstance(event, Delta):
                 content.append(event.content)
                 reasoning.append(event.reasoning)
+                logprobs.extend(event.logprobs)
                 num_deltas += 1
             else:
-                return Completion("".join(content), "".join(reasoning), event, num_deltas)
+                return Completion("".join(content), "".join(reasoning), event, num_deltas, tuple(logprobs))
         raise RuntimeError("the stream ended without a Finish")  # unreachable: the last event is a Finish

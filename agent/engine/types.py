@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.engine.constraint import Constraint, constraint_for
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
+from agent.wire.body_options import token_biases
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
 from agent.wire.frames import AdmissionLimits, FinishReason, SlotState  # one vocabulary with the wire (re-exported)
+from agent.wire.logprobs import TokenLogprob
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
@@ -78,6 +80,10 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
     constraint: Constraint | None = None  # the output must match it (agent/engine/constraint.py)
+    # Output options: logprobs of the content tokens with this many alternatives (None: not asked), and
+    # OpenAI's logit_bias as (token id, additive bias) pairs.
+    num_top_logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # In-process seam (mlx-lm's LogitsProcessor: (tokens, logits) -> logits), run after the built-in ones.
     logits_processors: tuple[Callable[[Any, Any], Any], ...] = ()
 
@@ -96,6 +102,7 @@ class GenerationRequest:
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
             constraint=constraint_for(parsed.response_format),
+            num_top_logprobs=parsed.num_top_logprobs, logit_bias=token_biases(parsed.logit_bias),
         )
 
 
@@ -118,11 +125,13 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """Text generated since the previous event; `num_tokens` counts the tokens behind it (some carry no text)."""
+    """Text generated since the previous event; `num_tokens` counts the tokens behind it (some carry no text).
+    `logprobs`: one entry per content token behind it, when the request asked for them."""
 
     content: str = ""
     reasoning: str = ""
     num_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ so sequence numbers and per-request bookkeeping live in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -39,6 +40,7 @@ from agent.wire.frames import (
     UnloadModel,
     UsageReport,
 )
+from agent.wire.logprobs import TokenLogprob
 from agent.wire.protocol import (
     LEGACY_PROTOCOL_VERSION,
     MIN_PROTOCOL_VERSION,
@@ -64,6 +66,7 @@ class LinkState(StrEnum):
 class _Stream:
     num_chunks: int = 0
     num_unsent_tokens: int = 0  # tokens of deltas without text, carried by the next chunk that has text
+    unsent_logprobs: list = field(default_factory=list)  # the same for their logprobs entries
 
 
 @dataclass(slots=True)
@@ -120,19 +123,22 @@ class LinkSession:
                          draining=draining)
 
     def chunk(self, request_id: str, content: str = "", reasoning: str = "",
-              num_tokens: int | None = None) -> InferenceResponseChunk | None:
+              num_tokens: int | None = None, logprobs: Sequence[TokenLogprob] = ()) -> InferenceResponseChunk | None:
         stream = self.streams.get(request_id)
         if stream is None:
             return None
         if num_tokens is not None:
             stream.num_unsent_tokens += num_tokens
+        stream.unsent_logprobs.extend(logprobs)
         if not (content or reasoning):
             return None
         stream.num_chunks += 1
         tokens, stream.num_unsent_tokens = stream.num_unsent_tokens, 0
+        entries, stream.unsent_logprobs = stream.unsent_logprobs[:MAX_CHUNK_TOKENS], []
         return InferenceResponseChunk(request_id=request_id, seq=stream.num_chunks,
                                       delta=ChunkDelta(content=content, reasoning=reasoning),
-                                      num_tokens=None if num_tokens is None else min(tokens, MAX_CHUNK_TOKENS))
+                                      num_tokens=None if num_tokens is None else min(tokens, MAX_CHUNK_TOKENS),
+                                      logprobs=tuple(entries) if entries else None)
 
     def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,
                  ttft_s: float | None = None) -> InferenceComplete | None:

@@ -1,10 +1,11 @@
 """The OpenAI chat-completions request body, as the coordinator accepts it and the agent receives it.
 
-Unknown or unsupported parameters (tools, logit_bias, ...) are REFUSED, and the
+Unknown or unsupported parameters (tools, ...) are REFUSED, and the
 error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
 answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
-1, `logprobs` as false, and null for the fields a client echoes back in an assistant message
-(`refusal`, `tool_calls`, ...). Sampling parameters are those mlx-lm implements, with OpenAI's
+1, `metadata`, `store` as false, and null for the fields a client echoes back in an assistant message
+(`refusal`, `tool_calls`, ...). `logprobs`, `top_logprobs` and `logit_bias` are served, with the bounds
+of agent/wire/body_options.py. Sampling parameters are those mlx-lm implements, with OpenAI's
 ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
 `response_format` (agent/wire/response_format.py) is enforced by constrained decoding on the agent.
 
@@ -18,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from agent.wire.body_options import LogitBias, Metadata, TopLogprobs
 from agent.wire.response_format import ResponseFormat
 
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) binds first anyway
@@ -56,6 +58,7 @@ class ChatMessage(Body):
 
 class StreamOptions(Body):
     include_usage: bool = False
+    include_obfuscation: bool = False  # accepted, neutral: chunks are not padded here
 
 
 class ChatCompletionBody(Body):
@@ -75,9 +78,14 @@ class ChatCompletionBody(Body):
     stream_options: StreamOptions | None = None
     reasoning_effort: ReasoningEffort | None = None
     n: Literal[1] | None = None
-    logprobs: Literal[False] | None = None
     response_format: ResponseFormat | None = None
     user: Label | None = None  # accepted, unused: an end-user id for the consumer's own records
+    # Output options (agent/wire/body_options.py).
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    logit_bias: LogitBias | None = None
+    metadata: Metadata | None = None  # the consumer's labels; never forwarded to a provider
+    store: bool | None = None  # nothing is stored here: `true` is refused, not silently ignored
 
     @field_validator("max_completion_tokens")
     @classmethod
@@ -86,6 +94,25 @@ class ChatCompletionBody(Body):
         if value is not None and other is not None and value != other:
             raise ValueError(f"disagrees with max_tokens ({other}); send one of the two")
         return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("logprobs must be set to true when top_logprobs is given")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _not_stored(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("completions are not stored here; send store: false or leave it out")
+        return value
+
+    @property
+    def num_top_logprobs(self) -> int | None:
+        """Alternatives per token when logprobs were asked for (0: the chosen token's only); None: not asked."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def output_limit(self) -> int | None:

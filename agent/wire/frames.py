@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.wire.chat_body import ChatCompletionBody, Text
+from agent.wire.logprobs import TokenLogprob
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 4096
@@ -213,6 +214,9 @@ class InferenceResponseChunk(Frame):
     # Tokens this chunk carries (the coordinator bills what it counts, never more). None from an older agent:
     # the coordinator then counts a chunk with text as one token (agent/coordinator/usage.py).
     num_tokens: Annotated[int, Field(ge=0, le=MAX_CHUNK_TOKENS)] | None = None
+    # The content tokens' logprobs (agent/wire/logprobs.py), only when the request asked; a chunk carries at
+    # most its num_tokens of them (the coordinator checks it).
+    logprobs: Annotated[tuple[TokenLogprob, ...], Field(max_length=MAX_CHUNK_TOKENS)] | None = None
 
 
 class UsageReport(Frame):

@@ -54,7 +54,7 @@ from agent.wire.frames import (
 from agent.wire.unknown_fields import UnknownFields, without_unknown_fields
 
 PROTOCOL_VERSION = 1  # the newest major version this release speaks
-PROTOCOL_MINOR = 2  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on chunks
+PROTOCOL_MINOR = 3  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on chunks; 3: logprobs on chunks
 MIN_PROTOCOL_VERSION = 1  # the oldest major it still speaks
 LEGACY_PROTOCOL_VERSION = 1  # what a peer that names no version (one from before negotiation) speaks
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a full 262k-token prompt is ~1-3 MiB of JSON

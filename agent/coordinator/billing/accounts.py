@@ -3,6 +3,7 @@
 The one object the API layer talks to, non-blocking and safe to call from the event loop:
 
     account = accounts.authenticate(bearer_key)                     # memory only; None -> 401
+    accounts.precheck(account)                 # before the body is read: what admit would refuse whatever it says
     admission = accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...,
                                max_output_tokens=..., can_cap=True)
         # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409),
@@ -48,18 +49,18 @@ from agent.coordinator.billing.holds import (
     Settlement,
     SettleStatus,
 )
+from agent.coordinator.billing.identities import IdentityStore
 from agent.coordinator.billing.keys import KeyStore
 from agent.coordinator.billing.ledger import (
     MAX_BACKLOG_ENTRIES,
     POLL_INTERVAL_S,
     RETRY_MAX_S,
-    EntryKind,
-    LedgerEntry,
     LedgerUnavailable,
-    MemoryLedger,
     SqliteLedger,
 )
-from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable
+from agent.coordinator.billing.ledger_entries import EntryKind, LedgerEntry
+from agent.coordinator.billing.memory_ledger import MemoryLedger
+from agent.coordinator.billing.pricing import DEFAULT_PRICES, PriceTable, format_micros
 from agent.coordinator.billing.ratelimit import Clock, RateLimited, RateLimiter, RateLimits
 from agent.coordinator.billing.store import Account
 from agent.coordinator.settings import MIN_CAPPED_OUTPUT_TOKENS
@@ -102,9 +103,10 @@ class Admission:
 class Accounts:
     def __init__(self, *, ledger: SqliteLedger | MemoryLedger, keys: KeyStore, prices: PriceTable = DEFAULT_PRICES,
                  limits: RateLimits | None = None, clock: Clock = time.monotonic,
-                 open_account: Account | None = None) -> None:
+                 open_account: Account | None = None, identities: IdentityStore | None = None) -> None:
         self.prices = prices
         self.keys = keys
+        self.identities = identities or IdentityStore()  # provider credentials live in the same database
         self.limiter = RateLimiter(limits, clock=clock)
         self.ledger = ledger
         self.open_account = open_account
@@ -123,7 +125,8 @@ class Accounts:
                 max_backlog_entries: int = MAX_BACKLOG_ENTRIES, retry_max_s: float = RETRY_MAX_S) -> Accounts:
         ledger = SqliteLedger(db_path, poll_interval_s=poll_interval_s, max_backlog_entries=max_backlog_entries,
                               retry_max_s=retry_max_s)
-        return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock)
+        return cls(ledger=ledger, keys=KeyStore.load(ledger.conn), prices=prices, limits=limits, clock=clock,
+                   identities=IdentityStore.load(ledger.conn))
 
     @property
     def is_open(self) -> bool:
@@ -132,6 +135,21 @@ class Accounts:
     # -- the request path
     def authenticate(self, key: str | None) -> Account | None:
         return self.open_account if self.open_account is not None else self.keys.authenticate(key)
+
+    def precheck(self, account: Account) -> None:
+        """Refuse, from the account alone and before the body is read, what `admit` would refuse whatever the
+        body says (in admit's order: the ledger, the balance, the request rate). Takes nothing."""
+        if account.is_billed and (reason := self.ledger.refusal()) is not None:
+            raise LedgerUnavailable(reason)
+        with self._lock:
+            cheapest = self.prices.cheapest_request_micros
+            if account.is_billed and not self._book.can_hold(account.id, account.credit_limit_micros, cheapest):
+                available = self._book.available_micros(account.id)
+                raise InsufficientBalance(
+                    f"account {account.id!r} has {format_micros(max(available, 0))} available "
+                    f"({format_micros(self._book.held_micros(account.id))} held by requests in flight), less than "
+                    f"any request costs ({format_micros(cheapest)}): add credit")
+            self.limiter.check(account.id, 0, self._limits(account))
 
     def admit(self, account: Account, request_id: str, *, model: str, prompt_tokens: int, max_tokens: int,
               ratio: float = EXPECTED_OUTPUT_RATIO_START, max_output_tokens: int | None = None,
@@ -271,6 +289,7 @@ class Accounts:
 
     def on_changed(self, conn: sqlite3.Connection) -> None:
         self.keys.reload(conn)
+        self.identities.reload(conn)
 
     def _limits(self, account: Account) -> RateLimits:
         default = self.limiter.default

@@ -146,6 +146,11 @@ class HoldBook:
             hold = finished.hold if isinstance(finished, _Released) else None
         return hold
 
+    def can_hold(self, account_id: str, credit_limit_micros: int, cost_micros: int) -> bool:
+        """Whether a hold whose held amount and bound are both `cost_micros` would be taken now."""
+        return (cost_micros <= self.available_micros(account_id)
+                and cost_micros <= self.room_micros(account_id, credit_limit_micros))
+
     # -- check, then commit
     def refusal(self, hold: Hold) -> DarkbloomError | None:
         if hold.request_id in self._holds or hold.request_id in self._finished:

@@ -20,8 +20,11 @@ why, and the caller stops admitting billed work until the writer catches up (`le
 change). The real SQLite error is logged, never the ROLLBACK's that may follow it. `close()` returns what
 it could not write, so the shutdown reports it.
 
-Public names: LedgerEntry, EntryKind, LedgerListener, SqliteLedger, MemoryLedger, LedgerUnavailable,
-load_balances, credit_account, ledger_sum.
+The entries themselves, and the functions that read or credit the file from outside (the CLI, tests),
+are in ledger_entries.py; the ledger without a file in memory_ledger.py. Their names stay importable here.
+
+Public names: LedgerListener, SqliteLedger, MemoryLedger, LedgerUnavailable (and from ledger_entries and
+memory_ledger: LedgerEntry, EntryKind, load_balances, credit_account, ledger_sum, MemoryLedger).
 """
 
 from __future__ import annotations
@@ -32,15 +35,26 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 
-from agent.coordinator.billing.store import connect, get_account
+from agent.coordinator.billing.ledger_entries import (
+    INSERT_ENTRY,
+    EntryKind,
+    LedgerEntry,
+    credit_account,
+    entry_row,
+    ledger_sum,
+    load_balances,
+)
+from agent.coordinator.billing.memory_ledger import MemoryLedger
+from agent.coordinator.billing.store import connect
 from agent.errors import DarkbloomError
+
+__all__ = ["LedgerListener", "SqliteLedger", "MemoryLedger", "LedgerUnavailable", "LedgerEntry", "EntryKind",
+           "load_balances", "credit_account", "ledger_sum", "MAX_BACKLOG_ENTRIES", "POLL_INTERVAL_S", "RETRY_MAX_S"]
 
 log = structlog.get_logger(__name__)
 POLL_INTERVAL_S = 0.5  # how often the writer looks for other processes' commits
@@ -54,72 +68,10 @@ class LedgerUnavailable(DarkbloomError):
     code = "ledger_unavailable"
 
 
-class EntryKind(StrEnum):
-    USAGE = "usage"  # a settlement: amount < 0
-    CREDIT = "credit"  # money in: amount > 0
-
-
-class LedgerEntry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    account_id: str = Field(min_length=1)
-    kind: EntryKind
-    amount_micros: int
-    request_id: str | None = None  # with kind, the idempotency key
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    note: str | None = None
-    created_at: float = Field(default_factory=time.time)
-
-
 class LedgerListener(Protocol):
     def on_refused(self, entry: LedgerEntry) -> None: ...  # a duplicate (request_id, kind): not written
     def on_external(self, account_id: str, amount_micros: int) -> None: ...  # another process's entry
     def on_changed(self, conn: sqlite3.Connection) -> None: ...  # another process committed something
-
-
-_INSERT = ("INSERT OR IGNORE INTO ledger (account_id, kind, request_id, amount_micros, model, prompt_tokens,"
-           " completion_tokens, note, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-
-def _row(entry: LedgerEntry, source: str) -> tuple:
-    return (entry.account_id, entry.kind.value, entry.request_id, entry.amount_micros, entry.model,
-            entry.prompt_tokens, entry.completion_tokens, entry.note, source, entry.created_at)
-
-
-def load_balances(conn: sqlite3.Connection) -> tuple[dict[str, int], int]:
-    """Every account's balance (the SUM of its entries) and the last sequence number read."""
-    balances = dict(conn.execute("SELECT account_id, SUM(amount_micros) FROM ledger GROUP BY account_id"))
-    last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
-    return balances, last_seq
-
-
-def ledger_sum(db_path: str | Path, account_id: str, kind: EntryKind | None = None) -> int:
-    conn = connect(db_path)
-    try:
-        sql, args = "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE account_id = ?", [account_id]
-        if kind is not None:
-            sql, args = sql + " AND kind = ?", [*args, kind.value]
-        return conn.execute(sql, args).fetchone()[0]
-    finally:
-        conn.close()
-
-
-def credit_account(db_path: str | Path, account_id: str, amount_micros: int, *, note: str | None = None,
-                   credit_id: str | None = None) -> bool:
-    """Add credit from outside the coordinator (the CLI); a repeated `credit_id` is credited once.
-    Returns whether the entry was written. A running coordinator picks it up within a poll interval."""
-    if amount_micros <= 0:
-        raise ValueError("a credit must be a positive number of micro-units")
-    get_account(db_path, account_id)  # raises UnknownAccount
-    entry = LedgerEntry(account_id=account_id, kind=EntryKind.CREDIT, amount_micros=amount_micros,
-                        request_id=credit_id, note=note)
-    conn = connect(db_path)
-    try:
-        return conn.execute(_INSERT, _row(entry, "cli")).rowcount == 1
-    finally:
-        conn.close()
 
 
 class SqliteLedger:
@@ -273,7 +225,7 @@ class SqliteLedger:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for entry in entries:
-                if self.conn.execute(_INSERT, _row(entry, self.source)).rowcount == 0:
+                if self.conn.execute(INSERT_ENTRY, entry_row(entry, self.source)).rowcount == 0:
                     refused.append(entry)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -326,39 +278,3 @@ class _Flush:
     def answer(self, *, is_ok: bool) -> None:
         self.is_ok = is_ok
         self.done.set()
-
-
-class MemoryLedger:
-    """The ledger without a file, for `--open` mode and tests: same uniqueness rule, kept in a list."""
-
-    num_backlog = 0
-    error: str | None = None
-    is_available = True
-
-    def __init__(self) -> None:
-        self.entries: list[LedgerEntry] = []
-        self.loaded_balances: dict[str, int] = {}
-        self._keys: set[tuple[str, str]] = set()
-        self._listener: LedgerListener | None = None
-
-    def start(self, listener: LedgerListener) -> None:
-        self._listener = listener
-
-    def append(self, entry: LedgerEntry) -> None:
-        key = (entry.request_id, entry.kind.value)
-        if entry.request_id is not None and key in self._keys:
-            if self._listener is not None:
-                self._listener.on_refused(entry)
-            return
-        if entry.request_id is not None:
-            self._keys.add(key)
-        self.entries.append(entry)
-
-    def refusal(self) -> str | None:
-        return None
-
-    def flush(self, timeout_s: float | None = None) -> bool:
-        return True
-
-    def close(self, timeout_s: float | None = None) -> list[LedgerEntry]:
-        return []

@@ -61,6 +61,11 @@ class PriceTable(BaseModel):
     def cost_micros(self, model: str, prompt_tokens: int, output_tokens: int) -> int:
         return self.price(model).cost_micros(prompt_tokens, output_tokens)
 
+    @property
+    def cheapest_request_micros(self) -> int:
+        """What the cheapest request can cost (one prompt token, one output token, the cheapest model)."""
+        return min(price.cost_micros(1, 1) for price in (self.default, *self.models.values()))
+
 
 # In the range public hosts charge for these open-weight models (USD per million tokens: gpt-oss-20b
 # $0.05 in / $0.20 out, gemma-4-26b $0.10 / $0.40); an unknown model is priced like the dearer one.

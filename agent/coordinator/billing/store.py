@@ -3,6 +3,8 @@
     accounts  id, is_billed, requests_per_minute, output_tokens_per_minute, created_at,
               credit_limit_micros (how far below zero it may go; 0: holds cover the worst case)
     api_keys  id (visible), account_id, name, key_sha256, created_at, revoked_at
+    providers id (visible), name (unique), secret_sha256, created_at, revoked_at,
+              reputation (JSON, written by the running coordinator), reputation_at
     ledger    seq, account_id, kind (usage | credit), request_id, amount_micros (signed), model,
               prompt_tokens, completion_tokens, note, source, created_at;  UNIQUE (request_id, kind)
 
@@ -10,7 +12,8 @@ The ledger is append-only (triggers refuse UPDATE and DELETE): a balance is the 
 entries, never a row that every request rewrites (DESIGN.md §1, lesson 1). WAL lets the CLI and the
 running coordinator read while the ledger writer appends.
 
-Schema versions: 1 (the first), 2 (accounts.credit_limit_micros, added to a version 1 file in place).
+Schema versions: 1 (the first), 2 (accounts.credit_limit_micros, added to a version 1 file in place),
+3 (the providers table: provider identities, billing/identities.py).
 
 Public names: Account, UnknownAccount, connect, create_account, get_account, list_accounts, set_credit_limit.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from agent.errors import DarkbloomError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
@@ -43,6 +46,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_sha256 BLOB NOT NULL,
     created_at REAL NOT NULL,
     revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS providers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    secret_sha256 BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    reputation TEXT,
+    reputation_at REAL
 );
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY,
@@ -94,6 +106,7 @@ def connect(db_path: str | Path, *, check_same_thread: bool = True) -> sqlite3.C
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         # A version 1 file keeps its accounts table (CREATE IF NOT EXISTS): the new column is added to it.
+        # A version 2 file gains the providers table from SCHEMA's CREATE IF NOT EXISTS.
         migrate = MIGRATION_TO_2 if version == 1 else ""
         conn.executescript(f"BEGIN; {SCHEMA} {migrate} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
     return conn

@@ -8,7 +8,7 @@ closed as a client disconnect (cancel to the agent, hold released). Errors befor
 HTTP errors in OpenAI's shape (the response has not started); errors after it end the stream
 (openai_format.py).
 
-Public names: ChatCompletions, routes.
+Public names: ChatCompletions, routes, CAPPED_HEADER.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from agent.wire.protocol import MAX_FRAME_BYTES
 
 log = structlog.get_logger("agent.coordinator.http.api")
 MAX_BODY_BYTES = MAX_FRAME_BYTES - 64 * 1024  # room for the frame's envelope around the body
+CAPPED_HEADER = "x-darkbloom-max-tokens-capped"  # the max_tokens a request was capped to by its balance
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 
@@ -47,6 +48,8 @@ class ChatCompletions:
         request = Request(scope, receive)
         try:
             account = coordinator.authenticate(request.headers.get("authorization"))
+            # What the key (or, in open mode, the address) already decides is refused before the body is read.
+            coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
             model = body.model
             flow = coordinator.open(account, body)
@@ -93,16 +96,17 @@ class ChatCompletions:
 
     async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         request_id = flow.exchange.request_id
-        fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*SSE_HEADERS, (b"x-request-id", request_id.encode())]})
-        head = fmt.role()  # goes out with the first token: one write instead of two
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field,
+                           include_usage=include_usage)
+        headers = [(name.encode(), value.encode()) for name, value in _response_headers(flow, body).items()]
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+        head = fmt.role()  # goes out with the first token: one write instead of two
         while True:
             event = await flow.next()
             if isinstance(event, Token):
                 if event.content or event.reasoning:
-                    await _part(send, head + fmt.delta(event.content, event.reasoning))
+                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.logprobs))
                     head = b""
                 continue
             if isinstance(event, Finished):
@@ -119,16 +123,20 @@ class ChatCompletions:
     async def _complete(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         content: list[str] = []
         reasoning: list[str] = []
+        logprobs = [] if body.logprobs else None
         while True:
             event = await flow.next()
             if isinstance(event, Token):
                 content.append(event.content)
                 reasoning.append(event.reasoning)
+                if logprobs is not None:
+                    logprobs.extend(event.logprobs)
             elif isinstance(event, Finished):
                 data = completion_body(flow.exchange.request_id, body.model, "".join(content), "".join(reasoning),
-                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field)
+                                       event.finish_reason, event.usage, self.coordinator.settings.reasoning_field,
+                                       logprobs)
                 self.coordinator.metrics.request(body.model, "ok")
-                await _send_response(send, JSONResponse(data, headers={"x-request-id": flow.exchange.request_id}))
+                await _send_response(send, JSONResponse(data, headers=_response_headers(flow, body)))
                 return
             elif isinstance(event, Broken):
                 flow.close(ReleaseReason.PROVIDER_ERROR)
@@ -136,6 +144,16 @@ class ChatCompletions:
                 self.coordinator.metrics.request(body.model, "stream_error")
                 await _send_response(send, error.response())
                 return
+
+
+def _response_headers(flow: RequestFlow, body: ChatCompletionBody) -> dict[str, str]:
+    """x-request-id, and when the balance capped max_tokens (core.open), the cap: finish_reason `length`
+    alone would not tell a capped request from one that used all the output it asked for."""
+    headers = {"x-request-id": flow.exchange.request_id}
+    sent = flow.exchange.body.output_limit
+    if sent is not None and sent != body.output_limit:
+        headers[CAPPED_HEADER] = str(sent)
+    return headers
 
 
 def routes(coordinator: Coordinator) -> list[Route]:

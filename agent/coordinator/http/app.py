@@ -27,11 +27,13 @@ from starlette.routing import WebSocketRoute
 
 from agent.catalog import ModelSpec
 from agent.coordinator.billing.accounts import Accounts
+from agent.coordinator.billing.identities import list_identities
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
 from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
+from agent.coordinator.reputations import keep_saving, save_final_reputations
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
 from agent.errors import ConfigError
 from agent.wire.protocol import MAX_FRAME_BYTES
@@ -50,14 +52,21 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         evictions = asyncio.create_task(coordinator.run_evictions(), name="coordinator-evictions")
+        db_path = getattr(accounts.ledger, "db_path", None)  # identities' reputations are saved beside them
+        saves = asyncio.create_task(keep_saving(coordinator.router, db_path), name="coordinator-reputation") \
+            if db_path is not None else None
         log.info("coordinator.start", mode="open" if accounts.is_open else "keys",
                  provider_token=coordinator.settings.provider_token is not None,
                  heartbeat_interval_s=coordinator.settings.heartbeat_interval_s)
         try:
             yield
         finally:
-            evictions.cancel()
-            await asyncio.gather(evictions, return_exceptions=True)
+            for task in (evictions, saves):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (evictions, saves) if t is not None), return_exceptions=True)
+            if db_path is not None:
+                save_final_reputations(coordinator.router, db_path)
             endpoint.close_all("the coordinator is shutting down")
             unwritten = accounts.close() if owns_accounts else []
             log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
@@ -68,12 +77,15 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
     return app
 
 
-def check_exposure(host: str, *, is_open: bool, provider_token: str | None, allow_open_remote: bool) -> None:
-    """Refuse an open coordinator (no consumer keys, or any provider token) on a non-loopback address."""
+def check_exposure(host: str, *, is_open: bool, provider_token: str | None, allow_open_remote: bool,
+                   has_provider_identities: bool = False) -> None:
+    """Refuse an open coordinator (no consumer keys, or any provider token) on a non-loopback address.
+    Provider identities in the database stand in for the shared token (provider_auth.py)."""
     if is_loopback_host(host) or allow_open_remote:
         return
     missing = [what for what, is_missing in (("consumer API keys (--db)", is_open),
-                                             ("a provider token (--provider-token)", provider_token is None))
+                                             ("a provider token (--provider-token) or provider identities",
+                                              provider_token is None and not has_provider_identities))
                if is_missing]
     if missing:
         raise ConfigError(f"refusing to serve on {host} without {' and '.join(missing)}: anyone who can reach it "
@@ -85,10 +97,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
           open_mode: bool | None = None, provider_token: str | None = None, allow_open_remote: bool = False,
           queue_depth: int | None = None, queue_max_wait_s: float | None = None,
           heartbeat_interval_s: float | None = None, settings: CoordinatorSettings | None = None,
-          rate_limits: RateLimits | None = None, log_level: str = "info") -> None:
+          rate_limits: RateLimits | None = None, operator_token: str | None = None,
+          open_requests_per_minute_per_ip: int | None = None, log_level: str = "info") -> None:
     """Run the coordinator until SIGINT/SIGTERM. Open mode (no keys, no billing) unless `db_path` is given.
     With keys, every account is rate limited (`rate_limits`, RateLimits.generous() unless given; an account's
-    own limits in the database win)."""
+    own limits in the database win); in open mode every client address is (the settings' default unless
+    `open_requests_per_minute_per_ip` is given; 0: unlimited)."""
     is_open = db_path is None if open_mode is None else open_mode
     if is_open and db_path is not None:
         raise ConfigError("--open and --db exclude each other: open mode has no keys and no billing")
@@ -96,9 +110,13 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
         raise ConfigError("keys and billing need an accounts database: pass --db PATH")
     overrides = {name: value for name, value in (
         ("provider_token", provider_token), ("queue_depth", queue_depth), ("queue_max_wait_s", queue_max_wait_s),
-        ("heartbeat_interval_s", heartbeat_interval_s)) if value is not None}
+        ("heartbeat_interval_s", heartbeat_interval_s), ("operator_token", operator_token)) if value is not None}
+    if open_requests_per_minute_per_ip is not None:
+        overrides["open_requests_per_minute_per_ip"] = open_requests_per_minute_per_ip or None
     settings = replace(settings or CoordinatorSettings(), **overrides)
-    check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote)
+    has_identities = not is_open and db_path is not None and bool(list_identities(db_path))
+    check_exposure(host, is_open=is_open, provider_token=settings.provider_token, allow_open_remote=allow_open_remote,
+                   has_provider_identities=has_identities or settings.require_provider_identity)
     accounts = served_accounts(db_path if not is_open else None, rate_limits, settings)
     app = build_app(accounts, settings, owns_accounts=True)
     uvicorn.Server(_config(app, host, port, log_level)).run()

@@ -10,7 +10,7 @@
         "never_fits": [{"provider_id": ..., "reason": ...}],
         "details": [{"provider_id", "state", "slot_state", "reason", "free_kv_bytes", "kv_budget_bytes",
                      "num_running", "num_waiting", "num_in_flight", "expected_output_ratio", "chip",
-                     "memory_bytes"}]}]}
+                     "memory_bytes", "trust", "quarantine"}]}]}    (trust and quarantine: routing/reputation.py)
 
 States (placement.Residency): running (serving requests), idle (loaded, none), loading, cold_fits (the
 load gate says it would load now), cold_no_room (it fits the machine but not beside what is loaded,
@@ -58,7 +58,9 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
                "num_running": status.num_running if status else 0, "num_waiting": status.num_waiting if status else 0,
                "num_in_flight": offer.pending.num_in_flight,
                "expected_output_ratio": status.expected_output_ratio if status else None,
-               "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes}
+               "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes,
+               "trust": round(router.reputation.trust(provider.provider_id), 4),
+               "quarantine": router.reputation.quarantine_reason(provider.provider_id) or None}
         if residency in (Residency.RUNNING, Residency.IDLE):
             view = slot_view(offer)
             row["free_kv_bytes"], row["kv_budget_bytes"] = max(0, view.free_bytes), view.budget_bytes

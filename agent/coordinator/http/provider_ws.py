@@ -1,8 +1,9 @@
 """/ws/provider: the agents' websocket.
 
-    upgrade    Authorization: Bearer <provider token>; refused with HTTP 401 before the websocket is
-               accepted (the agent treats 401 as fatal: no retry storm). Without a configured token
-               any token is accepted (local use).
+    upgrade    Authorization: Bearer <provider identity credential, or the shared provider token>
+               (provider_auth.py); refused with HTTP 401 before the websocket is accepted (the agent
+               treats 401 as fatal: no retry storm). Without a configured token or any identity, any
+               token is accepted (local use). An identity's link replaces its earlier live one.
     register   the first frame; answered with `registered` (provider id, heartbeat interval, the protocol
                version chosen), or, when the agent speaks no version this coordinator does, with an
                `error` frame (protocol_version_unsupported, saying which side to upgrade) and a close
@@ -18,7 +19,6 @@ Public names: ProviderEndpoint.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from dataclasses import dataclass
 
 import structlog
@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.link_caps import LinkCaps, credential_key
 from agent.coordinator.http.log_budget import LogBudget
+from agent.coordinator.http.provider_auth import ProviderCredential, admit_provider
 from agent.coordinator.routing.registry import ProviderRecord
 from agent.wire.frames import ErrorFrame, Register, Registered
 from agent.wire.protocol import (
@@ -70,25 +71,26 @@ class ProviderEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
-        if not self._authorized(websocket.headers.get("authorization")):
-            log.warning("provider.refused", client=str(websocket.client))
-            await websocket.send_denial_response(PlainTextResponse(
-                "invalid provider token: set provider_token in the agent config to the coordinator's\n", 401))
+        credential = admit_provider(self.coordinator.settings, self.coordinator.accounts.identities,
+                                    websocket.headers.get("authorization"))
+        if credential.refusal:
+            log.warning("provider.refused", client=str(websocket.client), reason=credential.refusal)
+            await websocket.send_denial_response(PlainTextResponse(credential.refusal + "\n", 401))
             return
         ip = websocket.client.host if websocket.client else ""
-        credential = credential_key(websocket.headers.get("authorization"))
-        refusal = self.caps.refusal(ip, credential)
+        key = credential_key(websocket.headers.get("authorization"))
+        refusal = self.caps.refusal(ip, key)
         if refusal:
             log.warning("provider.refused", client=str(websocket.client), reason=refusal)
             await websocket.send_denial_response(PlainTextResponse(refusal + "\n", 429))
             return
-        self.caps.open(ip, credential)
+        self.caps.open(ip, key)
         try:
-            await self._serve(websocket)
+            await self._serve(websocket, credential)
         finally:
-            self.caps.close(ip, credential)
+            self.caps.close(ip, key)
 
-    async def _serve(self, websocket: WebSocket) -> None:
+    async def _serve(self, websocket: WebSocket, credential: ProviderCredential) -> None:
         await websocket.accept()
         outbox: asyncio.Queue[Message | _Close] = asyncio.Queue()
         self.links.add(outbox)
@@ -108,8 +110,10 @@ class ProviderEndpoint:
                 outbox.put_nowait(version.to_frame())
                 outbox.put_nowait(_Close("protocol version", CLOSE_POLICY))
                 return
-            provider = self.coordinator.router.connect(register, outbox.put_nowait,
-                                                       lambda reason: outbox.put_nowait(_Close(reason)))
+            identity = credential.identity
+            provider = self.coordinator.router.connect(
+                register, outbox.put_nowait, lambda reason: outbox.put_nowait(_Close(reason)),
+                provider_id=identity.provider_id if identity else None, identity_id=identity.id if identity else None)
             outbox.put_nowait(Registered(provider_id=provider.provider_id,
                                          heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
                                          protocol_version=version, protocol_minor=PROTOCOL_MINOR))
@@ -125,13 +129,6 @@ class ProviderEndpoint:
     def close_all(self, reason: str) -> None:
         for outbox in list(self.links):
             outbox.put_nowait(_Close(reason, 1001))
-
-    def _authorized(self, authorization: str | None) -> bool:
-        token = self.coordinator.settings.provider_token
-        if token is None:
-            return True
-        scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def _await_register(self, websocket: WebSocket, outbox: asyncio.Queue,
                               unknown: UnknownFields, budget: _BadFrames) -> Register | None:

@@ -1,16 +1,26 @@
-"""Prompt tokens without a tokenizer: a conservative estimate for holds and routing, a floor for refusals.
+"""Prompt tokens without a tokenizer: an upper bound for money, a conservative estimate for routing, a floor
+for refusals.
 
-The coordinator has no tokenizer for the models its agents serve, so it estimates from the messages:
+The coordinator has no tokenizer for the models its agents serve, so it reckons from the messages:
 
-    estimate = REQUEST_OVERHEAD + Σ_messages (MESSAGE_OVERHEAD + ceil(utf8_bytes / 3))
-    floor    =                    Σ_messages ceil(utf8_bytes / 8)
+    max      = REQUEST_OVERHEAD_BOUND + Σ_messages (MESSAGE_OVERHEAD_BOUND + utf8_bytes)
+    estimate = REQUEST_OVERHEAD       + Σ_messages (MESSAGE_OVERHEAD       + ceil(utf8_bytes / 3))
+    floor    =                          Σ_messages ceil(utf8_bytes / 8)
 
-Byte-level BPE vocabularies (o200k for gpt-oss, gemma's 262k) spend about 4 bytes of English per token
-and about one token per CJK character (3 bytes); bytes / 3 is therefore above the real count for
-almost all text, so holds and KV reservations err on the safe side. The per-message and per-request
-overheads cover the chat template (gpt-oss's harmony header alone is ~60 tokens). A request the
-estimate says can never fit, but the floor says might, is still sent to an agent: the agent tokenizes,
-and its answer is final. Only a request that cannot fit even at the floor is refused here (503).
+`max` is a true upper bound, and what a prompt is held and charged at most (billing, usage.py): a
+byte-level BPE (o200k for gpt-oss, the tiny test tokenizers) never makes more tokens than the UTF-8 bytes it
+encodes, and a SentencePiece BPE with byte fallback (gemma's) covers at least one character or one byte per
+token; a special token is one token for several bytes. So a rendered prompt has at most as many tokens as
+its bytes: the content's, plus the template's own text, which the two overheads bound by its bytes (the
+gpt-oss system header with its date line is under 220, a developer message's frame 30, an assistant turn
+with its analysis channel 39). It is loose on purpose (about 4 bytes per token of English): the agent's
+count is charged when it is lower, so an honest agent is charged its own count and never clamped.
+
+`estimate` is what routing and KV reservations plan with: byte-level vocabularies spend about 4 bytes of
+English per token and about one token per CJK character (3 bytes), so bytes / 3 is above the real count
+for almost all text. A request the estimate says can never fit, but the floor says might, is still sent to
+an agent: the agent tokenizes, and its answer is final. Only a request that cannot fit even at the floor is
+refused here (503).
 
 Public names: PromptEstimate, estimate_prompt.
 """
@@ -25,12 +35,15 @@ BYTES_PER_TOKEN_ESTIMATE = 3
 BYTES_PER_TOKEN_FLOOR = 8
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers, separators
 REQUEST_OVERHEAD_TOKENS = 96  # template header, system preamble, generation prompt
+MESSAGE_OVERHEAD_BOUND_TOKENS = 40  # the bytes of the template's frame around one message, at most
+REQUEST_OVERHEAD_BOUND_TOKENS = 256  # the bytes of its system header and generation prompt, at most
 
 
 @dataclass(frozen=True, slots=True)
 class PromptEstimate:
-    tokens: int  # for holds, reservations and routing: at or above the real count in practice
+    tokens: int  # for reservations and routing: at or above the real count in practice
     floor_tokens: int  # for refusals: at or below it in practice
+    max_tokens: int  # for holds and charges: at or above the real count always
 
 
 def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
@@ -38,7 +51,8 @@ def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
     tokens = REQUEST_OVERHEAD_TOKENS + sum(MESSAGE_OVERHEAD_TOKENS + _ceil_div(n, BYTES_PER_TOKEN_ESTIMATE)
                                            for n in sizes)
     floor = max(1, sum(_ceil_div(n, BYTES_PER_TOKEN_FLOOR) for n in sizes))
-    return PromptEstimate(tokens=tokens, floor_tokens=min(floor, tokens))
+    bound = REQUEST_OVERHEAD_BOUND_TOKENS + sum(MESSAGE_OVERHEAD_BOUND_TOKENS + n for n in sizes)
+    return PromptEstimate(tokens=tokens, floor_tokens=min(floor, tokens), max_tokens=max(bound, tokens))
 
 
 def _message_bytes(message: ChatMessage) -> int:

@@ -39,6 +39,8 @@ class Exchange:
     last_failure: str = ""
     first_queued_at: float | None = None
     retry_after_hint_s: float | None = None  # from agents that refused it as full
+    relinked: set[str] = field(default_factory=set)  # identities whose link was replaced under this attempt
+    accepted_at: float | None = None  # the current attempt's inference_accepted (router clock): its ttft counts from it
 
     @property
     def model(self) -> str:

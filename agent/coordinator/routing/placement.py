@@ -5,11 +5,14 @@ heartbeat netted by the pending sends, see pending.py) is put through `admit_req
 the agent itself runs, with the agent's own limits and ratio (agent_limits.py) and a bound on the batch
 padding the agent's replay finds (`padded_view`):
 
-    admit     warm, admission says yes            ranked: shortest queue, then most free KV, then fewest rows
+    admit     warm, admission says yes            ranked: shortest queue, fewest rows, most trusted, most free KV
     full      warm, admission says not now        (or it runs the agent's max_num_seqs rows, or the agent
                                                   refused one since its last heartbeat)
+    overflow  warm and admits, but unproven and holding its `unproven_max_in_flight` requests: used only
+              when no other slot admits (a sinkhole costs that many requests while others have room, and a
+              fresh fleet is not starved while it proves itself)
     waiting   loading, or cold and fits (after load_gate beside what is loaded): capacity that can come
-    never     cannot serve this request at all, with the reason (the 503's explanation)
+    never     cannot serve this request at all, with the reason (the 503's explanation), or quarantined
 
 "Never" is decided on the prompt's floor estimate (estimate.py); a slot that says never only on the
 conservative estimate is an uncertain option, tried after the sure ones: the agent tokenizes and
@@ -20,6 +23,10 @@ search (one or two admission checks instead of one per provider: admit_request r
 cache allocation and costs 0.1–1 ms). When none admits, the search also ends once MAX_FULL_CHECKS of
 the best-ranked slots said "full": the request can run somewhere later, so it is queued, and every
 provider's next heartbeat or completion tries the queue against that provider.
+
+A provider's free KV is its claim; its reputation (reputation.py) is what it has shown. The claim only
+orders candidates of the same trust tier (and rows): a new provider advertising 1000 GiB does not win
+over a proven one, while admission itself still runs on the claimed numbers.
 
 Public names: Ask, Option, Placement, Residency, place, check, slot_view, padded_view, classify, cold_gate,
 alone_budget_bytes.
@@ -46,6 +53,7 @@ from agent.admission import (
 )
 from agent.coordinator.routing.agent_limits import limits_of, margin_bytes, ratio_of
 from agent.coordinator.routing.registry import Offer, ProviderRecord
+from agent.coordinator.routing.reputation import ReputationBook
 from agent.coordinator.settings import CoordinatorSettings
 from agent.wire.frames import SlotState
 
@@ -85,6 +93,7 @@ class Placement:
     model: str
     admit: list[Option] = field(default_factory=list)
     uncertain: list[Option] = field(default_factory=list)
+    overflow: list[Option] = field(default_factory=list)  # admits, but unproven and at its in-flight cap
     full: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
     never: dict[str, str] = field(default_factory=dict)
@@ -92,11 +101,11 @@ class Placement:
 
     @property
     def best(self) -> Option | None:
-        return self.admit[0] if self.admit else (self.uncertain[0] if self.uncertain else None)
+        return next(iter(self.admit or self.uncertain or self.overflow), None)
 
     @property
     def can_ever(self) -> bool:
-        return bool(self.admit or self.uncertain or self.full or self.waiting or self.num_unchecked)
+        return bool(self.admit or self.uncertain or self.overflow or self.full or self.waiting or self.num_unchecked)
 
     def why_never(self) -> str:
         if not self.never:
@@ -205,19 +214,21 @@ def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: Slo
 
 
 def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
-          exclude: dict[str, str] | None = None, lazy: bool = True) -> Placement:
+          exclude: dict[str, str] | None = None, lazy: bool = True,
+          reputation: ReputationBook | None = None) -> Placement:
     placement = Placement(ask.model)
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
     others: list[tuple[ProviderRecord, Offer]] = []
     for provider, offer in offers:
-        unusable = _unusable(provider, offer)
+        unusable = _unusable(provider, offer) or _quarantined(provider, reputation)
         if provider.provider_id in exclude:
             placement.never[provider.provider_id] = exclude[provider.provider_id]
         elif unusable:
             placement.never[provider.provider_id] = unusable
         elif offer.is_warm:
-            warm.append((_rank(offer), provider, offer))
+            tier = reputation.tier(provider.provider_id) if reputation is not None else 0
+            warm.append((_rank(offer, tier), provider, offer))
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
@@ -225,7 +236,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = len(warm) - i + len(others)
             return placement
-        _check_warm(placement, provider, offer, ask)
+        _check_warm(placement, provider, offer, ask, reputation)
         if lazy and placement.admit:
             placement.num_unchecked = len(warm) - i - 1 + len(others)
             return placement
@@ -249,17 +260,29 @@ def _unusable(provider: ProviderRecord, offer: Offer) -> str:
     return ""
 
 
-def _rank(offer: Offer) -> tuple:
+def _rank(offer: Offer, trust_tier: int = 0) -> tuple:
     """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
-    the most free KV. Rows before KV: every extra row slows each stream of a batch and queues its prefill
-    behind the others', so an idle warm slot beats a busy big one (KV decides only between equals)."""
+    the most trusted, then the most free KV. Rows before KV: every extra row slows each stream of a batch
+    and queues its prefill behind the others', so an idle warm slot beats a busy big one. Trust before KV:
+    free KV is a claim, so it decides only between providers that have shown as much."""
     status, pending = offer.status, offer.pending
     waiting = status.num_waiting + max(0, pending.load_delta)
     busy = max(0, status.num_running + status.num_waiting + pending.load_delta)
-    return waiting, busy, -slot_view(offer).free_bytes
+    return waiting, busy, -trust_tier, -slot_view(offer).free_bytes
 
 
-def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, ask: Ask) -> None:
+def _quarantined(provider: ProviderRecord, reputation: ReputationBook | None) -> str:
+    return reputation.quarantine_reason(provider.provider_id) if reputation is not None else ""
+
+
+def _unproven_cap(provider: ProviderRecord, reputation: ReputationBook | None) -> bool:
+    """Whether an unproven provider holds as many requests as it may before others are preferred."""
+    cap = reputation.max_in_flight(provider.provider_id) if reputation is not None else None
+    return cap is not None and sum(offer.pending.num_in_flight for offer in provider.offers.values()) >= cap
+
+
+def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, ask: Ask,
+                reputation: ReputationBook | None = None) -> None:
     pid = provider.provider_id
     limit = limits_of(offer).max_num_seqs
     if _rank(offer)[1] >= limit:
@@ -280,7 +303,9 @@ def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, as
     elif decision.verdict is Verdict.FULL:
         placement.full[pid] = decision.reason
     else:
-        placement.admit.append(_option(provider, offer, decision, ask, ask.prompt_tokens, False))
+        capped = _unproven_cap(provider, reputation)
+        (placement.overflow if capped else placement.admit).append(
+            _option(provider, offer, decision, ask, ask.prompt_tokens, False))
 
 
 def _potential(placement: Placement, provider: ProviderRecord, offer: Offer, residency: Residency, reason: str,

@@ -1,7 +1,7 @@
 """Connected providers: what each registered, its last heartbeat, and its pending sends per model.
 
 A provider is one agent connection (a reconnect registers a new one: its old in-flight requests were
-lost with the link). Each model it registered is an `Offer`: the catalog entry it sent, the ModelSpec
+lost with the link). A provider identity keeps its provider id across connections; only one is live. Each model it registered is an `Offer`: the catalog entry it sent, the ModelSpec
 rebuilt from the entry's `kv_layout` (or the coordinator's catalog), the slot status of the last
 heartbeat, the pending sends and the state of any load_model the coordinator asked for.
 
@@ -120,6 +120,7 @@ class ProviderRecord:
     exchanges: dict[str, Any] = field(default_factory=dict)  # request_id -> the Exchange whose attempt is here
     is_connected: bool = True
     close: Callable[[str], None] = field(default=lambda reason: None)  # ends the link (eviction)
+    identity_id: str | None = None  # the provider identity it authenticated as (None: shared token, open use)
 
     @property
     def memory_bytes(self) -> int:
@@ -175,8 +176,9 @@ class Registry:
         return sum(1 for waiter in self._arrivals.get(model, []) if not waiter.done())
 
     def remove(self, provider: ProviderRecord) -> bool:
-        if self._providers.pop(provider.provider_id, None) is None:
-            return False
+        if self._providers.get(provider.provider_id) is not provider:
+            return False  # gone already, or replaced by a newer link of the same identity
+        del self._providers[provider.provider_id]
         provider.is_connected = False
         for model in provider.offers:
             providers = self._by_model.get(model, {})

@@ -4,7 +4,9 @@ Everything here runs on the event loop without awaiting, so a decision and its c
 (check, then commit): a placement is computed, the request is added to the chosen slot's pending
 sends and its frame put on the provider's outbox before anything else can look at that slot.
 
-    providers   connect (register) → heartbeats → request frames → disconnect / evict
+    providers   connect (register) → heartbeats → request frames → disconnect / evict / drop_revoked;
+                an identity's new connection replaces its live one (its requests are handled as a link loss)
+    reputation  observe(exchange, outcome): what the flow saw of an attempt (reputation.py); placement reads it
     requests    submit: dispatch now, or queue (bounded), or refuse with the reason it can never run
                 wake(model, provider): capacity may have appeared there; dispatch queued requests in order
                 abandon: the coordinator gives up on an attempt (cancel sent; its KV counts until the agent ends it)
@@ -28,6 +30,7 @@ from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.placement import Ask, Option, Placement, place
 from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
+from agent.coordinator.routing.reputation import Outcome, Reputation, ReputationBook
 from agent.coordinator.routing.waitqueue import Waiter, WaitQueue
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
@@ -70,24 +73,35 @@ class Router:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.registry = Registry()
+        self.reputation = ReputationBook(self.settings, clock)
+        self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],
-                close: Callable[[str], None] | None = None) -> ProviderRecord:
+                close: Callable[[str], None] | None = None, *, provider_id: str | None = None,
+                identity_id: str | None = None) -> ProviderRecord:
+        """A registered link: as the identity's stable `provider_id` (replacing its live link), else a fresh id."""
         self._num_connects += 1
-        provider_id = f"prov-{self._num_connects}-{secrets.token_hex(3)}"
+        if provider_id is not None and (old := self.registry.get(provider_id)) is not None:
+            for exchange in old.exchanges.values():
+                exchange.relinked.add(provider_id)  # the old link failed it, not the identity: it may retry here
+            self.disconnect(old, "replaced by a new connection of the same identity")
+            old.close("replaced by a new connection of the same identity")
+        provider_id = provider_id or f"prov-{self._num_connects}-{secrets.token_hex(3)}"
         offers = {}
         for entry in register.models:
             spec, error = spec_for_entry(entry, self.catalog)
             offers[entry.id] = Offer(entry, spec, error)
         now = self.clock()
-        provider = ProviderRecord(provider_id, register, offers, send, connected_at=now, last_seen=now)
+        provider = ProviderRecord(provider_id, register, offers, send, connected_at=now, last_seen=now,
+                                  identity_id=identity_id)
         if close is not None:
             provider.close = close
         self.registry.add(provider)
-        log.info("provider.register", provider_id=provider_id, chip=register.hardware.chip,
+        self.reputation.track(provider_id, is_identity=identity_id is not None)
+        log.info("provider.register", provider_id=provider_id, identity_id=identity_id, chip=register.hardware.chip,
                  memory_bytes=register.hardware.memory_bytes, agent_version=register.agent_version,
                  models={m: (o.entry.fits, o.spec_error or None) for m, o in offers.items()})
         return provider
@@ -99,7 +113,28 @@ class Router:
             exchange.provider = None
             exchange.push(LinkLost(provider.provider_id, reason))
         provider.exchanges.clear()
+        if provider.identity_id is None:
+            self.reputation.forget(provider.provider_id)  # nothing can bring this id back
         log.info("provider.disconnect", provider_id=provider.provider_id, reason=reason)
+
+    def drop_revoked(self, is_live: Callable[[str], bool]) -> None:
+        """Close the links of identities whose credential was revoked since they connected."""
+        for provider in self.registry:
+            if provider.identity_id is not None and not is_live(provider.identity_id):
+                log.warning("provider.revoked", provider_id=provider.provider_id)
+                self.disconnect(provider, "its credential was revoked")
+                provider.close("its credential was revoked")
+
+    def observe(self, exchange: Exchange, outcome: Outcome | str, detail: str = "") -> None:
+        """What the flow saw of the current (or latest) attempt: counted against that provider's reputation."""
+        outcome = Outcome.of(outcome)
+        ttft_s = None if exchange.accepted_at is None else max(0.0, self.clock() - exchange.accepted_at)
+        self.reputation.record(exchange.provider_id, outcome, ttft_s=ttft_s, detail=detail)
+
+    def _quarantined(self, reputation: Reputation, seconds: float) -> None:
+        self.metrics.quarantines.inc()
+        log.warning("provider.quarantine", provider_id=reputation.provider_id, seconds=seconds,
+                    num_quarantines=reputation.num_quarantines, last_failure=reputation.last_failure)
 
     def evict_stale(self) -> list[ProviderRecord]:
         stale = self.registry.stale(self.clock(), self.settings.eviction_after_s)
@@ -153,7 +188,11 @@ class Router:
             return
         pending = offer.pending
         ended = not isinstance(frame, (InferenceAccepted, InferenceResponseChunk))
+        if isinstance(frame, InferenceRejected) and (entry := pending.get(request_id)) and entry.is_accepted:
+            self.reputation.record(provider.provider_id, Outcome.ENDED, detail="rejected after accepting")
         if isinstance(frame, InferenceAccepted):
+            if exchange is not None:
+                exchange.accepted_at = self.clock()
             pending.accept(request_id, prompt_tokens=frame.prompt_tokens,
                            expected_output_tokens=frame.expected_output_tokens,
                            reservation_bytes=frame.reservation_bytes)
@@ -194,18 +233,21 @@ class Router:
 
     def placement(self, ask: Ask, *, exclude: dict[str, str] | None = None, lazy: bool = False) -> Placement:
         return place(self.registry.offers(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
-                     lazy=lazy)
+                     lazy=lazy, reputation=self.reputation)
 
     def try_dispatch(self, exchange: Exchange, provider: ProviderRecord | None = None) -> Placement:
         """Place and, if some provider admits it, commit: pending entry, then the frame on its outbox."""
+        _forgive_relinked(exchange)
         offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
             self.registry.offers(exchange.model)
-        placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded)
+        placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
+                          reputation=self.reputation)
         if placement.best is not None:
             self._commit(exchange, placement.best)
         return placement
 
     def submit(self, exchange: Exchange) -> Submission:
+        _forgive_relinked(exchange)
         queue, now = self.queue(exchange.model), self.clock()
         head = next(iter(queue), None)
         if head is None or head.may_be_passed(now, self.settings.queue_max_wait_s):
@@ -290,7 +332,7 @@ class Router:
                                 decision.reservation_bytes)
         provider.exchanges[exchange.request_id] = exchange
         exchange.provider, exchange.provider_id = provider, provider.provider_id
-        exchange.attempt += 1
+        exchange.attempt, exchange.accepted_at = exchange.attempt + 1, None
         provider.send(InferenceRequest(
             request_id=exchange.request_id, model=exchange.model, body=exchange.body,
             reservation=Reservation(prompt_tokens=option.prompt_tokens,
@@ -298,3 +340,9 @@ class Router:
                                     bytes=decision.reservation_bytes)))
         log.debug("route.dispatch", provider_id=provider.provider_id, request_id=exchange.request_id,
                   model=exchange.model, reservation_bytes=decision.reservation_bytes, uncertain=option.is_uncertain)
+
+
+def _forgive_relinked(exchange: Exchange) -> None:
+    for provider_id in exchange.relinked:
+        exchange.excluded.pop(provider_id, None)
+    exchange.relinked.clear()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.billing.keys import create_key
-from agent.coordinator.billing.ledger import credit_account
+from agent.coordinator.billing.ledger_entries import credit_account
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
 
