@@ -7,6 +7,7 @@ import contextlib
 from typing import Literal
 
 import openai
+from openai.lib._pydantic import to_strict_json_schema
 import pytest
 from pydantic import BaseModel, Field
 
@@ -52,17 +53,22 @@ async def tiny_agent(server, name: str, model_dir):
 
 
 @pytest.mark.parametrize("name", NARROW)
-async def test_the_sdks_parse_returns_a_valid_instance_of_the_pydantic_model_on_both_architectures(
+async def test_the_sdks_parse_returns_a_valid_instance_and_streaming_the_same_seed_streams_the_same_json(
         tiny_models_dir, name):
     async with coordinator(FAST) as server, tiny_agent(server, name, tiny_models_dir / name):
         client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
-        completion = await client.chat.completions.parse(
-            model=name, messages=[{"role": "user", "content": "What is the weather?"}], response_format=Weather,
-            max_tokens=192, temperature=1.0, seed=7)
+        asked = dict(model=name, messages=[{"role": "user", "content": "What is the weather?"}], max_tokens=192,
+                     temperature=1.0, seed=7)
+        completion = await client.chat.completions.parse(response_format=Weather, **asked)
         choice = completion.choices[0]
         assert choice.finish_reason == "stop", choice
         assert isinstance(choice.message.parsed, Weather)
         assert Weather.model_validate_json(choice.message.content) == choice.message.parsed
+        schema = {"type": "json_schema", "json_schema": {"name": "Weather", "strict": True,
+                                                         "schema": to_strict_json_schema(Weather)}}
+        stream = await client.chat.completions.create(response_format=schema, stream=True, **asked)
+        streamed = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        assert streamed == choice.message.content
 
 
 @pytest.mark.parametrize("response_format, word", [
