@@ -25,6 +25,8 @@ json_values = st.recursive(
 
 def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values valid under `schema`, for the subset of JSON Schema pydantic writes for these models."""
+    if schema is True or schema == {}:  # any JSON value (a response_format's schema is one)
+        return json_values
     if "$ref" in schema:
         return st.deferred(lambda: from_schema(DEFS[schema["$ref"].rsplit("/", 1)[1]]))
     if "const" in schema:
