@@ -72,8 +72,11 @@ class SustainedRun:
 
 
 def load_runs(results_dir: Path) -> dict:
-    """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun]}."""
-    runs: dict = {"matrix": None, "matrix_args": {}, "sustained": []}
+    """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun],
+    "constrained": scripts/bench_constrained.py's result or None}."""
+    constrained = results_dir / "constrained.json"
+    runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [],
+                  "constrained": json.loads(constrained.read_text()) if constrained.exists() else None}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():

@@ -52,7 +52,7 @@ def test_stop_may_be_one_string_and_content_may_be_text_parts():
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "absent"}}}, "tool_choice"),
         ({"tools": [{"type": "function", "function": {"name": "a.b"}}]}, "tools.0.function.name"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"max_tokens": 10, "max_completion_tokens": 20}, "max_completion_tokens"),
         ({"stream_options": {"include_tokens": True}}, "stream_options.include_tokens"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),

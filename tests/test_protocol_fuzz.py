@@ -25,7 +25,7 @@ json_values = st.recursive(
 
 def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values valid under `schema`, for the subset of JSON Schema pydantic writes for these models."""
-    if schema is True or schema == {}:  # any JSON (a tool's JSON Schema is kept as the client sent it)
+    if schema is True or schema == {}:  # any JSON (a tool's or a response_format's JSON Schema, as the client sent it)
         return json_values
     if "$ref" in schema:
         return st.deferred(lambda: from_schema(DEFS[schema["$ref"].rsplit("/", 1)[1]]))

@@ -110,16 +110,20 @@ def test_tool_choice_none_shows_the_model_no_tools():
 
 
 def test_only_required_and_named_tool_choices_become_a_constraint_for_the_grammar():
-    from agent.engine.tool_choice import tool_call_constraint
+    from agent.engine.tool_choice import request_constraint, tool_call_constraint
 
     tools = [*TOOLS, {"type": "function", "function": {"name": "get_time"}}]
     body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
 
     def constraint(**fields):
-        return tool_call_constraint(GenerationRequest.from_openai("r", "m", {**body, **fields}), "harmony")
+        return tool_call_constraint(GenerationRequest.from_openai("r", "m", {**body, **fields}))
 
     assert constraint() is None and constraint(tool_choice="auto") is None and constraint(tool_choice="none") is None
     required = constraint(tool_choice="required", parallel_tool_calls=False)
-    assert [f["name"] for f in required.functions] == ["get_weather", "get_time"] and not required.is_parallel
+    assert [t.name for t in required.tools] == ["get_weather", "get_time"] and not required.is_parallel
+    assert required.forced_name is None and required.tools[1].parameters == '{"type":"object"}'
     named = constraint(tool_choice={"type": "function", "function": {"name": "get_time"}})
-    assert [f["name"] for f in named.functions] == ["get_time"] and named.is_parallel and named.family == "harmony"
+    assert named.forced_name == "get_time" and named.is_parallel
+    both = GenerationRequest.from_openai("r", "m", {**body, "tool_choice": "required",
+                                                    "response_format": {"type": "json_object"}})
+    assert request_constraint(both) == tool_call_constraint(both)  # the turn is the call

@@ -46,6 +46,7 @@ from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
 from agent.coordinator.routing.router import Router
 from agent.coordinator.settings import CoordinatorSettings
+from agent.coordinator.structured_outputs import output_schema_problem
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
@@ -95,6 +96,8 @@ class Coordinator:
         body = validate_chat_request(data)
         if isinstance(body, ProtocolError):
             raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
+        if (problem := output_schema_problem(body)) is not None:
+            raise BadRequest(problem[1], param=problem[0], code="invalid_value")
         if body.model is None:
             raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
         if body.model not in self.catalog and not self.router.registry.offers(body.model):

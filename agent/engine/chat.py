@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from mlx_lm.generate import TextStateMachine
 
 from agent.engine.token_text import TokenText
-from agent.engine.chat_messages import offered_tools, template_messages
+from agent.engine.chat_messages import offered_tools, template_messages, template_tools
 from agent.engine.tool_calls import GemmaCalls, HarmonyCalls
 from agent.engine.types import GenerationRequest, InvalidRequest
 from agent.wire.frames import ToolCallDelta
@@ -191,7 +191,7 @@ class ChatFormat:
         elif self.family == "gemma":
             kwargs["enable_thinking"] = request.reasoning_effort not in NO_THINKING_EFFORTS
         if offered_tools(request):
-            kwargs["tools"] = [dict(tool) for tool in request.tools]
+            kwargs["tools"] = template_tools(request.tools)
         try:
             ids = self.tokenizer.apply_chat_template(
                 template_messages(self.family, request.messages), add_generation_prompt=True, **kwargs
@@ -199,6 +199,10 @@ class ChatFormat:
         except Exception as exc:  # a template's raise_exception, or messages it cannot render
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
+
+    def is_reasoning(self, request: GenerationRequest) -> bool:
+        """May the model reason before answering? (gpt-oss always does; gemma when its thinking is on.)"""
+        return self.family != "gemma" or request.reasoning_effort not in NO_THINKING_EFFORTS
 
     def splitter(self, prompt: EncodedPrompt, stop: Sequence[str] = (), tool_names: frozenset[str] = frozenset(),
                  is_parallel: bool = True) -> ChannelSplitter:

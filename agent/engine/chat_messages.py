@@ -28,6 +28,12 @@ def offered_tools(request: GenerationRequest) -> bool:
     return bool(request.tools) and request.tool_choice != "none"
 
 
+def template_tools(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The tools as templates read them: the real gpt-oss template concatenates `description` unguarded,
+    so a function without one (optional in OpenAI's API) would fail to render; it gets an empty one."""
+    return [{**tool, "function": {"description": "", **tool["function"]}} for tool in tools]
+
+
 def template_messages(family: str, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if not any(message.get("tool_calls") or message["role"] == "tool" for message in messages):
         return [dict(message) for message in messages]

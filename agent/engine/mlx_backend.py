@@ -30,12 +30,14 @@ from mlx_lm.utils import load_config, load_tokenizer
 from agent.catalog import ModelSpec
 from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
 from agent.engine.batcher import Batcher, Row
-from agent.engine.chat import ChatFormat
+from agent.engine.chat import ChatFormat, EncodedPrompt
+from agent.engine.constrained import ConstrainedDecoding, GrammarCache
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.logit_bias import check_token_ids
 from agent.engine.logprobs import LogprobReader
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
 from agent.engine.schedule import ScheduleLimits
+from agent.engine.tool_choice import request_constraint
 from agent.engine.types import EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, Usage
 
 log = structlog.get_logger(__name__)
@@ -67,6 +69,14 @@ class _Cancel:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A prompt as the MLX thread takes it: its tokens, and the matcher of its constraint (if any)."""
+
+    encoded: EncodedPrompt
+    matcher: Any = None
+
+
 _STOP = object()
 
 
@@ -78,6 +88,7 @@ class MLXBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deliver: Deliver | None = None
         self._chats: dict[str, ChatFormat] = {}  # loop side: encodes prompts
+        self._grammars: dict[str, GrammarCache] = {}  # loop side: compiles constraints
         # Owned by the MLX thread:
         self._batchers: dict[str, Batcher] = {}
         self._formats: dict[str, ChatFormat] = {}
@@ -104,12 +115,14 @@ class MLXBackend:
         config = await asyncio.to_thread(load_config, source)
         tokenizer = await asyncio.to_thread(load_tokenizer, source, eos_token_ids=config.get("eos_token_id"))
         chat = ChatFormat(tokenizer, config.get("model_type", ""))
+        grammars = await asyncio.to_thread(GrammarCache, tokenizer, chat.family)
         loaded = await self._call(_Load(model, Path(source), spec, chat, self._future()))
-        self._chats[model] = chat
+        self._chats[model], self._grammars[model] = chat, grammars
         return loaded
 
     async def unload(self, model: str) -> None:
         self._chats.pop(model, None)
+        self._grammars.pop(model, None)
         await self._call(_Unload(model, self._future()))
 
     def chat_format(self, model: str) -> ChatFormat:
@@ -122,7 +135,15 @@ class MLXBackend:
             raise EngineNotRunning(f"{model} is not loaded")
         check_token_ids(request.logit_bias, len(chat.tokenizer))
         encoded = await asyncio.to_thread(chat.encode, request)
-        return Prompt(len(encoded.token_ids), encoded)
+        matcher = None
+        if (constraint := request_constraint(request)) is not None:  # a bad schema fails here, before any KV
+            matcher = await asyncio.to_thread(self._grammars[model].matcher, constraint, request.max_tokens,
+                                              is_reasoning=chat.is_reasoning(request))
+        return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher))
+
+    def grammar_cache(self, model: str) -> GrammarCache:
+        """The loaded model's compiled grammars (and the MLX thread's mask times, for the bench)."""
+        return self._grammars[model]
 
     def insert(self, model: str, job: Job) -> None:
         self._inbox.put(_Insert(model, job))
@@ -199,20 +220,24 @@ class MLXBackend:
     def _insert(self, command: _Insert) -> None:
         batcher, chat = self._batchers.get(command.model), self._formats.get(command.model)
         request, prompt = command.job.request, command.job.prompt
+        prepared: _Prepared = prompt.payload
         try:
             if batcher is None or chat is None:
                 raise EngineNotRunning(f"{command.model} is not loaded")
             guard = Guard()
             sampler = make_sampler(request)
+            processors = make_processors(request)
+            if prepared.matcher is not None:  # last: the mask has the final word on what may come next
+                grammars = self._grammars[command.model]
+                processors.append(ConstrainedDecoding(prepared.matcher, grammars.tokenizer.vocab_size,
+                                                      chat.tokenizer.eos_token_ids, grammars.mask_times))
             batcher.add(Row(
-                request_id=request.request_id, uid=next(self._uids), prompt=list(prompt.payload.token_ids),
+                request_id=request.request_id, uid=next(self._uids), prompt=list(prepared.encoded.token_ids),
                 max_tokens=command.job.max_tokens,
                 sampler=sampler if sampler is greedy_sampler else guard.sampler(sampler),
-                # tool_choice required / named: tool_call_constraint(request, chat.family) (tool_choice.py) is
-                # what a grammar processor added here enforces.
-                processors=[guard.processor(p) for p in make_processors(request)],
+                processors=[guard.processor(p) for p in processors],
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
-                splitter=chat.splitter(prompt.payload, request.stop, request.tool_names,
+                splitter=chat.splitter(prepared.encoded, request.stop, request.tool_names,
                                        is_parallel=request.parallel_tool_calls is not False), guard=guard,
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids,
             ))

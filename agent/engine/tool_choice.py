@@ -5,35 +5,35 @@
     required            it must call one of the offered functions
     {"function": NAME}  it must call that function
 
-`tool_call_constraint` says what constrained decoding has to enforce, in the model's own format (the family
-names it: harmony's `to=functions.NAME ... <|constrain|>json<|message|>` or gemma-4's `<|tool_call>call:NAME{`),
-with the JSON Schema of each allowed function's arguments. The grammar that enforces it (issue 12 point 3)
-takes this object; until it is connected, required and named choices are accepted and behave as auto.
+The constraint (agent/engine/constraint.py) names the allowed functions and their arguments' JSON Schemas;
+the backend turns it into a grammar in the model's own call format (tool_grammar.py) and enforces it like a
+response_format, so a required call is always produced and always parses. A required call wins over a
+response_format: the turn is the call.
 
-Public names: ToolCallConstraint, tool_call_constraint.
+Public names: tool_call_constraint, request_constraint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
+from agent.engine.constraint import Constraint, ToolCallConstraint, ToolSchema
 from agent.engine.types import GenerationRequest
+from agent.wire.response_format import schema_text
+
+OPEN_OBJECT = {"type": "object"}  # a function without `parameters` takes any object
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallConstraint:
-    family: str  # the chat format: "harmony" | "gemma"
-    functions: tuple[Mapping[str, Any], ...]  # the allowed functions: {"name", "parameters" (JSON Schema), ...}
-    is_parallel: bool  # parallel_tool_calls: more than one call may follow the first
-
-
-def tool_call_constraint(request: GenerationRequest, family: str) -> ToolCallConstraint | None:
+def tool_call_constraint(request: GenerationRequest) -> ToolCallConstraint | None:
     choice = request.tool_choice
     if not request.tools or choice in (None, "auto", "none"):
         return None
-    functions = tuple(tool["function"] for tool in request.tools)
-    if isinstance(choice, Mapping):
-        functions = tuple(f for f in functions if f["name"] == choice["function"]["name"])
-    return ToolCallConstraint(family, functions, request.parallel_tool_calls is not False)
+    functions = [tool["function"] for tool in request.tools]
+    tools = tuple(ToolSchema(f["name"], schema_text(f.get("parameters") or OPEN_OBJECT)) for f in functions)
+    forced = choice["function"]["name"] if isinstance(choice, Mapping) else None
+    return ToolCallConstraint(tools, forced_name=forced, is_parallel=request.parallel_tool_calls is not False)
+
+
+def request_constraint(request: GenerationRequest) -> Constraint | None:
+    """What the request's output must be: a forced tool call, else its response_format's JSON, else nothing."""
+    return tool_call_constraint(request) or request.constraint

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict
+from agent.engine.constraint import Constraint, constraint_for
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.wire.body_options import token_biases
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
@@ -85,6 +86,7 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False  # benchmarks only: generate exactly max_tokens
+    constraint: Constraint | None = None  # the output must match it (agent/engine/constraint.py)
     # Output options: logprobs of the content tokens with this many alternatives (None: not asked), and
     # OpenAI's logit_bias as (token id, additive bias) pairs.
     num_top_logprobs: int | None = None
@@ -116,6 +118,7 @@ class GenerationRequest:
             stop=parsed.stop_sequences, reasoning_effort=parsed.reasoning_effort,
             presence_penalty=_given(parsed.presence_penalty, 0.0),
             frequency_penalty=_given(parsed.frequency_penalty, 0.0),
+            constraint=constraint_for(parsed.response_format),
             num_top_logprobs=parsed.num_top_logprobs, logit_bias=token_biases(parsed.logit_bias),
             tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
             tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,

@@ -1,12 +1,13 @@
 """The OpenAI chat-completions request body, as the coordinator accepts it and the agent receives it.
 
-Unknown or unsupported parameters (response_format, ...) are REFUSED, and the
+Unknown or unsupported parameters are REFUSED, and the
 error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
 answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
 1, `metadata`, `store` as false, and null for the fields a client echoes back in an assistant message
 (`refusal`, `audio`, ...). `logprobs`, `top_logprobs` and `logit_bias` are served, with the bounds
 of agent/wire/body_options.py; `tools`, `tool_choice` and tool messages with agent/wire/tools.py's. Sampling parameters are those mlx-lm implements, with OpenAI's
 ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
+`response_format` (agent/wire/response_format.py) is enforced by constrained decoding on the agent.
 
 Tools (agent/wire/tools.py): `tools`, `tool_choice` (a named function must be one of `tools`),
 `parallel_tool_calls`; an assistant turn may carry `tool_calls` with `content` null, and a `tool`
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agent.wire.tools import MAX_CALL_ID_CHARS, MAX_TOOLS, FunctionTool, NamedToolChoice, ToolCall, ToolChoice
 
 from agent.wire.body_options import LogitBias, Metadata, TopLogprobs
+from agent.wire.response_format import ResponseFormat
 
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) binds first anyway
 MAX_MESSAGES = 4096
@@ -101,6 +103,7 @@ class ChatCompletionBody(Body):
     stream_options: StreamOptions | None = None
     reasoning_effort: ReasoningEffort | None = None
     n: Literal[1] | None = None
+    response_format: ResponseFormat | None = None
     user: Label | None = None  # accepted, unused: an end-user id for the consumer's own records
     # Output options (agent/wire/body_options.py).
     logprobs: bool | None = None

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.wire.response_format import bounded_schema
 
 MAX_TOOLS = 128  # OpenAI's limit on `tools`
 MAX_TOOL_NAME_CHARS = 64
@@ -38,6 +40,11 @@ class FunctionSpec(_Part):
     description: Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)] | None = None
     parameters: dict[str, Any] | None = None  # a JSON Schema; the template renders it, a grammar may enforce it
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if schema is None else bounded_schema(schema)
 
 
 class FunctionTool(_Part):
