@@ -64,9 +64,9 @@ def test_the_coordinator_never_imports_the_engine_the_link_or_the_daemon():
 
 def test_inside_the_coordinator_routing_and_billing_know_nothing_of_http_or_of_each_other():
     assert offenders("coordinator/routing", ("agent.coordinator.http", "agent.coordinator.billing",
-                                             "agent.coordinator.core", "agent.coordinator.flow")) == []
+                                             "agent.coordinator.core", "agent.coordinator.flow", "agent.coordinator.attempts")) == []
     assert offenders("coordinator/billing", ("agent.coordinator.http", "agent.coordinator.routing",
-                                             "agent.coordinator.core", "agent.coordinator.flow")) == []
+                                             "agent.coordinator.core", "agent.coordinator.flow", "agent.coordinator.attempts")) == []
 
 
 def test_the_engine_and_the_link_know_nothing_of_the_layers_above_them():

@@ -269,7 +269,9 @@ def test_the_json_schema_describes_both_directions_and_every_frame():
         definition = schema["$defs"][ref.rsplit("/", 1)[1]]
         assert "type" in definition["required"] and "additionalProperties" not in definition  # ignored if unknown
     assert schema["$defs"]["ChatCompletionBody"]["additionalProperties"] is False  # the consumer's body stays strict
-    assert "response_format" not in schema["$defs"]["ChatCompletionBody"]["properties"]
+    body = schema["$defs"]["ChatCompletionBody"]["properties"]
+    assert {"tools", "tool_choice", "response_format", "logprobs"} <= set(body)  # served, so described
+    assert "functions" not in body  # OpenAI's legacy function calling is refused, not described
 
 
 # ---- versions ----

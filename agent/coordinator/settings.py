@@ -83,6 +83,8 @@ class CoordinatorSettings:
     open_requests_per_minute_per_ip: int | None = DEFAULT_OPEN_REQUESTS_PER_MINUTE_PER_IP
     max_rate_limited_ips: int = MAX_RATE_LIMITED_CLIENTS  # addresses tracked; the least recently seen is forgotten
     # responses
+    sse_keepalive_after_s: float = 10.0  # a stream still without its first token this long begins with comments ...
+    sse_keepalive_interval_s: float = 10.0  # ... one this often, until the first token (or its error)
     reasoning_field: ReasoningField = "reasoning"
     # the ledger (billing/ledger.py): charges not yet written are kept, never dropped, up to this many
     ledger_max_backlog_entries: int = MAX_BACKLOG_ENTRIES  # past it, billed work gets 503 until the writer catches up

@@ -23,10 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
-from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge
+from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
 from agent.coordinator.http.capacity import capacity_report, consumer_view
-from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
+from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body, sse
 from agent.coordinator.metrics import CONTENT_TYPE
 from agent.coordinator.privacy import is_operator
 from agent.wire.chat_body import ChatCompletionBody
@@ -35,6 +35,7 @@ from agent.wire.protocol import MAX_FRAME_BYTES
 log = structlog.get_logger("agent.coordinator.http.api")
 MAX_BODY_BYTES = MAX_FRAME_BYTES - 64 * 1024  # room for the frame's envelope around the body
 CAPPED_HEADER = "x-darkbloom-max-tokens-capped"  # the max_tokens a request was capped to by its balance
+KEEPALIVE = b": waiting for the first token\n\n"  # an SSE comment
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 
@@ -81,26 +82,54 @@ class ChatCompletions:
 
     async def _serve(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         metrics = self.coordinator.metrics
+        started, is_open = asyncio.ensure_future(flow.start()), False
         try:
-            await flow.start()
+            is_open = body.stream and await self._keep_alive(started, flow, body, send)
+            await started
         except ApiError as exc:
             flow.close(release_reason(exc))
             metrics.request(body.model, exc.outcome)
-            await _send_response(send, exc.response())
+            if is_open:  # the stream began with keep-alive comments: the error ends it, as one after a token would
+                await _part(send, sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE, more=False)
+            else:
+                await _send_response(send, exc.response())
             return
+        finally:
+            if not started.done():  # the client left, or the server stops: the attempts stop with us
+                started.cancel()
         metrics.ttft.labels(body.model).observe(max(0.0, self.coordinator.clock() - flow.exchange.created_at))
         if body.stream:
-            await self._stream(flow, body, send)
+            await self._stream(flow, body, send, is_open=is_open)
         else:
             await self._complete(flow, body, send)
 
-    async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
+    async def _keep_alive(self, started: asyncio.Future, flow: RequestFlow, body: ChatCompletionBody,
+                          send: Send) -> bool:
+        """A stream still waiting (queued, or a long prefill) after sse_keepalive_after_s begins with its
+        headers and an SSE comment every sse_keepalive_interval_s, so the client and the proxies between
+        see it is alive (clients ignore comments, as OpenRouter's `: OPENROUTER PROCESSING`). Quick refusals
+        (429, 503) keep their status codes. True when the response has begun."""
+        settings = self.coordinator.settings
+        await asyncio.wait({started}, timeout=settings.sse_keepalive_after_s)
+        if started.done():
+            return False
+        await self._start_stream(flow, body, send)
+        while not started.done():
+            await _part(send, KEEPALIVE)
+            await asyncio.wait({started}, timeout=settings.sse_keepalive_interval_s)
+        return True
+
+    async def _start_stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
+        headers = [(name.encode(), value.encode()) for name, value in _response_headers(flow, body).items()]
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+
+    async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send, *, is_open: bool) -> None:
         request_id = flow.exchange.request_id
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field,
                            include_usage=include_usage)
-        headers = [(name.encode(), value.encode()) for name, value in _response_headers(flow, body).items()]
-        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+        if not is_open:
+            await self._start_stream(flow, body, send)
         head = fmt.role()  # goes out with the first token: one write instead of two
         while True:
             event = await flow.next()
