@@ -34,7 +34,7 @@ def test_setup_with_a_matching_stamp_installs_nothing_and_needs_no_network(tmp_p
     sandbox = _sandbox(tmp_path)
     first = _run(sandbox)  # no stamp yet: it tries to install, and offline that fails loudly
     assert first.returncode != 0 and "pip install" in first.stderr
-    digest = subprocess.run(f"(cat pyproject.toml; .venv/bin/python --version) | sha256sum | cut -d' ' -f1",
+    digest = subprocess.run("(cat pyproject.toml; .venv/bin/python --version) | sha256sum | cut -d' ' -f1",
                             shell=True, cwd=sandbox, capture_output=True, text=True).stdout
     (sandbox / ".venv" / ".darkbloom-setup").write_text(digest)
     (sandbox / "calls").unlink()

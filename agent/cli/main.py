@@ -28,7 +28,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+def root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """A provider node for MLX inference on Apple Silicon."""
 
