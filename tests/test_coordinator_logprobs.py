@@ -52,7 +52,8 @@ async def test_an_honest_providers_logprobs_reach_the_client_in_openais_shape_st
 ])
 async def test_logprobs_that_do_not_fit_the_chunk_or_the_request_end_the_stream_with_an_error(chunk_logprobs, problem):
     async with coordinator(FAST) as server:
-        agent = await provider(server, GPT, reply=Reply(chunks=("Hel", "lo"), num_tokens=1,
+        # The second chunk comes later: the attempt is still open when the first one is refused, so it is cancelled.
+        agent = await provider(server, GPT, reply=Reply(chunks=("Hel", "lo"), num_tokens=1, chunk_delay_s=0.5,
                                                         chunk_logprobs=chunk_logprobs))
         with pytest.raises(openai.APIStatusError) as refused:
             await client(server).chat.completions.create(**ask(logprobs=True, top_logprobs=2))
