@@ -74,7 +74,7 @@ class Coordinator:
         account = self.accounts.authenticate(key.strip() if scheme.lower() == "bearer" else None)
         if account is None:
             raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
-                               "`darkbloom-agent keys create`")
+                               "`darkbloom-agent coordinator keys create ACCOUNT --db PATH`")
         return account
 
     def precheck(self, account: Account, client_host: str | None) -> None:
