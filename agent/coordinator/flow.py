@@ -31,7 +31,7 @@ import structlog
 
 from agent.coordinator.billing.accounts import Accounts, ReleaseReason
 from agent.coordinator.deadlines import first_token_window_s, stream_deadline
-from agent.coordinator.errors import ApiError, NoProvider, ProviderFailed, Saturated
+from agent.coordinator.errors import ApiError, BadRequest, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.logprob_check import LogprobsRefused, checked_logprobs
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.reputation import Outcome
@@ -128,7 +128,9 @@ class RequestFlow:
             if exchange.last_failure:
                 raise ProviderFailed(f"the request failed on every provider that could serve it; "
                                      f"last: {exchange.last_failure}")
-            raise NoProvider(submission.refusal)
+            if (size := submission.oversize) is not None:  # a retry cannot help: the request must change
+                raise BadRequest(size.message, param=size.param, code=size.code)
+            raise NoProvider(submission.refusal, retry_after_s=self.settings.retry_after_s)
         if submission.is_saturated:
             raise Saturated(f"every provider that can serve {exchange.model} is full and its queue is full "
                             f"({self.settings.queue_depth} requests); retry later",
