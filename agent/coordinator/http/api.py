@@ -1,5 +1,5 @@
-"""The consumer HTTP API: /v1/chat/completions (streaming and not), /v1/models, /v1/models/capacity,
-/health and /metrics.
+"""The consumer HTTP API: /v1/chat/completions (streaming and not), /v1/models and /v1/models/{id}
+(model_routes.py), /v1/models/capacity, /v1/me (account_routes.py), /health and /metrics.
 
 Chat completions is a plain ASGI app rather than a Starlette endpoint because it must notice the
 client leaving at any moment (queued, waiting for the first token, streaming): the work runs in its own
@@ -25,7 +25,9 @@ from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.account_routes import account_routes
 from agent.coordinator.http.capacity import capacity_report, consumer_view
+from agent.coordinator.http.model_routes import model_routes
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
 from agent.coordinator.metrics import CONTENT_TYPE
 from agent.coordinator.privacy import is_operator
@@ -158,12 +160,6 @@ def _response_headers(flow: RequestFlow, body: ChatCompletionBody) -> dict[str, 
 
 
 def routes(coordinator: Coordinator) -> list[Route]:
-    async def models(request: Request) -> Response:
-        if (refusal := _refuse(coordinator, request)) is not None:
-            return refusal
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "darkbloom"} for m in coordinator.known_models()]
-        return JSONResponse({"object": "list", "data": data})
-
     async def capacity(request: Request) -> Response:
         if (refusal := _refuse(coordinator, request)) is not None:
             return refusal
@@ -179,6 +175,8 @@ def routes(coordinator: Coordinator) -> list[Route]:
         return JSONResponse({"status": "ok" if ledger_refusal is None else "ledger_unavailable",
                              "mode": "open" if coordinator.accounts.is_open else "keys",
                              "providers": len(router.registry), "models": router.registry.models(),
+                             "providers_per_model": {m: router.registry.num_providers(m)
+                                                     for m in coordinator.known_models()},
                              "queued": sum(len(q) for q in router.queues.values()),
                              "ledger": {"is_available": ledger_refusal is None, "reason": ledger_refusal,
                                         "num_backlog": ledger.num_backlog}},
@@ -190,8 +188,9 @@ def routes(coordinator: Coordinator) -> list[Route]:
 
     return [
         Route("/v1/chat/completions", ChatCompletions(coordinator), methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/capacity", capacity, methods=["GET"]),
+        *model_routes(coordinator, refuse=lambda request: _refuse(coordinator, request)),
+        *account_routes(coordinator),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -31,6 +31,7 @@ from agent.coordinator.billing.identities import list_identities
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.api import routes
+from agent.coordinator.http.error_pages import EXCEPTION_HANDLERS
 from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.reputations import keep_saving, save_final_reputations
@@ -71,7 +72,8 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
             unwritten = accounts.close() if owns_accounts else []
             log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
 
-    app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
+    app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan,
+                    exception_handlers=EXCEPTION_HANDLERS)
     app.state.coordinator = coordinator
     app.state.provider_endpoint = endpoint
     return app

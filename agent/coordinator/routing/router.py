@@ -74,7 +74,7 @@ class Router:
         self.catalog = catalog or {}
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.registry = Registry()
+        self.registry = Registry(max_remembered_models=self.settings.max_remembered_models)
         self.reputation = ReputationBook(self.settings, clock)
         self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
