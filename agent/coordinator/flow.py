@@ -92,6 +92,8 @@ class RequestFlow:
                                          max_argument_chars=self.settings.max_tool_argument_chars,
                                          keep_arguments=not exchange.body.stream)  # a stream keeps only lengths
         self.is_closed = False  # settled or released
+        self.charged: UsageReport | None = None  # what it was settled for (the access log's tokens)
+        self.first_token_at: float | None = None  # the router's clock when start() returned
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._empty_tokens = 0  # tokens of empty chunks before this attempt's first text
         self._arrived_at = 0.0  # the event loop's time when start() began
@@ -106,6 +108,7 @@ class RequestFlow:
             first = await self._await_first()
             if first is not None:
                 self._first = first
+                self.first_token_at = self.router.clock()
                 self._stream_deadline = stream_deadline(loop.time(), self._arrived_at, self.meter.max_tokens,
                                                         self.settings)
                 return
@@ -382,6 +385,7 @@ class RequestFlow:
         usage = UsageReport(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens)
         if not self.is_closed:
             self.is_closed = True
+            self.charged = usage
             self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,
                                  completion_tokens=usage.completion_tokens)
         return usage

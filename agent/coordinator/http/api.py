@@ -25,6 +25,7 @@ from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.access_log import AccessRecord, access_record
 from agent.coordinator.http.account_routes import account_routes
 from agent.coordinator.http.capacity import capacity_report, consumer_view
 from agent.coordinator.http.model_routes import model_routes
@@ -47,13 +48,14 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         coordinator, model = self.coordinator, ""
-        request = Request(scope, receive)
+        request, record = Request(scope, receive), access_record(scope)
         try:
             account = coordinator.authenticate(request.headers.get("authorization"))
+            record.account_id = account.id
             # What the key (or, in open mode, the address) already decides is refused before the body is read.
             coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
-            model = body.model
+            model = record.model = body.model
             flow = coordinator.open(account, body)
         except ApiError as exc:
             coordinator.metrics.request(model, exc.outcome)
@@ -61,6 +63,7 @@ class ChatCompletions:
             return
         except ClientDisconnect:
             return
+        record.request_id = flow.exchange.request_id
         work = asyncio.create_task(self._serve(flow, body, send))
         gone = asyncio.create_task(_until_disconnect(receive))
         try:
@@ -80,6 +83,7 @@ class ChatCompletions:
             log.info("request.client_gone", request_id=flow.exchange.request_id, model=model)
         finally:
             flow.close(ReleaseReason.PROVIDER_ERROR)  # a no-op unless something above went wrong
+            _fill_record(record, flow)
 
     async def _serve(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         metrics = self.coordinator.metrics
@@ -147,6 +151,14 @@ class ChatCompletions:
                 self.coordinator.metrics.request(body.model, "stream_error")
                 await _send_response(send, error.response())
                 return
+
+
+def _fill_record(record: AccessRecord, flow: RequestFlow) -> None:
+    record.provider_id = flow.exchange.provider_id
+    if flow.charged is not None:
+        record.prompt_tokens, record.completion_tokens = flow.charged.prompt_tokens, flow.charged.completion_tokens
+    if flow.first_token_at is not None:
+        record.ttft_s = max(0.0, flow.first_token_at - flow.exchange.created_at)
 
 
 def _response_headers(flow: RequestFlow, body: ChatCompletionBody) -> dict[str, str]:
