@@ -15,7 +15,7 @@ def classify(r: StreamResult) -> str:
         return "client"
     if r.status == 200:
         return "dispatch_failure" if r.error is not None or r.finish_reason == "error" else "ok"
-    if r.status == 402:
+    if r.status == 429 and r.error_code == "insufficient_quota":
         return "billing"
     if r.status == 429:
         return "capacity_429" if r.error_code == "capacity_saturated" else "token_limit"

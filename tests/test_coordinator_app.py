@@ -20,7 +20,7 @@ from agent.coordinator.billing.ledger import EntryKind, ledger_sum
 from agent.coordinator.billing.pricing import DEFAULT_PRICES
 from agent.coordinator.http.app import check_exposure, serve
 from agent.errors import ConfigError
-from tests.provider_support import FAST, GPT, Reply, coordinator, eventually, provider
+from tests.provider_support import CATALOG, FAST, GEMMA, GPT, Reply, coordinator, eventually, provider
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 REASONED = Reply(chunks=[("", "The user "), ("", "greets."), "Hello", ", world"], prompt_tokens=21)
@@ -137,7 +137,7 @@ async def test_with_keys_configured_a_request_without_a_valid_key_gets_401(tmp_p
             assert (await http.get("/v1/models")).status_code == 401
             models = await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
             assert (await http.get("/health")).json()["mode"] == "keys"
-        assert [m["id"] for m in models.json()["data"]] == [GPT.id]
+        assert [m["id"] for m in models.json()["data"]] == sorted(CATALOG)  # the catalog's, served or not
         await agent.stop()
     accounts.close()
 
@@ -248,8 +248,9 @@ async def test_health_models_and_metrics_describe_the_running_coordinator():
             models = (await http.get("/v1/models")).json()
             metrics = (await http.get("/metrics")).text
         assert health == {"status": "ok", "mode": "open", "providers": 1, "models": [GPT.id], "queued": 0,
+                          "providers_per_model": {GPT.id: 1, GEMMA.id: 0},
                           "ledger": {"is_available": True, "reason": None, "num_backlog": 0}}
-        assert models["data"][0]["id"] == GPT.id and models["object"] == "list"
+        assert GPT.id in [m["id"] for m in models["data"]] and models["object"] == "list"
         assert f'darkbloom_requests_total{{model="{GPT.id}",outcome="ok"}} 1.0' in metrics
         assert f'darkbloom_time_to_first_token_seconds_count{{model="{GPT.id}"}} 1.0' in metrics
         assert f'darkbloom_providers{{model="{GPT.id}",state="idle"}} 1.0' in metrics

@@ -43,7 +43,7 @@ async def test_a_poor_account_asking_for_120000_tokens_four_times_at_once_is_cap
         served = [r for r in results if not isinstance(r, openai.APIStatusError)]
         refused = [r for r in results if isinstance(r, openai.APIStatusError)]
         assert served and all(r.choices[0].finish_reason == "length" for r in served)
-        assert all(r.status_code == 402 and r.body["code"] == "insufficient_balance" for r in refused)
+        assert all(r.status_code == 429 and r.body["code"] == "insufficient_quota" for r in refused)
         # Named either with this request's bound, or (refused before its body was read) the cheapest request's cost.
         assert all("could cost up to" in r.body["message"] or "less than any request costs" in r.body["message"]
                    for r in refused)

@@ -1,6 +1,6 @@
 """What the key alone decides is refused before the body is read (issue 11 point 5), over real HTTP: a key
-with nothing to pay with, or over its request rate, gets its 402/429 at once, however large or broken the
-body it is still sending."""
+with nothing to pay with, or over its request rate, gets its 429 (insufficient_quota or rate_limit_exceeded)
+at once, however large or broken the body it is still sending."""
 
 from __future__ import annotations
 
@@ -43,23 +43,23 @@ def billed(tmp_path: Path, **kwargs) -> tuple[str, Accounts]:
     return key, Accounts.from_db(db, **kwargs)
 
 
-async def test_a_key_with_zero_balance_gets_402_before_its_body_arrives(tmp_path):
+async def test_a_key_with_zero_balance_gets_insufficient_quota_before_its_body_arrives(tmp_path):
     key, accounts = billed(tmp_path)
     async with coordinator(accounts=accounts) as server:
         status, _ = await answer_to_a_body_that_never_arrives(server.port, key)
-        assert status == 402  # not 400 (invalid JSON), not 408 (the body never came): it was never read
+        assert status == 429  # not 400 (invalid JSON), not 408 (the body never came): it was never read
         assert counted(server.coordinator.metrics, "darkbloom_requests_total", model="",
                        outcome="insufficient_balance") == 1
     accounts.close()
 
 
-async def test_a_key_with_zero_balance_sending_a_large_broken_body_gets_402_not_400(tmp_path):
+async def test_a_key_with_zero_balance_sending_a_large_broken_body_gets_insufficient_quota_not_400(tmp_path):
     key, accounts = billed(tmp_path)
     async with coordinator(accounts=accounts) as server, httpx.AsyncClient(base_url=server.base_url) as http:
         response = await http.post("/v1/chat/completions", content=b"x" * 1_000_000,
                                    headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
-        assert response.status_code == 402
-        assert response.json()["error"]["code"] == "insufficient_balance"
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "insufficient_quota"
         assert "add credit" in response.json()["error"]["message"]
     accounts.close()
 
@@ -98,7 +98,7 @@ async def test_a_spent_balance_is_refused_unread_and_a_credited_one_has_its_body
     assert accounts.available_micros("acme") == 0
     broken = {"content": b"{not json", "headers": {"authorization": f"Bearer {key}"}}
     async with coordinator(accounts=accounts) as server, httpx.AsyncClient(base_url=server.base_url) as http:
-        assert (await http.post("/v1/chat/completions", **broken)).status_code == 402
+        assert (await http.post("/v1/chat/completions", **broken)).status_code == 429
         accounts.credit("acme", 1_000)
         assert (await http.post("/v1/chat/completions", **broken)).status_code == 400
     accounts.close()

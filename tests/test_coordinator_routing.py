@@ -163,7 +163,7 @@ async def test_a_prefill_backlog_prewarms_a_cold_provider_while_kv_is_still_plen
             await agent.stop()
 
 
-async def test_a_503_says_why_no_provider_can_ever_serve_the_request():
+async def test_a_503_says_why_no_provider_can_serve_the_request_and_a_request_too_large_for_all_is_a_400():
     async with coordinator() as server:
         requests = client(server)
         with pytest.raises(openai.InternalServerError) as nobody:
@@ -172,9 +172,10 @@ async def test_a_503_says_why_no_provider_can_ever_serve_the_request():
         small = await provider(server, GPT)
         too_big = await provider(server, GEMMA, state=SlotState.COLD,
                                  models=[entry_for(GEMMA, fits=False, fit_reason="needs 24.33 GiB, cap 14.00 GiB")])
-        with pytest.raises(openai.InternalServerError) as context:
+        with pytest.raises(openai.BadRequestError) as context:
             await requests.chat.completions.create(model=GPT.id, messages=MESSAGES, max_tokens=GPT.max_context)
-        assert context.value.status_code == 503 and "exceeds gpt-oss-20b's context of 131072" in context.value.message
+        assert context.value.body["param"] == "max_tokens" and "context a connected provider serves is 131072" \
+            in context.value.message
         with pytest.raises(openai.InternalServerError) as fits:
             await requests.chat.completions.create(model=GEMMA.id, messages=MESSAGES)
         assert "does not fit this machine: needs 24.33 GiB" in fits.value.message

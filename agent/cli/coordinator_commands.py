@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.provider_commands import providers_app
-from agent.cli.support import fail
+from agent.cli.support import existing_db, fail
 from agent.errors import DarkbloomError
 
 coordinator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
@@ -85,7 +85,7 @@ def keys_list(db: DbOpt, as_json: Annotated[bool, typer.Option("--json", help="P
     from agent.coordinator.billing.keys import list_keys
     from agent.tables import render_table
 
-    keys = list_keys(db)
+    keys = list_keys(existing_db(db))
     if as_json:
         typer.echo(json.dumps([k.model_dump() for k in keys], indent=2))
         return
@@ -102,13 +102,17 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (or the
     from agent.coordinator.billing.keys import revoke_key
 
     try:
-        info = revoke_key(db, key_id)
+        info = revoke_key(existing_db(db), key_id)
     except DarkbloomError as error:
         fail(error)
     typer.echo(f"revoked key {info.id} of account {info.account_id}")
 
 
-@coordinator_app.command("credit")
+# Unknown options pass through as arguments, so "-5" reaches the command and is refused in words, not as an option.
+AMOUNT_CONTEXT = {"ignore_unknown_options": True}
+
+
+@coordinator_app.command("credit", context_settings=AMOUNT_CONTEXT)
 def credit(account: Annotated[str, typer.Argument(help="The account to credit.")],
            amount: Annotated[str, typer.Argument(help="Amount in dollars, e.g. 25.00.")], db: DbOpt,
            note: Annotated[Optional[str], typer.Option(help="Why.")] = None) -> None:
@@ -118,13 +122,17 @@ def credit(account: Annotated[str, typer.Argument(help="The account to credit.")
 
     try:
         micros = parse_amount(amount)
-        credit_account(db, account, micros, note=note)
+        if micros <= 0:
+            fail(f"a credit only adds: {amount} is not above zero. The ledger has no debit; to stop an account "
+                 "spending, revoke its keys (`darkbloom-agent coordinator keys revoke KEY_ID`), and to let it go "
+                 "below zero, give it a credit line (`darkbloom-agent coordinator credit-limit ACCOUNT AMOUNT`)")
+        credit_account(existing_db(db), account, micros, note=note)
     except (DarkbloomError, ValueError) as error:
         fail(str(error))
     typer.echo(f"credited {format_micros(micros)} to {account}")
 
 
-@coordinator_app.command("credit-limit")
+@coordinator_app.command("credit-limit", context_settings=AMOUNT_CONTEXT)
 def credit_limit(account: Annotated[str, typer.Argument(help="The account.")],
                  amount: Annotated[str, typer.Argument(help="How far below zero it may go, in dollars (0: none).")],
                  db: DbOpt) -> None:
@@ -134,7 +142,9 @@ def credit_limit(account: Annotated[str, typer.Argument(help="The account.")],
 
     try:
         micros = parse_amount(amount)
-        set_credit_limit(db, account, micros)
+        if micros < 0:
+            fail(f"a credit limit is how far below zero an account may go: write it as a positive amount, not {amount}")
+        set_credit_limit(existing_db(db), account, micros)
     except (DarkbloomError, ValueError) as error:
         fail(str(error))
     typer.echo(f"credit limit of {account}: {format_micros(micros)}")

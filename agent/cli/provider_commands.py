@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.support import fail
+from agent.cli.support import existing_db, fail
 from agent.errors import DarkbloomError
 
 providers_app = typer.Typer(no_args_is_help=True, help="Provider identities (credentials stored hashed in the "
@@ -38,7 +38,7 @@ def providers_list(db: DbOpt, as_json: Annotated[bool, typer.Option("--json", he
     from agent.coordinator.routing.reputation import ReputationView
     from agent.tables import render_table
 
-    identities = list_identities(db)
+    identities = list_identities(existing_db(db))
     views = [ReputationView.model_validate_json(i.reputation) if i.reputation else None for i in identities]
     if as_json:
         typer.echo(json.dumps([{**i.model_dump(exclude={"reputation"}), "provider_id": i.provider_id,
@@ -67,7 +67,7 @@ def providers_revoke(handle: Annotated[str, typer.Argument(help="The identity's 
     from agent.coordinator.billing.identities import revoke_identity
 
     try:
-        info = revoke_identity(db, handle)
+        info = revoke_identity(existing_db(db), handle)
     except DarkbloomError as error:
         fail(error)
     typer.echo(f"revoked provider {info.provider_id} (id {info.id})")

@@ -24,7 +24,7 @@ import asyncio
 import structlog
 
 from agent.coordinator.deadlines import first_token_window_s
-from agent.coordinator.errors import NoProvider, ProviderFailed, Saturated
+from agent.coordinator.errors import BadRequest, NoProvider, ProviderFailed, Saturated
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
@@ -78,7 +78,9 @@ class Attempts:
             if exchange.last_failure:
                 raise ProviderFailed(f"the request failed on every provider that could serve it; "
                                      f"last: {exchange.last_failure}")
-            raise NoProvider(submission.refusal)
+            if (size := submission.oversize) is not None:  # a retry cannot help: the request must change
+                raise BadRequest(size.message, param=size.param, code=size.code)
+            raise NoProvider(submission.refusal, retry_after_s=self.settings.retry_after_s)
         if submission.is_saturated:
             raise Saturated(f"every provider that can serve {exchange.model} is full and its queue is full "
                             f"({self.settings.queue_depth} requests); retry later",

@@ -3,9 +3,9 @@ takes before routing (authenticate, validate, estimate, hold), so the HTTP layer
 
     coordinator = Coordinator(Accounts.open(), CoordinatorSettings())
     account = coordinator.authenticate(request.headers.get("authorization"))   # Unauthorized
-    coordinator.precheck(account, client_host)          # before the body is read: PaymentRequired / TooManyRequests
+    coordinator.precheck(account, client_host)          # before the body is read: QuotaExceeded / TooManyRequests
     body = coordinator.parse(raw_body)                                          # BadRequest / ModelNotFound
-    flow = coordinator.open(account, body)                                      # PaymentRequired / TooManyRequests
+    flow = coordinator.open(account, body)                                      # QuotaExceeded / TooManyRequests
     await flow.start(); ... flow.next() ...; flow.close(reason)
 
 Public names: Coordinator.
@@ -32,7 +32,8 @@ from agent.coordinator.errors import (
     BillingUnavailable,
     Conflict,
     ModelNotFound,
-    PaymentRequired,
+    NoProvider,
+    QuotaExceeded,
     TooManyRequests,
     Unauthorized,
 )
@@ -65,6 +66,7 @@ class Coordinator:
         self.metrics.watch_operator(lambda: operator_gauges(self.router))
         restore(self.router, accounts.identities)
         self.clock = clock
+        self.started_at = time.time()  # a wall-clock time: the catalog's models are `created` then
         self.client_limiter = ClientRateLimiter(self.settings.open_requests_per_minute_per_ip,
                                                 max_clients=self.settings.max_rate_limited_ips, clock=clock)
 
@@ -74,7 +76,7 @@ class Coordinator:
         account = self.accounts.authenticate(key.strip() if scheme.lower() == "bearer" else None)
         if account is None:
             raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
-                               "`darkbloom-agent keys create`")
+                               "`darkbloom-agent coordinator keys create ACCOUNT --db PATH`")
         return account
 
     def precheck(self, account: Account, client_host: str | None) -> None:
@@ -100,9 +102,13 @@ class Coordinator:
             raise BadRequest(problem[1], param=problem[0], code="invalid_value")
         if body.model is None:
             raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
-        if body.model not in self.catalog and not self.router.registry.offers(body.model):
-            known = ", ".join(self.known_models()) or "none connected"
+        if body.model not in self.known_models():
+            known = ", ".join(self.known_models()) or "none yet"
             raise ModelNotFound(f"the model {body.model!r} does not exist here (available: {known})", param="model")
+        if not self.router.registry.num_providers(body.model):
+            # Known but unserved right now (its providers left, or none came yet): a retry may find one.
+            raise NoProvider(f"no connected provider serves {body.model} right now; retry in a few seconds",
+                             retry_after_s=self.settings.retry_after_s)
         return body
 
     def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow:
@@ -139,7 +145,14 @@ class Coordinator:
         return min(body.output_limit or room, room)
 
     def known_models(self) -> list[str]:
-        return self.router.registry.models()
+        """What /v1/models lists: the catalog, every model a provider has registered here (remembered after
+        it left, registry.py), and what is connected now."""
+        registry = self.router.registry
+        return sorted({*self.catalog, *registry.first_seen, *registry.models()})
+
+    def model_created(self, model: str) -> int:
+        """/v1/models' `created`: when a provider first registered it here, else when the catalog was loaded."""
+        return int(self.router.registry.first_seen.get(model, self.started_at))
 
     # -- background work
     async def run_evictions(self) -> None:
@@ -169,11 +182,11 @@ class Coordinator:
 
 @contextmanager
 def _as_api_errors(settings: CoordinatorSettings) -> Iterator[None]:
-    """Billing's refusals in the API's words (402, 429, 409, 503)."""
+    """Billing's refusals in the API's words (429 insufficient_quota, 429, 409, 503)."""
     try:
         yield
     except InsufficientBalance as exc:
-        raise PaymentRequired(str(exc)) from None
+        raise QuotaExceeded(str(exc)) from None
     except RateLimited as exc:
         raise TooManyRequests(str(exc), retry_after_s=exc.retry_after_s) from None
     except DuplicateRequest as exc:

@@ -5,10 +5,11 @@
     │   ├── RequestTimeout 408 invalid_request_error  request_timeout: the body did not arrive in time
     │   └── RequestTooLarge 413 invalid_request_error request_too_large: Content-Length or body over the limit
     ├── Unauthorized       401 invalid_request_error  invalid_api_key
-    ├── PaymentRequired    402 insufficient_quota     insufficient_balance
     ├── ModelNotFound      404 invalid_request_error  model_not_found (param "model"): agent.errors.UnknownModel,
     │                                                             in OpenAI's words
     ├── Conflict           409 invalid_request_error  duplicate_request
+    ├── QuotaExceeded      429 insufficient_quota     insufficient_quota: the balance cannot pay (OpenAI's words;
+    │                                                             x-should-retry: false, so the SDK does not retry)
     ├── TooManyRequests    429 rate_limit_error       rate_limit_exceeded: the account's own limit
     │   └── Saturated      429 rate_limit_error       capacity_saturated: every capable provider full, queue full or timed out
     ├── ProviderFailed     502 server_error           provider_failed (every attempt failed before a token)
@@ -17,7 +18,7 @@
 
 Every message says what happened and what to do. 429s carry Retry-After (whole seconds).
 
-Public names: ApiError, BadRequest, RequestTimeout, RequestTooLarge, Unauthorized, PaymentRequired,
+Public names: ApiError, BadRequest, RequestTimeout, RequestTooLarge, Unauthorized, QuotaExceeded,
 ModelNotFound, Conflict, TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
 """
 
@@ -79,8 +80,12 @@ class Unauthorized(ApiError):
     status, type, code, outcome = 401, "invalid_request_error", "invalid_api_key", "unauthorized"
 
 
-class PaymentRequired(ApiError):
-    status, type, code, outcome = 402, "insufficient_quota", "insufficient_balance", "insufficient_balance"
+class QuotaExceeded(ApiError):
+    status, type, code, outcome = 429, "insufficient_quota", "insufficient_quota", "insufficient_balance"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}  # the openai SDK retries a 429 unless told not to: waiting pays nothing
 
 
 class ModelNotFound(ApiError):

@@ -78,6 +78,8 @@ class RequestFlow:
                                          max_argument_chars=self.settings.max_tool_argument_chars,
                                          keep_arguments=not exchange.body.stream)  # a stream keeps only lengths
         self.is_closed = False  # settled or released
+        self.charged: UsageReport | None = None  # what it was settled for (the access log's tokens)
+        self.first_token_at: float | None = None  # the router's clock when start() returned
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
 
@@ -85,6 +87,7 @@ class RequestFlow:
     async def start(self) -> None:
         attempts = Attempts(self.router, self.exchange, self.meter)
         self._first = await attempts.first()
+        self.first_token_at = self.router.clock()
         self._stream_deadline = stream_deadline(asyncio.get_running_loop().time(), attempts.arrived_at,
                                                 self.meter.max_tokens, self.settings)
 
@@ -203,6 +206,7 @@ class RequestFlow:
         usage = UsageReport(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens)
         if not self.is_closed:
             self.is_closed = True
+            self.charged = usage
             self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,
                                  completion_tokens=usage.completion_tokens)
         return usage

@@ -16,7 +16,7 @@ from agent.coordinator.billing.ledger import MAX_BACKLOG_ENTRIES, RETRY_MAX_S
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-MIN_CAPPED_OUTPUT_TOKENS = 16  # a balance covering less output than this refuses (402) rather than caps
+MIN_CAPPED_OUTPUT_TOKENS = 16  # a balance covering less output than this refuses (429 insufficient_quota), not caps
 
 # Where reasoning goes in responses: `reasoning` (OpenRouter, vLLM ≥ 0.10, Ollama), `reasoning_content`
 # (DeepSeek, older vLLM), or both (a client that reads either sees it; one that sums both sees it twice).
@@ -41,6 +41,7 @@ class CoordinatorSettings:
     http_max_header_bytes: int = 64 * 1024  # h11's max incomplete event: a request head larger is refused
     http_head_timeout_s: float = 10.0  # a whole request head must arrive within this of connecting
     body_read_timeout_s: float = 30.0  # the whole request body must arrive within this
+    max_remembered_models: int = 64  # models listed (503 while unserved) after their last provider left
     # the queue, per model
     queue_depth: int = 256
     queue_max_wait_s: float = 30.0

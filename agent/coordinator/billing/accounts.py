@@ -6,7 +6,7 @@ The one object the API layer talks to, non-blocking and safe to call from the ev
     accounts.precheck(account)                 # before the body is read: what admit would refuse whatever it says
     admission = accounts.admit(account, request_id, model=..., prompt_tokens=..., max_tokens=...,
                                max_output_tokens=..., can_cap=True)
-        # raises InsufficientBalance (402), RateLimited (429 + Retry-After), DuplicateRequest (409),
+        # raises InsufficientBalance (429 insufficient_quota), RateLimited (429 + Retry-After), DuplicateRequest (409),
         # LedgerUnavailable (503) for a billed account while the ledger cannot be written;
         # admission.max_tokens may be below the ask when the balance covers only that much output
     accounts.settle(request_id, prompt_tokens=..., completion_tokens=...)   # on inference_complete
@@ -18,7 +18,7 @@ rule KV admission uses, DESIGN.md §4) and holds what holds.py says: the worst c
 expected cost within the worst case's credit line otherwise. When the balance cannot cover the worst case
 and the caller `can_cap`, the request's output is capped to the most the balance covers (binary search
 on the book's own check) and it ends with finish_reason "length"; below `min_capped_output_tokens` it is
-refused instead (402, naming what it could cost). Settlement appends
+refused instead (429 insufficient_quota, naming what it could cost). Settlement appends
 one ledger entry; the SQLite write happens later on the ledger's writer thread. A retry of the same
 consumer request on another provider keeps its hold; release only when the request itself ends
 without a usage report (or is re-admitted under a new request id: ReleaseReason.RETRY).

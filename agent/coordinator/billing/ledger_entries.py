@@ -6,7 +6,7 @@ Balances are SUMs over the entries. The CLI credits an account here directly; a 
 notices within a poll interval (ledger.py).
 
 Public names: LedgerEntry, EntryKind, INSERT_ENTRY, entry_row, load_balances,
-credit_account, ledger_sum.
+credit_account, ledger_sum, usage_by_model.
 """
 
 from __future__ import annotations
@@ -78,5 +78,19 @@ def credit_account(db_path: str | Path, account_id: str, amount_micros: int, *, 
     conn = connect(db_path)
     try:
         return conn.execute(INSERT_ENTRY, entry_row(entry, "cli")).rowcount == 1
+    finally:
+        conn.close()
+
+
+def usage_by_model(db_path: str | Path, account_id: str) -> dict[str, tuple[int, int, int, int]]:
+    """Per model, what the account's written settlements add up to: (requests, prompt tokens, completion
+    tokens, cost in micro-units)."""
+    conn = connect(db_path)
+    try:
+        rows = conn.execute("SELECT COALESCE(model, ''), COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+                            "COALESCE(SUM(completion_tokens), 0), -COALESCE(SUM(amount_micros), 0) FROM ledger "
+                            "WHERE account_id = ? AND kind = ? GROUP BY model ORDER BY model",
+                            (account_id, EntryKind.USAGE.value))
+        return {model: (n, prompt, completion, cost) for model, n, prompt, completion, cost in rows}
     finally:
         conn.close()

@@ -1,5 +1,5 @@
-"""The consumer HTTP API: /v1/chat/completions (streaming and not), /v1/models, /v1/models/capacity,
-/health and /metrics.
+"""The consumer HTTP API: /v1/chat/completions (streaming and not), /v1/models and /v1/models/{id}
+(model_routes.py), /v1/models/capacity, /v1/me (account_routes.py), /health and /metrics.
 
 Chat completions is a plain ASGI app rather than a Starlette endpoint because it must notice the
 client leaving at any moment (queued, waiting for the first token, streaming): the work runs in its own
@@ -25,7 +25,10 @@ from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.access_log import AccessRecord, access_record
+from agent.coordinator.http.account_routes import account_routes
 from agent.coordinator.http.capacity import capacity_report, consumer_view
+from agent.coordinator.http.model_routes import model_routes
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body, sse
 from agent.coordinator.metrics import CONTENT_TYPE
 from agent.coordinator.privacy import is_operator
@@ -46,13 +49,14 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         coordinator, model = self.coordinator, ""
-        request = Request(scope, receive)
+        request, record = Request(scope, receive), access_record(scope)
         try:
             account = coordinator.authenticate(request.headers.get("authorization"))
+            record.account_id = account.id
             # What the key (or, in open mode, the address) already decides is refused before the body is read.
             coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
-            model = body.model
+            model = record.model = body.model
             flow = coordinator.open(account, body)
         except ApiError as exc:
             coordinator.metrics.request(model, exc.outcome)
@@ -60,6 +64,7 @@ class ChatCompletions:
             return
         except ClientDisconnect:
             return
+        record.request_id = flow.exchange.request_id
         work = asyncio.create_task(self._serve(flow, body, send))
         gone = asyncio.create_task(_until_disconnect(receive))
         try:
@@ -79,6 +84,7 @@ class ChatCompletions:
             log.info("request.client_gone", request_id=flow.exchange.request_id, model=model)
         finally:
             flow.close(ReleaseReason.PROVIDER_ERROR)  # a no-op unless something above went wrong
+            _fill_record(record, flow)
 
     async def _serve(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         metrics = self.coordinator.metrics
@@ -176,6 +182,14 @@ class ChatCompletions:
                 return
 
 
+def _fill_record(record: AccessRecord, flow: RequestFlow) -> None:
+    record.provider_id = flow.exchange.provider_id
+    if flow.charged is not None:
+        record.prompt_tokens, record.completion_tokens = flow.charged.prompt_tokens, flow.charged.completion_tokens
+    if flow.first_token_at is not None:
+        record.ttft_s = max(0.0, flow.first_token_at - flow.exchange.created_at)
+
+
 def _response_headers(flow: RequestFlow, body: ChatCompletionBody) -> dict[str, str]:
     """x-request-id, and when the balance capped max_tokens (core.open), the cap: finish_reason `length`
     alone would not tell a capped request from one that used all the output it asked for."""
@@ -187,12 +201,6 @@ def _response_headers(flow: RequestFlow, body: ChatCompletionBody) -> dict[str, 
 
 
 def routes(coordinator: Coordinator) -> list[Route]:
-    async def models(request: Request) -> Response:
-        if (refusal := _refuse(coordinator, request)) is not None:
-            return refusal
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "darkbloom"} for m in coordinator.known_models()]
-        return JSONResponse({"object": "list", "data": data})
-
     async def capacity(request: Request) -> Response:
         if (refusal := _refuse(coordinator, request)) is not None:
             return refusal
@@ -208,6 +216,8 @@ def routes(coordinator: Coordinator) -> list[Route]:
         return JSONResponse({"status": "ok" if ledger_refusal is None else "ledger_unavailable",
                              "mode": "open" if coordinator.accounts.is_open else "keys",
                              "providers": len(router.registry), "models": router.registry.models(),
+                             "providers_per_model": {m: router.registry.num_providers(m)
+                                                     for m in coordinator.known_models()},
                              "queued": sum(len(q) for q in router.queues.values()),
                              "ledger": {"is_available": ledger_refusal is None, "reason": ledger_refusal,
                                         "num_backlog": ledger.num_backlog}},
@@ -219,8 +229,9 @@ def routes(coordinator: Coordinator) -> list[Route]:
 
     return [
         Route("/v1/chat/completions", ChatCompletions(coordinator), methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/capacity", capacity, methods=["GET"]),
+        *model_routes(coordinator, refuse=lambda request: _refuse(coordinator, request)),
+        *account_routes(coordinator),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

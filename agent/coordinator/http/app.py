@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
 from agent.catalog import ModelSpec
@@ -30,7 +31,10 @@ from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.billing.identities import list_identities
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.core import Coordinator
+from agent.coordinator.http.access_log import AccessLog
 from agent.coordinator.http.api import routes
+from agent.coordinator.http.denial_log import install_denial_filter
+from agent.coordinator.http.error_pages import EXCEPTION_HANDLERS
 from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.reputations import keep_saving, save_final_reputations
@@ -48,6 +52,7 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
     accounts = accounts if accounts is not None else Accounts.open()
     coordinator = Coordinator(accounts, settings, catalog=catalog, clock=clock)
     endpoint = ProviderEndpoint(coordinator)
+    install_denial_filter()
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -71,7 +76,8 @@ def build_app(accounts: Accounts | None = None, settings: CoordinatorSettings | 
             unwritten = accounts.close() if owns_accounts else []
             log.info("coordinator.stop", num_unwritten_charges=len(unwritten))
 
-    app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan)
+    app = Starlette(routes=[*routes(coordinator), WebSocketRoute("/ws/provider", endpoint)], lifespan=lifespan,
+                    exception_handlers=EXCEPTION_HANDLERS, middleware=[Middleware(AccessLog)])
     app.state.coordinator = coordinator
     app.state.provider_endpoint = endpoint
     return app

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.coordinator.core import Coordinator
+from agent.coordinator.http.denial_log import mark_denied
 from agent.coordinator.http.link_caps import LinkCaps, credential_key
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.http.provider_auth import ProviderCredential, admit_provider
@@ -75,6 +76,7 @@ class ProviderEndpoint:
                                     websocket.headers.get("authorization"))
         if credential.refusal:
             log.warning("provider.refused", client=str(websocket.client), reason=credential.refusal)
+            mark_denied()  # uvicorn would log the denial as an unfinished handshake (denial_log.py)
             await websocket.send_denial_response(PlainTextResponse(credential.refusal + "\n", 401))
             return
         ip = websocket.client.host if websocket.client else ""
@@ -82,6 +84,7 @@ class ProviderEndpoint:
         refusal = self.caps.refusal(ip, key)
         if refusal:
             log.warning("provider.refused", client=str(websocket.client), reason=refusal)
+            mark_denied()
             await websocket.send_denial_response(PlainTextResponse(refusal + "\n", 429))
             return
         self.caps.open(ip, key)

@@ -97,6 +97,7 @@ class Placement:
     full: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
     never: dict[str, str] = field(default_factory=dict)
+    too_large: set[str] = field(default_factory=set)  # of `never`: refused for the request's own size (oversize.py)
     num_unchecked: int = 0  # warm slots a lazy search did not need to check
 
     @property
@@ -293,6 +294,7 @@ def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, as
         floor = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens)
         if floor.verdict is Verdict.NEVER:
             placement.never[pid] = floor.reason
+            placement.too_large.add(pid)
             return
         if floor.verdict is Verdict.FULL or offer.pending.is_marked_full:
             placement.full[pid] = floor.reason
@@ -318,6 +320,7 @@ def _potential(placement: Placement, provider: ProviderRecord, offer: Offer, res
     decision = check(offer, ask, prompt_tokens=ask.floor_prompt_tokens, view=empty)
     if decision.verdict is Verdict.NEVER:
         placement.never[provider.provider_id] = decision.reason
+        placement.too_large.add(provider.provider_id)
     else:
         placement.waiting[provider.provider_id] = f"{residency.value}: {reason}"
 

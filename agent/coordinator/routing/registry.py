@@ -8,6 +8,9 @@ heartbeat, the pending sends and the state of any load_model the coordinator ask
 Pure bookkeeping: no sockets, no awaiting; `send` is whatever puts a frame on the provider's outbox.
 `arrival(model)` is a future that `add` resolves when a provider offering that model registers: a
 retry that found every link down waits on it for the agents to reconnect (flow.py), not on a timer.
+`first_seen` remembers when each model was first registered (a wall-clock time, /v1/models' `created`),
+after its last provider left too, so it stays listed and answers 503 rather than 404; it remembers at most
+`max_remembered_models`, first come (a provider inventing names cannot grow it).
 
 Public names: ProviderRecord, Offer, Registry, spec_for_entry.
 """
@@ -15,6 +18,7 @@ Public names: ProviderRecord, Offer, Registry, spec_for_entry.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,8 +147,11 @@ class ProviderRecord:
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, *, max_remembered_models: int = 64, wall_clock: Callable[[], float] = time.time) -> None:
         self._providers: dict[str, ProviderRecord] = {}
+        self.first_seen: dict[str, float] = {}
+        self._max_remembered = max_remembered_models
+        self._wall_clock = wall_clock
         self._by_model: dict[str, dict[str, ProviderRecord]] = {}
         self._arrivals: dict[str, list[asyncio.Future[ProviderRecord]]] = {}
 
@@ -161,6 +168,8 @@ class Registry:
         self._providers[provider.provider_id] = provider
         for model in provider.offers:
             self._by_model.setdefault(model, {})[provider.provider_id] = provider
+            if model not in self.first_seen and len(self.first_seen) < self._max_remembered:
+                self.first_seen[model] = self._wall_clock()
             for waiter in self._arrivals.pop(model, []):
                 if not waiter.done():
                     waiter.set_result(provider)
@@ -189,6 +198,9 @@ class Registry:
 
     def models(self) -> list[str]:
         return sorted(self._by_model)
+
+    def num_providers(self, model: str) -> int:
+        return len(self._by_model.get(model, ()))
 
     def offers(self, model: str) -> list[tuple[ProviderRecord, Offer]]:
         return [(p, p.offers[model]) for p in self._by_model.get(model, {}).values()]

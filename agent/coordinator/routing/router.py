@@ -27,6 +27,7 @@ import structlog
 from agent.catalog import ModelSpec
 from agent.coordinator.metrics import Metrics
 from agent.coordinator.routing.exchange import Exchange, LinkLost
+from agent.coordinator.routing.oversize import Oversize, oversize
 from agent.coordinator.routing.placement import Ask, Option, Placement, place
 from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
@@ -58,6 +59,7 @@ MAX_PASSES = 4  # queued requests tried past one that does not fit, per wake
 class Submission:
     waiter: Waiter | None = None  # queued: await waiter.future
     refusal: str | None = None  # no provider can ever serve it: why
+    oversize: Oversize | None = None  # ... because of its own size (a 400, not a 503)
     is_saturated: bool = False  # every capable provider is full and the queue is full
 
     @property
@@ -72,7 +74,7 @@ class Router:
         self.catalog = catalog or {}
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.registry = Registry()
+        self.registry = Registry(max_remembered_models=self.settings.max_remembered_models)
         self.reputation = ReputationBook(self.settings, clock)
         self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
@@ -257,7 +259,8 @@ class Router:
         else:
             placement = self.placement(exchange.ask, exclude=exchange.excluded, lazy=True)
         if not placement.can_ever:
-            return Submission(refusal=placement.why_never())
+            offers = self.registry.offers(exchange.model)
+            return Submission(refusal=placement.why_never(), oversize=oversize(placement, offers, exchange.ask))
         if queue.is_full:
             return Submission(is_saturated=True)
         if exchange.first_queued_at is None:

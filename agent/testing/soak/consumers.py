@@ -56,7 +56,7 @@ def classify(result: StreamResult, *, gave_up: bool) -> str:
         if not (result.finish_reason in ("stop", "length") and result.is_done):
             return "stream_incomplete"
         return "ok" if result.content or result.reasoning else "empty_answer"
-    if result.status == 402:
+    if result.status == 429 and result.error_code == "insufficient_quota":
         return "refused_billing"
     if result.status == 429:
         return "saturated" if result.error_code == "capacity_saturated" else "refused_rate"
