@@ -13,6 +13,7 @@ from agent.engine.constraint import JsonConstraint
 from agent.wire.logprobs import FLOOR_LOGPROB
 from agent.wire.response_format import schema_text
 from tests.engine_fixtures import NARROW, chat, run
+from tests.test_engine import forcing
 
 # Bounded fields, so that random weights finish the object well within max_tokens.
 WEATHER = {
@@ -129,3 +130,19 @@ def test_a_constrained_rows_logprobs_are_renormalised_over_the_tokens_its_gramma
         assert entry.logprob > FLOOR_LOGPROB and len(allowed) < len(entry.top_logprobs)  # the others were masked
         assert math.isclose(sum(math.exp(value) for value in allowed), 1.0, abs_tol=1e-2)  # bfloat16 logprobs
 
+
+def test_a_row_forced_past_its_grammar_fails_alone_and_its_constrained_neighbour_still_answers(tiny_models_dir):
+    name = "gemma-4-tiny"
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            brace = engine.chat_format(name).tokenizer.encode("}", add_special_tokens=False)[-1]
+            # The request's own processor runs after the batch's mask, so it can force a token the grammar bans.
+            broken = weather_request("broken", name, 1, logits_processors=(forcing([brace]),))
+            return await completions(engine, [broken, weather_request("fine", name, 2)])
+
+    broken, fine = run(scenario())
+    assert broken.finish.reason is FinishReason.ERROR and "grammar" in broken.finish.error_message, broken.finish
+    assert fine.finish.reason is FinishReason.STOP, fine
+    jsonschema.validate(json.loads(fine.content), WEATHER)
