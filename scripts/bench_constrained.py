@@ -8,8 +8,8 @@ tok/s is generated tokens ÷ wall time from the first submit to the last token (
 unconstrained rows ignore eos, and the constrained rows' schema (an object holding an array of strings)
 does not close within max_tokens, so both make the same number of tokens. The ratio is the median of the
 paired ratios (the 1-minute load average before and after is recorded: on a shared machine the constrained
-rows' extra CPU work is what suffers first); the mask time is what each constrained token spent on the MLX thread consuming the last
-token and computing its grammar mask (while the forward pass runs), p50 and p99 over every run, and the
+rows' extra CPU work is what suffers first); the mask time is a step's time on the MLX thread consuming the last tokens and computing the
+grammar masks (while the forward pass runs) ÷ its constrained rows, p50 and p99 over every run, and the
 process's CPU time per generated token (less skewed by other processes than wall time).
 Results go to scripts/results/constrained.json with --json.
 """

@@ -58,8 +58,9 @@ def constrained_section(result: dict | None) -> str:
 {result['streams']} streams of {result['max_tokens']} tokens on {result['variant']}, sampling, alternating runs
 ({result['repeats']} of each): unconstrained {result['free_tps']} tok/s, every row under a JSON schema
 {result['constrained_tps']} tok/s, so **constrained ÷ unconstrained = {result['constrained_vs_free']}** (median of the
-paired ratios; target ≥ 0.90). The grammar mask (consume the last token, compute the next mask, on the MLX thread
-while the forward pass runs) took p50 {result['mask_us_p50']} µs and p99 {result['mask_us_p99']} µs per token
+paired ratios; target ≥ 0.90). The grammar masks (each constrained row consumes its last token and writes its next
+mask into one batch buffer while the forward pass runs; one `where` per step, agent/engine/batch_mask.py) took
+p50 {result['mask_us_p50']} µs and p99 {result['mask_us_p99']} µs per token (a step's mask time ÷ its constrained rows)
 over {result['num_masks']:,} masks. The 1-minute load average was {result['load_average'][0]} before the run and
 {result['load_average'][1]} after it. On this 2-core CPU the mask work competes with MLX's own CPU threads for the
 same cores; the process's CPU time per token, which other processes' load skews less, was

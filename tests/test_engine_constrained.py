@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import jsonschema
 import pytest
 
 from agent.engine import FinishReason, InvalidRequest, MLXEngine
 from agent.engine.constraint import JsonConstraint
+from agent.wire.logprobs import FLOOR_LOGPROB
 from agent.wire.response_format import schema_text
 from tests.engine_fixtures import NARROW, chat, run
+from tests.test_engine import forcing
 
 # Bounded fields, so that random weights finish the object well within max_tokens.
 WEATHER = {
@@ -108,3 +111,38 @@ def test_a_complete_answer_under_ignore_eos_goes_on_with_eos_tokens_only_and_nev
     completion = run(scenario())
     assert completion.finish.reason is FinishReason.LENGTH and completion.finish.usage.completion_tokens == 12
     assert completion.content in ("true", "false"), completion
+
+
+def test_a_constrained_rows_logprobs_are_renormalised_over_the_tokens_its_grammar_allows(tiny_models_dir):
+    name = "gemma-4-tiny"
+    request = chat("lp", name, "Yes or no?", temperature=1.0, seed=5, max_tokens=12, num_top_logprobs=20,
+                   constraint=JsonConstraint(schema_text({"type": "boolean"})))
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            return (await completions(engine, [request]))[0]
+
+    completion = run(scenario())
+    assert completion.content in ("true", "false") and completion.logprobs, completion
+    for entry in completion.logprobs:
+        allowed = [alt.logprob for alt in entry.top_logprobs if alt.logprob > FLOOR_LOGPROB]
+        assert entry.logprob > FLOOR_LOGPROB and len(allowed) < len(entry.top_logprobs)  # the others were masked
+        assert math.isclose(sum(math.exp(value) for value in allowed), 1.0, abs_tol=1e-2)  # bfloat16 logprobs
+
+
+def test_a_row_forced_past_its_grammar_fails_alone_and_its_constrained_neighbour_still_answers(tiny_models_dir):
+    name = "gemma-4-tiny"
+
+    async def scenario():
+        async with MLXEngine({name: tiny_models_dir / name}) as engine:
+            await engine.load(name)
+            brace = engine.chat_format(name).tokenizer.encode("}", add_special_tokens=False)[-1]
+            # The request's own processor runs after the batch's mask, so it can force a token the grammar bans.
+            broken = weather_request("broken", name, 1, logits_processors=(forcing([brace]),))
+            return await completions(engine, [broken, weather_request("fine", name, 2)])
+
+    broken, fine = run(scenario())
+    assert broken.finish.reason is FinishReason.ERROR and "grammar" in broken.finish.error_message, broken.finish
+    assert fine.finish.reason is FinishReason.STOP, fine
+    jsonschema.validate(json.loads(fine.content), WEATHER)

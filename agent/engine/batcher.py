@@ -27,7 +27,9 @@ from mlx_lm.sample_utils import greedy_sampler
 
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV
+from agent.engine.batch_mask import BatchMask
 from agent.engine.chat import ChannelSplitter
+from agent.engine.constrained import ConstrainedRow
 from agent.engine.logprobs import LogprobReader
 from agent.engine.mlx_cache_view import batch_shapes
 from agent.engine.sampling import Guard
@@ -54,6 +56,7 @@ class Row:
     num_generated: int = 0
     logprobs: LogprobReader | None = None  # only for a request that asked (agent/engine/logprobs.py)
     markup_ids: frozenset[int] = frozenset()  # special tokens: never content, so never given logprobs
+    grammar: ConstrainedRow | None = None  # a constrained request's matcher (masked by the batch: batch_mask.py)
 
     @property
     def prompt_tokens(self) -> int:
@@ -77,8 +80,9 @@ class StepTiming:
 class Batcher:
     def __init__(self, model: Any, spec: ModelSpec, limits: ScheduleLimits = ScheduleLimits()) -> None:
         self.model, self.spec, self.limits = model, spec, limits
+        self.masked = BatchMask(model)  # the model as the batches call it: constrained rows' masks applied
         self.schedule: Schedule[Row] = Schedule(limits)
-        self.generation = GenerationBatch.empty(model, greedy_sampler)
+        self.generation = GenerationBatch.empty(self.masked, greedy_sampler)
         self.timing = StepTiming()
         self._steps = 0
 
@@ -111,7 +115,7 @@ class Batcher:
 
     def remove_all(self, finish: Callable[[Row], Finish]) -> list[tuple[str, Event]]:
         rows = self.schedule.clear()
-        self.generation = GenerationBatch.empty(self.model, greedy_sampler)
+        self.generation = GenerationBatch.empty(self.masked, greedy_sampler)
         mx.clear_cache()
         return [(row.request_id, finish(row)) for row in rows]
 
@@ -131,10 +135,11 @@ class Batcher:
         started = time.perf_counter()
         decoding = self.decoding
         try:
-            responses = self.generation.next()
+            with self.masked.stepping([decoding[uid].grammar for uid in self.generation.uids]):
+                responses = self.generation.next()
         except Exception as exc:
             self._fail(self.schedule.drop_decoding(), "generation_error", exc, events)
-            self.generation = GenerationBatch.empty(self.model, greedy_sampler)
+            self.generation = GenerationBatch.empty(self.masked, greedy_sampler)
             mx.clear_cache()
             return
         self.timing.decode_seconds += time.perf_counter() - started
@@ -217,7 +222,7 @@ class Batcher:
         rows = group.rows
         try:
             group.state = PromptProcessingBatch(
-                self.model, [row.uid for row in rows], [make_prompt_cache(self.model) for _ in rows],
+                self.masked, [row.uid for row in rows], [make_prompt_cache(self.model) for _ in rows],
                 prefill_step_size=self.limits.chunk_tokens, samplers=[row.sampler for row in rows],
                 fallback_sampler=greedy_sampler, logits_processors=[row.processors for row in rows],
                 stop_sequences=[row.stop for row in rows], max_tokens=[row.max_tokens for row in rows],
@@ -227,7 +232,8 @@ class Batcher:
 
     def _join(self, group: PrefillGroup[Row]) -> None:
         """The group's first decode step (its last prompt tokens), then into the generation batch."""
-        generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
+        with self.masked.stepping([row.grammar for row in group.rows]):
+            generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
         self.generation.extend(generation)
 
     def _fail(self, rows: list[Row], code: str, exc: BaseException, events: list[tuple[str, Event]]) -> None:

@@ -1,20 +1,17 @@
-"""Constrained decoding: one grammar matcher per constrained row, as a logits processor inside the batch.
+"""Constrained decoding: one grammar matcher per constrained row inside the continuous batch.
 
 Why llguidance: its wheels are abi3 for macOS arm64 and Linux x86_64 with no torch dependency, it reads
 an HF `tokenizer.json` directly, its lark grammars take special tokens as terminals (so one grammar
 covers a whole harmony turn, reasoning included) and JSON schemas inline (`%json`), and a mask costs
 tens of microseconds. xgrammar's MLX path is a Metal kernel and its Python package pulls torch in.
 
-Rows without a constraint have no processor at all, so they pay nothing. For a constrained row the
-processor starts the step's forward pass (`async_eval`) before it reads the previous token and
-computes the grammar's mask, so the mask is computed on the CPU while the model runs; then the mask
-is applied to the step's logits, lazily. The mask is applied with `mx.where`, which runs on every
-MLX device (llguidance.mlx's kernel is Metal only).
+A row's `ConstrainedRow` only consumes tokens and writes bitmask words; the batch applies every row's
+mask in one operation per step (agent/engine/batch_mask.py), so rows without a constraint pay nothing.
 
 Compiled grammars are cached by their text (so by schema and chat format): a row gets a copy of the
 cached matcher, which is cheap, while compiling a schema can take milliseconds.
 
-Public names: GrammarCache, ConstrainedDecoding, MaskTimes, DEFAULT_MAX_CACHED_GRAMMARS.
+Public names: GrammarCache, ConstrainedRow, MaskTimes, DEFAULT_MAX_CACHED_GRAMMARS.
 """
 
 from __future__ import annotations
@@ -24,9 +21,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import llguidance
-import mlx.core as mx
 import numpy as np
 
 from agent.engine.constraint import Constraint
@@ -87,37 +84,26 @@ class GrammarCache:
         return len(self._matchers)
 
 
-class ConstrainedDecoding:
-    """One row's logits processor: only the tokens its grammar allows next keep their logits."""
+class ConstrainedRow:
+    """One constrained row's matcher, as the batch's mask reads it (agent/engine/batch_mask.py)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_token_ids: Collection[int],
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos_token_ids: Collection[int], guard: Any,
                  times: MaskTimes | None = None) -> None:
-        self.matcher, self.vocab_size, self.times = matcher, vocab_size, times
+        self.matcher, self.vocab_size, self.times = matcher, vocab_size, times  # vocab_size: the tokenizer's
+        self.guard = guard  # the row's sampling.Guard: a failure here ends this row only
         self.eos_token_ids = sorted(eos_token_ids)
-        self._num_calls = 0
+        self.is_started = False  # the first mask follows the prompt; every later one follows a sampled token
 
-    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        mx.async_eval(logits)  # the forward pass runs while the mask is computed below
-        # The first call follows the prompt; every later one follows a sampled token (waits for it to exist).
-        token = tokens[-1].item() if self._num_calls else None
-        self._num_calls += 1
-        started = time.perf_counter()
-        if token is not None and not self.matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused a token: {self.matcher.get_error()}"[:500])
-        allowed = self._allowed(logits.shape[-1])
-        if self.times is not None:
-            self.times.add(time.perf_counter() - started)
-        return mx.where(mx.array(allowed), logits, -mx.inf)
-
-    def _allowed(self, width: int) -> np.ndarray:
+    def is_masked(self) -> bool:
+        """True when the grammar computes the next mask; False when the answer is complete and only an eos
+        may follow (generation goes on with ignore_eos)."""
         if self.matcher.is_error():
-            raise RuntimeError(f"the grammar failed: {self.matcher.get_error()}"[:500])
-        if self.matcher.is_stopped():  # the answer is complete; only an eos ends it (it goes on with ignore_eos)
-            bits = np.zeros(width, dtype=bool)
-            bits[[token for token in self.eos_token_ids if token < width]] = True
-            return bits
-        words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        bits = np.unpackbits(words, bitorder="little")[: min(width, self.vocab_size)].astype(bool)
-        if not bits.any():
-            raise RuntimeError("the grammar allows no token here")
-        return np.pad(bits, (0, width - bits.size)) if bits.size < width else bits
+            raise RuntimeError(f"the grammar refused a token: {self.matcher.get_error()}"[:500])
+        return not self.matcher.is_stopped()
+
+    def write_eos_only(self, words: np.ndarray) -> None:
+        """The mask of a complete answer, into one row of uint32 bitmask words."""
+        words[:] = 0
+        for token in self.eos_token_ids:
+            if token < 32 * words.size:
+                words[token >> 5] |= np.uint32(1 << (token & 31))

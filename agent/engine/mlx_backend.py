@@ -31,7 +31,7 @@ from agent.catalog import ModelSpec
 from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
 from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
-from agent.engine.constrained import ConstrainedDecoding, GrammarCache
+from agent.engine.constrained import ConstrainedRow, GrammarCache
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.logit_bias import check_token_ids
 from agent.engine.logprobs import LogprobReader
@@ -227,10 +227,11 @@ class MLXBackend:
             guard = Guard()
             sampler = make_sampler(request)
             processors = make_processors(request)
-            if prepared.matcher is not None:  # last: the mask has the final word on what may come next
+            grammar = None
+            if prepared.matcher is not None:  # masked by the batch, one operation for all its rows
                 grammars = self._grammars[command.model]
-                processors.append(ConstrainedDecoding(prepared.matcher, grammars.tokenizer.vocab_size,
-                                                      chat.tokenizer.eos_token_ids, grammars.mask_times))
+                grammar = ConstrainedRow(prepared.matcher, grammars.tokenizer.vocab_size,
+                                         chat.tokenizer.eos_token_ids, guard, grammars.mask_times)
             batcher.add(Row(
                 request_id=request.request_id, uid=next(self._uids), prompt=list(prepared.encoded.token_ids),
                 max_tokens=command.job.max_tokens,
@@ -239,7 +240,7 @@ class MLXBackend:
                 stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
                 splitter=chat.splitter(prepared.encoded, request.stop, request.tool_names,
                                        is_parallel=request.parallel_tool_calls is not False), guard=guard,
-                logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids,
+                logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids, grammar=grammar,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])
