@@ -24,21 +24,21 @@ from tests.provider_support import GPT, Reply, coordinator, provider
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
-def usage_rows(db: Path, account_id: str) -> list[tuple[int, int]]:
+def usage_rows(db: Path, account_id: str) -> list[tuple[str, int, int]]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute("SELECT prompt_tokens, completion_tokens FROM ledger WHERE account_id = ? AND kind = ?",
+        return conn.execute("SELECT model, prompt_tokens, completion_tokens FROM ledger WHERE account_id = ? AND kind = ?",
                             (account_id, EntryKind.USAGE.value)).fetchall()
 
 
 def billed_tokens(db: Path, account_id: str) -> tuple[int, int]:
     """The ledger's usage entries summed: one per choice, the prompt on choice 0's alone."""
     rows = usage_rows(db, account_id)
-    return sum(p for p, _ in rows), sum(c for _, c in rows)
+    return sum(p for _, p, _ in rows), sum(c for _, _, c in rows)
 
 
 def charged_micros(db: Path, account_id: str) -> int:
     """Each choice's charge is rounded up on its own (pricing.py): at most a micro-unit per choice over the total."""
-    return sum(DEFAULT_PRICES.cost_micros(GPT.id, p, c) for p, c in usage_rows(db, account_id))
+    return sum(DEFAULT_PRICES.cost_micros(model, p, c) for model, p, c in usage_rows(db, account_id))
 
 
 def by_seed(request) -> Reply:
