@@ -19,7 +19,7 @@ from agent.coordinator.billing.pricing import DEFAULT_PRICES
 from agent.coordinator.choices import choice_seed
 from agent.wire.frames import ChunkDelta, InferenceResponseChunk
 from agent.wire.protocol import Direction, parse_message
-from tests.provider_support import GPT, Reply, coordinator, provider
+from tests.provider_support import GPT, Reply, coordinator, eventually, provider
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -175,3 +175,44 @@ async def test_a_provider_sending_chunks_for_a_choice_beyond_n_changes_nothing_i
         await agent.stop()
     assert [(c.index, c.message.content) for c in whole.choices] == [(0, "fine"), (1, "fine"), (2, "fine")]
     assert whole.usage.completion_tokens == 3
+
+
+async def test_a_client_leaving_mid_stream_cancels_every_choice_at_the_agent_and_pays_what_it_was_sent(tmp_path: Path):
+    db = tmp_path / "accounts.sqlite"
+    key = create_key(db, "rich").key
+    accounts = Accounts.from_db(db)
+    accounts.credit("rich", 10_000_000)
+    async with coordinator(accounts=accounts) as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        agent = await provider(server, GPT, reply=Reply(chunks=["tick"] * 200, chunk_delay_s=0.02))
+        ask = {"model": GPT.id, "messages": MESSAGES, "n": 3, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=ask,
+                               headers={"authorization": f"Bearer {key}"}) as stream:
+            seen: set[int] = set()
+            async for line in stream.aiter_lines():
+                if line.startswith("data: {") and '"content":"tick"' in line:
+                    seen.add(int(line.split('"index":')[1].split(",")[0]))
+                if len(seen) == 3:
+                    break
+        await eventually(lambda: len(agent._cancelled) == 3, what="every choice cancelled at the agent")
+        await agent.stop()
+    assert accounts.flush()
+    prompt, completion = billed_tokens(db, "rich")
+    assert prompt == 11 and 3 <= completion < 600  # the prompt once, and each choice's ticks it was sent
+    assert accounts.balance_micros("rich") == ledger_sum(db, "rich") == 10_000_000 - charged_micros(db, "rich")
+    accounts.close()
+
+
+async def test_a_choice_that_stalls_mid_stream_ends_the_stream_with_its_index_and_an_error_and_stops_the_others():
+    async with coordinator() as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        agent = await provider(server, GPT)
+        agent.reply = lambda r: Reply(chunks=["a", "b"], hang_after=1) if r.request_id.endswith("-1") \
+            else Reply(chunks=["a"] * 500, chunk_delay_s=0.01)
+        ask = {"model": GPT.id, "messages": MESSAGES, "n": 3, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=ask) as stream:
+            lines = [line async for line in stream.aiter_lines() if line]
+        await eventually(lambda: len(agent._cancelled) >= 2, what="the other choices cancelled")
+        await agent.stop()
+    errors = [line for line in lines if '"finish_reason":"error"' in line]
+    assert len(errors) == 1 and '"index":1' in errors[0]
+    assert "event: error" in lines and lines[-1] == "data: [DONE]"
+    assert any("provider_stalled" in line for line in lines)
