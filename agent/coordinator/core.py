@@ -27,6 +27,7 @@ from agent.catalog import CatalogError, ModelSpec, load_catalog
 from agent.coordinator.billing.accounts import Account, Accounts, DuplicateRequest, InsufficientBalance, RateLimited
 from agent.coordinator.billing.client_ratelimit import ClientRateLimiter
 from agent.coordinator.billing.ledger import LedgerUnavailable
+from agent.coordinator.choices import Choices, PromptBilledElsewhere
 from agent.coordinator.errors import (
     BadRequest,
     BillingUnavailable,
@@ -100,6 +101,9 @@ class Coordinator:
             raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)
         if (problem := output_schema_problem(body)) is not None:
             raise BadRequest(problem[1], param=problem[0], code="invalid_value")
+        if (body.n or 1) > self.settings.max_choices:
+            raise BadRequest(f"n is {body.n}; at most {self.settings.max_choices} choices are served per request",
+                             param="n", code="invalid_value")
         if body.model is None:
             raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
         if body.model not in self.known_models():
@@ -111,9 +115,11 @@ class Coordinator:
                              retry_after_s=self.settings.retry_after_s)
         return body
 
-    def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow:
-        """Hold the request's cost (billing/holds.py), then hand it to a flow that routes it."""
-        request_id = f"chatcmpl-{secrets.token_hex(12)}"
+    def open(self, account: Account, body: ChatCompletionBody, *, request_id: str | None = None,
+             bills_prompt: bool = True) -> RequestFlow:
+        """Hold the request's cost (billing/holds.py), then hand it to a flow that routes it. `bills_prompt`
+        False: one of n choices whose prompt is held and charged with choice 0 (choices.py)."""
+        request_id = request_id or new_request_id()
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body)
         with _as_api_errors(self.settings):
@@ -122,7 +128,7 @@ class Coordinator:
             # No provider is chosen yet, so a request without max_tokens is expected at the clip; its bound
             # is all the output the model's context leaves (hold_output_tokens).
             admission = self.accounts.admit(
-                account, request_id, model=body.model, prompt_tokens=estimate.max_tokens,
+                account, request_id, model=body.model, prompt_tokens=estimate.max_tokens if bills_prompt else 0,
                 max_tokens=body.output_limit or OUTPUT_CLIP_TOKENS,
                 max_output_tokens=self.hold_output_tokens(body, estimate.floor_tokens),
                 can_cap=True, min_capped_output_tokens=self.settings.min_capped_output_tokens)
@@ -134,8 +140,13 @@ class Coordinator:
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
-        return RequestFlow(self.router, self.accounts, exchange, max_prompt_tokens=estimate.max_tokens,
+        accounts = self.accounts if bills_prompt else PromptBilledElsewhere(self.accounts)
+        return RequestFlow(self.router, accounts, exchange, max_prompt_tokens=estimate.max_tokens,
                            max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
+
+    def open_choices(self, account: Account, body: ChatCompletionBody) -> Choices:
+        """`n` > 1: one flow per choice, held together (choices.py)."""
+        return Choices.open(lambda one, **kw: self.open(account, one, **kw), body, new_request_id())
 
     def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
         """All the output a request may produce: max_tokens, at most what the model's context leaves."""
@@ -194,6 +205,10 @@ def _as_api_errors(settings: CoordinatorSettings) -> Iterator[None]:
     except LedgerUnavailable as exc:
         raise BillingUnavailable(f"billing is paused: {exc}. Retry later; the operator should check the "
                                  "accounts database's disk", retry_after_s=settings.retry_after_s) from None
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 def _default_catalog() -> dict[str, ModelSpec]:

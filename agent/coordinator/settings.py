@@ -73,6 +73,7 @@ class CoordinatorSettings:
     usage_textless_tokens: int = 32  # tokens a stream may count beyond one per byte of its text (channel markup)
     max_tool_calls: int = 64  # calls one response may carry (frames.MAX_TOOL_CALLS_PER_TURN is the wire's own bound)
     max_tool_argument_chars: int = 1024 * 1024  # one call's arguments, summed over its fragments
+    max_choices: int = 8  # `n` per request: each choice is held, routed and billed as its own request (choices.py)
     # a model not in the catalog: the context assumed for its holds (billing/holds.py) and usage bound (usage.py)
     uncatalogued_context_tokens: int = 262_144
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)

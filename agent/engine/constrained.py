@@ -17,7 +17,6 @@ Public names: GrammarCache, ConstrainedRow, MaskTimes, DEFAULT_MAX_CACHED_GRAMMA
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field

@@ -111,6 +111,9 @@ class GenerationRequest:
         parsed = body if isinstance(body, ChatCompletionBody) else validate_chat_request(dict(body))
         if isinstance(parsed, ProtocolError):
             raise InvalidRequest(f"invalid chat request: {parsed}")
+        if (parsed.n or 1) != 1:
+            raise InvalidRequest(f"n is {parsed.n}: an agent serves one choice per request (the coordinator fans "
+                                 "n choices out as n requests)")
         return cls(
             request_id=request_id, model=model, messages=tuple(_message(m) for m in parsed.messages),
             max_tokens=parsed.output_limit, temperature=_given(parsed.temperature, 1.0),

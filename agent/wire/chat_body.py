@@ -2,19 +2,21 @@
 
 Unknown or unsupported parameters are REFUSED, and the
 error names the parameter, as OpenAI itself does: silently dropping one would return another kind of
-answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `n` as
-1, `metadata`, `store` as false, and null for the fields a client echoes back in an assistant message
+answer than the one asked (and billed) for. Neutral values are let through: `user` (unused), `metadata`,
+`store` as false, and null for the fields a client echoes back in an assistant message
 (`refusal`, `audio`, ...). `logprobs`, `top_logprobs` and `logit_bias` are served, with the bounds
 of agent/wire/body_options.py; `tools`, `tool_choice` and tool messages with agent/wire/tools.py's. Sampling parameters are those mlx-lm implements, with OpenAI's
 ranges. Strings and lists are bounded so a body cannot cost the agent more than a frame.
 `response_format` (agent/wire/response_format.py) is enforced by constrained decoding on the agent.
+`n` > 1 is served by the coordinator as n one-choice requests (agent/coordinator/choices.py): an agent is
+always sent n unset, and refuses anything else.
 
 Tools (agent/wire/tools.py): `tools`, `tool_choice` (a named function must be one of `tools`),
 `parallel_tool_calls`; an assistant turn may carry `tool_calls` with `content` null, and a `tool`
 message answers one of the calls before it by `tool_call_id`, as OpenAI requires.
 
 Public names: ChatCompletionBody, ChatMessage, TextPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
-MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, MAX_HISTORY_TOOL_CALLS.
+MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, MAX_HISTORY_TOOL_CALLS, MAX_CHOICES.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MAX_MESSAGES = 4096
 MAX_OUTPUT_TOKENS = 2**24
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_HISTORY_TOOL_CALLS = 128  # calls one earlier assistant turn may carry
+MAX_CHOICES = 128  # `n`: the wire's own bound; the coordinator serves at most its max_choices (default 8)
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, Field(max_length=256)]
@@ -102,7 +105,7 @@ class ChatCompletionBody(Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     reasoning_effort: ReasoningEffort | None = None
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None  # the coordinator's max_choices binds first
     response_format: ResponseFormat | None = None
     user: Label | None = None  # accepted, unused: an end-user id for the consumer's own records
     # Output options (agent/wire/body_options.py).

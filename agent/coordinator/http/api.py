@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agent.coordinator.billing.accounts import ReleaseReason
+from agent.coordinator.choices import Choices
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, ProviderFailed, RequestTimeout, RequestTooLarge, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
@@ -57,7 +58,7 @@ class ChatCompletions:
             coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
             model = record.model = body.model
-            flow = coordinator.open(account, body)
+            flow = coordinator.open(account, body) if (body.n or 1) == 1 else coordinator.open_choices(account, body)
         except ApiError as exc:
             coordinator.metrics.request(model, exc.outcome)
             await exc.response()(scope, receive, send)
@@ -65,7 +66,11 @@ class ChatCompletions:
         except ClientDisconnect:
             return
         record.request_id = flow.exchange.request_id
-        work = asyncio.create_task(self._serve(flow, body, send))
+        if isinstance(flow, Choices):
+            from agent.coordinator.http.choices_api import serve_choices  # it imports this module's helpers
+            work = asyncio.create_task(serve_choices(coordinator, flow, body, send))
+        else:
+            work = asyncio.create_task(self._serve(flow, body, send))
         gone = asyncio.create_task(_until_disconnect(receive))
         try:
             try:

@@ -13,7 +13,8 @@ A stream is, as OpenAI sends it:
 
 With `stream_options.include_usage` every other chunk carries `"usage": null`, as OpenAI's do. With
 `logprobs`, a chunk's choice carries its content tokens' `{"content": [...], "refusal": null}` (null on a
-chunk without any), and the whole completion's choice all of them.
+chunk without any), and the whole completion's choice all of them. With `n` > 1 each chunk carries one
+choice, named by its `index`; each choice has its own role and finish chunks (choices.py).
 
 Reasoning goes in `delta.reasoning` / `message.reasoning` by default (the name vLLM ≥ 0.10,
 OpenRouter and Ollama use), or `reasoning_content` (DeepSeek's), or both: settings.reasoning_field.
@@ -78,8 +79,8 @@ class StreamFormat:
         self.include_usage = include_usage
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None,
-               logprobs: Sequence[TokenLogprob] = ()) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs_body(logprobs) if logprobs else None,
+               logprobs: Sequence[TokenLogprob] = (), index: int = 0) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs_body(logprobs) if logprobs else None,
                   "finish_reason": finish_reason}
         chunk = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
                  "model": self.model, "system_fingerprint": None, "choices": [choice]}
@@ -87,11 +88,11 @@ class StreamFormat:
             chunk["usage"] = None
         return sse(chunk)
 
-    def role(self) -> bytes:
-        return self._chunk({"role": "assistant", "content": ""})
+    def role(self, index: int = 0) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""}, index=index)
 
     def delta(self, content: str, reasoning: str, logprobs: Sequence[TokenLogprob] = (),
-              tool_calls: tuple[ToolCallDelta, ...] = ()) -> bytes:
+              tool_calls: tuple[ToolCallDelta, ...] = (), index: int = 0) -> bytes:
         delta: dict[str, Any] = {}
         if reasoning:
             delta.update(_reasoning(self.reasoning_field, reasoning))
@@ -99,10 +100,10 @@ class StreamFormat:
             delta["content"] = content
         if tool_calls:
             delta["tool_calls"] = [tool_call_delta(piece) for piece in coalesce_tool_deltas(tool_calls)]
-        return self._chunk(delta, logprobs=logprobs)
+        return self._chunk(delta, logprobs=logprobs, index=index)
 
-    def finish(self, finish_reason: str) -> bytes:
-        return self._chunk({}, finish_reason)
+    def finish(self, finish_reason: str, index: int = 0) -> bytes:
+        return self._chunk({}, finish_reason, index=index)
 
     def usage(self, usage: UsageReport) -> bytes:
         return sse({"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
@@ -115,7 +116,7 @@ class StreamFormat:
 def completion_body(completion_id: str, model: str, content: str, reasoning: str, finish_reason: str,
                     usage: UsageReport, reasoning_field: ReasoningField,
                     logprobs: Sequence[TokenLogprob] | None = None,
-                    tool_calls: list[AssembledCall] | None = None) -> dict[str, Any]:
+                    tool_calls: list[AssembledCall] | None = None, index: int = 0) -> dict[str, Any]:
     """`logprobs`: the content tokens' entries when the request asked for them (None: it did not)."""
     message: dict[str, Any] = {"role": "assistant", "content": content or (None if tool_calls else ""),
                                "refusal": None}
@@ -128,7 +129,7 @@ def completion_body(completion_id: str, model: str, content: str, reasoning: str
     choice_logprobs = None if logprobs is None else logprobs_body(logprobs)
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "message": message, "logprobs": choice_logprobs, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "message": message, "logprobs": choice_logprobs, "finish_reason": finish_reason}],
             "usage": usage_body(usage)}
 
 
