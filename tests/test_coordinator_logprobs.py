@@ -46,8 +46,19 @@ async def test_an_honest_providers_logprobs_reach_the_client_in_openais_shape_st
         await agent.stop()
 
 
+async def test_an_entry_held_back_with_a_possible_marker_may_arrive_on_a_later_chunk():
+    # The agent holds a token that may start markup: its chunk goes out without an entry, the entry comes later.
+    async with coordinator(FAST) as server:
+        agent = await provider(server, GPT, reply=Reply(chunks=("Hel", "", "lo"), num_tokens=1, chunk_logprobs=[
+            [entry("Hel", -0.5)], [], [entry("<", -0.75), entry("lo", -0.25)]]))
+        result = await client(server).chat.completions.create(**ask(logprobs=True, top_logprobs=2))
+        assert [e.token for e in result.choices[0].logprobs.content] == ["Hel", "<", "lo"]
+        await agent.stop()
+
+
 @pytest.mark.parametrize("chunk_logprobs, problem", [
-    ([[entry("Hel", -0.5), entry("x", -1.0)], [entry("lo", -0.25)]], "2 logprobs entries for a chunk of 1 tokens"),
+    ([[entry("Hel", -0.5), entry("x", -1.0)], [entry("lo", -0.25)]],
+     "2 logprobs entries where the stream has 1 tokens without one"),
     ([[entry("Hel", -0.5, num_top=1)], [entry("lo", -0.25)]], "an entry with 1 alternatives where 2 were asked"),
 ])
 async def test_logprobs_that_do_not_fit_the_chunk_or_the_request_end_the_stream_with_an_error(chunk_logprobs, problem):

@@ -82,6 +82,7 @@ class RequestFlow:
         self.first_token_at: float | None = None  # the router's clock when start() returned
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
+        self._num_logprob_entries = 0  # shown so far: a stream has at most one per token
 
     # -- before the first token (attempts.py)
     async def start(self) -> None:
@@ -118,7 +119,9 @@ class RequestFlow:
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
             try:
-                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs)
+                uncovered = self.meter.num_tokens - self._num_logprob_entries
+                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs, uncovered)
+                self._num_logprob_entries += len(logprobs)
             except LogprobsRefused as exc:
                 return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
