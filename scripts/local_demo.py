@@ -115,8 +115,12 @@ def main() -> None:
         agent.wait(60)
         coordinator.send_signal(signal.SIGTERM)
         coordinator.wait(30)
-        # uvicorn re-raises the SIGTERM it handled after its graceful shutdown, hence -15 there.
-        print(f"\nstopped (agent exit {agent.returncode}, coordinator exit {coordinator.returncode})")
+        print(f"\nstopped (agent {_ended(agent.returncode)}, coordinator {_ended(coordinator.returncode)})")
+
+
+def _ended(returncode: int | None) -> str:
+    """uvicorn re-raises the SIGTERM it handled after a graceful shutdown: -15 is a clean stop, not a failure."""
+    return "stopped cleanly" if returncode in (0, -signal.SIGTERM) else f"exit {returncode}"
 
 
 if __name__ == "__main__":
