@@ -5,8 +5,9 @@ Chat completions is a plain ASGI app rather than a Starlette endpoint because it
 client leaving at any moment (queued, waiting for the first token, streaming): the work runs in its own
 task beside a watcher of `http.disconnect`; if the watcher wins, the work is cancelled and the flow
 closed as a client disconnect (cancel to the agent, hold released). Errors before the first token are
-HTTP errors in OpenAI's shape (the response has not started); errors after it end the stream
-(openai_format.py).
+HTTP errors in OpenAI's shape (the response has not started), except for a stream that has waited past
+sse_keepalive_after_s: it has begun with keep-alive comments, so its error ends the stream, as errors
+after the first token do (openai_format.py). n > 1 choices are served by choices_api.py.
 
 Public names: ChatCompletions, routes, CAPPED_HEADER.
 """
