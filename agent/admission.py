@@ -42,6 +42,16 @@ def min_kv_budget_bytes(spec: ModelSpec, min_sequences: int = 1, context_tokens:
     return min_sequences * kv_peak_bytes_at(spec, context)
 
 
+def machine_room_bytes(available_bytes: int | None, engine_bytes: int | None, promised_bytes: int) -> int | None:
+    """Room this engine can still count on beside every other process: what the OS has available, plus
+    what the engine itself has allocated, less what it has promised (loaded models, KV budgets). None
+    without both live readings. Another agent's or app's memory is in neither, so it is never counted
+    as free."""
+    if available_bytes is None or engine_bytes is None:
+        return None
+    return available_bytes + engine_bytes - promised_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class LoadDecision:
     model: str
@@ -68,21 +78,29 @@ def load_gate(
     min_kv_sequences: int = 1,
     available_bytes: int | None = None,
     metal_limit_bytes: int | None = None,
+    engine_bytes: int | None = None,
 ) -> LoadDecision:
-    """May `spec` load beside `loaded_bytes` already held? `available_bytes` is the OS's live view."""
+    """May `spec` load beside `loaded_bytes` already held? `available_bytes` is the OS's live view and
+    `engine_bytes` what this engine has allocated now (so not in it): with both, the room is also bounded by
+    what other processes leave (machine_room_bytes), not by the cap alone."""
     cap = memory_cap_bytes(total_memory_bytes, operator_reserve_bytes, metal_limit_bytes)
     min_kv = min_kv_budget_bytes(spec, min_kv_sequences)
     fixed = spec.weights_bytes + spec.activation_reserve_bytes
-    room = cap - loaded_bytes
+    machine_room = machine_room_bytes(available_bytes, engine_bytes, loaded_bytes)
+    room = cap - loaded_bytes if machine_room is None else min(cap - loaded_bytes, machine_room)
     need = fixed + min_kv
     if need > cap:
         reason = f"needs {_gib(need)} (weights {_gib(spec.weights_bytes)} + activations " \
                  f"{_gib(spec.activation_reserve_bytes)} + KV for {min_kv_sequences} full-context sequence(s) " \
                  f"{_gib(min_kv)}) but this machine's cap is {_gib(cap)}"
-    elif need > room:
-        reason = f"needs {_gib(need)} but only {_gib(room)} of the {_gib(cap)} cap is left beside " \
+    elif need > cap - loaded_bytes:
+        reason = f"needs {_gib(need)} but only {_gib(cap - loaded_bytes)} of the {_gib(cap)} cap is left beside " \
                  f"{_gib(loaded_bytes)} already loaded"
-    elif available_bytes is not None and need > available_bytes:
+    elif need > room:
+        others = max(0, total_memory_bytes - (available_bytes or 0) - (engine_bytes or 0))
+        reason = f"needs {_gib(need)} but only {_gib(max(room, 0))} is free for it: the OS reports " \
+                 f"{_gib(available_bytes or 0)} available now and other processes hold {_gib(others)}"
+    elif machine_room is None and available_bytes is not None and need > available_bytes:
         reason = f"needs {_gib(need)} but the OS reports only {_gib(available_bytes)} available now"
     else:
         budget = room - fixed

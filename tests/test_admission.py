@@ -114,3 +114,19 @@ def test_a_lower_ratio_never_reserves_more(ratio):
     low = admit_request(GEMMA, SlotKV(budget_bytes=50 * GIB), prompt_tokens=2000, max_tokens=8000, ratio=ratio)
     high = admit_request(GEMMA, SlotKV(budget_bytes=50 * GIB), prompt_tokens=2000, max_tokens=8000, ratio=1.0)
     assert low.reservation_bytes <= high.reservation_bytes
+
+
+def test_memory_other_processes_hold_is_not_counted_as_free():
+    # 64 GiB machine; this engine holds 2 GiB of it; others hold 40 GiB, so the OS reports 22 GiB available.
+    alone = load_gate(GPT_OSS, total_memory_bytes=64 * GIB)
+    shared = load_gate(GPT_OSS, total_memory_bytes=64 * GIB, available_bytes=22 * GIB, engine_bytes=2 * GIB)
+    fixed = GPT_OSS.weights_bytes + GPT_OSS.activation_reserve_bytes
+    assert alone.kv_budget_bytes == memory_cap_bytes(64 * GIB) - fixed
+    assert shared.fits and shared.kv_budget_bytes == 24 * GIB - fixed
+
+
+def test_what_this_engine_promised_but_has_not_allocated_is_not_free_either():
+    # 30 GiB promised to a loaded model (weights + KV budget), of which only 14 GiB is allocated yet.
+    decision = load_gate(GEMMA, total_memory_bytes=64 * GIB, loaded_bytes=30 * GIB, available_bytes=40 * GIB,
+                         engine_bytes=14 * GIB)
+    assert not decision.fits and "other processes hold 10.00 GiB" in decision.reason

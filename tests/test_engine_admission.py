@@ -205,3 +205,50 @@ def test_unload_cancels_its_requests_frees_the_slot_and_it_loads_again(tiny_mode
     assert cold.state is SlotState.COLD and cold.kv_budget_bytes == 0 and cold.weights_bytes == 0
     assert finish.reason is FinishReason.CANCELLED and finish.error_code == "model_unloaded"
     assert warm.state is SlotState.IDLE and warm.weights_bytes > 0
+
+
+class SharedMachine:
+    """A 64 GiB machine where other processes (another agent, an app) hold `others_bytes`: the OS's
+    available memory is what neither they nor this engine's real MLX buffers hold."""
+
+    def __init__(self, others_bytes: int) -> None:
+        self.total, self.others_bytes = 64 * GIB, others_bytes
+
+    def total_bytes(self) -> int:
+        return self.total
+
+    def engine_bytes(self) -> int:
+        return mx.get_active_memory() + mx.get_cache_memory()
+
+    def available_bytes(self) -> int:
+        return self.total - self.others_bytes - self.engine_bytes()
+
+    def metal_limit_bytes(self) -> None:
+        return None
+
+
+def test_the_kv_budget_leaves_out_what_other_processes_hold(tiny_models_dir):
+    async def budget_beside(others_bytes: int) -> tuple[int, int]:
+        engine = MLXEngine({NAME: tiny_models_dir / NAME}, memory=SharedMachine(others_bytes))
+        async with engine:
+            await engine.load(NAME)
+            slot = engine.snapshot().slot(NAME)
+            spec = engine._slot(NAME).spec
+            return slot.kv_budget_bytes, spec.weights_bytes + spec.activation_reserve_bytes
+
+    alone, fixed = run(budget_beside(0))
+    beside, _ = run(budget_beside(60 * GIB))
+    assert alone > 50 * GIB  # the cap's room: nothing else on the machine
+    assert beside == 4 * GIB - fixed  # only what the other processes left, less weights and activations
+
+
+def test_a_model_does_not_load_into_memory_other_processes_hold(tiny_models_dir):
+    async def scenario():
+        engine = MLXEngine({NAME: tiny_models_dir / NAME}, memory=SharedMachine(64 * GIB - 2**20))
+        async with engine:
+            with pytest.raises(LoadRefused) as refused:
+                await engine.load(NAME)
+            return refused.value.decision
+
+    decision = run(scenario())
+    assert not decision.fits and "other processes hold 64.00 GiB" in decision.reason

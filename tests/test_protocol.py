@@ -126,7 +126,7 @@ def test_nested_fixed_names_are_on_the_wire_too():
             "fit_reason"} <= set(register["models"][0])
     assert {"model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
             "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps"} <= set(heartbeat["slots"][0])
-    assert set(heartbeat["memory"]) == {"total_bytes", "available_bytes", "cap_bytes"}
+    assert set(heartbeat["memory"]) == {"total_bytes", "available_bytes", "cap_bytes", "engine_bytes"}
     assert set(json.loads(encode(EXAMPLES[4]))["delta"]) == {"content", "reasoning", "tool_calls"}
     assert set(json.loads(encode(EXAMPLES[5]))["usage"]) == {"prompt_tokens", "completion_tokens"}
 

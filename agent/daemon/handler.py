@@ -114,7 +114,8 @@ class LinkHandler:
         slots = [self._slot_status(slot) for slot in self.engine.snapshot().slots]
         reading = self.read_memory()
         cap = memory_cap_bytes(reading.total_bytes, self.operator_reserve_bytes)
-        memory = MemoryStatus(total_bytes=reading.total_bytes, available_bytes=reading.available_bytes, cap_bytes=cap)
+        memory = MemoryStatus(total_bytes=reading.total_bytes, available_bytes=reading.available_bytes, cap_bytes=cap,
+                              engine_bytes=self.engine.allocated_bytes())
         return session.heartbeat(slots, memory, draining=self.draining)
 
     @staticmethod

@@ -143,6 +143,10 @@ class Engine:
         """`listener` is called after every slot transition, in order; the returned function removes it."""
         return self._listeners.add(listener)
 
+    def allocated_bytes(self) -> int | None:
+        """What the engine has allocated now by its memory probe (MLX's buffers); heartbeats carry it."""
+        return self.memory.engine_bytes()
+
     def output_ratio(self, model: str) -> OutputRatio:
         """The slot's expected-output ratio and its history of changes (it outlives loads)."""
         return self._slot(model).ratio

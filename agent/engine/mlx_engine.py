@@ -25,12 +25,17 @@ class MLXEngine(Engine):
     ) -> None:
         super().__init__(
             MLXBackend(schedule=config.schedule), models,
-            memory=memory or SystemMemory(metal_limit=_metal_limit()), config=config, clock=clock, sleep=sleep,
+            memory=memory or SystemMemory(metal_limit=_metal_limit(), allocated=_mlx_allocated), config=config, clock=clock, sleep=sleep,
         )
 
     def chat_format(self, model: str):
         """The loaded model's ChatFormat: how its prompts are encoded and its output split."""
         return self.backend.chat_format(model)
+
+
+def _mlx_allocated() -> int:
+    """What MLX holds now: live arrays and the buffer cache it keeps for reuse (both out of `available`)."""
+    return mx.get_active_memory() + mx.get_cache_memory()
 
 
 def _metal_limit() -> int | None:

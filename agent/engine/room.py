@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.admission import LoadDecision, load_gate, memory_cap_bytes, min_kv_budget_bytes, safety_margin_bytes
+from agent.admission import (
+    LoadDecision,
+    load_gate,
+    machine_room_bytes,
+    memory_cap_bytes,
+    min_kv_budget_bytes,
+    safety_margin_bytes,
+)
 from agent.engine.memory import MemoryProbe
 from agent.engine.slot import Slot
 
@@ -25,17 +32,21 @@ def gate(slot: Slot, loaded: Iterable[Slot], memory: MemoryProbe, *, operator_re
     return load_gate(slot.spec, total_memory_bytes=memory.total_bytes(),
                      loaded_bytes=sum(held_bytes(s, min_kv_sequences) for s in loaded),
                      operator_reserve_bytes=operator_reserve_bytes, min_kv_sequences=min_kv_sequences,
-                     available_bytes=memory.available_bytes(), metal_limit_bytes=memory.metal_limit_bytes())
+                     available_bytes=memory.available_bytes(), metal_limit_bytes=memory.metal_limit_bytes(),
+                     engine_bytes=memory.engine_bytes())
 
 
 def split_kv_room(loaded: list[Slot], memory: MemoryProbe, *, operator_reserve_bytes: int, min_kv_sequences: int,
                   max_kv_budget_bytes: int | None, kv_safety_margin: float) -> None:
     """Give each loaded slot its share of the KV room left beside every loaded model's weights and reserve,
-    in proportion to their minimum budgets (one full-context sequence each)."""
+    in proportion to their minimum budgets (one full-context sequence each). The room is the cap's, or less
+    where other processes hold more than the cap leaves them (admission.machine_room_bytes)."""
     if not loaded:
         return
     cap = memory_cap_bytes(memory.total_bytes(), operator_reserve_bytes, memory.metal_limit_bytes())
-    room = cap - sum(slot.spec.weights_bytes + slot.spec.activation_reserve_bytes for slot in loaded)
+    fixed = sum(slot.spec.weights_bytes + slot.spec.activation_reserve_bytes for slot in loaded)
+    machine_room = machine_room_bytes(memory.available_bytes(), memory.engine_bytes(), fixed)
+    room = cap - fixed if machine_room is None else min(cap - fixed, machine_room)
     minimums = {slot.model: min_kv_budget_bytes(slot.spec, min_kv_sequences) for slot in loaded}
     for slot in loaded:
         budget = max(0, room) * minimums[slot.model] // max(1, sum(minimums.values()))

@@ -169,6 +169,7 @@ class MemoryStatus(Frame):
     total_bytes: Bytes
     available_bytes: Bytes
     cap_bytes: Bytes
+    engine_bytes: Bytes | None = None  # what the agent's engine holds now (admission.machine_room_bytes)
 
 
 class Heartbeat(Frame):

@@ -165,15 +165,15 @@ def cold_gate(provider: ProviderRecord, offer: Offer) -> LoadDecision:
         return offer.gate_cache[1]
     hardware, heartbeat = provider.register.hardware, provider.heartbeat
     metal = hardware.metal_working_set_bytes
-    reserve, available, loaded = 0, None, 0
+    reserve, available, engine, loaded = 0, None, None, 0
     if heartbeat is not None:
         # The heartbeat's cap is the agent's own: the operator reserve is what separates it from the formula.
         reserve = max(0, memory_cap_bytes(hardware.memory_bytes, 0, metal) - heartbeat.memory.cap_bytes)
-        available = heartbeat.memory.available_bytes
+        available, engine = heartbeat.memory.available_bytes, heartbeat.memory.engine_bytes
         loaded = sum(_held_bytes(other) for other in provider.offers.values() if other is not offer)
     decision = load_gate(offer.spec, total_memory_bytes=hardware.memory_bytes, loaded_bytes=loaded,
                          operator_reserve_bytes=reserve, available_bytes=available,
-                         metal_limit_bytes=metal)
+                         metal_limit_bytes=metal, engine_bytes=engine)
     offer.gate_cache = (provider.seq, decision)
     return decision
 
