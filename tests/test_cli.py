@@ -233,3 +233,9 @@ def test_kv_beyond_the_models_context_warns():
     result = runner.invoke(app, ["kv", "gpt-oss-20b", "-c", "1000000"])
     assert result.exit_code == 0
     assert "beyond gpt-oss-20b's context of 131,072" in result.output
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["models", "pull", "gpt-oss-20b"]])
+def test_a_negative_reserve_is_refused_rather_than_growing_the_cap(command):
+    result = run(*command, "--reserve-gb", "-3")
+    assert result.exit_code == 2 and "-3.0 is not in the range x>=0" in result.output

@@ -70,7 +70,7 @@ def kv(
 @app.command()
 def doctor(
     memory_gb: Annotated[Optional[float], typer.Option(help="Evaluate a machine with this much RAM (GB = GiB here).")] = None,
-    reserve_gb: Annotated[float, typer.Option(help="Memory the operator keeps for other work (GiB).")] = 0.0,
+    reserve_gb: Annotated[float, typer.Option(min=0, help="Memory the operator keeps for other work (GiB).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     catalog: Annotated[Optional[Path], typer.Option(help="A models.toml other than the bundled one.")] = None,
 ) -> None:

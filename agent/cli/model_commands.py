@@ -54,7 +54,7 @@ def models_list(catalog: CatalogOpt = None, cache_dir: CacheOpt = None,
 @models_app.command("pull")
 def models_pull(model: ModelArg, force: Annotated[bool, typer.Option(help="Download even if it can never fit here.")] = False,
                 verify: Annotated[bool, typer.Option(help="Hash the weights after the download.")] = True,
-                reserve_gb: Annotated[float, typer.Option(help="Memory the operator keeps for other work (GiB).")] = 0.0,
+                reserve_gb: Annotated[float, typer.Option(min=0, help="Memory the operator keeps for other work (GiB).")] = 0.0,
                 catalog: CatalogOpt = None, cache_dir: CacheOpt = None, offline: OfflineOpt = None) -> None:
     """Download MODEL's pinned revision into the Hugging Face cache, after checking it can ever fit here."""
     from agent.admission import GIB
