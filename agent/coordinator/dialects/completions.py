@@ -1,0 +1,96 @@
+"""POST /v1/completions (OpenAI's legacy completions): a prompt in, text out, no chat template.
+
+The body becomes a chat-completions body with `raw_prompt` (agent/wire/chat_body.py): the agent tokenizes the
+prompt as it is and returns the model's text as one plain text, without channels or tool calls. max_tokens
+defaults to 16, as OpenAI's does. One prompt per request (a string, or a list holding one string); `n`,
+`best_of` above 1, `echo`, `suffix`, `logprobs` and token-id prompts are refused by name.
+
+Out, as OpenAI sends it: `{"object": "text_completion", "choices": [{"text", "index", "logprobs": null,
+"finish_reason"}], "usage"}`; streamed, chunks of the same object, then a usage chunk (with
+`stream_options.include_usage`), then `data: [DONE]`.
+
+Public names: CompletionsBody, to_chat, CompletionChunks, completion_object, DEFAULT_MAX_TOKENS.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from agent.coordinator.dialects.strict_body import Body
+from agent.coordinator.http.openai_format import sse, usage_body
+from agent.wire.chat_body import MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
+from agent.wire.frames import UsageReport
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+Prompt = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class CompletionsBody(Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    prompt: Prompt | Annotated[tuple[Prompt], Field(min_length=1, max_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] = DEFAULT_MAX_TOKENS
+    temperature: float | None = None
+    top_p: float | None = None
+    n: Literal[1] | None = None
+    best_of: Literal[1] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | tuple[str, ...] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    echo: Literal[False] | None = None
+    suffix: None = None
+    logprobs: None = None
+
+
+def to_chat(body: CompletionsBody) -> dict[str, Any]:
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    chat: dict[str, Any] = {"model": body.model, "messages": [{"role": "user", "content": prompt}],
+                            "raw_prompt": True, "max_tokens": body.max_tokens, "stream": body.stream}
+    optional = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop, "seed": body.seed,
+                "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+                "logit_bias": body.logit_bias, "user": body.user}
+    chat.update({name: value for name, value in optional.items() if value is not None})
+    if body.stream:
+        chat["stream_options"] = {"include_usage": True}  # the flow's usage; shown only when the client asked
+    return chat
+
+
+def completion_id(request_id: str) -> str:
+    return "cmpl-" + request_id.rpartition("-")[2]
+
+
+def completion_object(request_id: str, model: str, text: str, finish_reason: str, usage: UsageReport) -> dict[str, Any]:
+    return {"id": completion_id(request_id), "object": "text_completion", "created": int(time.time()), "model": model,
+            "system_fingerprint": None,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage_body(usage)}
+
+
+class CompletionChunks:
+    """The SSE chunks of one streamed completion."""
+
+    def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
+        self.id, self.model, self.include_usage = completion_id(request_id), model, include_usage
+        self.created = int(time.time())
+
+    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        return sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                    "system_fingerprint": None,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]})
+
+    def usage(self, usage: UsageReport) -> bytes:
+        if not self.include_usage:
+            return b""
+        return sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                    "system_fingerprint": None, "choices": [], "usage": usage_body(usage)})
