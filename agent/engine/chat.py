@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mlx_lm.generate import TextStateMachine
+from mlx_lm.tokenizer_utils import NaiveStreamingDetokenizer
 
 from agent.engine.token_text import TokenText
 from agent.engine.chat_messages import offered_tools, template_messages, template_tools
@@ -205,6 +206,14 @@ class ChatFormat:
         except Exception as exc:  # a template's raise_exception, or messages it cannot render
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
+
+    def detokenizer(self, request: GenerationRequest):
+        """A fresh streaming detokenizer for one request. A raw prompt's gets mlx-lm's naive one (the tokenizer's
+        own decode): the streaming ones drop the first token's leading space, which a chat answer does not miss
+        but a completion of "The capital of France is" does (" Paris")."""
+        if request.raw_prompt:
+            return NaiveStreamingDetokenizer(self.tokenizer)
+        return self.tokenizer.detokenizer
 
     def is_reasoning(self, request: GenerationRequest) -> bool:
         """May the model reason before answering? (gpt-oss always does; gemma when its thinking is on.)"""
