@@ -7,6 +7,7 @@ in each dialect's shape, hostile bodies and providers, and a client leaving each
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import anthropic
@@ -16,8 +17,9 @@ import pytest
 
 from agent.coordinator.billing.accounts import Accounts
 from agent.coordinator.billing.keys import create_key
+from agent.coordinator.billing.pricing import DEFAULT_PRICES
 from agent.wire.frames import ChunkDelta, ToolCallDelta
-from tests.provider_support import GPT, Reply, coordinator, eventually, provider
+from tests.provider_support import FAST, GPT, Reply, coordinator, eventually, provider
 
 THINK_THEN_ANSWER = [("", "Let me think."), "Sunny", " in Paris."]
 CALL = [("", "Need weather."), ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_abc", name="get_weather"),)),
@@ -316,3 +318,46 @@ async def test_a_client_leaving_a_dialects_stream_cancels_at_the_agent_and_relea
         await eventually(lambda: agent.cancels == [agent.received[0].request_id])
         await eventually(lambda: server.coordinator.accounts.num_holds == 0)
         await agent.stop()
+
+
+# -- the shared request life: keep-alives, billing
+KEEPALIVE = replace(FAST, sse_keepalive_after_s=0.1, sse_keepalive_interval_s=0.1, first_token_base_s=0.5,
+                    max_attempts=1)
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages"])
+async def test_a_dialects_stream_failing_after_keepalives_ends_with_an_error_event_in_its_own_shape(path):
+    body, headers = STREAMS[path]
+    async with coordinator(KEEPALIVE) as server:
+        sinkhole = await provider(server, GPT, reply=Reply(hang_after=0))
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            response = await http.post(path, json=body, headers=headers)
+        assert response.status_code == 200 and ": waiting for the first token" in response.text
+        event, data = response.text.strip().split("\n")[-2:]
+        error = json.loads(data.removeprefix("data: "))
+        assert event == "event: error" and error["type"] == "error"
+        assert ("first token" in error["message"]) if path == "/v1/responses" else (
+            error["error"]["type"] == "api_error" and "first token" in error["error"]["message"])
+        assert server.coordinator.accounts.num_holds == 0
+        await sinkhole.stop()
+
+
+async def test_a_billed_account_is_charged_a_messages_answer_exactly_its_usage(tmp_path: Path):
+    db = tmp_path / "accounts.sqlite"
+    key = create_key(db, "acme").key
+    accounts = Accounts.from_db(db)
+    accounts.credit("acme", 10_000_000)
+    async with coordinator(accounts=accounts) as server:
+        agent = await provider(server, GPT, reply=Reply(chunks=["a", "b", "c"], num_tokens=1))
+        message = await anthropic_client(server, key).messages.create(
+            model=GPT.id, max_tokens=9, messages=[{"role": "user", "content": "x"}])
+        response = await openai_client(server, key).responses.create(model=GPT.id, input="x", max_output_tokens=9)
+        await eventually(lambda: accounts.num_holds == 0)
+        await agent.stop()
+    assert accounts.flush()
+    spent = 10_000_000 - accounts.balance_micros("acme")
+    cost = DEFAULT_PRICES.cost_micros(GPT.id, 11, 3)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (11, 3) == (
+        response.usage.input_tokens, response.usage.output_tokens)
+    assert spent == 2 * cost
+    accounts.close()
