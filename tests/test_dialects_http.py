@@ -86,7 +86,7 @@ async def test_responses_a_function_call_comes_back_and_its_output_reaches_the_n
 
         agent.reply = Reply(chunks=["Sunny."], num_tokens=1)
         history = [{"role": "user", "content": "Weather in Paris?"},
-                   *[item.model_dump(exclude_none=True) for item in first.output],
+                   *first.output,  # the SDK's own objects, as the README's example sends them
                    {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 24 C"}]
         second = await client.responses.create(input=history, **{**ask, "tool_choice": "auto"})
         assert second.output_text == "Sunny."
