@@ -208,3 +208,15 @@ async def test_the_openai_agents_sdk_runs_an_agent_whose_required_tool_is_called
         assert result.final_output == "Sunny in Paris."
         assert "sunny, 24 C" in text_of(recorded.requests[1])  # its result reached the model in the next turn
         assert recorded.requests[0].tool_choice == "required" and len(recorded.requests) >= 2
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-tiny", "gemma-4-tiny"])
+async def test_responses_parse_with_a_text_format_returns_a_valid_instance_from_random_weights(tiny_models_dir, name):
+    from tests.test_structured_outputs_e2e import Weather  # bounded fields: random weights finish the object
+
+    async with agent_and_coordinator(tiny_models_dir, name) as (server, recorded):
+        client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
+        parsed = await client.responses.parse(model=name, input="What is the weather?", text_format=Weather,
+                                              max_output_tokens=192, temperature=1.0)
+        assert parsed.status == "completed" and isinstance(parsed.output_parsed, Weather)
+        assert recorded.requests[0].constraint is not None  # enforced by the engine's grammar, not by luck

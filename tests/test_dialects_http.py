@@ -361,3 +361,43 @@ async def test_a_billed_account_is_charged_a_messages_answer_exactly_its_usage(t
         response.usage.input_tokens, response.usage.output_tokens)
     assert spent == 2 * cost
     accounts.close()
+
+
+async def test_the_anthropic_sdk_lists_and_retrieves_models_in_anthropics_shape():
+    async with coordinator() as server:
+        agent = await provider(server, GPT)
+        client = anthropic_client(server)
+        listed = [model async for model in client.models.list()]
+        assert GPT.id in [model.id for model in listed] and all(model.type == "model" for model in listed)
+        one = await client.models.retrieve(GPT.id)
+        assert one.id == GPT.id and one.display_name == GPT.id and one.created_at.year >= 2024
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await client.models.retrieve("nope")
+        assert missing.value.body["error"]["type"] == "not_found_error"
+        assert (await openai_client(server).models.retrieve(GPT.id)).object == "model"  # OpenAI's, unchanged
+        await agent.stop()
+
+
+BAD_CALLS = [ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_a", name="get_weather"),)),
+             ChunkDelta(tool_calls=(ToolCallDelta(index=3, arguments="{}"),))]  # index 3 before 1 and 2
+
+
+async def test_a_provider_sending_inconsistent_tool_calls_ends_each_dialect_with_its_error_and_pays_what_was_sent():
+    async with coordinator() as server:
+        agent = await provider(server, GPT, reply=Reply(chunks=BAD_CALLS, num_tokens=1))
+        with pytest.raises(openai.InternalServerError) as whole:
+            await openai_client(server).responses.create(model=GPT.id, input="x", tools=[RESPONSES_TOOL])
+        assert whole.value.body["code"] == "provider_invalid_output"
+        async with openai_client(server).responses.stream(model=GPT.id, input="x", tools=[RESPONSES_TOOL]) as stream:
+            events = [event async for event in stream]
+        assert events[-1].type == "response.failed"
+        assert events[-1].response.error.code == "provider_invalid_output"
+        with pytest.raises(anthropic.APIStatusError) as streamed:
+            async with anthropic_client(server).messages.stream(
+                    model=GPT.id, max_tokens=9, tools=[ANTHROPIC_TOOL],
+                    messages=[{"role": "user", "content": "x"}]) as stream:
+                async for _ in stream:
+                    pass
+        assert "invalid tool call" in streamed.value.body["error"]["message"]
+        await eventually(lambda: server.coordinator.accounts.num_holds == 0)
+        await agent.stop()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.coordinator.errors import ApiError, BadRequest
+from agent.coordinator.errors import BadRequest
 from agent.wire.chat_body import ChatCompletionBody
 
 M = TypeVar("M", bound=BaseModel)
@@ -55,8 +55,6 @@ def checked(coordinator: Any, translated: dict[str, Any], dialect: str) -> ChatC
             raise
         raise type(exc)(f"{exc.message} (in the {dialect} request as translated to chat completions)",
                         param=exc.param, code=exc.code) from None
-    except ApiError:
-        raise
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -24,6 +24,8 @@ from agent.coordinator.flow import Broken, Finished, RequestFlow, Token
 from agent.coordinator.http.account_routes import account_routes
 from agent.coordinator.http.capacity import capacity_report, consumer_view
 from agent.coordinator.http.dialect_routes import dialect_routes
+from agent.coordinator.http.error_pages import is_anthropic
+from agent.coordinator.http.messages_api import anthropic_error, credentials
 from agent.coordinator.http.model_routes import model_routes
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body, sse
 from agent.coordinator.http.request_life import (  # noqa: F401 (CAPPED_HEADER, MAX_BODY_BYTES: importers of this module)
@@ -166,8 +168,9 @@ def _is_operator(coordinator: Coordinator, request: Request) -> bool:
 
 
 def _refuse(coordinator: Coordinator, request: Request) -> Response | None:
+    """The key check of the GET routes: a Bearer key, or Anthropic's x-api-key (answered in its shape)."""
     try:
-        coordinator.authenticate(request.headers.get("authorization"))
+        coordinator.authenticate(credentials(request))
     except ApiError as exc:
-        return exc.response()
+        return anthropic_error(exc) if is_anthropic(request) else exc.response()
     return None
