@@ -246,3 +246,18 @@ def test_completion_chunks_carry_text_then_the_finish_and_usage_only_when_asked(
     assert chunks.usage(USAGE) == b""
     whole = completions.completion_object("chatcmpl-abc", "m", "Hi", "stop", USAGE)
     assert whole["choices"][0]["finish_reason"] == "stop" and whole["usage"]["total_tokens"] == 12
+
+
+def test_image_blocks_and_parts_become_the_chat_bodys_image_url_parts():
+    messages_body = validated(messages_request.MessagesBody, {"model": "m", "max_tokens": 9, "messages": [
+        {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                  "data": "iVBORw0K"}},
+                                     {"type": "text", "text": "What is this?"}]}]})
+    responses_body = validated(responses_request.ResponsesBody, {"model": "m", "input": [
+        {"role": "user", "content": [{"type": "input_image", "image_url": "https://example.com/a.png"},
+                                     {"type": "input_text", "text": "What is this?"}]}]})
+    assert messages_request.to_chat(messages_body)["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+        {"type": "text", "text": "What is this?"}]
+    assert responses_request.to_chat(responses_body)["messages"][0]["content"][0] == {
+        "type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
