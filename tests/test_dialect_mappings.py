@@ -76,12 +76,12 @@ def test_responses_tools_tool_choice_and_a_json_schema_format_map_onto_chat_fiel
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": "x", "conversation": "conv_1"}, "conversation"),
     ({"input": "x", "tools": [{"type": "file_search"}]}, "tools"),
-    ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),
+    ({"input": "x", "include": ["file_search_call.results"]}, "include"),
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "seed": 1}, "seed"),
     ({"input": []}, "input"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input.0"),
-    ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": "opaque"}]}, "input.0"),
+    ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": 7}]}, "input.0"),
 ])
 def test_a_responses_body_it_cannot_serve_is_refused_naming_the_parameter(body, param):
     with pytest.raises(BadRequest) as refused:
@@ -261,3 +261,18 @@ def test_image_blocks_and_parts_become_the_chat_bodys_image_url_parts():
         {"type": "text", "text": "What is this?"}]
     assert responses_request.to_chat(responses_body)["messages"][0]["content"][0] == {
         "type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+def test_a_stateless_client_gets_its_reasoning_back_as_encrypted_content_and_it_reaches_the_next_turn():
+    body = validated(responses_request.ResponsesBody, {"model": "m", "input": "x", "store": False,
+                                                       "include": ["reasoning.encrypted_content"]})
+    state = ResponseState("chatcmpl-1", body, "m")
+    state.token(Token("", "Think."))
+    state.token(Token("Hi", ""))
+    state.finish(Finished("stop", USAGE))
+    reasoning = state.response()["output"][0]
+    assert reasoning["encrypted_content"] == "Think."
+    echoed = {"type": "reasoning", "id": reasoning["id"], "summary": [], "encrypted_content": "Think."}
+    turn = responses(input=[{"role": "user", "content": "x"}, echoed, {"role": "assistant", "content": "Hi"},
+                            {"role": "user", "content": "more"}])
+    assert turn.messages[1].reasoning == "Think." and turn.messages[1].content == "Hi"

@@ -15,7 +15,8 @@ A stream is, as OpenAI sends it (every event has its `sequence_number`):
     response.failed {response}                                an error after the first token: response.error
 
 Output items follow the text as it comes: a change from reasoning to text to a call closes one item and opens
-the next. Reasoning is returned as the item's `content` (reasoning_text), not summarized: `summary` is empty.
+the next. Reasoning is returned as the item's `content` (reasoning_text), not summarized: `summary` is empty; with
+`include: ["reasoning.encrypted_content"]` the item's `encrypted_content` is that text too (responses_request.py).
 `usage.output_tokens_details.reasoning_tokens` is 0: the flow counts tokens, not which channel they were in.
 
 Public names: ResponseState, response_id.
@@ -27,7 +28,12 @@ import secrets
 import time
 from typing import Any
 
-from agent.coordinator.dialects.responses_request import JsonSchemaParam, NamedFunction, ResponsesBody
+from agent.coordinator.dialects.responses_request import (
+    ENCRYPTED_REASONING,
+    JsonSchemaParam,
+    NamedFunction,
+    ResponsesBody,
+)
 from agent.coordinator.flow import Broken, Finished, Token
 from agent.wire.frames import FinishReason, UsageReport
 
@@ -155,6 +161,8 @@ class ResponseState:
                                       content_index=0, part=dict(part)))
         if item["type"] != "reasoning":
             item["status"] = "completed"
+        elif ENCRYPTED_REASONING in (self.body.include or ()):
+            item["encrypted_content"] = item["content"][0]["text"]
         events.append(self._event("response.output_item.done", output_index=index, item=_copy(item)))
         return events
 

@@ -13,10 +13,13 @@
 
 Nothing is stored: `store` is accepted (the API's default is true) and answered `store: false`;
 `previous_response_id` and `conversation` are refused with a 400 that says to send the whole input.
-Tools other than functions, `background`, `prompt` templates, `include` entries and `top_logprobs` are
+`include: ["reasoning.encrypted_content"]` (what a stateless client such as Codex asks for) is served with the
+reasoning text itself as the opaque `encrypted_content` (nothing here is secret from the client: the text is in
+the item's content too), and an echoed reasoning item's `encrypted_content` is read back as its reasoning.
+Tools other than functions, `background`, `prompt` templates, other `include` entries and `top_logprobs` are
 refused by name.
 
-Public names: ResponsesBody, to_chat.
+Public names: ResponsesBody, to_chat, ENCRYPTED_REASONING.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from agent.coordinator.dialects.strict_body import Body
 from agent.coordinator.errors import BadRequest
 from agent.wire.chat_body import MAX_MESSAGES, ReasoningEffort
 
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 Text = Annotated[str, Field(max_length=8 * 1024 * 1024)]
 Id = Annotated[str, Field(max_length=256)]
 Status = Literal["in_progress", "completed", "incomplete"] | None
@@ -92,7 +96,7 @@ class ReasoningItem(Body):
     content: tuple[ReasoningText, ...] | None = None
     id: Id | None = None
     status: Status = None
-    encrypted_content: None = None  # nothing is encrypted here
+    encrypted_content: Text | None = None  # this coordinator's own: the reasoning text (see the docstring)
 
 
 Item = Annotated[
@@ -161,7 +165,7 @@ class ResponsesBody(Body):
     conversation: None = None  # no conversations are kept here
     metadata: dict[str, str] | None = None
     user: str | None = None
-    include: tuple[()] | None = None  # no includable extras are served
+    include: tuple[Literal["reasoning.encrypted_content"], ...] | None = None
     truncation: Literal["disabled"] | None = None
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None  # accepted, neutral
@@ -220,7 +224,8 @@ def _messages(body: ResponsesBody) -> list[dict[str, Any]]:
     reasoning: list[str] = []  # a reasoning item's text waits for the assistant turn it belongs to
     for item in body.input:
         if isinstance(item, ReasoningItem):
-            reasoning += [part.text for part in (*item.summary, *(item.content or ()))]
+            texts = [part.text for part in (*item.summary, *(item.content or ()))]
+            reasoning += texts or [item.encrypted_content or ""]
         elif isinstance(item, FunctionCallItem):
             turn = _assistant_turn(messages, reasoning)
             turn.setdefault("tool_calls", []).append(
