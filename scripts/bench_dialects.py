@@ -108,5 +108,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    import structlog
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # warnings and errors only
     report = asyncio.run(main(args.requests))
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
