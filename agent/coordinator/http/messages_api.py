@@ -72,7 +72,9 @@ class CountTokens:
     async def count(self, request: Request) -> Response:
         coordinator = self.coordinator
         try:
-            coordinator.authenticate(credentials(request))
+            account = coordinator.authenticate(credentials(request))
+            # The same limits as a request (in open mode, the address's rate): counting is work too.
+            coordinator.precheck(account, request.client.host if request.client else None)
             source = validated(MessagesBody, read_json(await read_body(request, coordinator.settings.body_read_timeout_s)))
             body = validate_chat_request(to_chat(source, is_counting=True))
             if isinstance(body, ProtocolError):
