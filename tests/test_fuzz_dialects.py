@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.testing.fleet.profiles import GEMMA, GPT_OSS
 from tests.test_fuzz_api import EXPECTED_STATUSES, Background, json_values
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 models = st.sampled_from([GPT_OSS, GEMMA, "no-such-model"]) | json_values
 texts = st.text(max_size=40)
