@@ -276,3 +276,16 @@ def test_a_stateless_client_gets_its_reasoning_back_as_encrypted_content_and_it_
     turn = responses(input=[{"role": "user", "content": "x"}, echoed, {"role": "assistant", "content": "Hi"},
                             {"role": "user", "content": "more"}])
     assert turn.messages[1].reasoning == "Think." and turn.messages[1].content == "Hi"
+
+
+def test_the_newer_messages_knobs_map_or_are_accepted_without_effect():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = messages(messages=[{"role": "user", "content": "x"}], cache_control={"type": "ephemeral"},
+                    context_management={"edits": [{"type": "clear_tool_uses_20250919"}]},
+                    output_config={"effort": "max", "format": {"type": "json_schema", "schema": schema}},
+                    thinking={"type": "adaptive", "display": "summarized"})
+    assert body.reasoning_effort == "high" and body.response_format.json_schema.json_schema == schema
+    with pytest.raises(BadRequest) as refused:
+        validated(messages_request.MessagesBody, {"model": "m", "max_tokens": 9, "thinking": {
+            "type": "enabled", "budget_tokens": 2048, "display": "omitted"}, "messages": [{"role": "user", "content": "x"}]})
+    assert refused.value.param.startswith("thinking")

@@ -10,10 +10,15 @@
                                        disable_parallel_tool_use → parallel_tool_calls false
     thinking {type: enabled, budget_tokens}        → reasoning_effort low (< 4096), medium (< 16384), high;
                                        disabled → none (gpt-oss reasons anyway, at its lowest effort)
+                                       adaptive → medium; between_tools → the model's own default
+    output_config {effort, format}     effort → reasoning_effort (xhigh, max → high); format (json_schema)
+                                       → response_format, enforced by the agent's grammar
     stop_sequences → stop;  max_tokens (required), temperature, top_p, top_k as they are;  metadata.user_id → user
 
-`cache_control` is accepted and has no effect (no prompt cache is kept for a client here). Documents,
-server tools, MCP servers and containers are refused by name.
+`cache_control` (on blocks and at the top) and `context_management` (server-side clearing of old tool
+results, which Claude Code sends) are accepted and have no effect: no prompt cache is kept and no context is
+edited here, so the model sees the whole conversation it was sent. `thinking.display` "omitted" is refused
+(the reasoning is returned as it is). Documents, server tools, MCP servers and containers are refused by name.
 
 Public names: MessagesBody, to_chat, effort_for.
 """
@@ -109,8 +114,19 @@ class ToolChoice(Body):
 
 
 class Thinking(Body):
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: Annotated[int, Field(ge=1)] | None = None
+    display: Literal["summarized"] | None = None  # "omitted" is refused: the reasoning is returned as it is
+
+
+class OutputFormat(Body):
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Body):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: OutputFormat | None = None
 
 
 class Metadata(Body):
@@ -132,6 +148,9 @@ class MessagesBody(Body):
     thinking: Thinking | None = None
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
+    output_config: OutputConfig | None = None
+    cache_control: CacheControl = None  # accepted, no effect
+    context_management: dict[str, Any] | None = None  # accepted, no effect (see the module's docstring)
 
 
 def to_chat(body: MessagesBody, *, is_counting: bool = False) -> dict[str, Any]:
@@ -142,7 +161,8 @@ def to_chat(body: MessagesBody, *, is_counting: bool = False) -> dict[str, Any]:
                             "stream": body.stream}
     optional = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p,
                 "top_k": body.top_k, "stop": list(body.stop_sequences) if body.stop_sequences else None,
-                "reasoning_effort": effort_for(body.thinking),
+                "reasoning_effort": _effort(body),
+                "response_format": _response_format(body.output_config),
                 "user": body.metadata.user_id if body.metadata else None}
     chat.update({name: value for name, value in optional.items() if value is not None})
     if body.stream:
@@ -158,7 +178,7 @@ def to_chat(body: MessagesBody, *, is_counting: bool = False) -> dict[str, Any]:
 
 
 def effort_for(thinking: Thinking | None) -> str | None:
-    if thinking is None:
+    if thinking is None or thinking.type == "between_tools":
         return None
     if thinking.type == "disabled":
         return "none"
@@ -166,6 +186,20 @@ def effort_for(thinking: Thinking | None) -> str | None:
     if budget is None:
         return "medium"
     return "low" if budget < LOW_EFFORT_BELOW else "medium" if budget < MEDIUM_EFFORT_BELOW else "high"
+
+
+def _effort(body: MessagesBody) -> str | None:
+    """output_config.effort when given (the newer API's knob), else what `thinking` says."""
+    effort = body.output_config.effort if body.output_config else None
+    if effort is not None:
+        return "high" if effort in ("xhigh", "max") else effort
+    return effort_for(body.thinking)
+
+
+def _response_format(config: OutputConfig | None) -> dict[str, Any] | None:
+    if config is None or config.format is None:
+        return None
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": config.format.json_schema}}
 
 
 def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
