@@ -154,8 +154,10 @@ async def test_messages_stream_sends_anthropic_events_and_the_final_message_matc
         agent = await provider(server, GPT, reply=Reply(chunks=THINK_THEN_ANSWER, num_tokens=1))
         async with anthropic_client(server).messages.stream(
                 model=GPT.id, max_tokens=50, messages=[{"role": "user", "content": "Weather?"}]) as stream:
-            kinds = [event.type async for event in stream]
+            events = [event async for event in stream]
             final = await stream.get_final_message()
+        kinds = [event.type for event in events]
+        assert events[0].message.usage.input_tokens == 11  # the agent's count, known at the first token
         raw = [k for k in kinds if k in ("message_start", "content_block_start", "content_block_stop",
                                          "message_delta", "message_stop")]
         assert raw == ["message_start", "content_block_start", "content_block_stop", "content_block_start",

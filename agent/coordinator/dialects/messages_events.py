@@ -3,14 +3,14 @@ final message, from one state. Errors in Anthropic's shape are here too.
 
 A stream is, as Anthropic sends it:
 
-    message_start {message}                     content [], usage {input_tokens: 0, output_tokens: 0}
+    message_start {message}                     content [], usage {input_tokens: the agent's count (held within
+                                                the coordinator's bounds), output_tokens: 0}
     ping
     content_block_start {index, content_block}  thinking / text / tool_use (input {})
       content_block_delta {index, delta}        thinking_delta / text_delta / input_json_delta (partial_json)
     content_block_stop {index}
     message_delta {delta: {stop_reason, stop_sequence}, usage}   end_turn | max_tokens | tool_use; usage is the
-                                                                 settled count (input_tokens too: the prompt's
-                                                                 count is known only at the end here)
+                                                                 settled count (input_tokens too)
     message_stop
     error {error: {type, message}}              an error after the first token ends the stream
 
@@ -63,11 +63,13 @@ def api_error_body(exc: ApiError) -> dict[str, Any]:
 class MessageState:
     """One message, built from the flow's events; each method returns the stream events it caused."""
 
-    def __init__(self, request_id: str, model: str) -> None:
+    def __init__(self, request_id: str, model: str, input_tokens: int = 0) -> None:
+        """`input_tokens`: the prompt's count as known at the first token (message_start's); the settled
+        count replaces it in message_delta."""
         self.id, self.model = message_id(request_id), model
         self.content: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
-        self.usage = UsageReport(prompt_tokens=0, completion_tokens=0)
+        self.usage = UsageReport(prompt_tokens=input_tokens, completion_tokens=0)
         self._arguments: dict[int, str] = {}  # a tool_use block's input as streamed JSON text, by block index
         self._open: str | None = None  # the kind of the block being written
 

@@ -57,7 +57,9 @@ class Messages(EventLife):
         return event_sse([api_error_body(exc)])
 
     def state(self, flow: RequestFlow, request: Translated) -> MessageState:
-        return MessageState(flow.exchange.request_id, request.body.model)
+        meter = flow.meter  # the agent's prompt count from inference_accepted, held within the coordinator's bounds
+        input_tokens = meter.delivered().prompt_tokens if meter.prompt_claim is not None else 0
+        return MessageState(flow.exchange.request_id, request.body.model, input_tokens)
 
     def whole(self, state: MessageState) -> dict[str, Any]:
         return state.message()
