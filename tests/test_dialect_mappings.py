@@ -289,3 +289,12 @@ def test_the_newer_messages_knobs_map_or_are_accepted_without_effect():
         validated(messages_request.MessagesBody, {"model": "m", "max_tokens": 9, "thinking": {
             "type": "enabled", "budget_tokens": 2048, "display": "omitted"}, "messages": [{"role": "user", "content": "x"}]})
     assert refused.value.param.startswith("thinking")
+
+
+def test_reasoning_before_a_user_message_belongs_to_no_turn_and_an_empty_prompt_is_refused():
+    body = responses(input=[{"type": "reasoning", "summary": [{"type": "summary_text", "text": "stale"}]},
+                            {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+    assert body.messages[1].reasoning is None
+    with pytest.raises(BadRequest) as refused:
+        validated(completions.CompletionsBody, {"model": "m", "prompt": ""})
+    assert refused.value.param == "prompt"

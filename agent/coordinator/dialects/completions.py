@@ -25,7 +25,7 @@ from agent.wire.chat_body import MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
 from agent.wire.frames import UsageReport
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
-Prompt = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]  # an empty prompt has no tokens to continue
 
 
 class StreamOptions(Body):

@@ -233,11 +233,13 @@ def _messages(body: ResponsesBody) -> list[dict[str, Any]]:
         elif isinstance(item, FunctionCallOutputItem):
             output = item.output if isinstance(item.output, str) else "".join(part.text for part in item.output)
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+            reasoning.clear()  # reasoning belongs to the assistant turn right after it, or to none
         elif item.role == "assistant":
             turn = _assistant_turn(messages, reasoning)
             turn["content"] = (turn.get("content") or "") + _text(item)
         else:
             messages.append({"role": item.role, "content": _content(item)})
+            reasoning.clear()
     return messages
 
 
