@@ -142,6 +142,7 @@ async def test_messages_create_returns_thinking_and_text_with_usage_and_stop_rea
         assert [block.type for block in message.content] == ["thinking", "text"]
         assert message.content[0].thinking == "Let me think." and message.content[1].text == "Sunny in Paris."
         assert message.stop_reason == "end_turn" and message.id.startswith("msg_")
+        assert message._request_id == agent.received[0].request_id  # the `request-id` header
         assert message.usage.input_tokens == 11 and message.usage.output_tokens == 3
         sent = agent.received[0].body
         assert sent.reasoning_effort == "low" and sent.stop_sequences == ("END",)

@@ -17,7 +17,7 @@ from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.errors import ProviderFailed
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token
 from agent.coordinator.http.openai_format import sse
-from agent.coordinator.http.request_life import RequestLife, Translated, response_headers, send_part, send_response
+from agent.coordinator.http.request_life import RequestLife, Translated, send_part, send_response
 
 
 class DialectState(Protocol):
@@ -69,7 +69,7 @@ class EventLife(RequestLife):
             elif isinstance(event, Finished):
                 state.finish(event)
                 self.coordinator.metrics.request(model, "ok")
-                await send_response(send, JSONResponse(self.whole(state), headers=response_headers(flow, request.body)))
+                await send_response(send, JSONResponse(self.whole(state), headers=self.headers(flow, request.body)))
                 return
             else:
                 flow.close(ReleaseReason.PROVIDER_ERROR)

@@ -28,6 +28,7 @@ from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.event_life import EventLife, event_sse
 from agent.coordinator.http.request_life import Translated, read_body
 from agent.coordinator.routing.estimate import estimate_prompt
+from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 ESTIMATE_HEADER = "x-darkbloom-token-count"
@@ -52,6 +53,9 @@ class Messages(EventLife):
 
     def error_response(self, exc: ApiError) -> Response:
         return anthropic_error(exc)
+
+    def headers(self, flow: RequestFlow, body: ChatCompletionBody) -> dict[str, str]:
+        return {**super().headers(flow, body), "request-id": flow.exchange.request_id}  # the SDK's _request_id
 
     def stream_error(self, exc: ApiError) -> bytes:
         return event_sse([api_error_body(exc)])

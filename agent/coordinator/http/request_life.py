@@ -75,6 +75,10 @@ class RequestLife:
         """The end of a stream that began with keep-alives and then failed before its first token."""
         raise NotImplementedError
 
+    def headers(self, flow: RequestFlow, body: ChatCompletionBody) -> dict[str, str]:
+        """The answer's own headers (a stream's and a whole answer's)."""
+        return response_headers(flow, body)
+
     def open(self, account: Account, body: ChatCompletionBody) -> Any:
         return self.coordinator.open(account, body)
 
@@ -167,7 +171,7 @@ class RequestLife:
         return True
 
     async def start_stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
-        headers = [(name.encode(), value.encode()) for name, value in response_headers(flow, body).items()]
+        headers = [(name.encode(), value.encode()) for name, value in self.headers(flow, body).items()]
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
 
 
