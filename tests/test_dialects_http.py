@@ -255,6 +255,16 @@ async def test_unknown_paths_and_wrong_methods_answer_in_the_dialect_of_the_clie
         assert openai_404.json()["error"]["code"] == "unknown_url"
         assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "error"
         assert "/v1/responses" in openai_404.json()["error"]["message"]
+        wrong_responses_method = await http.get("/v1/responses")
+        assert wrong_responses_method.status_code == 405
+        assert wrong_responses_method.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_retrieving_a_response_says_none_is_stored():
+    async with coordinator() as server:
+        with pytest.raises(openai.NotFoundError) as missing:
+            await openai_client(server).responses.retrieve("resp_abc")
+        assert missing.value.body["code"] == "not_stored" and "not stored" in missing.value.body["message"]
 
 
 # -- legacy completions
