@@ -298,3 +298,17 @@ def test_reasoning_before_a_user_message_belongs_to_no_turn_and_an_empty_prompt_
     with pytest.raises(BadRequest) as refused:
         validated(completions.CompletionsBody, {"model": "m", "prompt": ""})
     assert refused.value.param == "prompt"
+
+
+def test_a_calls_arguments_after_text_came_between_still_reach_its_own_item_and_block():
+    opening = Token("", "", tool_calls=(ToolCallDelta(index=0, id="call_1", name="f", arguments='{"x"'),))
+    rest = Token("", "", tool_calls=(ToolCallDelta(index=0, arguments=": 1}"),))
+    body = validated(responses_request.ResponsesBody, {"model": "m", "input": "x"})
+    response, message = ResponseState("chatcmpl-1", body, "m"), MessageState("chatcmpl-1", "m")
+    for state in (response, message):
+        state.token(opening)
+        state.token(Token("between", ""))
+        state.token(rest)
+        state.finish(Finished("tool_calls", USAGE))
+    assert response.response()["output"][0]["arguments"] == '{"x": 1}'
+    assert message.message()["content"][0]["input"] == {"x": 1}

@@ -72,6 +72,7 @@ class MessageState:
         self.usage = UsageReport(prompt_tokens=input_tokens, completion_tokens=0)
         self._arguments: dict[int, str] = {}  # a tool_use block's input as streamed JSON text, by block index
         self._open: str | None = None  # the kind of the block being written
+        self._calls: dict[int, int] = {}  # a tool call's index → its tool_use block's index
 
     def begin(self) -> list[Event]:
         start = {**self.message(), "content": []}
@@ -87,9 +88,11 @@ class MessageState:
             if piece.id is not None:
                 events += self._start({"type": "tool_use", "id": piece.id, "name": piece.name or "", "input": {}})
                 self._arguments[self._index] = ""
-            if piece.arguments and self._open == "tool_use":
-                self._arguments[self._index] += piece.arguments
-                events.append({"type": "content_block_delta", "index": self._index,
+                self._calls[piece.index] = self._index
+            index = self._calls.get(piece.index)
+            if piece.arguments and index is not None:  # by the call's own block, even after text came between
+                self._arguments[index] += piece.arguments
+                events.append({"type": "content_block_delta", "index": index,
                                "delta": {"type": "input_json_delta", "partial_json": piece.arguments}})
         return events
 

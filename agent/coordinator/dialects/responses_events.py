@@ -57,6 +57,7 @@ class ResponseState:
         self.incomplete_reason: str | None = None
         self._sequence = 0
         self._open: dict[str, Any] | None = None  # the item being written
+        self._calls: dict[int, int] = {}  # a tool call's index → its item's output index
 
     # -- events in
     def begin(self) -> list[Event]:
@@ -75,10 +76,13 @@ class ResponseState:
                 events += self._open_item({"type": "function_call", "id": self._item_id("function_call"),
                                            "call_id": piece.id, "name": piece.name or "", "arguments": "",
                                            "status": "in_progress"})
-            if piece.arguments and self._open is not None and self._open["type"] == "function_call":
-                self._open["arguments"] += piece.arguments
-                events.append(self._event("response.function_call_arguments.delta", item_id=self._open["id"],
-                                          output_index=len(self.output) - 1, delta=piece.arguments))
+                self._calls[piece.index] = self._index
+            index = self._calls.get(piece.index)
+            if piece.arguments and index is not None:  # by the call's own item, even after text came between
+                item = self.output[index]
+                item["arguments"] += piece.arguments
+                events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                          output_index=index, delta=piece.arguments))
         return events
 
     def finish(self, finished: Finished) -> list[Event]:
