@@ -79,6 +79,7 @@ def test_responses_tools_tool_choice_and_a_json_schema_format_map_onto_chat_fiel
     ({"input": "x", "include": ["file_search_call.results"]}, "include"),
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "seed": 1}, "seed"),
+    ({"input": "x", "top_logprobs": 21}, "top_logprobs"),
     ({"input": []}, "input"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input.0"),
     ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": 7}]}, "input.0"),
@@ -312,3 +313,19 @@ def test_a_calls_arguments_after_text_came_between_still_reach_its_own_item_and_
         state.finish(Finished("tool_calls", USAGE))
     assert response.response()["output"][0]["arguments"] == '{"x": 1}'
     assert message.message()["content"][0]["input"] == {"x": 1}
+
+
+def test_responses_text_logprobs_are_asked_for_by_include_and_come_back_on_the_text():
+    from agent.wire.logprobs import TokenLogprob
+
+    asked = responses(input="x", include=["message.output_text.logprobs"], top_logprobs=2)
+    assert asked.logprobs and asked.top_logprobs == 2
+    assert not responses(input="x", top_logprobs=2).logprobs  # as OpenAI: without include, none
+    body = validated(responses_request.ResponsesBody, {"model": "m", "input": "x",
+                                                       "include": ["message.output_text.logprobs"]})
+    state = ResponseState("chatcmpl-1", body, "m")
+    entry = TokenLogprob(token="Hi", logprob=-0.5, bytes=[72, 105])
+    delta = state.token(Token("Hi", "", logprobs=(entry,)))[-1]
+    state.finish(Finished("stop", USAGE))
+    assert delta["logprobs"] == [entry.model_dump()]
+    assert state.response()["output"][0]["content"][0]["logprobs"] == [entry.model_dump()]

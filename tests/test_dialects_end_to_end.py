@@ -220,3 +220,19 @@ async def test_responses_parse_with_a_text_format_returns_a_valid_instance_from_
                                               max_output_tokens=192, temperature=1.0)
         assert parsed.status == "completed" and isinstance(parsed.output_parsed, Weather)
         assert recorded.requests[0].constraint is not None  # enforced by the engine's grammar, not by luck
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-tiny", "gemma-4-tiny"])
+async def test_responses_text_logprobs_cover_the_answer_streamed_and_not(tiny_models_dir, name):
+    async with agent_and_coordinator(tiny_models_dir, name) as (server, recorded):
+        client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
+        ask = dict(model=name, input=QUESTION, include=["message.output_text.logprobs"], top_logprobs=2,
+                   max_output_tokens=80)
+        recorded.scripts += [ANSWER[name], ANSWER[name]]
+        whole = await client.responses.create(**ask)
+        (text,) = [item.content[0] for item in whole.output if item.type == "message"]
+        assert "".join(entry.token for entry in text.logprobs) == text.text == "Sunny in Paris."
+        assert all(len(entry.top_logprobs) == 2 and entry.logprob <= 0 for entry in text.logprobs)
+        async with client.responses.stream(**ask) as stream:
+            deltas = [event for event in [e async for e in stream] if event.type == "response.output_text.delta"]
+        assert [entry.token for d in deltas for entry in d.logprobs] == [entry.token for entry in text.logprobs]

@@ -69,7 +69,7 @@ class ResponseState:
         if token.reasoning:
             events += self._text("reasoning", token.reasoning)
         if token.content:
-            events += self._text("message", token.content)
+            events += self._text("message", token.content, [entry.model_dump() for entry in token.logprobs])
         for piece in token.tool_calls:
             if piece.id is not None:
                 events += self._close()
@@ -117,7 +117,7 @@ class ResponseState:
         }
 
     # -- items
-    def _text(self, kind: str, text: str) -> list[Event]:
+    def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> list[Event]:
         events: list[Event] = []
         if self._open is None or self._open["type"] != kind:
             events += self._close()
@@ -135,7 +135,9 @@ class ResponseState:
         part = self._open["content"][0]
         part["text"] += text
         name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
-        extra = {} if kind == "reasoning" else {"logprobs": []}
+        extra = {} if kind == "reasoning" else {"logprobs": logprobs or []}
+        if logprobs:
+            part["logprobs"] += logprobs
         events.append(self._event(name, item_id=self._open["id"], output_index=self._index, content_index=0,
                                   delta=text, **extra))
         return events
@@ -160,7 +162,7 @@ class ResponseState:
                                           content_index=0, text=part["text"]))
             else:
                 events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                          content_index=0, text=part["text"], logprobs=[]))
+                                          content_index=0, text=part["text"], logprobs=part["logprobs"]))
             events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                       content_index=0, part=dict(part)))
         if item["type"] != "reasoning":

@@ -16,10 +16,11 @@ Nothing is stored: `store` is accepted (the API's default is true) and answered 
 `include: ["reasoning.encrypted_content"]` (what a stateless client such as Codex asks for) is served with the
 reasoning text itself as the opaque `encrypted_content` (nothing here is secret from the client: the text is in
 the item's content too), and an echoed reasoning item's `encrypted_content` is read back as its reasoning.
-Tools other than functions, `background`, `prompt` templates, other `include` entries and `top_logprobs` are
-refused by name.
+`include: ["message.output_text.logprobs"]` (with `top_logprobs` alternatives) returns the text's logprobs, as
+chat completions' `logprobs` does. Tools other than functions, `background`, `prompt` templates and other
+`include` entries are refused by name.
 
-Public names: ResponsesBody, to_chat, ENCRYPTED_REASONING.
+Public names: ResponsesBody, to_chat, ENCRYPTED_REASONING, TEXT_LOGPROBS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agent.coordinator.errors import BadRequest
 from agent.wire.chat_body import MAX_MESSAGES, ReasoningEffort
 
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+TEXT_LOGPROBS = "message.output_text.logprobs"
 Text = Annotated[str, Field(max_length=8 * 1024 * 1024)]
 Id = Annotated[str, Field(max_length=256)]
 Status = Literal["in_progress", "completed", "incomplete"] | None
@@ -165,7 +167,8 @@ class ResponsesBody(Body):
     conversation: None = None  # no conversations are kept here
     metadata: dict[str, str] | None = None
     user: str | None = None
-    include: tuple[Literal["reasoning.encrypted_content"], ...] | None = None
+    include: tuple[Literal["reasoning.encrypted_content", "message.output_text.logprobs"], ...] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # alternatives per token, with TEXT_LOGPROBS
     truncation: Literal["disabled"] | None = None
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None  # accepted, neutral
@@ -191,6 +194,8 @@ def to_chat(body: ResponsesBody) -> dict[str, Any]:
     chat: dict[str, Any] = {"model": body.model, "messages": _messages(body), "stream": body.stream}
     if body.stream:
         chat["stream_options"] = {"include_usage": True}
+    if TEXT_LOGPROBS in (body.include or ()):  # as OpenAI: top_logprobs alone returns none
+        chat.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     optional = {"max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
                 "parallel_tool_calls": body.parallel_tool_calls, "metadata": body.metadata, "user": body.user,
                 "reasoning_effort": body.reasoning.effort if body.reasoning else None,
