@@ -1,0 +1,45 @@
+"""Legacy completions' pure mapping: a prompt in → a raw-prompt chat body (no template on the agent); text out
+as OpenAI's text_completion objects and chunks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.coordinator.dialects import completions
+from agent.coordinator.dialects.strict_body import validated
+from agent.coordinator.errors import BadRequest
+from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.protocol import validate_chat_request
+from tests.dialect_support import USAGE, chat
+
+
+def test_a_completions_body_is_a_raw_prompt_with_openais_default_of_16_tokens():
+    body = chat(completions.to_chat(validated(completions.CompletionsBody, {"model": "m", "prompt": ["Once"],
+                                                                            "stop": ["\n"], "seed": 3})))
+    assert body.raw_prompt and body.messages[0].content == "Once" and body.output_limit == 16
+    assert body.stop_sequences == ("\n",) and body.seed == 3
+
+
+def test_a_raw_prompt_is_one_user_message_and_nothing_else():
+    assert not isinstance(validate_chat_request({"messages": [{"role": "system", "content": "x"}],
+                                                 "raw_prompt": True}), ChatCompletionBody)
+    assert not isinstance(validate_chat_request({"messages": [{"role": "user", "content": "x"}], "raw_prompt": True,
+                                                 "tools": [{"type": "function", "function": {"name": "f"}}]}),
+                          ChatCompletionBody)
+
+
+def test_completion_chunks_carry_text_then_the_finish_and_usage_only_when_asked():
+    chunks = completions.CompletionChunks("chatcmpl-abc", "m", include_usage=False)
+    first = json.loads(chunks.text("Hi").decode().removeprefix("data: "))
+    assert first["object"] == "text_completion" and first["id"] == "cmpl-abc" and first["choices"][0]["text"] == "Hi"
+    assert chunks.usage(USAGE) == b""
+    whole = completions.completion_object("chatcmpl-abc", "m", "Hi", "stop", USAGE)
+    assert whole["choices"][0]["finish_reason"] == "stop" and whole["usage"]["total_tokens"] == 12
+
+
+def test_an_empty_prompt_is_refused():
+    with pytest.raises(BadRequest) as refused:
+        validated(completions.CompletionsBody, {"model": "m", "prompt": ""})
+    assert refused.value.param == "prompt"
