@@ -43,3 +43,24 @@ def test_an_empty_prompt_is_refused():
     with pytest.raises(BadRequest) as refused:
         validated(completions.CompletionsBody, {"model": "m", "prompt": ""})
     assert refused.value.param == "prompt"
+
+
+def test_legacy_logprobs_are_parallel_lists_with_text_offsets_across_chunks():
+    from agent.wire.logprobs import TokenLogprob
+
+    asked = chat(completions.to_chat(validated(completions.CompletionsBody, {"model": "m", "prompt": "x",
+                                                                            "logprobs": 2})))
+    assert asked.logprobs and asked.top_logprobs == 2
+    first = TokenLogprob(token="Hi", logprob=-0.1, top_logprobs=[{"token": "Hi", "logprob": -0.1},
+                                                                 {"token": "Ho", "logprob": -2.5}])
+    second = TokenLogprob(token=" there", logprob=-0.7)
+    chunks = completions.CompletionChunks("chatcmpl-1", "m", include_usage=False)
+    chunks.text("Hi", logprobs=(first,))
+    later = json.loads(chunks.text(" there", logprobs=(second,)).decode().removeprefix("data: "))
+    assert later["choices"][0]["logprobs"] == {"tokens": [" there"], "token_logprobs": [-0.7],
+                                               "top_logprobs": [{}], "text_offset": [2]}
+    whole = completions.completion_object("chatcmpl-1", "m", "Hi there", "stop", USAGE, [first, second])
+    assert whole["choices"][0]["logprobs"]["top_logprobs"][0] == {"Hi": -0.1, "Ho": -2.5}
+    assert whole["choices"][0]["logprobs"]["text_offset"] == [0, 2]
+    with pytest.raises(BadRequest):
+        validated(completions.CompletionsBody, {"model": "m", "prompt": "x", "logprobs": 6})

@@ -147,8 +147,13 @@ async def test_legacy_completions_tokenize_the_prompt_without_the_chat_template(
         prompt = "The capital of France is"
         recorded.scripts.append(" Paris.")
         forced = len(tokenizer.encode(" Paris.", add_special_tokens=False))
-        raw = await client.completions.create(model=name, prompt=prompt, max_tokens=forced, temperature=0)
+        raw = await client.completions.create(model=name, prompt=prompt, max_tokens=forced, temperature=0, logprobs=2)
         assert raw.choices[0].text == " Paris." and raw.choices[0].finish_reason == "length"
+        logprobs = raw.choices[0].logprobs
+        assert "".join(logprobs.tokens) == " Paris." and len(logprobs.tokens) == forced
+        # {token: logprob}: two alternatives that decode alike share one key, as in OpenAI's own legacy shape
+        assert all(1 <= len(alternatives) <= 2 for alternatives in logprobs.top_logprobs)
+        assert all(lp <= 0 for lp in logprobs.token_logprobs) and logprobs.text_offset[0] == 0
         assert raw.usage.prompt_tokens == len(tokenizer.encode(prompt))  # the text alone, no template around it
         chat = await client.chat.completions.create(model=name, messages=[{"role": "user", "content": prompt}],
                                                     max_tokens=1)

@@ -2,19 +2,21 @@
 
 The body becomes a chat-completions body with `raw_prompt` (agent/wire/chat_body.py): the agent tokenizes the
 prompt as it is and returns the model's text as one plain text, without channels or tool calls. max_tokens
-defaults to 16, as OpenAI's does. One prompt per request (a string, or a list holding one string); `n`,
-`best_of` above 1, `echo`, `suffix`, `logprobs` and token-id prompts are refused by name.
+defaults to 16, as OpenAI's does. `logprobs` (0 to 5 alternatives) returns the legacy shape: `tokens`,
+`token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`. One prompt per request (a string, or a
+list holding one string); `n`, `best_of` above 1, `echo`, `suffix` and token-id prompts are refused by name.
 
 Out, as OpenAI sends it: `{"object": "text_completion", "choices": [{"text", "index", "logprobs": null,
 "finish_reason"}], "usage"}`; streamed, chunks of the same object, then a usage chunk (with
 `stream_options.include_usage`), then `data: [DONE]`.
 
-Public names: CompletionsBody, to_chat, CompletionChunks, completion_object, DEFAULT_MAX_TOKENS.
+Public names: CompletionsBody, to_chat, CompletionChunks, completion_object, legacy_logprobs, DEFAULT_MAX_TOKENS.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -23,8 +25,10 @@ from agent.coordinator.dialects.strict_body import Body
 from agent.coordinator.http.openai_format import sse, usage_body
 from agent.wire.chat_body import MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
 from agent.wire.frames import UsageReport
+from agent.wire.logprobs import TokenLogprob
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+MAX_LEGACY_LOGPROBS = 5  # OpenAI's limit for this endpoint
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]  # an empty prompt has no tokens to continue
 
 
@@ -50,7 +54,7 @@ class CompletionsBody(Body):
     user: str | None = None
     echo: Literal[False] | None = None
     suffix: None = None
-    logprobs: None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LEGACY_LOGPROBS)] | None = None  # alternatives per token
 
 
 def to_chat(body: CompletionsBody) -> dict[str, Any]:
@@ -61,6 +65,8 @@ def to_chat(body: CompletionsBody) -> dict[str, Any]:
                 "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
                 "logit_bias": body.logit_bias, "user": body.user}
     chat.update({name: value for name, value in optional.items() if value is not None})
+    if body.logprobs is not None:
+        chat.update(logprobs=True, top_logprobs=body.logprobs)
     if body.stream:
         chat["stream_options"] = {"include_usage": True}  # the flow's usage; shown only when the client asked
     return chat
@@ -70,10 +76,25 @@ def completion_id(request_id: str) -> str:
     return "cmpl-" + request_id.rpartition("-")[2]
 
 
-def completion_object(request_id: str, model: str, text: str, finish_reason: str, usage: UsageReport) -> dict[str, Any]:
+def legacy_logprobs(entries: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy shape: parallel lists of tokens, their logprobs, their alternatives as {token: logprob}, and
+    each token's character offset in the completion's text (from `offset`, where these entries begin)."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [entry.token for entry in entries], "token_logprobs": [entry.logprob for entry in entries],
+            "top_logprobs": [{alt.token: alt.logprob for alt in entry.top_logprobs} for entry in entries],
+            "text_offset": offsets}
+
+
+def completion_object(request_id: str, model: str, text: str, finish_reason: str, usage: UsageReport,
+                      logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    """`logprobs`: the text's entries when the request asked for them (None: it did not)."""
+    choice_logprobs = None if logprobs is None else legacy_logprobs(logprobs, 0)
     return {"id": completion_id(request_id), "object": "text_completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"text": text, "index": 0, "logprobs": choice_logprobs, "finish_reason": finish_reason}],
             "usage": usage_body(usage)}
 
 
@@ -83,11 +104,14 @@ class CompletionChunks:
     def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
         self.id, self.model, self.include_usage = completion_id(request_id), model, include_usage
         self.created = int(time.time())
+        self.num_chars = 0  # of the text sent so far: where the next chunk's tokens begin
 
-    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+    def text(self, text: str, finish_reason: str | None = None, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        entries = legacy_logprobs(logprobs, self.num_chars) if logprobs else None
+        self.num_chars += len(text)
         return sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                     "system_fingerprint": None,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]})
+                    "choices": [{"text": text, "index": 0, "logprobs": entries, "finish_reason": finish_reason}]})
 
     def usage(self, usage: UsageReport) -> bytes:
         if not self.include_usage:

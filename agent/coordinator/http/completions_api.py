@@ -38,7 +38,7 @@ class Completions(RequestLife):
             event = await flow.next()
             if isinstance(event, Token):
                 if event.content:
-                    await send_part(send, chunks.text(event.content))
+                    await send_part(send, chunks.text(event.content, logprobs=event.logprobs))
                 continue
             if isinstance(event, Finished):
                 tail, outcome = chunks.text("", event.finish_reason) + chunks.usage(event.usage), "ok"
@@ -52,13 +52,16 @@ class Completions(RequestLife):
 
     async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
         text: list[str] = []
+        logprobs = [] if request.body.logprobs else None
         while True:
             event = await flow.next()
             if isinstance(event, Token):
                 text.append(event.content)
+                if logprobs is not None:
+                    logprobs.extend(event.logprobs)
             elif isinstance(event, Finished):
                 data = completion_object(flow.exchange.request_id, request.body.model, "".join(text),
-                                         event.finish_reason, event.usage)
+                                         event.finish_reason, event.usage, logprobs)
                 self.coordinator.metrics.request(request.body.model, "ok")
                 await send_response(send, JSONResponse(data, headers=response_headers(flow, request.body)))
                 return
