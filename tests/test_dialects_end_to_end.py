@@ -212,7 +212,14 @@ async def test_the_openai_agents_sdk_runs_an_agent_whose_required_tool_is_called
         assert len(calls) == 1 and calls[0] in ("Paris", "Rome")  # the grammar made the call; the SDK ran the tool
         assert result.final_output == "Sunny in Paris."
         assert "sunny, 24 C" in text_of(recorded.requests[1])  # its result reached the model in the next turn
-        assert recorded.requests[0].tool_choice == "required" and len(recorded.requests) >= 2
+        assert recorded.requests[0].tool_choice == "required" and len(recorded.requests) == 2
+
+        recorded.scripts += [None, ANSWER[name]]  # the same run, streamed (responses.stream under the SDK)
+        streamed = Runner.run_streamed(agent, QUESTION, max_turns=4)
+        raw = {event.data.type async for event in streamed.stream_events() if event.type == "raw_response_event"}
+        assert len(calls) == 2 and streamed.final_output == "Sunny in Paris."
+        assert {"response.function_call_arguments.delta", "response.output_text.delta"} <= raw  # our SSE events
+        assert "sunny, 24 C" in text_of(recorded.requests[3])
 
 
 @pytest.mark.parametrize("name", ["gpt-oss-tiny", "gemma-4-tiny"])
