@@ -3,7 +3,6 @@ as OpenAI's text_completion objects and chunks."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -32,9 +31,9 @@ def test_a_raw_prompt_is_one_user_message_and_nothing_else():
 
 def test_completion_chunks_carry_text_then_the_finish_and_usage_only_when_asked():
     chunks = completions.CompletionChunks("chatcmpl-abc", "m", include_usage=False)
-    first = json.loads(chunks.text("Hi").decode().removeprefix("data: "))
+    first = chunks.text("Hi")
     assert first["object"] == "text_completion" and first["id"] == "cmpl-abc" and first["choices"][0]["text"] == "Hi"
-    assert chunks.usage(USAGE) == b""
+    assert chunks.usage(USAGE) is None
     whole = completions.completion_object("chatcmpl-abc", "m", "Hi", "stop", USAGE)
     assert whole["choices"][0]["finish_reason"] == "stop" and whole["usage"]["total_tokens"] == 12
 
@@ -56,7 +55,7 @@ def test_legacy_logprobs_are_parallel_lists_with_text_offsets_across_chunks():
     second = TokenLogprob(token=" there", logprob=-0.7)
     chunks = completions.CompletionChunks("chatcmpl-1", "m", include_usage=False)
     chunks.text("Hi", logprobs=(first,))
-    later = json.loads(chunks.text(" there", logprobs=(second,)).decode().removeprefix("data: "))
+    later = chunks.text(" there", logprobs=(second,))
     assert later["choices"][0]["logprobs"] == {"tokens": [" there"], "token_logprobs": [-0.7],
                                                "top_logprobs": [{}], "text_offset": [2]}
     whole = completions.completion_object("chatcmpl-1", "m", "Hi there", "stop", USAGE, [first, second])

@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from agent.coordinator.dialects.strict_body import Body
-from agent.coordinator.http.openai_format import sse, usage_body
 from agent.wire.chat_body import MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
 from agent.wire.frames import UsageReport
 from agent.wire.logprobs import TokenLogprob
@@ -98,23 +97,30 @@ def completion_object(request_id: str, model: str, text: str, finish_reason: str
             "usage": usage_body(usage)}
 
 
+def usage_body(usage: UsageReport) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
 class CompletionChunks:
-    """The SSE chunks of one streamed completion."""
+    """The chunks of one streamed completion (the endpoint sends each as an SSE `data:` line)."""
 
     def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
         self.id, self.model, self.include_usage = completion_id(request_id), model, include_usage
         self.created = int(time.time())
         self.num_chars = 0  # of the text sent so far: where the next chunk's tokens begin
 
-    def text(self, text: str, finish_reason: str | None = None, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+    def text(self, text: str, finish_reason: str | None = None,
+             logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
         entries = legacy_logprobs(logprobs, self.num_chars) if logprobs else None
         self.num_chars += len(text)
-        return sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "system_fingerprint": None,
-                    "choices": [{"text": text, "index": 0, "logprobs": entries, "finish_reason": finish_reason}]})
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "system_fingerprint": None,
+                "choices": [{"text": text, "index": 0, "logprobs": entries, "finish_reason": finish_reason}]}
 
-    def usage(self, usage: UsageReport) -> bytes:
+    def usage(self, usage: UsageReport) -> dict[str, Any] | None:
+        """The usage chunk, when the client asked for one (stream_options.include_usage)."""
         if not self.include_usage:
-            return b""
-        return sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "system_fingerprint": None, "choices": [], "usage": usage_body(usage)})
+            return None
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": [], "usage": usage_body(usage)}

@@ -38,10 +38,12 @@ class Completions(RequestLife):
             event = await flow.next()
             if isinstance(event, Token):
                 if event.content:
-                    await send_part(send, chunks.text(event.content, logprobs=event.logprobs))
+                    await send_part(send, sse(chunks.text(event.content, logprobs=event.logprobs)))
                 continue
             if isinstance(event, Finished):
-                tail, outcome = chunks.text("", event.finish_reason) + chunks.usage(event.usage), "ok"
+                usage = chunks.usage(event.usage)
+                tail = sse(chunks.text("", event.finish_reason)) + (sse(usage) if usage is not None else b"")
+                outcome = "ok"
             else:
                 flow.close(ReleaseReason.PROVIDER_ERROR)
                 tail = sse(error_body(event.message, "server_error", event.code), event="error")
