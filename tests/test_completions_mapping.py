@@ -34,7 +34,7 @@ def test_completion_chunks_carry_text_then_the_finish_and_usage_only_when_asked(
     first = chunks.text("Hi")
     assert first["object"] == "text_completion" and first["id"] == "cmpl-abc" and first["choices"][0]["text"] == "Hi"
     assert chunks.usage(USAGE) is None
-    whole = completions.completion_object("chatcmpl-abc", "m", "Hi", "stop", USAGE)
+    whole = completions.completion_object("chatcmpl-abc", "m", [completions.completion_choice("Hi", "stop")], USAGE)
     assert whole["choices"][0]["finish_reason"] == "stop" and whole["usage"]["total_tokens"] == 12
 
 
@@ -58,7 +58,8 @@ def test_legacy_logprobs_are_parallel_lists_with_text_offsets_across_chunks():
     later = chunks.text(" there", logprobs=(second,))
     assert later["choices"][0]["logprobs"] == {"tokens": [" there"], "token_logprobs": [-0.7],
                                                "top_logprobs": [{}], "text_offset": [2]}
-    whole = completions.completion_object("chatcmpl-1", "m", "Hi there", "stop", USAGE, [first, second])
+    whole = completions.completion_object("chatcmpl-1", "m", [completions.completion_choice(
+        "Hi there", "stop", [first, second])], USAGE)
     assert whole["choices"][0]["logprobs"]["top_logprobs"][0] == {"Hi": -0.1, "Ho": -2.5}
     assert whole["choices"][0]["logprobs"]["text_offset"] == [0, 2]
     with pytest.raises(BadRequest):

@@ -130,7 +130,8 @@ async def test_completions_send_a_raw_prompt_and_return_text_completion_objects(
         await agent.stop()
 
 
-@pytest.mark.parametrize("body", [{"prompt": "x", "echo": True}, {"prompt": "x", "n": 2}, {"prompt": [1, 2]},
+@pytest.mark.parametrize("body", [{"prompt": "x", "echo": True}, {"prompt": "x", "best_of": 2}, {"prompt": [1, 2]},
+                                  {"prompt": "x", "n": 99},
                                   {"prompt": ["a", "b"]}, {"prompt": "x", "suffix": "y"}])
 async def test_completions_a_body_it_cannot_serve_is_a_400(body):
     async with coordinator() as server:
@@ -148,4 +149,20 @@ async def test_chat_completions_refuses_raw_prompt():
             await openai_client(server).chat.completions.create(
                 model=GPT.id, messages=[{"role": "user", "content": "x"}], extra_body={"raw_prompt": True})
         assert refused.value.body["param"] == "raw_prompt"
+        await agent.stop()
+
+
+async def test_completions_with_n_choices_return_each_by_index_and_the_prompt_once_in_usage():
+    async with coordinator() as server:
+        agent = await provider(server, GPT, reply=Reply(chunks=["Paris", "."], num_tokens=1))
+        client = openai_client(server)
+        whole = await client.completions.create(model=GPT.id, prompt="The capital of France is", n=2, seed=1)
+        assert [(c.index, c.text, c.finish_reason) for c in whole.choices] == [(0, "Paris.", "stop"), (1, "Paris.", "stop")]
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (11, 4)
+        stream = await client.completions.create(model=GPT.id, prompt="x", n=2, stream=True,
+                                                 stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        texts = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)}
+        assert texts == {0: "Paris.", 1: "Paris."} and chunks[-1].usage.completion_tokens == 4
+        assert sorted(r.body.seed for r in agent.received[:2]) == [1, 2] and len(agent.received) == 4
         await agent.stop()

@@ -4,13 +4,15 @@ The body becomes a chat-completions body with `raw_prompt` (agent/wire/chat_body
 prompt as it is and returns the model's text as one plain text, without channels or tool calls. max_tokens
 defaults to 16, as OpenAI's does. `logprobs` (0 to 5 alternatives) returns the legacy shape: `tokens`,
 `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`. One prompt per request (a string, or a
-list holding one string); `n`, `best_of` above 1, `echo`, `suffix` and token-id prompts are refused by name.
+list holding one string); `n` > 1 is served as chat completions' n is (coordinator/choices.py: n held, routed
+requests, the prompt charged once); `best_of` above 1, `echo`, `suffix` and token-id prompts are refused by name.
 
 Out, as OpenAI sends it: `{"object": "text_completion", "choices": [{"text", "index", "logprobs": null,
 "finish_reason"}], "usage"}`; streamed, chunks of the same object, then a usage chunk (with
 `stream_options.include_usage`), then `data: [DONE]`.
 
-Public names: CompletionsBody, to_chat, CompletionChunks, completion_object, legacy_logprobs, DEFAULT_MAX_TOKENS.
+Public names: CompletionsBody, to_chat, CompletionChunks, completion_object, completion_choice, legacy_logprobs,
+DEFAULT_MAX_TOKENS.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from agent.coordinator.dialects.strict_body import Body
-from agent.wire.chat_body import MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
+from agent.wire.chat_body import MAX_CHOICES, MAX_OUTPUT_TOKENS, MAX_TEXT_CHARS
 from agent.wire.frames import UsageReport
 from agent.wire.logprobs import TokenLogprob
 
@@ -41,7 +43,7 @@ class CompletionsBody(Body):
     max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] = DEFAULT_MAX_TOKENS
     temperature: float | None = None
     top_p: float | None = None
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None  # the coordinator's max_choices binds first
     best_of: Literal[1] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -60,7 +62,7 @@ def to_chat(body: CompletionsBody) -> dict[str, Any]:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     chat: dict[str, Any] = {"model": body.model, "messages": [{"role": "user", "content": prompt}],
                             "raw_prompt": True, "max_tokens": body.max_tokens, "stream": body.stream}
-    optional = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop, "seed": body.seed,
+    optional = {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "stop": body.stop, "seed": body.seed,
                 "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
                 "logit_bias": body.logit_bias, "user": body.user}
     chat.update({name: value for name, value in optional.items() if value is not None})
@@ -87,14 +89,16 @@ def legacy_logprobs(entries: Sequence[TokenLogprob], offset: int) -> dict[str, A
             "text_offset": offsets}
 
 
-def completion_object(request_id: str, model: str, text: str, finish_reason: str, usage: UsageReport,
-                      logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+def completion_choice(text: str, finish_reason: str, logprobs: Sequence[TokenLogprob] | None = None,
+                      index: int = 0) -> dict[str, Any]:
     """`logprobs`: the text's entries when the request asked for them (None: it did not)."""
-    choice_logprobs = None if logprobs is None else legacy_logprobs(logprobs, 0)
+    return {"text": text, "index": index, "logprobs": None if logprobs is None else legacy_logprobs(logprobs, 0),
+            "finish_reason": finish_reason}
+
+
+def completion_object(request_id: str, model: str, choices: list[dict[str, Any]], usage: UsageReport) -> dict[str, Any]:
     return {"id": completion_id(request_id), "object": "text_completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": None,
-            "choices": [{"text": text, "index": 0, "logprobs": choice_logprobs, "finish_reason": finish_reason}],
-            "usage": usage_body(usage)}
+            "system_fingerprint": None, "choices": choices, "usage": usage_body(usage)}
 
 
 def usage_body(usage: UsageReport) -> dict[str, int]:
@@ -108,15 +112,16 @@ class CompletionChunks:
     def __init__(self, request_id: str, model: str, *, include_usage: bool) -> None:
         self.id, self.model, self.include_usage = completion_id(request_id), model, include_usage
         self.created = int(time.time())
-        self.num_chars = 0  # of the text sent so far: where the next chunk's tokens begin
+        self.num_chars: dict[int, int] = {}  # per choice, of the text sent so far: where its next tokens begin
 
-    def text(self, text: str, finish_reason: str | None = None,
-             logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
-        entries = legacy_logprobs(logprobs, self.num_chars) if logprobs else None
-        self.num_chars += len(text)
+    def text(self, text: str, finish_reason: str | None = None, logprobs: Sequence[TokenLogprob] = (),
+             index: int = 0) -> dict[str, Any]:
+        offset = self.num_chars.get(index, 0)
+        entries = legacy_logprobs(logprobs, offset) if logprobs else None
+        self.num_chars[index] = offset + len(text)
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "system_fingerprint": None,
-                "choices": [{"text": text, "index": 0, "logprobs": entries, "finish_reason": finish_reason}]}
+                "choices": [{"text": text, "index": index, "logprobs": entries, "finish_reason": finish_reason}]}
 
     def usage(self, usage: UsageReport) -> dict[str, Any] | None:
         """The usage chunk, when the client asked for one (stream_options.include_usage)."""
