@@ -105,3 +105,19 @@ async def test_a_provider_sending_inconsistent_tool_calls_ends_each_dialect_with
         assert "invalid tool call" in streamed.value.body["error"]["message"]
         await eventually(lambda: server.coordinator.accounts.num_holds == 0)
         await agent.stop()
+
+
+async def test_a_client_leaving_an_n_choice_completions_stream_cancels_every_choice_and_releases_every_hold():
+    async with coordinator() as server:
+        agent = await provider(server, GPT, reply=Reply(chunks=["tok"] * 200, num_tokens=1, chunk_delay_s=0.02))
+        body = {"model": GPT.id, "prompt": "Hi", "max_tokens": 500, "stream": True, "n": 2}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5.0) as http:
+            async with http.stream("POST", "/v1/completions", json=body, headers={"Authorization": "Bearer local"}) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if "tok" in line:
+                        break
+        await eventually(lambda: sorted(agent.cancels) == sorted(request.request_id for request in agent.received))
+        assert len(agent.received) == 2
+        await eventually(lambda: server.coordinator.accounts.num_holds == 0)
+        await agent.stop()
