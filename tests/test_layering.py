@@ -69,6 +69,12 @@ def test_inside_the_coordinator_routing_and_billing_know_nothing_of_http_or_of_e
                                              "agent.coordinator.core", "agent.coordinator.flow", "agent.coordinator.attempts")) == []
 
 
+def test_the_dialects_are_pure_translations_that_know_nothing_of_http_routing_or_billing():
+    assert offenders("coordinator/dialects", ("agent.coordinator.http", "agent.coordinator.routing",
+                                              "agent.coordinator.billing", "agent.coordinator.core",
+                                              "agent.coordinator.attempts", "starlette")) == []
+
+
 def test_the_engine_and_the_link_know_nothing_of_the_layers_above_them():
     above = ("agent.daemon", "agent.coordinator", "agent.cli", "agent.link")
     assert offenders("engine", above) == []

@@ -5,6 +5,7 @@ takes before routing (authenticate, validate, estimate, hold), so the HTTP layer
     account = coordinator.authenticate(request.headers.get("authorization"))   # Unauthorized
     coordinator.precheck(account, client_host)          # before the body is read: QuotaExceeded / TooManyRequests
     body = coordinator.parse(raw_body)                                          # BadRequest / ModelNotFound
+    body = coordinator.validate(translated)        # a dialect's body, translated to chat completions' (dialects/)
     flow = coordinator.open(account, body)                                      # QuotaExceeded / TooManyRequests
     await flow.start(); ... flow.next() ...; flow.close(reason)
 
@@ -96,6 +97,11 @@ class Coordinator:
             raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
+        return self.validate(data)
+
+    def validate(self, data: dict) -> ChatCompletionBody:
+        """A chat-completions body as a dict (what parse read, or what a dialect translated to) checked
+        against the wire's model, the output schema, n and the models served here."""
         body = validate_chat_request(data)
         if isinstance(body, ProtocolError):
             raise BadRequest(body.message, param=body.field, code="invalid_value" if body.field else None)

@@ -7,6 +7,7 @@
     ├── Unauthorized       401 invalid_request_error  invalid_api_key
     ├── ModelNotFound      404 invalid_request_error  model_not_found (param "model"): agent.errors.UnknownModel,
     │                                                             in OpenAI's words
+    ├── NotStored          404 invalid_request_error  not_stored: a stored response asked for (none are kept)
     ├── Conflict           409 invalid_request_error  duplicate_request
     ├── QuotaExceeded      429 insufficient_quota     insufficient_quota: the balance cannot pay (OpenAI's words;
     │                                                             x-should-retry: false, so the SDK does not retry)
@@ -19,7 +20,7 @@
 Every message says what happened and what to do. 429s carry Retry-After (whole seconds).
 
 Public names: ApiError, BadRequest, RequestTimeout, RequestTooLarge, Unauthorized, QuotaExceeded,
-ModelNotFound, Conflict, TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
+ModelNotFound, NotStored, Conflict, TooManyRequests, Saturated, ProviderFailed, NoProvider, BillingUnavailable, error_body.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class QuotaExceeded(ApiError):
 
 class ModelNotFound(ApiError):
     status, type, code, outcome = 404, "invalid_request_error", "model_not_found", "model_not_found"
+
+
+class NotStored(ApiError):
+    status, type, code, outcome = 404, "invalid_request_error", "not_stored", "invalid_request"
 
 
 class Conflict(ApiError):

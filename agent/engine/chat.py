@@ -21,6 +21,9 @@ messages and tools reach the template through agent/engine/chat_messages.py.
 Splitting runs on decoded text with mlx-lm's TextStateMachine (robust to how markers tokenize). Stop
 strings are transitions to its end state in every state, so a stop string is never emitted and ends
 the request even when it tokenizes differently from the stop sequence.
+
+A raw prompt (`/v1/completions`) skips the template: its text is tokenized as it is, and its output is one
+plain text with no channels or calls, so a completion model's text reaches the client as the model wrote it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mlx_lm.generate import TextStateMachine
+from mlx_lm.tokenizer_utils import NaiveStreamingDetokenizer
 
 from agent.engine.token_text import TokenText
 from agent.engine.chat_messages import offered_tools, template_messages, template_tools
@@ -37,6 +41,7 @@ from agent.engine.types import GenerationRequest, InvalidRequest
 from agent.wire.frames import ToolCallDelta
 
 CONTENT, REASONING, RECIPIENT, TOOL, TOOL_HEADER = "content", "reasoning", "recipient", "tool", "tool_header"
+RAW = "raw"  # the splitter's one state for a raw prompt's output (GenerationRequest.raw_prompt)
 CALL_FIELDS = (RECIPIENT, TOOL_HEADER, TOOL)  # the parts of one tool call's message
 MAX_GEMMA_CALL_CHARS = 1024 * 1024  # one call's text, kept until it closes (the model's max_tokens binds first)
 
@@ -184,6 +189,8 @@ class ChatFormat:
         self.token_text = TokenText(tokenizer)  # for logprobs
 
     def encode(self, request: GenerationRequest) -> EncodedPrompt:
+        if request.raw_prompt:  # /v1/completions: the text as it is, with the tokenizer's own BOS if it has one
+            return EncodedPrompt(list(self.tokenizer.encode(request.messages[0]["content"])), RAW)
         kwargs: dict[str, object] = {}
         if self.family == "harmony":
             effort = request.reasoning_effort
@@ -200,6 +207,14 @@ class ChatFormat:
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc
         return EncodedPrompt(list(ids), self._initial_state(ids))
 
+    def detokenizer(self, request: GenerationRequest):
+        """A fresh streaming detokenizer for one request. A raw prompt's gets mlx-lm's naive one (the tokenizer's
+        own decode): the streaming ones drop the first token's leading space, which a chat answer does not miss
+        but a completion of "The capital of France is" does (" Paris")."""
+        if request.raw_prompt:
+            return NaiveStreamingDetokenizer(self.tokenizer)
+        return self.tokenizer.detokenizer
+
     def is_reasoning(self, request: GenerationRequest) -> bool:
         """May the model reason before answering? (gpt-oss always does; gemma when its thinking is on.)"""
         return self.family != "gemma" or request.reasoning_effort not in NO_THINKING_EFFORTS
@@ -208,14 +223,18 @@ class ChatFormat:
                  is_parallel: bool = True) -> ChannelSplitter:
         """`tool_names`: the functions the model was offered (empty: no call is parsed, its text is content);
         `is_parallel` false: the turn ends when its first call closes."""
-        key = tuple(stop)
+        is_raw = prompt.initial_state == RAW
+        key = (is_raw, *stop)
         machine = self._machines.get(key)
         if machine is None:
-            transitions = {state: list(edges) for state, edges in self._transitions.items()}
+            source = {RAW: []} if is_raw else self._transitions
+            transitions = {state: list(edges) for state, edges in source.items()}
             transitions.setdefault("normal", [])
             for edges in transitions.values():
                 edges.extend((word, None) for word in stop)
             machine = self._machines[key] = TextStateMachine(transitions)
+        if is_raw:  # plain text out: no channels, no calls; special tokens are still dropped
+            return ChannelSplitter(machine, RAW, {RAW: CONTENT}, self._markup)
         calls = self._calls(tool_names, is_parallel)
         return ChannelSplitter(machine, prompt.initial_state, self._fields, self._markup, calls)
 

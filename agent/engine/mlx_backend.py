@@ -237,7 +237,7 @@ class MLXBackend:
                 max_tokens=command.job.max_tokens,
                 sampler=sampler if sampler is greedy_sampler else guard.sampler(sampler),
                 processors=[guard.processor(p) for p in processors],
-                stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.tokenizer.detokenizer,
+                stop=make_stop_sequences(chat.tokenizer, request), detokenizer=chat.detokenizer(request),
                 splitter=chat.splitter(prepared.encoded, request.stop, request.tool_names,
                                        is_parallel=request.parallel_tool_calls is not False), guard=guard,
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids, grammar=grammar,

@@ -96,6 +96,7 @@ class GenerationRequest:
     tools: tuple[Mapping[str, Any], ...] = ()  # OpenAI function tools, as JSON: the chat template renders them
     tool_choice: str | Mapping[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
     parallel_tool_calls: bool | None = None
+    raw_prompt: bool = False  # the one user message is the prompt, without the chat template (/v1/completions)
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -125,6 +126,7 @@ class GenerationRequest:
             num_top_logprobs=parsed.num_top_logprobs, logit_bias=token_biases(parsed.logit_bias),
             tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
             tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,
+            raw_prompt=bool(parsed.raw_prompt),
         )
 
 

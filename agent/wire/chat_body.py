@@ -117,6 +117,9 @@ class ChatCompletionBody(Body):
     tools: Annotated[tuple[FunctionTool, ...], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # POST /v1/completions (the coordinator's dialects/completions.py): the one user message is the prompt,
+    # tokenized as it is, without the chat template; the output is plain text (no channels, no tool calls).
+    raw_prompt: bool | None = None
 
     @field_validator("messages")
     @classmethod
@@ -128,6 +131,17 @@ class ChatCompletionBody(Body):
                 raise ValueError(f"message {index} (role tool) answers tool_call_id {message.tool_call_id!r}, "
                                  "which no earlier assistant message's tool_calls has")
         return messages
+
+    @model_validator(mode="after")
+    def _raw_prompt_is_one_plain_prompt(self) -> ChatCompletionBody:
+        if not self.raw_prompt:
+            return self
+        if len(self.messages) != 1 or self.messages[0].role != "user":
+            raise ValueError("raw_prompt takes exactly one user message: the prompt")
+        if self.tools or self.tool_choice or self.response_format or self.reasoning_effort:
+            raise ValueError("raw_prompt is plain text in and out: no tools, tool_choice, response_format or "
+                             "reasoning_effort")
+        return self
 
     @field_validator("tools")
     @classmethod

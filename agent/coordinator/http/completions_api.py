@@ -1,0 +1,129 @@
+"""POST /v1/completions: OpenAI's legacy completions, a prompt in and text out without the chat template
+(dialects/completions.py). Errors are OpenAI's shape; an error after the first token ends the stream with an
+`event: error` and [DONE], as chat completions' does. `n` > 1 is n held, routed, retried requests
+(coordinator/choices.py), as for chat completions: each chunk names its choice by `index`, the usage is the
+prompt once plus every choice's output.
+
+Public names: Completions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Send
+
+from agent.coordinator.billing.accounts import Account, ReleaseReason
+from agent.coordinator.choices import Choices, merged_usage
+from agent.coordinator.dialects.completions import (
+    CompletionChunks,
+    CompletionsBody,
+    completion_choice,
+    completion_object,
+    to_chat,
+)
+from agent.coordinator.dialects.strict_body import checked, read_json, validated
+from agent.coordinator.errors import ApiError, ProviderFailed, error_body
+from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.openai_format import DONE, sse
+from agent.coordinator.http.request_life import RequestLife, Translated, send_part, send_response
+from agent.wire.chat_body import ChatCompletionBody
+
+Events = Callable[[], Awaitable[tuple[int, Token | Finished | Broken]]]  # the next (choice index, event)
+
+
+class Completions(RequestLife):
+    def parse(self, raw: bytes, request: Request) -> Translated:
+        source = validated(CompletionsBody, read_json(raw))
+        return Translated(checked(self.coordinator, to_chat(source), "completions"), source)
+
+    def stream_error(self, exc: ApiError) -> bytes:
+        return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
+
+    def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow | Choices:
+        if (body.n or 1) == 1:
+            return self.coordinator.open(account, body)
+        return self.coordinator.open_choices(account, body)
+
+    async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
+        if not isinstance(flow, Choices):
+            await self._serve(flow, request, send)
+            return
+        try:
+            await flow.start()
+        except ApiError as exc:
+            flow.close(release_reason(exc))
+            self.coordinator.metrics.request(request.body.model, exc.outcome)
+            await send_response(send, exc.response())
+            return
+        self.coordinator.metrics.ttft.labels(request.body.model).observe(
+            max(0.0, self.coordinator.clock() - flow.exchange.created_at))
+        if request.body.stream:
+            await self._stream(flow.next, flow, request, send, is_open=False)
+        else:
+            await self._complete(flow.next, flow, request, send)
+
+    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool) -> None:
+        await self._stream(_one(flow), flow, request, send, is_open=is_open)
+
+    async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
+        await self._complete(_one(flow), flow, request, send)
+
+    async def _stream(self, events: Events, flow: RequestFlow | Choices, request: Translated, send: Send, *,
+                      is_open: bool) -> None:
+        source: CompletionsBody = request.source
+        chunks = CompletionChunks(flow.exchange.request_id, request.body.model,
+                                  include_usage=bool(source.stream_options and source.stream_options.include_usage))
+        if not is_open:
+            await self.start_stream(flow, request.body, send)
+        usages = {}
+        while len(usages) < (source.n or 1):
+            index, event = await events()
+            if isinstance(event, Token):
+                if event.content:
+                    await send_part(send, sse(chunks.text(event.content, logprobs=event.logprobs, index=index)))
+            elif isinstance(event, Finished):
+                usages[index] = event.usage
+                await send_part(send, sse(chunks.text("", event.finish_reason, index=index)))
+            else:
+                flow.close(ReleaseReason.PROVIDER_ERROR)
+                await send_part(send, sse(error_body(event.message, "server_error", event.code), event="error") + DONE,
+                                more=False)
+                self.coordinator.metrics.request(request.body.model, "stream_error")
+                return
+        usage = chunks.usage(merged_usage([usages[i] for i in sorted(usages)]))
+        await send_part(send, (sse(usage) if usage is not None else b"") + DONE, more=False)
+        self.coordinator.metrics.request(request.body.model, "ok")
+
+    async def _complete(self, events: Events, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
+        num = request.source.n or 1
+        texts: list[list[str]] = [[] for _ in range(num)]
+        logprobs: list[list | None] = [[] if request.body.logprobs else None for _ in range(num)]
+        finished: dict[int, Finished] = {}
+        while len(finished) < num:
+            index, event = await events()
+            if isinstance(event, Token):
+                texts[index].append(event.content)
+                if logprobs[index] is not None:
+                    logprobs[index].extend(event.logprobs)
+            elif isinstance(event, Finished):
+                finished[index] = event
+            else:
+                flow.close(ReleaseReason.PROVIDER_ERROR)
+                self.coordinator.metrics.request(request.body.model, "stream_error")
+                await send_response(send, ProviderFailed(event.message, code=event.code).response())
+                return
+        choices = [completion_choice("".join(texts[i]), finished[i].finish_reason, logprobs[i], i) for i in range(num)]
+        usage = merged_usage([finished[i].usage for i in range(num)])
+        data = completion_object(flow.exchange.request_id, request.body.model, choices, usage)
+        self.coordinator.metrics.request(request.body.model, "ok")
+        await send_response(send, JSONResponse(data, headers=self.headers(flow, request.body)))
+
+
+def _one(flow: RequestFlow) -> Events:
+    async def next_event() -> tuple[int, Token | Finished | Broken]:
+        return 0, await flow.next()
+
+    return next_event
