@@ -67,6 +67,10 @@ class FakeBackend:
     def is_running(self) -> bool:
         return self._running
 
+    @property
+    def supports_vision(self) -> bool:
+        return True  # simulated: a spec with vision loads with it when the gate affords it
+
     async def start(self, deliver: Deliver) -> None:
         self._deliver, self._running = deliver, True
 
@@ -79,13 +83,14 @@ class FakeBackend:
     def timing_for(self, model: str) -> FakeTiming:
         return self.timings.get(model, self.timing)
 
-    async def load(self, model: str, spec, source) -> Loaded:
+    async def load(self, model: str, spec, source, *, with_vision: bool = False) -> Loaded:
         timing = self.timing_for(model)
         await self.sleep(timing.load_seconds)
         if model in self.fail_loads:
             raise RuntimeError(self.fail_loads[model])
         self._batches[model] = FakeBatch(model, spec, timing, self.sleep, self._deliver, self.schedule)
-        return Loaded(spec.weights_bytes)
+        resident = spec.with_vision() if with_vision else spec
+        return Loaded(resident.weights_bytes, has_vision=with_vision)
 
     async def unload(self, model: str) -> None:
         batch = self._batches.pop(model, None)

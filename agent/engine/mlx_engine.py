@@ -24,7 +24,7 @@ class MLXEngine(Engine):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(
-            MLXBackend(schedule=config.schedule), models,
+            MLXBackend(schedule=config.schedule, image_limits=config.image_limits), models,
             memory=memory or SystemMemory(metal_limit=_metal_limit()), config=config, clock=clock, sleep=sleep,
         )
 

@@ -1,0 +1,48 @@
+"""What loading gemma-4's vision costs, from the model's files: the processor's rule and the activation
+reserve for encoding the largest image it allows.
+
+The tower's weights are exact (safetensors headers, agent/safetensors_info.py). Its activations are not in
+any file, so they are sized here from the vision config, for the largest image (`max_soft_tokens ·
+pooling_kernel_size²` patches, L): mlx-vlm's tower holds, at its peak, one layer's attention scores
+(heads · L², float32), the one-hot position lookup of the patch embedder (L · 2 · position table size)
+and the pooler's (L · max_soft_tokens), and a few L-long hidden, MLP and q/k/v rows. Counted in float32
+with 25 % on top, the reserve stays above what mlx-vlm's encoder was measured to peak at
+(`tests/test_vision_cost.py` measures the tiny tower and a wider one on every run).
+
+Public names: read_vision_rule, vision_reserve_bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.vision_tokens import VisionRule
+
+_FLOAT32 = 4
+_MARGIN_NUMERATOR, _MARGIN_DENOMINATOR = 5, 4  # 25 % over the sum, for the copies a step makes
+
+
+def read_vision_rule(model_dir: Path, config: dict[str, Any]) -> VisionRule | None:
+    """The image processor's rule, or None when the model has no vision tower or no processor config."""
+    processor_path = Path(model_dir) / "processor_config.json"
+    if "vision_config" not in config or "image_token_id" not in config or not processor_path.is_file():
+        return None
+    processor = json.loads(processor_path.read_text())
+    ip = processor.get("image_processor", processor)
+    return VisionRule(int(ip.get("max_soft_tokens", 280)), int(ip.get("patch_size", 16)),
+                      int(ip.get("pooling_kernel_size", 3)))
+
+
+def vision_reserve_bytes(vision_config: dict[str, Any], rule: VisionRule) -> int:
+    patches = rule.max_soft_tokens * rule.pooling_kernel_size**2
+    heads = int(vision_config.get("num_attention_heads", 12))
+    head_dim = int(vision_config.get("head_dim", 64))
+    hidden = int(vision_config.get("hidden_size", 768))
+    intermediate = int(vision_config.get("intermediate_size", 3072))
+    table = int(vision_config.get("position_embedding_size", 10240))
+    scores = heads * patches**2
+    lookups = patches * 2 * table + patches * rule.max_soft_tokens
+    rows = patches * (4 * heads * head_dim + 2 * intermediate + 4 * hidden + 3 * rule.patch_size**2)
+    return _FLOAT32 * (scores + lookups + rows) * _MARGIN_NUMERATOR // _MARGIN_DENOMINATOR
