@@ -13,7 +13,8 @@ import dataclasses
 import pytest
 
 from agent.engine import GenerationRequest, MLXEngine
-from agent.engine.types import InvalidRequest
+from agent.engine.types import InvalidRequest, RequestRefused
+from agent.errors import is_retryable
 from agent.vision_tokens import VisionRule
 from tests.engine_fixtures import run
 from tests.vision_support import VISION_MODEL, image_message, image_part, noise_image
@@ -126,8 +127,9 @@ def test_a_slot_loaded_text_only_refuses_images_and_still_serves_text(tiny_model
         async with MLXEngine({VISION_MODEL: tiny_models_dir / VISION_MODEL},
                              config=EngineConfig(load_vision=False)) as engine:
             slot = await engine.load(VISION_MODEL)
-            with pytest.raises(InvalidRequest, match=r"messages\[0\].content\[1\]: .* text-only"):
+            with pytest.raises(RequestRefused, match=r"messages\[0\].content\[1\]: .* text-only") as refused:
                 await engine.submit(request("img", image_message("Look.", noise_image(64, 64, seed=5))))
+            assert refused.value.code == "no_vision" and is_retryable("no_vision")
             text = await answer(engine, request("text", {"role": "user", "content": "Hello"}))
             return slot, text
 

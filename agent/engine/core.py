@@ -205,6 +205,10 @@ class Engine:
         self._require_serving(slot)
         if request.request_id in self._requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")
+        if request.images and not slot.has_vision:  # not this node: another may have it loaded with vision
+            reason = slot.vision_reason or ("has no vision tower" if not slot.spec.has_vision else "is loaded text-only")
+            raise RequestRefused(Verdict.NEVER, f"{request.images[0].label}: {slot.model} {reason} here; it cannot "
+                                 "take images", code="no_vision")
         try:
             prompt = await self.backend.prepare(request.model, request)
         except EngineNotRunning:

@@ -59,7 +59,9 @@ class ChatCompletions:
             coordinator.precheck(account, request.client.host if request.client else None)
             body = coordinator.parse(await _read_body(request, coordinator.settings.body_read_timeout_s))
             model = record.model = body.model
-            flow = coordinator.open(account, body) if (body.n or 1) == 1 else coordinator.open_choices(account, body)
+            body, images = await coordinator.inline_images(body)  # a bad image is a 400 here, before any hold
+            flow = coordinator.open(account, body, images=images) if (body.n or 1) == 1 else \
+                coordinator.open_choices(account, body, images)
         except ApiError as exc:
             coordinator.metrics.request(model, exc.outcome)
             await exc.response()(scope, receive, send)
