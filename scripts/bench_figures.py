@@ -73,10 +73,11 @@ class SustainedRun:
 
 def load_runs(results_dir: Path) -> dict:
     """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun],
-    "constrained": scripts/bench_constrained.py's result or None}."""
-    constrained = results_dir / "constrained.json"
+    "constrained": scripts/bench_constrained.py's result or None, "vision": scripts/bench_vision.py's or None}."""
+    constrained, vision = results_dir / "constrained.json", results_dir / "vision.json"
     runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [],
-                  "constrained": json.loads(constrained.read_text()) if constrained.exists() else None}
+                  "constrained": json.loads(constrained.read_text()) if constrained.exists() else None,
+                  "vision": json.loads(vision.read_text()) if vision.exists() else None}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():
