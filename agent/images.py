@@ -64,6 +64,9 @@ def decode_image(data: bytes, limits: ImageLimits, label: str) -> DecodedImage:
             rgb.load()
     except InvalidRequest:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own header check
+        raise InvalidRequest(f"{label}: the image's header declares more pixels than the limit of "
+                             f"{limits.max_pixels} pixels ({exc})") from exc
     except Exception as exc:  # Pillow raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise InvalidRequest(f"{label}: the image cannot be decoded as {', '.join(FORMATS)} "
                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
