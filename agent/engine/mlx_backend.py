@@ -29,13 +29,13 @@ from mlx_lm.sample_utils import greedy_sampler
 from mlx_lm.utils import load_config, load_tokenizer
 
 from agent.catalog import ModelSpec
-from agent.images import ImageLimits, decode_image
+from agent.images import ImageLimits
 from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
 from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
 from agent.engine.constrained import ConstrainedRow, GrammarCache
 from agent.engine.image_feed import RowImages
-from agent.engine.image_prompt import expand_images
+from agent.engine.image_prompt import prepare_images
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.logit_bias import check_token_ids
 from agent.engine.logprobs import LogprobReader
@@ -45,7 +45,7 @@ from agent.engine.tool_choice import request_constraint
 from agent.engine.types import (
     EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, InvalidRequest, Usage,
 )
-from agent.engine.vision import PreparedImage, VisionTower, read_vision_files
+from agent.engine.vision import PreparedImage, VisionTower, vision_tower
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,7 @@ class MLXBackend:
             raise FileNotFoundError(f"{model}: no model directory to load from")
         config = await asyncio.to_thread(load_config, source)
         tokenizer = await asyncio.to_thread(load_tokenizer, source, eos_token_ids=config.get("eos_token_id"))
-        vision = await asyncio.to_thread(_vision_tower, Path(source)) if with_vision else None
+        vision = await asyncio.to_thread(vision_tower, Path(source)) if with_vision else None
         chat = ChatFormat(tokenizer, config.get("model_type", ""))
         if vision is not None:
             chat.image_marker = tokenizer.convert_ids_to_tokens(vision.files.image_token_id)
@@ -162,26 +162,16 @@ class MLXBackend:
         images: tuple[PreparedImage, ...] = ()
         positions: tuple[int, ...] = ()
         if request.images:  # a corrupt or oversized image fails here, before any KV
-            encoded, images, positions = await asyncio.to_thread(self._with_images, model, request, encoded)
+            prompt = await asyncio.to_thread(prepare_images, self._visions[model], request, encoded.token_ids,
+                                             self.image_limits, chat.image_marker or "")
+            encoded = EncodedPrompt(prompt.token_ids, encoded.initial_state)
+            images, positions = prompt.images, tuple(prompt.positions)
         matcher = None
         if (constraint := request_constraint(request)) is not None:  # a bad schema fails here, before any KV
             matcher = await asyncio.to_thread(self._grammars[model].matcher, constraint, request.max_tokens,
                                               is_reasoning=chat.is_reasoning(request))
         return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher, images, positions))
 
-    def _with_images(self, model: str, request: GenerationRequest, encoded: EncodedPrompt):
-        vision = self._visions[model]
-        images = tuple(vision.prepare(decode_image(image.data, self.image_limits, image.label).image)
-                       for image in request.images)
-        files = vision.files
-        expanded = expand_images(encoded.token_ids, [image.num_soft_tokens for image in images],
-                                 boi=files.boi_token_id, image=files.image_token_id, eoi=files.eoi_token_id,
-                                 marker=self._chats[model].image_marker or "")
-        return EncodedPrompt(expanded.token_ids, encoded.initial_state), images, tuple(expanded.positions)
-
-    def vision(self, model: str) -> VisionTower | None:
-        """The loaded model's vision tower, or None when it is loaded text-only (or has none)."""
-        return self._visions.get(model)
 
     def grammar_cache(self, model: str) -> GrammarCache:
         """The loaded model's compiled grammars (and the MLX thread's mask times, for the bench)."""
@@ -296,10 +286,7 @@ class MLXBackend:
         """The row's soft-token embeddings, encoded now (the request's own failure if the tower fails)."""
         if not prepared.images:
             return None
-        tower = self._towers[model]
-        features = mx.concatenate([tower.encode(image) for image in prepared.images], axis=0)
-        mx.eval(features)
-        return RowImages(features, list(prepared.image_positions))
+        return self._towers[model].row_images(prepared.images, prepared.image_positions)
 
     def _advance_load(self, model: str, command: _Load, job: IncrementalLoad) -> None:
         try:
@@ -364,13 +351,6 @@ class MLXBackend:
 
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(settle)
-
-
-def _vision_tower(source: Path) -> VisionTower:
-    files = read_vision_files(source)
-    if files is None:
-        raise FileNotFoundError(f"{source}: no vision tower or processor_config.json to load vision from")
-    return VisionTower(files)
 
 
 def _logprob_reader(chat: ChatFormat, request: GenerationRequest) -> LogprobReader | None:

@@ -9,12 +9,13 @@ its prefill (agent/engine/image_feed.py).
 mlx-vlm's language side adds the image features to the sequence unscaled, while mlx-lm's gemma-4 multiplies
 every input embedding by `embed_scale`; `encode` divides by it, so the product is mlx-vlm's.
 
-Public names: VisionTower, VisionFiles, read_vision_files, PreparedImage.
+Public names: VisionTower, VisionFiles, read_vision_files, vision_tower, PreparedImage.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from agent.engine.image_feed import RowImages
 from agent.vision_tokens import MARKER_TOKENS_PER_IMAGE, VisionRule
 
 VISION_PREFIXES = ("vision_tower.", "embed_vision.")
@@ -119,6 +121,19 @@ class VisionTower:
             raise RuntimeError(f"the vision tower made {features.shape[0]} soft tokens, the processor counted "
                                f"{image.num_soft_tokens}")
         return features / self._text_model.language_model.model.embed_scale
+
+    def row_images(self, images: Sequence[PreparedImage], positions: Sequence[int]) -> RowImages:
+        """One request's images, encoded (MLX thread), with the prompt indices their soft tokens take."""
+        features = mx.concatenate([self.encode(image) for image in images], axis=0)
+        mx.eval(features)
+        return RowImages(features, list(positions))
+
+
+def vision_tower(source: Path) -> VisionTower:
+    files = read_vision_files(source)
+    if files is None:
+        raise FileNotFoundError(f"{source}: no vision tower or processor_config.json to load vision from")
+    return VisionTower(files)
 
 
 def _vision_weights(model_dir: Path) -> dict[str, mx.array]:
