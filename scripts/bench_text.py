@@ -85,6 +85,21 @@ plus decoding the PNG. One-minute load average {result['load_average_1m'][0]} be
 encoder's share is not measured yet."""
 
 
+def vision_install_section(result: dict | None) -> str:
+    """scripts/measure_vision_install.py: mlx-vlm with its requirements, and --no-deps as setup.sh installs it."""
+    if result is None:
+        return "(not run)"
+    here, mac = result["linux"], result["macos_arm64"]
+    return f"""    {result['command']}
+
+mlx-vlm {result['mlx_vlm']}. Here ({result['platform']}, a fresh venv with this project: {here['base_mb']} MB):
+`--no-deps`, as scripts/setup.sh installs it, adds {here['no_deps_mb'] - here['base_mb']} MB in
+{here['no_deps_s']} s; with its own requirements it adds {here['full_mb'] - here['base_mb']} MB in {here['full_s']} s
+({len(here['added_by_requirements'])} packages: {', '.join(here['added_by_requirements'])}), `pip check` says
+"{here['pip_check']}" and {here['mlx_lm_after']} stays. macOS arm64 wheels for Python 3.11 (`pip download`, not
+installed): {mac['no_deps_wheels_mb']} MB the `--no-deps` way, {mac['full_wheels_mb']} MB with its requirements."""
+
+
 def performance(s: dict[str, str], figs: dict[str, str], results: dict, runs: dict) -> str:
     args = runs["matrix_args"]
     scale = args.get("time_scale", 0.5)
@@ -167,6 +182,10 @@ against a scripted provider that answers at once (no keys, no billing).
 ### Images (gemma-4 vision)
 
 {vision_section(runs.get('vision'))}
+
+Install footprint:
+
+{vision_install_section(runs.get('vision_install'))}
 
 ## Known gaps found while measuring
 
