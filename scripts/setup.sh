@@ -3,7 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-MLX_VLM_VERSION=0.7.10  # tests/test_tiny_vision.py runs mlx-vlm's own loader on the tiny model at this version
 
 pip_install() {
   # Silent on success (pip and setuptools warnings are noise to a newcomer); everything on failure.
@@ -23,14 +22,17 @@ fi
 # fetched, so a complete .venv re-runs the demo and the tests offline.
 STAMP=.venv/.darkbloom-setup
 digest() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi; }
-want="$( (cat pyproject.toml "$0"; .venv/bin/python --version) | digest | cut -d' ' -f1)"
+want="$( (cat pyproject.toml; .venv/bin/python --version) | digest | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c "import agent, pytest" 2>/dev/null; then
   exit 0
 fi
 echo "setup: installing darkbloom-agent and its dependencies (mlx[cpu] on Linux, mlx on macOS)"
 pip_install --upgrade pip
 pip_install -e ".[test,bench]"
-# gemma-4 vision: mlx-vlm without its own requirements (see pyproject.toml); its gemma4 path needs only mlx,
-# numpy, transformers, Pillow and requests, which the line above installed.
-pip_install --no-deps "mlx-vlm==$MLX_VLM_VERSION"
+# gemma-4 vision: mlx-vlm without its own requirements (pyproject.toml's [tool.darkbloom.no-deps] pins it); its
+# gemma4 path needs only mlx, numpy, transformers, Pillow and requests, which the line above installed.
+for pinned in $(.venv/bin/python -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb"))
+print(" ".join(f"{k}=={v}" for k, v in t["tool"]["darkbloom"]["no-deps"].items()))'); do
+  pip_install --no-deps "$pinned"
+done
 echo "$want" > "$STAMP"

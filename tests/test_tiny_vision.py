@@ -48,3 +48,14 @@ def test_mlx_vlm_loads_the_directory_and_the_engines_tower_gives_its_features(ti
     theirs = reference.encode_image(mx.array(prepared.pixel_values))[0]
     assert ours.shape == theirs.shape == (prepared.num_soft_tokens, 64)
     assert np.allclose(np.array(ours.astype(mx.float32)), np.array(theirs.astype(mx.float32)), atol=0.05)
+
+
+def test_the_installed_mlx_vlm_is_the_version_setup_installs():
+    # The engine's vision adapter (agent/engine/vision.py) is tested against this version only.
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pinned = pyproject["tool"]["darkbloom"]["no-deps"]["mlx-vlm"]
+    assert version("mlx-vlm") == pinned, f"scripts/setup.sh installs mlx-vlm {pinned}; run it again"
