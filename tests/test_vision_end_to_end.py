@@ -3,6 +3,7 @@ vision (mlx-vlm's tower in our batch), over a real websocket, billed in a real S
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import threading
@@ -163,4 +164,33 @@ async def test_an_image_url_is_fetched_by_the_coordinator_when_the_operator_allo
                 assert complaint in refused.value.body["message"] and refused.value.body["param"] == \
                     "messages[0].content[1]"
     assert accounts.balance_micros("someone") < CREDIT  # the three served requests were charged
+    accounts.close()
+
+
+async def test_through_the_sdk_a_seeded_text_request_is_unchanged_by_two_image_requests_and_a_cancel_frees_kv(
+        tmp_path, tiny_models_dir):
+    from tests.provider_support import eventually
+
+    text = dict(model=VISION_MODEL, messages=[{"role": "user", "content": "Tell me about the sea."}], max_tokens=10,
+                temperature=0.9, seed=7)
+    images = [dict(model=VISION_MODEL, messages=asking(image_part(noise_image(120, 90 + 40 * i, seed=i))),
+                   max_tokens=10, temperature=0) for i in range(2)]
+    async with served(tmp_path, tiny_models_dir) as (server, engine, client, accounts, db):
+        alone = await client.chat.completions.create(**text)
+        together = await asyncio.gather(client.chat.completions.create(**images[0]),
+                                        client.chat.completions.create(**text),
+                                        client.chat.completions.create(**images[1]))
+        assert together[1].choices[0].message.content == alone.choices[0].message.content
+        assert together[1].usage == alone.usage
+
+        stream = await client.chat.completions.create(**{**images[0], "max_tokens": 4000}, stream=True)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        assert engine.snapshot().slot(VISION_MODEL).kv_reserved_bytes > 0
+        await stream.close()  # the client leaves: the coordinator cancels at the agent
+        await eventually(lambda: engine.snapshot().slot(VISION_MODEL).kv_reserved_bytes == 0, timeout=20,
+                         what="the cancelled image request's KV to be freed")
+        slot = engine.snapshot().slot(VISION_MODEL)
+        assert slot.kv_used_bytes == 0 and slot.num_running == 0
     accounts.close()
