@@ -9,7 +9,7 @@ and the pooler's (L · max_soft_tokens), and a few L-long hidden, MLP and q/k/v 
 with 25 % on top, the reserve stays above what mlx-vlm's encoder was measured to peak at
 (`tests/test_vision_cost.py` measures the tiny tower and a wider one on every run).
 
-Public names: read_vision_rule, vision_reserve_bytes.
+Public names: read_vision_rule, read_image_processor, vision_reserve_bytes, PROCESSOR_CONFIGS.
 """
 
 from __future__ import annotations
@@ -24,13 +24,24 @@ _FLOAT32 = 4
 _MARGIN_NUMERATOR, _MARGIN_DENOMINATOR = 5, 4  # 25 % over the sum, for the copies a step makes
 
 
+PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json")  # in mlx-vlm's order of preference
+
+
+def read_image_processor(model_dir: Path) -> dict[str, Any] | None:
+    """The image processor's settings (nested under `image_processor`, or a flat preprocessor config)."""
+    for name in PROCESSOR_CONFIGS:
+        path = Path(model_dir) / name
+        if path.is_file():
+            processor = json.loads(path.read_text())
+            return dict(processor.get("image_processor", processor))
+    return None
+
+
 def read_vision_rule(model_dir: Path, config: dict[str, Any]) -> VisionRule | None:
     """The image processor's rule, or None when the model has no vision tower or no processor config."""
-    processor_path = Path(model_dir) / "processor_config.json"
-    if "vision_config" not in config or "image_token_id" not in config or not processor_path.is_file():
+    ip = read_image_processor(model_dir) if "vision_config" in config and "image_token_id" in config else None
+    if ip is None:
         return None
-    processor = json.loads(processor_path.read_text())
-    ip = processor.get("image_processor", processor)
     return VisionRule(int(ip.get("max_soft_tokens", 280)), int(ip.get("patch_size", 16)),
                       int(ip.get("pooling_kernel_size", 3)))
 

@@ -59,3 +59,19 @@ def test_the_installed_mlx_vlm_is_the_version_setup_installs():
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     pinned = pyproject["tool"]["darkbloom"]["no-deps"]["mlx-vlm"]
     assert version("mlx-vlm") == pinned, f"scripts/setup.sh installs mlx-vlm {pinned}; run it again"
+
+
+def test_a_flat_preprocessor_config_is_read_and_a_directory_without_one_is_text_only(tiny_models_dir, tmp_path):
+    import shutil
+
+    from agent.engine.vision import read_vision_files
+
+    flat, bare = tmp_path / "flat", tmp_path / "bare"
+    for target in (flat, bare):
+        shutil.copytree(tiny_models_dir / VISION_MODEL, target)
+        (target / "processor_config.json").unlink()
+    nested = json.loads((tiny_models_dir / VISION_MODEL / "processor_config.json").read_text())
+    (flat / "preprocessor_config.json").write_text(json.dumps(nested["image_processor"]))
+    assert read_vision_files(flat).rule == read_vision_files(tiny_models_dir / VISION_MODEL).rule
+    assert spec_from_model_dir(flat).has_vision
+    assert read_vision_files(bare) is None and not spec_from_model_dir(bare).has_vision

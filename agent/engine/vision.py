@@ -24,6 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from agent.engine.image_feed import RowImages
+from agent.vision_cost import read_image_processor
 from agent.vision_tokens import MARKER_TOKENS_PER_IMAGE, VisionRule
 
 VISION_PREFIXES = ("vision_tower.", "embed_vision.")
@@ -49,13 +50,11 @@ class VisionFiles:
 def read_vision_files(model_dir: Path) -> VisionFiles | None:
     """The model's vision description, or None when it has no vision tower or no image processor config."""
     config = json.loads((model_dir / "config.json").read_text())
-    processor_path = model_dir / "processor_config.json"
-    if "vision_config" not in config or not processor_path.is_file():
+    image_processor = read_image_processor(model_dir)
+    if "vision_config" not in config or image_processor is None:
         return None
-    processor = json.loads(processor_path.read_text())
-    image_processor = processor.get("image_processor", processor)
     try:
-        return VisionFiles(config["vision_config"], dict(image_processor), int(config["boi_token_id"]),
+        return VisionFiles(config["vision_config"], image_processor, int(config["boi_token_id"]),
                            int(config["image_token_id"]), int(config["eoi_token_id"]))
     except KeyError:
         return None
@@ -79,7 +78,7 @@ class VisionTower:
         from mlx_vlm.models.gemma4.processing_gemma4 import Gemma4ImageProcessor
 
         self.files = files
-        settings = {k: v for k, v in files.image_processor.items() if k != "image_processor_type"}
+        settings = {k: v for k, v in files.image_processor.items() if k not in ("image_processor_type", "processor_class")}
         self.processor = Gemma4ImageProcessor(**settings)
         self._text_model: Any = None
         self.tower: Any = None
