@@ -250,6 +250,8 @@ class Batcher:
         with self.masked.stepping([row.grammar for row in group.rows]):
             generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
         self.generation.extend(generation)
+        for row in group.rows:
+            row.images = None  # its features are in the caches now
 
     def _fail(self, rows: list[Row], code: str, exc: BaseException, events: list[tuple[str, Event]]) -> None:
         message = _describe(exc)
