@@ -36,7 +36,7 @@ def memory_between_text_and_vision() -> int:
 
 def load(memory_bytes: int):
     async def scenario():
-        engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=memory_bytes)
+        engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=memory_bytes, time_scale=0.001)
         async with engine:
             return await engine.load(GEMMA.id)
     return asyncio.run(scenario())
@@ -58,7 +58,7 @@ def test_a_mac_that_affords_it_loads_with_vision_and_counts_the_tower_and_its_re
 
 def test_register_offers_vision_per_machine_and_heartbeats_say_which_slots_see():
     async def scenario(memory_bytes: int):
-        engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=memory_bytes)
+        engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=memory_bytes, time_scale=0.001)
         async with engine:
             handler = LinkHandler(engine, {GEMMA.id: SEEING}, Hardware(chip="Fake M4", memory_bytes=memory_bytes,
                                                                          gpu_cores=10),
