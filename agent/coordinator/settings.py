@@ -52,6 +52,7 @@ class CoordinatorSettings:
     accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
     # deadlines (deadlines.py): what a provider reports may shorten them, never stretch them past these
     first_token_base_s: float = 30.0  # accepted → first token for a short prompt (counted from accepted, not the send)
+    first_token_s_per_image: float = 5.0  # ... plus this per image: the vision tower encodes it before the prefill
     prefill_slack: float = 2.0  # times the prompt's prefill at the slot's reported rate, added to the base
     min_prefill_tps: float = 50.0  # a reported prefill rate below this counts as this
     assumed_prefill_tps: float = 200.0  # the rate of a slot that has not reported one yet
