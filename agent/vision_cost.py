@@ -9,7 +9,7 @@ and the pooler's (L · max_soft_tokens), and a few L-long hidden, MLP and q/k/v 
 with 25 % on top, the reserve stays above what mlx-vlm's encoder was measured to peak at
 (`tests/test_vision_cost.py` measures the tiny tower and a wider one on every run).
 
-Public names: read_vision_rule, read_image_processor, vision_reserve_bytes, PROCESSOR_CONFIGS.
+Public names: read_vision_rule, read_image_processor, has_feedable_vision, vision_reserve_bytes, PROCESSOR_CONFIGS.
 """
 
 from __future__ import annotations
@@ -37,9 +37,16 @@ def read_image_processor(model_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def has_feedable_vision(config: dict[str, Any]) -> bool:
+    """A vision tower whose features our prefill can feed: gemma-4 variants with per-layer inputs (the small
+    ones) would need per-layer embeddings for the image positions as well, which mlx-lm derives from token ids."""
+    text_config = config.get("text_config") or {}
+    return "vision_config" in config and "image_token_id" in config and not text_config.get("hidden_size_per_layer_input")
+
+
 def read_vision_rule(model_dir: Path, config: dict[str, Any]) -> VisionRule | None:
-    """The image processor's rule, or None when the model has no vision tower or no processor config."""
-    ip = read_image_processor(model_dir) if "vision_config" in config and "image_token_id" in config else None
+    """The image processor's rule, or None when the model has no vision tower we serve, or no processor config."""
+    ip = read_image_processor(model_dir) if has_feedable_vision(config) else None
     if ip is None:
         return None
     return VisionRule(int(ip.get("max_soft_tokens", 280)), int(ip.get("patch_size", 16)),

@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from agent.engine.image_feed import RowImages
-from agent.vision_cost import read_image_processor
+from agent.vision_cost import has_feedable_vision, read_image_processor
 from agent.vision_tokens import MARKER_TOKENS_PER_IMAGE, VisionRule
 
 VISION_PREFIXES = ("vision_tower.", "embed_vision.")
@@ -51,7 +51,7 @@ def read_vision_files(model_dir: Path) -> VisionFiles | None:
     """The model's vision description, or None when it has no vision tower or no image processor config."""
     config = json.loads((model_dir / "config.json").read_text())
     image_processor = read_image_processor(model_dir)
-    if "vision_config" not in config or image_processor is None:
+    if not has_feedable_vision(config) or image_processor is None:
         return None
     try:
         return VisionFiles(config["vision_config"], image_processor, int(config["boi_token_id"]),
