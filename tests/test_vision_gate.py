@@ -92,7 +92,7 @@ async def test_image_requests_are_routed_only_to_slots_that_see_and_a_claimed_ru
         blind = await provider(server, GEMMA)
         router = server.coordinator.router
         inputs = ImageInputs(router.settings, router.registry)
-        assert inputs.rule(GEMMA.id) is None  # no provider with vision: image requests are 400s
+        assert inputs.rules(GEMMA.id) == set()  # no provider with vision: image requests are 400s
         claims = VisionOffer(max_soft_tokens=60_000, patch_size=16, pooling_kernel_size=3, weights_bytes=1,
                              reserve_bytes=1, fits=True, fit_reason="fits")
         seeing = await provider(server, GEMMA, models=[entry_for(GEMMA).model_copy(update={"vision": claims})])
@@ -106,11 +106,17 @@ async def test_image_requests_are_routed_only_to_slots_that_see_and_a_claimed_ru
         text = place(offers, replace(ask, num_images=0), router.settings, now=router.clock(), lazy=False)
         assert len(text.admit) == 2
         # A provider's rule is a claim: its per-image budget is held to the coordinator's setting.
-        assert inputs.rule(GEMMA.id).max_soft_tokens == CoordinatorSettings().max_soft_tokens_per_image
+        assert {r.max_soft_tokens for r in inputs.rules(GEMMA.id)} == {CoordinatorSettings().max_soft_tokens_per_image}
         bounded = VisionRule(1120, 16, 3)
         assert inputs.prompt_tokens(GEMMA.id, (ImageFacts("m", 4000, 4000),)) == bounded.prompt_tokens(4000, 4000) <= 1122
+        # One provider claiming a tiny rule cannot make the estimate (and so the usage bound) smaller than another's.
+        stingy = await provider(server, GEMMA, models=[entry_for(GEMMA).model_copy(update={
+            "vision": claims.model_copy(update={"max_soft_tokens": 1})})])
+        await eventually(lambda: stingy.is_heard(server))
+        assert inputs.prompt_tokens(GEMMA.id, (ImageFacts("m", 4000, 4000),)) == bounded.prompt_tokens(4000, 4000)
         await blind.stop()
         await seeing.stop()
+        await stingy.stop()
 
 
 @pytest.mark.parametrize("memory_gb", [24, 64])

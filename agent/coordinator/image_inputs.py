@@ -47,20 +47,19 @@ class ImageInputs:
             max_redirects=settings.image_fetch_max_redirects,
             allowed_networks=settings.image_fetch_allowed_networks)
 
-    def rule(self, model: str) -> VisionRule | None:
-        """The image rule of the model's providers with vision (None: none connected), its budget bounded."""
-        for _, offer in self.registry.offers(model):
-            vision = offer.entry.vision
-            if vision is not None:
-                budget = min(vision.max_soft_tokens, self.settings.max_soft_tokens_per_image)
-                return VisionRule(budget, vision.patch_size, vision.pooling_kernel_size)
-        return None
+    def rules(self, model: str) -> set[VisionRule]:
+        """The image rules the model's providers with vision claim (empty: none connected), budgets bounded."""
+        bound = self.settings.max_soft_tokens_per_image
+        return {VisionRule(min(v.max_soft_tokens, bound), v.patch_size, v.pooling_kernel_size)
+                for v in (offer.entry.vision for _, offer in self.registry.offers(model)) if v is not None}
 
     def prompt_tokens(self, model: str, images: tuple[ImageFacts, ...]) -> int:
-        rule = self.rule(model)
-        if not images or rule is None:
+        """The most any connected provider's rule makes of these images: an estimate no honest agent's count
+        exceeds, so its claim is never clamped, whatever a provider with a smaller rule said."""
+        if not images:
             return 0
-        return sum(rule.prompt_tokens(image.height, image.width) for image in images)
+        return max((sum(rule.prompt_tokens(i.height, i.width) for i in images) for rule in self.rules(model)),
+                   default=0)
 
     async def inline(self, body: ChatCompletionBody) -> tuple[ChatCompletionBody, tuple[ImageFacts, ...]]:
         parts = body.image_parts
@@ -70,7 +69,7 @@ class ImageInputs:
         if len(parts) > self.settings.max_images:
             raise _refused(parts[self.settings.max_images][0], f"is one of {len(parts)} images; at most "
                                                                f"{self.settings.max_images} are accepted per request")
-        if self.rule(body.model) is None:
+        if not self.rules(body.model):
             raise _refused(first, f"is an image, and {body.model} does not take images here (no connected "
                                   "provider serves it with vision)", code="model_without_vision")
         inlined: dict[str, str] = {}
