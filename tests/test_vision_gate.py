@@ -123,3 +123,27 @@ async def test_image_requests_are_routed_only_to_slots_that_see_and_a_claimed_ru
 def test_the_catalog_gemma_has_no_vision_until_its_files_say_so(memory_gb):
     # The catalog cannot know the tower's bytes; the downloaded files do (agent/catalog.spec_from_model_dir).
     assert doctor_report({GEMMA.id: GEMMA}, memory_gb * GIB)["models"][0]["vision"] is None
+
+
+def test_the_fake_engine_counts_an_image_as_the_processor_rule_does_and_refuses_it_text_only():
+    from agent.engine import GenerationRequest
+    from agent.engine.types import RequestRefused
+    from tests.vision_support import image_message, noise_image
+
+    body = {"messages": [image_message("Look.", noise_image(300, 100, seed=1))], "max_tokens": 4}
+    text_body = {"messages": [{"role": "user", "content": "Look."}], "max_tokens": 4}
+
+    async def scenario(memory_bytes: int):
+        engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=memory_bytes, time_scale=0.001)
+        async with engine:
+            await engine.load(GEMMA.id)
+            try:
+                image = await (await engine.submit(GenerationRequest.from_openai("i", GEMMA.id, body))).collect()
+            except RequestRefused as refused:
+                return refused.code, None
+            text = await (await engine.submit(GenerationRequest.from_openai("t", GEMMA.id, text_body))).collect()
+            return image.finish.usage.prompt_tokens, text.finish.usage.prompt_tokens
+
+    image_tokens, text_tokens = asyncio.run(scenario(64 * GIB))
+    assert image_tokens == text_tokens + SEEING.vision.prompt_tokens(100, 300)
+    assert asyncio.run(scenario(memory_between_text_and_vision())) == ("no_vision", None)

@@ -29,6 +29,7 @@ from agent.engine.fake_batch import FakeBatch
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
 from agent.engine.schedule import ScheduleLimits
+from agent.images import ImageLimits, decode_image
 from agent.engine.types import EngineNotRunning, GenerationRequest
 
 __all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
@@ -101,7 +102,11 @@ class FakeBackend:
     async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         if not self._running:
             raise EngineNotRunning("the engine is not running")
-        num_tokens = 3 + sum(4 + len(message["content"]) // 4 for message in request.messages)
+        num_tokens = 3 + sum(4 + len(_text(message["content"])) // 4 for message in request.messages)
+        batch = self._batches.get(model)
+        if request.images and batch is not None and batch.spec.vision is not None:  # as the real processor counts
+            sizes = [decode_image(image.data, ImageLimits(), image.label) for image in request.images]
+            num_tokens += sum(batch.spec.vision.prompt_tokens(size.height, size.width) for size in sizes)
         return Prompt(num_tokens, (self.scripts(request), script_seed(request)))
 
     def insert(self, model: str, job: Job) -> None:
@@ -111,6 +116,11 @@ class FakeBackend:
         batch = self._batches.get(model)
         if batch is not None:
             batch.cancel(request_id)
+
+
+def _text(content: str | list) -> str:
+    """A message's text; a message with images carries its content as parts."""
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
 class FakeEngine(Engine):
