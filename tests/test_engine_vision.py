@@ -19,6 +19,8 @@ from agent.vision_tokens import VisionRule
 from tests.engine_fixtures import run
 from tests.vision_support import VISION_MODEL, image_message, image_part, noise_image
 
+pytest.importorskip("mlx_vlm")  # scripts/setup.sh installs it; test_tiny_vision's pin test fails without it
+
 RULE = VisionRule(max_soft_tokens=70, patch_size=16, pooling_kernel_size=3)  # the tiny processor's config
 
 

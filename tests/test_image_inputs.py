@@ -14,8 +14,7 @@ from agent.coordinator.image_fetch import ImageFetcher, ImageFetchRefused
 from agent.errors import InvalidRequest
 from agent.images import ImageLimits, decode_image
 from agent.wire.image_parts import parse_data_url
-from tests.test_vision_end_to_end import image_server
-from tests.vision_support import data_url, noise_image
+from tests.vision_support import data_url, image_server, noise_image
 
 LIMITS = ImageLimits(max_bytes=1024 * 1024, max_pixels=4096 * 4096)
 

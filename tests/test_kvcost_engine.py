@@ -162,6 +162,7 @@ def test_a_prompt_with_images_is_predicted_exactly_as_text_of_its_length_single_
     # Our Batcher on gemma-4 with mlx-vlm's tower: each image is its soft tokens plus two markers in the
     # prompt, and the caches hold exactly what the same number of text tokens would (one step shows the
     # caches after the prefill's first decode, which trims the sliding overhang the prediction passes through).
+    pytest.importorskip("mlx_vlm")
     from tests.vision_support import VISION_MODEL, VisionBatcher, noise_image
 
     vision = VisionBatcher(tiny_models_dir / VISION_MODEL)

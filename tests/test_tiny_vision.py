@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from agent.catalog import spec_from_model_dir
 from agent.safetensors_info import read_header
@@ -14,6 +15,7 @@ from tests.vision_support import VISION_MODEL, noise_image
 
 
 def test_the_vision_model_directory_has_the_release_layout(tiny_models_dir):
+    pytest.importorskip("mlx_vlm")
     model_dir = tiny_models_dir / VISION_MODEL
     config = json.loads((model_dir / "config.json").read_text())
     processor = json.loads((model_dir / "processor_config.json").read_text())
@@ -30,6 +32,7 @@ def test_the_vision_model_directory_has_the_release_layout(tiny_models_dir):
 
 
 def test_mlx_vlm_loads_the_directory_and_the_engines_tower_gives_its_features(tiny_models_dir):
+    pytest.importorskip("mlx_vlm")
     import mlx.core as mx
     from mlx_lm.utils import load_model
     from mlx_vlm.utils import load_model as load_vision_language_model
@@ -62,6 +65,7 @@ def test_the_installed_mlx_vlm_is_the_version_setup_installs():
 
 
 def test_a_flat_preprocessor_config_is_read_and_a_directory_without_one_is_text_only(tiny_models_dir, tmp_path):
+    pytest.importorskip("mlx_vlm")
     import shutil
 
     from agent.engine.vision import read_vision_files

@@ -10,6 +10,8 @@ import pytest
 from agent.vision_cost import vision_reserve_bytes
 from agent.vision_tokens import MARKER_TOKENS_PER_IMAGE, VisionRule, soft_tokens
 
+pytest.importorskip("mlx_vlm")  # scripts/setup.sh installs it; test_tiny_vision's pin test fails without it
+
 RULES = [VisionRule(280, 16, 3), VisionRule(70, 16, 3), VisionRule(1120, 16, 3)]
 
 

@@ -1,10 +1,13 @@
-"""Helpers for the vision tests: images as bytes and data URLs, and a Batcher on the tiny vision model with
-mlx-vlm's tower beside it (the engine's own pieces, without the engine around them)."""
+"""Helpers for the vision tests: images as bytes and data URLs, a local HTTP server of images, and a Batcher on
+the tiny vision model with mlx-vlm's tower beside it (the engine's own pieces, without the engine around them)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,35 @@ def noise_image(width: int, height: int, seed: int, image_format: str = "PNG") -
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, image_format)
     return out.getvalue()
+
+
+class _Images(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        status, headers, body = self.routes.get(self.path, (404, {}, b""))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def image_server(routes: dict):
+    _Images.routes = routes
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def data_url(data: bytes, media_type: str = "image/png") -> str:

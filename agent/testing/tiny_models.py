@@ -17,6 +17,7 @@ Public names:
   write_tiny_model(name, out_dir)       -> Path of out_dir/name: config.json, model.safetensors (+ index),
                                         tokenizer files, generation_config.json
   write_all(out_dir, names=None)        -> list[Path]
+  can_write(name)                       -> bool, False for a vision variant when mlx-vlm is not installed
   is_up_to_date(model_dir, name)        -> bool, every file a load needs is there and config.json and
                                         tokenizer.json and the chat template are what this code writes now
                                         (for reusing a cache)
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import importlib.util
 import io
 import json
 import shutil
@@ -306,6 +308,11 @@ def write_tiny_model(name: str, out_dir: Path | str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir
+
+
+def can_write(name: str) -> bool:
+    """A vision variant needs mlx-vlm (scripts/setup.sh installs it); the others need only mlx-lm."""
+    return not VARIANTS[name].has_vision or importlib.util.find_spec("mlx_vlm") is not None
 
 
 def write_all(out_dir: Path | str, names: list[str] | None = None) -> list[Path]:
