@@ -1,4 +1,5 @@
-"""The MLX thread: the one thread that loads models and runs every model's batch.
+"""The MLX thread: the one thread that loads models and runs every model's batch (and, for a model loaded
+with vision, encodes each image request's images when it is inserted: agent/engine/vision.py).
 
 Commands (load, unload, insert, cancel, stop) arrive on a thread-safe queue; the thread drains it
 between steps, steps every model that has work, and hands each step's events, cache bytes and batch
@@ -29,7 +30,6 @@ from mlx_lm.sample_utils import greedy_sampler
 from mlx_lm.utils import load_config, load_tokenizer
 
 from agent.catalog import ModelSpec
-from agent.images import ImageLimits
 from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
 from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
@@ -46,6 +46,7 @@ from agent.engine.types import (
     EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, InvalidRequest, Usage,
 )
 from agent.engine.vision import PreparedImage, VisionTower, vision_tower
+from agent.images import ImageLimits
 
 log = structlog.get_logger(__name__)
 
@@ -171,7 +172,6 @@ class MLXBackend:
             matcher = await asyncio.to_thread(self._grammars[model].matcher, constraint, request.max_tokens,
                                               is_reasoning=chat.is_reasoning(request))
         return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher, images, positions))
-
 
     def grammar_cache(self, model: str) -> GrammarCache:
         """The loaded model's compiled grammars (and the MLX thread's mask times, for the bench)."""
