@@ -27,7 +27,6 @@ import structlog
 
 from agent.admission import AdmissionDecision, LoadDecision, Verdict, resolve_max_tokens
 from agent.engine import room
-from agent.images import ImageLimits
 from agent.engine.backend import Backend, Job, StepReport
 from agent.engine.kv_tracker import KVTracker
 from agent.engine.memory import MemoryProbe, SystemMemory
@@ -40,6 +39,7 @@ from agent.engine.types import (
     Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, GenerationRequest, InvalidRequest, LoadFailed,
     LoadRefused, RequestRefused, SlotListener, SlotSnapshot, SlotState, UnknownModel, Usage,
 )
+from agent.images import ImageLimits
 from agent.tasks import TaskSet
 from agent.wire.frames import AdmissionLimits
 
