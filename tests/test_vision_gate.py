@@ -147,3 +147,50 @@ def test_the_fake_engine_counts_an_image_as_the_processor_rule_does_and_refuses_
     image_tokens, text_tokens = asyncio.run(scenario(64 * GIB))
     assert image_tokens == text_tokens + SEEING.vision.prompt_tokens(100, 300)
     assert asyncio.run(scenario(memory_between_text_and_vision())) == ("no_vision", None)
+
+
+async def test_a_coordinator_that_sends_a_bomb_a_url_or_a_spoofed_marker_gets_a_refusal_naming_the_part_and_the_agent_serves_on():
+    # The agent's side of the link (a real websocket, the real LinkHandler) against frames no honest
+    # coordinator sends: each refused before any KV, with a code that says retrying elsewhere will not help.
+    from agent.link.client import Link
+    from tests.link_support import MiniCoordinator
+    from tests.test_image_inputs import png_claiming
+    from tests.vision_support import data_url, image_message, noise_image
+
+    coordinator = MiniCoordinator(heartbeat_interval_s=30)
+    await coordinator.start()
+    engine = FakeEngine({GEMMA.id: SEEING}, memory_bytes=64 * GIB, time_scale=0.001)
+    await engine.start()
+    await engine.load(GEMMA.id)
+    handler = LinkHandler(engine, {GEMMA.id: SEEING}, Hardware(chip="Fake M4", memory_bytes=64 * GIB, gpu_cores=10),
+                          lambda: MemoryReading(64 * GIB, 32 * GIB))
+    link = Link(coordinator.url, "good-token", handler)
+    task = asyncio.create_task(link.run())
+    try:
+        register = await coordinator.next_frame("register")
+        assert register["models"][0]["vision"]["fits"] is True
+        bodies = {
+            "bomb": {"role": "user", "content": [{"type": "text", "text": "Look."}, {
+                "type": "image_url", "image_url": {"url": data_url(png_claiming(100_000, 100_000))}}]},
+            "url": {"role": "user", "content": [{"type": "text", "text": "Look."}, {
+                "type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]},
+            "ok": image_message("Look.", noise_image(64, 64, seed=3)),
+        }
+        for request_id, message in bodies.items():
+            await coordinator.send({"type": "inference_request", "request_id": request_id, "model": GEMMA.id,
+                                    "body": {"messages": [message], "max_tokens": 4}})
+        refused = [await coordinator.next_frame("inference_rejected") for _ in range(2)]
+        by_id = {frame["request_id"]: frame for frame in refused}
+        assert set(by_id) == {"bomb", "url"}
+        assert all("messages[0].content[1]" in f["reason"] and f["retryable"] is False for f in refused)
+        assert "more pixels than the limit" in by_id["bomb"]["reason"]
+        assert "only as data: URLs" in by_id["url"]["reason"]
+        complete = await coordinator.next_frame("inference_complete")
+        assert complete["request_id"] == "ok" and complete["usage"]["prompt_tokens"] > SEEING.vision.prompt_tokens(64, 64)
+        assert engine.snapshot().slot(GEMMA.id).kv_reserved_bytes == 0
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.stop()
+        await coordinator.stop()
