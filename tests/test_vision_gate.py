@@ -149,7 +149,7 @@ def test_the_fake_engine_counts_an_image_as_the_processor_rule_does_and_refuses_
     assert asyncio.run(scenario(memory_between_text_and_vision())) == ("no_vision", None)
 
 
-async def test_a_coordinator_that_sends_a_bomb_a_url_or_a_spoofed_marker_gets_a_refusal_naming_the_part_and_the_agent_serves_on():
+async def test_a_coordinator_that_sends_a_bomb_or_a_url_gets_a_refusal_naming_the_part_and_the_agent_serves_on():
     # The agent's side of the link (a real websocket, the real LinkHandler) against frames no honest
     # coordinator sends: each refused before any KV, with a code that says retrying elsewhere will not help.
     from agent.link.client import Link
