@@ -70,6 +70,10 @@ async def test_one_and_two_images_stream_answers_and_prompt_tokens_are_text_plus
             expected = template_tokens(engine, messages) - len(images) + sum(RULE.prompt_tokens(h, w) for h, w in sizes)
             assert text and usage.prompt_tokens == expected and usage.completion_tokens >= 1
             usages.append(usage)
+        both = await client.chat.completions.create(model=VISION_MODEL, messages=asking(image_part(one)), n=2,
+                                                    max_tokens=4, temperature=0.8, seed=3)
+        assert len(both.choices) == 2 and both.usage.prompt_tokens == usages[0].prompt_tokens  # the prompt once
+        usages.append(both.usage)
         async with httpx.AsyncClient() as http_client:
             capacity = (await http_client.get(server.base_url + "/v1/models/capacity",
                                               headers={"authorization": f"Bearer {client.api_key}"})).json()
