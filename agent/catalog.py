@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import DarkbloomError, UnknownModel
 from agent.safetensors_info import read_safetensors_info
+from agent.vision_cost import read_vision_rule, vision_reserve_bytes
+from agent.vision_tokens import VisionRule
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SUPPORTED_ARCHITECTURES = ("gpt_oss", "gemma4_text")
@@ -64,6 +66,20 @@ class ModelSpec:
     revision: str | None = None
     quantization: str = ""
     source: str = ""
+    # Vision (gemma-4 with its tower on disk): the tower's exact bytes, the activations of encoding the largest
+    # image (agent/vision_cost.py), and the processor's rule. Loading with vision adds both byte counts.
+    vision: VisionRule | None = None
+    vision_weights_bytes: int = 0
+    vision_reserve_bytes: int = 0
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision is not None
+
+    def with_vision(self) -> ModelSpec:
+        """The spec as a load with vision costs it: the tower's weights and reserve on top."""
+        return replace(self, weights_bytes=self.weights_bytes + self.vision_weights_bytes,
+                       activation_reserve_bytes=self.activation_reserve_bytes + self.vision_reserve_bytes)
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -211,7 +227,17 @@ def spec_from_model_dir(model_dir: Path, *, model_id: str | None = None) -> Mode
     spec = spec_from_config(
         config, model_id=model_id or model_dir.name, kv_dtype=weights.activation_dtype, where=str(config_path)
     )
-    return replace(spec, weights_bytes=weights.total_bytes, quantization=_describe_quantization(config))
+    spec = replace(spec, weights_bytes=weights.total_bytes, quantization=_describe_quantization(config))
+    return with_vision_files(spec, model_dir, config, weights.vision_bytes)
+
+
+def with_vision_files(spec: ModelSpec, model_dir: Path, config: dict[str, Any], vision_bytes: int) -> ModelSpec:
+    """The spec with what loading its vision costs, when the directory has a vision tower and its processor."""
+    rule = read_vision_rule(model_dir, config)
+    if rule is None or vision_bytes == 0:
+        return spec
+    return replace(spec, vision=rule, vision_weights_bytes=vision_bytes,
+                   vision_reserve_bytes=vision_reserve_bytes(config["vision_config"], rule))
 
 
 def _describe_quantization(config: dict[str, Any]) -> str:

@@ -53,6 +53,7 @@ class InvalidRequest(DarkbloomError):
 # Not the request's fault: another provider (or this one, later) may well serve it.
 RETRYABLE_CODES = frozenset({
     "kv_full", "cannot_fit", "model_not_ready", "unknown_model", "draining",  # admission said no here
+    "no_vision",  # an image request to a slot loaded text-only: another provider may have vision
     "engine_error", "engine_not_running", "generation_error", "load_refused", "load_failed",  # this node failed
     "model_download_failed", "rate_limited",
     # the agent could not use a frame we sent it (an older agent, a frame cut short): another agent may

@@ -17,6 +17,7 @@ _DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 # Tensors of other modalities that mlx-lm drops when it loads a text model (gemma4.Model.sanitize).
 _NOT_LOADED_PREFIXES = ("vision_tower", "multi_modal_projector", "audio_tower", "embed_audio", "embed_vision")
+_VISION_PREFIXES = ("vision_tower.", "embed_vision.")  # what a load with vision reads (agent/engine/vision.py)
 
 
 class WeightsError(DarkbloomError):
@@ -28,6 +29,7 @@ class SafetensorsInfo:
     total_bytes: int
     activation_dtype: str
     num_files: int
+    vision_bytes: int = 0  # the vision tower's and its projector's tensors (mlx-lm skips them; mlx-vlm reads them)
 
 
 def read_header(path: Path) -> dict:
@@ -49,17 +51,18 @@ def read_safetensors_info(model_dir: Path) -> SafetensorsInfo:
     (and caches KV) in."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     tensors: dict[str, dict] = {}
-    total = 0
+    total = vision = 0
     for path in files:
         header = read_header(path)
         header.pop("__metadata__", None)
         for name, info in header.items():
-            if name.removeprefix("model.").startswith(_NOT_LOADED_PREFIXES):
-                continue
             start, end = info["data_offsets"]
+            if name.removeprefix("model.").startswith(_NOT_LOADED_PREFIXES):
+                vision += (end - start) if name.removeprefix("model.").startswith(_VISION_PREFIXES) else 0
+                continue
             total += end - start
             tensors[name] = info
-    return SafetensorsInfo(total, _activation_dtype(tensors), len(files))
+    return SafetensorsInfo(total, _activation_dtype(tensors), len(files), vision)
 
 
 def _activation_dtype(tensors: dict[str, dict]) -> str:

@@ -44,7 +44,7 @@ from mlx_lm.generate import BatchGenerator  # noqa: E402
 from agent.catalog import spec_from_model_dir  # noqa: E402
 from agent.engine import Delta, EngineConfig, GenerationRequest, MLXEngine, RequestRefused  # noqa: E402
 from agent.kvcost import kv_peak_bytes_at  # noqa: E402
-from agent.testing.tiny_models import VARIANTS, is_up_to_date, write_all  # noqa: E402
+from agent.testing.tiny_models import VARIANTS, can_write, is_up_to_date, write_all  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name three rivers in Europe.", "Why is the sky blue?",
              "Count from one to ten.", "Summarize the water cycle.", "What does a provider serve?",
@@ -58,7 +58,7 @@ def say(message: str) -> None:
 
 def models_dir() -> Path:
     root = Path(os.environ.get("DARKBLOOM_TINY_MODELS") or Path(tempfile.gettempdir()) / "darkbloom-tiny-models")
-    stale = [name for name in VARIANTS if not is_up_to_date(root / name, name)]
+    stale = [name for name in VARIANTS if can_write(name) and not is_up_to_date(root / name, name)]
     if stale:
         say(f"writing tiny models {stale} to {root}")
         write_all(root, stale)

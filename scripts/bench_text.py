@@ -68,6 +68,38 @@ same cores; the process's CPU time per token, which other processes' load skews 
 pass runs on the GPU and the mask should hide behind it (not measured there yet)."""
 
 
+def vision_section(result: dict | None) -> str:
+    """scripts/bench_vision.py's one run: image ÷ text TTFT at one prompt length, and the encoder's time."""
+    if result is None:
+        return "(not run)"
+    return f"""    {result['command']}
+
+On `{result['model']}` (CPU, {result['repeats']} alternating pairs): a request with one {result['image']} image
+({result['soft_tokens']} soft tokens, resized to {result['pixels'][1]}×{result['pixels'][0]}) and a text request of the same
+{result['prompt_tokens']} prompt tokens. First token after {result['image_ttft_ms_p50']} ms with the image and
+{result['text_ttft_ms_p50']} ms without (p50), so **image ÷ text TTFT = {result['image_vs_text_ttft']}** (median of the
+paired ratios). The difference is the image's own work before its prefill: mlx-vlm's processor
+{result['processor_ms_p50']} ms and its vision tower with the projector {result['encoder_ms_p50']} ms per image (p50),
+plus decoding the PNG. One-minute load average {result['load_average_1m'][0]} before, {result['load_average_1m'][1]} after
+(the machine was shared). The tiny tower's widths are not the release's: on a Mac with the real tower the
+encoder's share is not measured yet."""
+
+
+def vision_install_section(result: dict | None) -> str:
+    """scripts/measure_vision_install.py: mlx-vlm with its requirements, and --no-deps as setup.sh installs it."""
+    if result is None:
+        return "(not run)"
+    here, mac = result["linux"], result["macos_arm64"]
+    return f"""    {result['command']}
+
+mlx-vlm {result['mlx_vlm']}. Here ({result['platform']}, a fresh venv with this project: {here['base_mb']} MB):
+`--no-deps`, as scripts/setup.sh installs it, adds {here['no_deps_mb'] - here['base_mb']} MB in
+{here['no_deps_s']} s; with its own requirements it adds {here['full_mb'] - here['base_mb']} MB in {here['full_s']} s
+({len(here['added_by_requirements'])} packages: {', '.join(here['added_by_requirements'])}), `pip check` says
+"{here['pip_check']}" and {here['mlx_lm_after']} stays. macOS arm64 wheels for Python 3.11 (`pip download`, not
+installed): {mac['no_deps_wheels_mb']} MB the `--no-deps` way, {mac['full_wheels_mb']} MB with its requirements."""
+
+
 def performance(s: dict[str, str], figs: dict[str, str], results: dict, runs: dict) -> str:
     args = runs["matrix_args"]
     scale = args.get("time_scale", 0.5)
@@ -146,6 +178,14 @@ against a scripted provider that answers at once (no keys, no billing).
 ### Constrained decoding (structured outputs)
 
 {constrained_section(runs.get('constrained'))}
+
+### Images (gemma-4 vision)
+
+{vision_section(runs.get('vision'))}
+
+Install footprint:
+
+{vision_install_section(runs.get('vision_install'))}
 
 ## Known gaps found while measuring
 

@@ -29,4 +29,10 @@ fi
 echo "setup: installing darkbloom-agent and its dependencies (mlx[cpu] on Linux, mlx on macOS)"
 pip_install --upgrade pip
 pip_install -e ".[test,bench]"
+# gemma-4 vision: mlx-vlm without its own requirements (pyproject.toml's [tool.darkbloom.no-deps] pins it); its
+# gemma4 path needs only mlx, numpy, transformers, Pillow and requests, which the line above installed.
+for pinned in $(.venv/bin/python -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb"))
+print(" ".join(f"{k}=={v}" for k, v in t["tool"]["darkbloom"]["no-deps"].items()))'); do
+  pip_install --no-deps "$pinned"
+done
 echo "$want" > "$STAMP"

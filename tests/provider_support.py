@@ -93,6 +93,7 @@ class Slot:
     num_running: int = 0
     num_waiting: int = 0
     ratio: float | None = 0.7
+    modalities: tuple[str, ...] = ("text",)  # ("text", "image"): loaded with vision
 
 
 @dataclass
@@ -152,7 +153,7 @@ class ScriptedProvider:
         self._seq += 1
         slots = tuple(SlotStatus(model=m, state=s.state, num_running=s.num_running, num_waiting=s.num_waiting, kv_budget_bytes=s.budget_bytes,
                                  kv_reserved_bytes=s.reserved_bytes, kv_used_bytes=s.used_bytes,
-                                 expected_output_ratio=s.ratio) for m, s in self.slots.items())
+                                 expected_output_ratio=s.ratio, modalities=s.modalities) for m, s in self.slots.items())
         memory = MemoryStatus(total_bytes=self.memory_bytes, available_bytes=self.memory_bytes // 2,
                               cap_bytes=memory_cap_bytes(self.memory_bytes))
         return Heartbeat(seq=self._seq, slots=slots, memory=memory)

@@ -94,9 +94,13 @@ def test_storing_is_refused_with_what_to_send_instead():
 
 
 def test_unsupported_message_shapes_are_refused_naming_the_message():
-    image = validate_chat_request({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:"}}]}]})
-    assert isinstance(image, InvalidField) and image.field == "messages.0.content.0.type"
+    audio = validate_chat_request({"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]})
+    assert isinstance(audio, InvalidField) and audio.field.startswith("messages.0.content")
+    assert "'text', 'image_url'" in str(audio)
+    system_image = validate_chat_request({"messages": [{"role": "system", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
+    assert isinstance(system_image, InvalidField) and "only a user message may carry image_url" in str(system_image)
     tool = validate_chat_request({"messages": [{"role": "tool", "content": "42"}]})
     assert isinstance(tool, InvalidField) and tool.field == "messages.0" and "tool_call_id" in str(tool)
     numeric = validate_chat_request({"messages": [{"role": "user", "content": 5}]})

@@ -37,6 +37,12 @@ def test_a_provider_claiming_a_slow_prefill_gets_no_more_than_the_floor_rate_all
     assert first_token_window_s(10**9, 0.001, DEFAULTS) == DEFAULTS.first_token_timeout_s  # and never past the cap
 
 
+def test_each_image_adds_its_encoding_time_and_the_cap_still_holds():
+    two_images = first_token_window_s(1_000, 1_000.0, DEFAULTS, num_images=2)
+    assert two_images == pytest.approx(30.0 + 1_000 / 1_000 * 2 + 2 * DEFAULTS.first_token_s_per_image)
+    assert first_token_window_s(1_000, 1_000.0, DEFAULTS, num_images=10**6) == DEFAULTS.first_token_timeout_s
+
+
 def test_a_slot_with_no_reported_rate_is_given_the_assumed_one():
     assert first_token_window_s(2_000, None, DEFAULTS) == pytest.approx(30.0 + 2_000 / 200 * 2)
 

@@ -154,3 +154,29 @@ def test_a_loaded_quantized_model_directory_is_predicted_from_its_own_files(tiny
     for prompt in [1, 40, 300]:
         assert_exact(model, spec, [prompt], max_tokens=3)
     assert_exact(model, spec, [7, 33], max_tokens=3)
+
+
+@pytest.mark.parametrize("image_sizes", [[[(96, 144)]], [[(96, 144)], [(300, 100), (64, 64)]]])
+def test_a_prompt_with_images_is_predicted_exactly_as_text_of_its_length_single_and_batched(tiny_models_dir,
+                                                                                            image_sizes):
+    # Our Batcher on gemma-4 with mlx-vlm's tower: each image is its soft tokens plus two markers in the
+    # prompt, and the caches hold exactly what the same number of text tokens would (one step shows the
+    # caches after the prefill's first decode, which trims the sliding overhang the prediction passes through).
+    pytest.importorskip("mlx_vlm")
+    from tests.vision_support import VISION_MODEL, VisionBatcher, noise_image
+
+    vision = VisionBatcher(tiny_models_dir / VISION_MODEL)
+    rows = [vision.row(uid, "Describe these.", [noise_image(w, h, seed=uid * 10 + i) for i, (w, h) in enumerate(sizes)],
+                       max_tokens=5) for uid, sizes in enumerate(image_sizes)]
+    for row in rows:
+        vision.batcher.add(row)
+    trace = []
+    while vision.batcher.has_work:
+        vision.batcher.step()
+        trace.append(vision.batcher.used_bytes())
+    soft = [sum(vision.vision.files.rule.prompt_tokens(h, w) for w, h in sizes) for sizes in image_sizes]
+    assert all(len(row.prompt) > tokens for row, tokens in zip(rows, soft))
+    longest = max(len(row.prompt) for row in rows)
+    predicted = engine_kv_trace(vision.spec, longest, longest + 5 - 1, batch_size=len(rows))
+    assert trace[-1] == 0 and trace[:-1] == predicted[1:]
+    assert max(predicted) == kv_peak_bytes_at(vision.spec, longest + 4, prompt_tokens=longest, batch_size=len(rows))

@@ -1,6 +1,7 @@
 """The layers point one way, and a test keeps them so.
 
-    shared, pure     agent/{catalog,kvcost,admission,errors,safetensors_info,tables}.py, agent/wire/
+    shared, pure     agent/{catalog,kvcost,admission,errors,safetensors_info,tables,vision_tokens,vision_cost}.py,
+                     agent/wire/ (agent/images.py is shared too, with Pillow: the bounded image decoder)
     engine           agent/engine/          the only runtime code that imports mlx / mlx_lm
     link             agent/link/            the agent's websocket (wire only, no engine)
     daemon           agent/daemon/          the agent on a Mac: engine + link + the Mac owner's services
@@ -21,7 +22,7 @@ MLX_ROOTS = {"mlx", "mlx_lm"}
 SHARED_PURE = ("catalog.py", "kvcost.py", "admission.py", "errors.py", "safetensors_info.py", "tables.py",
                "wire/frames.py", "wire/protocol.py", "wire/chat_body.py", "wire/unknown_fields.py",
                "wire/body_options.py", "wire/logprobs.py", "wire/tools.py", "wire/tool_deltas.py",
-               "wire/response_format.py",
+               "wire/response_format.py", "wire/image_parts.py", "vision_tokens.py", "vision_cost.py",
                "daemon/config.py", "engine/schedule.py")
 
 

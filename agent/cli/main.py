@@ -88,10 +88,27 @@ def doctor(
     machine = None if memory_gb is not None else _machine_checks()
     memory = int(memory_gb * GIB) if memory_gb is not None else machine["memory_bytes"]
     metal = None if machine is None else machine["metal_working_set_bytes"]
-    report = doctor_report(specs, memory, int(reserve_gb * GIB), metal_limit_bytes=metal)
+    report = doctor_report(_from_downloaded_files(specs), memory, int(reserve_gb * GIB), metal_limit_bytes=metal)
     if machine is not None:
         report["machine"] = machine
     typer.echo(json.dumps(report, indent=2) if as_json else format_doctor_report(report))
+
+
+def _from_downloaded_files(specs: dict) -> dict:
+    """A downloaded model's spec from its own files (exact weights, and its vision tower when it has one), as
+    the daemon loads it; the catalog's figures for the others."""
+    from agent.daemon.model_store import snapshot_dir
+    from agent.engine.models import ModelEntry
+
+    out = {}
+    for model_id, spec in specs.items():
+        model_dir = snapshot_dir(spec.repo, spec.revision) if spec.repo and spec.revision else None
+        try:
+            has_files = model_dir is not None and (model_dir / "config.json").is_file()
+            out[model_id] = ModelEntry.from_dir(model_id, model_dir, spec).spec if has_files else spec
+        except DarkbloomError:
+            out[model_id] = spec
+    return out
 
 
 def _machine_checks() -> dict:

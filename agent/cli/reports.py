@@ -66,10 +66,35 @@ def doctor_report(catalog: dict[str, ModelSpec], memory_bytes: int, operator_res
             "max_context": spec.max_context,
             "full_context_sequences": gate.kv_budget_bytes // full_context,
             f"requests_{REQUEST_TOKENS}_tokens": gate.kv_budget_bytes // request,
+            "vision": _vision_option(spec, memory_bytes, operator_reserve_bytes, metal_limit_bytes),
         })
     cap = memory_cap_bytes(memory_bytes, operator_reserve_bytes, metal_limit_bytes)
     return {"memory_bytes": memory_bytes, "operator_reserve_bytes": operator_reserve_bytes, "cap_bytes": cap,
             "models": models}
+
+
+def _vision_option(spec: ModelSpec, memory_bytes: int, operator_reserve_bytes: int,
+                   metal_limit_bytes: int | None) -> dict | None:
+    """The other way to load a model with vision: with its tower (the agent's first choice) or text-only."""
+    if not spec.has_vision:
+        return None
+    gate = load_gate(spec.with_vision(), total_memory_bytes=memory_bytes, operator_reserve_bytes=operator_reserve_bytes,
+                     metal_limit_bytes=metal_limit_bytes)
+    return {"fits": gate.fits, "reason": gate.reason, "weights_bytes": spec.vision_weights_bytes,
+            "reserve_bytes": spec.vision_reserve_bytes, "kv_budget_bytes": gate.kv_budget_bytes,
+            "max_soft_tokens_per_image": spec.vision.max_soft_tokens}
+
+
+def _vision_line(model: dict) -> str:
+    vision = model.get("vision")
+    if vision is None:
+        return ""
+    tower = (f"tower {human_bytes(vision['weights_bytes'])} + encoder reserve {human_bytes(vision['reserve_bytes'])}, "
+             f"≤ {vision['max_soft_tokens_per_image']} soft tokens per image")
+    if vision["fits"]:
+        return f"\n  {model['model']} with vision: loads with it ({tower}); KV budget {human_bytes(vision['kv_budget_bytes'])}"
+    choice = "loads text-only" if model["fits"] else "does not load"
+    return f"\n  {model['model']} with vision: {choice} ({tower}): with its tower it {vision['reason']}"
 
 
 def format_doctor_report(report: dict) -> str:
@@ -80,7 +105,7 @@ def format_doctor_report(report: dict) -> str:
              m["full_context_sequences"], m[f"requests_{REQUEST_TOKENS}_tokens"]] for m in report["models"]]
     table = render_table(["model", "fits", "weights", "activations", "KV budget", "full-context seqs",
                           f"{REQUEST_TOKENS}-token reqs"], rows)
-    reasons = "\n".join(f"  {m['model']}: {m['reason']}" for m in report["models"])
+    reasons = "\n".join(f"  {m['model']}: {m['reason']}{_vision_line(m)}" for m in report["models"])
     text = f"{head}\n\n{table}\n\n{reasons}"
     machine = report.get("machine")
     if machine:

@@ -183,7 +183,7 @@ class Attempts:
         offer = provider.offers.get(self.exchange.model) if provider is not None else None
         prefill_tps = offer.status.prefill_tps if offer is not None and offer.status is not None else None
         prompt_tokens = min(claimed_prompt_tokens, self.meter.prompt_bound)
-        return first_token_window_s(prompt_tokens, prefill_tps, self.settings)
+        return first_token_window_s(prompt_tokens, prefill_tps, self.settings, self.exchange.ask.num_images)
 
     def _hold_empty(self, chunk: InferenceResponseChunk) -> bool:
         """Keep an empty chunk's tokens for the first text; False when they pass max_tokens (no more are due)."""

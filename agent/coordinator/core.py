@@ -29,6 +29,7 @@ from agent.coordinator.billing.accounts import Account, Accounts, DuplicateReque
 from agent.coordinator.billing.client_ratelimit import ClientRateLimiter
 from agent.coordinator.billing.ledger import LedgerUnavailable
 from agent.coordinator.choices import Choices, PromptBilledElsewhere
+from agent.coordinator.image_inputs import ImageFacts, ImageInputs
 from agent.coordinator.errors import (
     BadRequest,
     BillingUnavailable,
@@ -71,6 +72,7 @@ class Coordinator:
         self.started_at = time.time()  # a wall-clock time: the catalog's models are `created` then
         self.client_limiter = ClientRateLimiter(self.settings.open_requests_per_minute_per_ip,
                                                 max_clients=self.settings.max_rate_limited_ips, clock=clock)
+        self.images = ImageInputs(self.settings, self.router.registry)
 
     # -- the steps before routing
     def authenticate(self, authorization: str | None) -> Account:
@@ -121,13 +123,18 @@ class Coordinator:
                              retry_after_s=self.settings.retry_after_s)
         return body
 
+    async def inline_images(self, body: ChatCompletionBody) -> tuple[ChatCompletionBody, tuple[ImageFacts, ...]]:
+        """Every image checked, decoded and made inline (http(s) ones fetched here), before any hold: a 400
+        naming the part otherwise (image_inputs.py)."""
+        return await self.images.inline(body)
+
     def open(self, account: Account, body: ChatCompletionBody, *, request_id: str | None = None,
-             bills_prompt: bool = True) -> RequestFlow:
+             bills_prompt: bool = True, images: tuple[ImageFacts, ...] = ()) -> RequestFlow:
         """Hold the request's cost (billing/holds.py), then hand it to a flow that routes it. `bills_prompt`
         False: one of n choices whose prompt is held and charged with choice 0 (choices.py)."""
         request_id = request_id or new_request_id()
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
-        estimate = estimate_prompt(body)
+        estimate = estimate_prompt(body, image_tokens=self.images.prompt_tokens(body.model, images))
         with _as_api_errors(self.settings):
             # Holds use the prompt's upper bound and the default ratio and clip, not an agent's adapted ones:
             # money errs on the safe side.
@@ -143,16 +150,16 @@ class Coordinator:
             capped = admission.max_tokens
             body = body.model_copy(update={"max_tokens": capped,
                                            "max_completion_tokens": capped if body.max_completion_tokens else None})
-        ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit)
+        ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit, num_images=len(images))
         exchange = Exchange(request_id, body, ask, created_at=self.clock())
         spec = self.catalog.get(body.model)
         accounts = self.accounts if bills_prompt else PromptBilledElsewhere(self.accounts)
         return RequestFlow(self.router, accounts, exchange, max_prompt_tokens=estimate.max_tokens,
                            max_tokens=body.output_limit or (spec.max_context if spec is not None else None))
 
-    def open_choices(self, account: Account, body: ChatCompletionBody) -> Choices:
+    def open_choices(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()) -> Choices:
         """`n` > 1: one flow per choice, held together (choices.py)."""
-        return Choices.open(lambda one, **kw: self.open(account, one, **kw), body, new_request_id())
+        return Choices.open(lambda one, **kw: self.open(account, one, images=images, **kw), body, new_request_id())
 
     def hold_output_tokens(self, body: ChatCompletionBody, prompt_floor_tokens: int) -> int:
         """All the output a request may produce: max_tokens, at most what the model's context leaves."""

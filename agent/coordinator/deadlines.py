@@ -1,6 +1,7 @@
 """How long the coordinator waits on a provider: deadlines a peer cannot stretch with what it claims.
 
-    accepted → first token   first_token_base_s + prompt / rate × prefill_slack, at most first_token_timeout_s
+    accepted → first token   first_token_base_s + prompt / rate × prefill_slack + images × first_token_s_per_image,
+                             at most first_token_timeout_s
                              prompt: the agent's count, never above the coordinator's own bound for the body
                              rate:   the slot's reported prefill tokens/s, floored at min_prefill_tps (a
                                      provider that claims to be slow cannot buy itself more time), or
@@ -19,10 +20,13 @@ from __future__ import annotations
 from agent.coordinator.settings import CoordinatorSettings
 
 
-def first_token_window_s(prompt_tokens: int, prefill_tps: float | None, settings: CoordinatorSettings) -> float:
-    """Seconds from `accepted` to the first token for a prompt of this size at this provider."""
+def first_token_window_s(prompt_tokens: int, prefill_tps: float | None, settings: CoordinatorSettings,
+                         num_images: int = 0) -> float:
+    """Seconds from `accepted` to the first token for a prompt of this size at this provider (each image adds the
+    vision tower's encoding, which the prefill rate does not cover)."""
     rate = settings.assumed_prefill_tps if prefill_tps is None else max(prefill_tps, settings.min_prefill_tps)
     window = settings.first_token_base_s + max(0, prompt_tokens) / rate * settings.prefill_slack
+    window += max(0, num_images) * settings.first_token_s_per_image
     return min(window, settings.first_token_timeout_s)
 
 

@@ -52,6 +52,7 @@ class CoordinatorSettings:
     accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
     # deadlines (deadlines.py): what a provider reports may shorten them, never stretch them past these
     first_token_base_s: float = 30.0  # accepted → first token for a short prompt (counted from accepted, not the send)
+    first_token_s_per_image: float = 5.0  # ... plus this per image: the vision tower encodes it before the prefill
     prefill_slack: float = 2.0  # times the prompt's prefill at the slot's reported rate, added to the base
     min_prefill_tps: float = 50.0  # a reported prefill rate below this counts as this
     assumed_prefill_tps: float = 200.0  # the rate of a slot that has not reported one yet
@@ -74,6 +75,16 @@ class CoordinatorSettings:
     max_tool_calls: int = 64  # calls one response may carry (frames.MAX_TOOL_CALLS_PER_TURN is the wire's own bound)
     max_tool_argument_chars: int = 1024 * 1024  # one call's arguments, summed over its fragments
     max_choices: int = 8  # `n` per request: each choice is held, routed and billed as its own request (choices.py)
+    # images (image_inputs.py, image_fetch.py): every image is decoded here before a hold, and sent inline
+    max_images: int = 8  # image_url parts per request
+    max_image_bytes: int = 5 * 1024 * 1024  # one image's encoded bytes, inline or fetched
+    max_image_pixels: int = 16 * 1024 * 1024  # width × height from the image's header, before decoding it
+    max_soft_tokens_per_image: int = 1120  # what a provider's image rule may claim per image (gemma-4's largest)
+    image_fetch_timeout_s: float = 10.0  # an http(s) image, connect to last byte
+    image_fetch_max_redirects: int = 3  # each hop is checked like the first
+    # Networks an http(s) image may resolve into although private, loopback or link-local (CIDR strings);
+    # empty: none, so a consumer cannot make the coordinator fetch from its own network.
+    image_fetch_allowed_networks: tuple[str, ...] = ()
     # a model not in the catalog: the context assumed for its holds (billing/holds.py) and usage bound (usage.py)
     uncatalogued_context_tokens: int = 262_144
     # who sees per-provider detail in /v1/models/capacity and /metrics (privacy.py)

@@ -63,6 +63,11 @@ class AgentConfig(BaseModel):
     status_path: Path = Field(default_factory=default_status_path)  # JSON status the daemon keeps current
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # images (gemma-4 vision): load a model's vision tower when the gate affords it, and the agent's own bounds
+    # on each image it decodes (the coordinator checked them too; what it sends is still a claim)
+    load_vision: bool = True
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64, le=256 * 1024 * 1024)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -54,6 +54,7 @@ from agent.wire.frames import (
     Registered,
     SlotStatus,
     UnloadModel,
+    VisionOffer,
 )
 from agent.wire.protocol import PROTOCOL_VERSION
 
@@ -108,7 +109,18 @@ class LinkHandler:
                           kv_bytes_per_token=kv_bytes_per_token(spec),
                           kv_fixed_bytes_per_sequence=kv_fixed_bytes_per_sequence(spec), fits=gate.fits,
                           fit_reason=gate.reason, activation_reserve_bytes=spec.activation_reserve_bytes,
-                          kv_layout=layout, admission=self.engine.admission_limits(spec.id))
+                          kv_layout=layout, admission=self.engine.admission_limits(spec.id),
+                          vision=self._vision_offer(spec))
+
+    def _vision_offer(self, spec: ModelSpec) -> VisionOffer | None:
+        if spec.vision is None:
+            return None
+        gate = load_gate(spec.with_vision(), total_memory_bytes=self.hardware.memory_bytes,
+                         operator_reserve_bytes=self.operator_reserve_bytes)
+        rule = spec.vision
+        return VisionOffer(max_soft_tokens=rule.max_soft_tokens, patch_size=rule.patch_size,
+                           pooling_kernel_size=rule.pooling_kernel_size, weights_bytes=spec.vision_weights_bytes,
+                           reserve_bytes=spec.vision_reserve_bytes, fits=gate.fits, fit_reason=gate.reason)
 
     def heartbeat_frame(self, session: LinkSession):
         slots = [self._slot_status(slot) for slot in self.engine.snapshot().slots]

@@ -31,6 +31,7 @@ from agent.engine.core import EngineConfig
 from agent.engine.models import ModelEntry
 from agent.engine.types import EngineError, SlotState, SlotTransition
 from agent.errors import ConfigError
+from agent.images import ImageLimits
 from agent.link.client import Link, LinkRefused
 from agent.tasks import TaskSet
 from agent.wire.frames import Hardware
@@ -83,7 +84,9 @@ class Daemon:
                  read_memory: Callable[[], MemoryReading] = system_memory, sleep_guard: SleepGuard | None = None):
         self.config = config
         idle = config.unload_after_minutes * 60 if config.idle_policy == "unload_after_minutes" else None
-        engine_config = EngineConfig(operator_reserve_bytes=config.operator_reserve_bytes, idle_unload_after_s=idle)
+        engine_config = EngineConfig(operator_reserve_bytes=config.operator_reserve_bytes, idle_unload_after_s=idle,
+                                     load_vision=config.load_vision,
+                                     image_limits=ImageLimits(config.max_image_bytes, config.max_image_pixels))
         self.engine = engine_factory(entries, engine_config)
         self.handler = LinkHandler(self.engine, {k: e.spec for k, e in entries.items()}, hardware, read_memory,
                                  operator_reserve_bytes=config.operator_reserve_bytes)

@@ -15,6 +15,7 @@ batch together.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from agent.engine.batch_kv import BatchKV
 from agent.engine.batch_mask import BatchMask
 from agent.engine.chat import ChannelSplitter
 from agent.engine.constrained import ConstrainedRow
+from agent.engine.image_feed import ImageFeed, RowImages
 from agent.engine.logprobs import LogprobReader
 from agent.engine.mlx_cache_view import batch_shapes
 from agent.engine.sampling import Guard
@@ -57,6 +59,7 @@ class Row:
     logprobs: LogprobReader | None = None  # only for a request that asked (agent/engine/logprobs.py)
     markup_ids: frozenset[int] = frozenset()  # special tokens: never content, so never given logprobs
     grammar: ConstrainedRow | None = None  # a constrained request's matcher (masked by the batch: batch_mask.py)
+    images: RowImages | None = None  # an image request's soft-token embeddings (fed by image_feed.py)
 
     @property
     def prompt_tokens(self) -> int:
@@ -78,9 +81,12 @@ class StepTiming:
 
 
 class Batcher:
-    def __init__(self, model: Any, spec: ModelSpec, limits: ScheduleLimits = ScheduleLimits()) -> None:
+    def __init__(self, model: Any, spec: ModelSpec, limits: ScheduleLimits = ScheduleLimits(),
+                 image_token_id: int | None = None) -> None:
         self.model, self.spec, self.limits = model, spec, limits
-        self.masked = BatchMask(model)  # the model as the batches call it: constrained rows' masks applied
+        # The model as the batches call it: image rows' embeddings fed in prefill, constrained rows' masks applied.
+        self.feed = None if image_token_id is None else ImageFeed(model, image_token_id)
+        self.masked = BatchMask(self.feed or model)
         self.schedule: Schedule[Row] = Schedule(limits)
         self.generation = GenerationBatch.empty(self.masked, greedy_sampler)
         self.timing = StepTiming()
@@ -206,8 +212,10 @@ class Batcher:
         started = time.perf_counter()
         try:
             if step.has_chunk:
-                tokens = [row.prompt[slice(*group.chunk_span(row, chunk))] for row in group.rows]
-                group.state.prompt(tokens)
+                spans = [group.chunk_span(row, chunk) for row in group.rows]
+                tokens = [row.prompt[slice(*span)] for row, span in zip(group.rows, spans)]
+                with self._feeding(group.rows, spans):
+                    group.state.prompt(tokens)
                 self.timing.prefill_tokens += sum(len(row_tokens) for row_tokens in tokens)
             if step.joins:
                 self._join(group)
@@ -216,6 +224,13 @@ class Batcher:
             self._fail(self.schedule.drop_group(group), "prefill_error", exc, events)
             mx.clear_cache()
         self.timing.prefill_seconds += time.perf_counter() - started
+
+    def _feeding(self, rows: list[Row], spans: list[tuple[int, int]]):
+        """The image features of this chunk's soft tokens, per row (a no-op for a model without vision)."""
+        if self.feed is None:
+            return contextlib.nullcontext()
+        return self.feed.feeding([None if row.images is None else row.images.chunk(*span)
+                                  for row, span in zip(rows, spans)])
 
     def _start_group(self, group: PrefillGroup[Row], events: list[tuple[str, Event]]) -> None:
         """The group's caches, empty until its first chunk."""
@@ -235,6 +250,8 @@ class Batcher:
         with self.masked.stepping([row.grammar for row in group.rows]):
             generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
         self.generation.extend(generation)
+        for row in group.rows:
+            row.images = None  # its features are in the caches now
 
     def _fail(self, rows: list[Row], code: str, exc: BaseException, events: list[tuple[str, Event]]) -> None:
         message = _describe(exc)

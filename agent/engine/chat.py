@@ -35,7 +35,7 @@ from mlx_lm.generate import TextStateMachine
 from mlx_lm.tokenizer_utils import NaiveStreamingDetokenizer
 
 from agent.engine.token_text import TokenText
-from agent.engine.chat_messages import offered_tools, template_messages, template_tools
+from agent.engine.chat_messages import offered_tools, template_messages, template_tools, with_image_markers
 from agent.engine.tool_calls import GemmaCalls, HarmonyCalls
 from agent.engine.types import GenerationRequest, InvalidRequest
 from agent.wire.frames import ToolCallDelta
@@ -187,6 +187,7 @@ class ChatFormat:
                                     reverse=True))
         self.markup_ids = frozenset(token for token, added in decoder.items() if added.special)
         self.token_text = TokenText(tokenizer)  # for logprobs
+        self.image_marker: str | None = None  # the image token's text, when the model is loaded with vision
 
     def encode(self, request: GenerationRequest) -> EncodedPrompt:
         if request.raw_prompt:  # /v1/completions: the text as it is, with the tokenizer's own BOS if it has one
@@ -201,7 +202,8 @@ class ChatFormat:
             kwargs["tools"] = template_tools(request.tools)
         try:
             ids = self.tokenizer.apply_chat_template(
-                template_messages(self.family, request.messages), add_generation_prompt=True, **kwargs
+                template_messages(self.family, with_image_markers(request.messages, self.image_marker)),
+                add_generation_prompt=True, **kwargs
             )
         except Exception as exc:  # a template's raise_exception, or messages it cannot render
             raise InvalidRequest(f"the chat template cannot render these messages: {exc}") from exc

@@ -11,7 +11,7 @@ Both templates take an OpenAI-style list, with two differences the engine bridge
 gemma-4's template takes the calls of one turn and the tool messages after it as they are, and keeps a
 tool turn's reasoning (`reasoning`) itself.
 
-Public names: template_messages, offered_tools.
+Public names: template_messages, offered_tools, with_image_markers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent.engine.types import GenerationRequest
+from agent.engine.types import GenerationRequest, InvalidRequest
 
 
 def offered_tools(request: GenerationRequest) -> bool:
@@ -32,6 +32,19 @@ def template_tools(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The tools as templates read them: the real gpt-oss template concatenates `description` unguarded,
     so a function without one (optional in OpenAI's API) would fail to render; it gets an empty one."""
     return [{**tool, "function": {"description": "", **tool["function"]}} for tool in tools]
+
+
+def with_image_markers(messages: Sequence[Mapping[str, Any]], marker: str | None) -> Sequence[Mapping[str, Any]]:
+    """A message with images (content as parts) as one text with the model's image token where each image was,
+    as gemma-4's own template writes it; the engine expands each into the image's soft tokens."""
+    if not any(isinstance(message.get("content"), list) for message in messages):
+        return messages
+    if marker is None:
+        raise InvalidRequest("this model is loaded without vision: it cannot take images")
+    return [message if not isinstance(message.get("content"), list) else
+            {**message, "content": "".join(part["text"] if part["type"] == "text" else marker
+                                           for part in message["content"])}
+            for message in messages]
 
 
 def template_messages(family: str, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

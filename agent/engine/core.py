@@ -39,6 +39,7 @@ from agent.engine.types import (
     Delta, EngineNotRunning, EngineSnapshot, Finish, FinishReason, GenerationRequest, InvalidRequest, LoadFailed,
     LoadRefused, RequestRefused, SlotListener, SlotSnapshot, SlotState, UnknownModel, Usage,
 )
+from agent.images import ImageLimits
 from agent.tasks import TaskSet
 from agent.wire.frames import AdmissionLimits
 
@@ -56,6 +57,8 @@ class EngineConfig:
     schedule: ScheduleLimits = ScheduleLimits()  # the backend's prefill steps; admission replays the same chunks
     idle_unload_after_s: float | None = None  # None: keep warm
     idle_check_interval_s: float = 5.0
+    load_vision: bool = True  # load a model's vision tower when it has one and the gate affords it
+    image_limits: ImageLimits = ImageLimits()  # the agent's own bounded decoder (bytes, pixels per image)
 
     @property
     def prefill_chunk_tokens(self) -> int:
@@ -117,7 +120,7 @@ class Engine:
                 slot.transition(SlotState.UNLOADING, "engine stopped")
             if slot.state in (SlotState.UNLOADING, SlotState.LOADING):
                 slot.transition(SlotState.COLD, "engine stopped")
-            slot.kv_tracker, slot.weights_bytes = None, 0
+            slot.kv_tracker, slot.weights_bytes, slot.has_vision = None, 0, False
         log.info("engine.stop")
 
     def snapshot(self) -> EngineSnapshot:
@@ -157,19 +160,19 @@ class Engine:
             self._require_running()
             if slot.kv_tracker is not None:
                 return slot.snapshot()
-            decision = self._gate(slot)
+            decision, with_vision = self._gate_with_modalities(slot)
             if not decision.fits:
                 slot.reason = decision.reason
                 log.warning("slot.load_refused", model=model, reason=decision.reason)
                 raise LoadRefused(decision)
             slot.transition(SlotState.LOADING)
             try:
-                loaded = await self.backend.load(model, slot.spec, slot.source)
+                loaded = await self.backend.load(model, slot.spec, slot.source, with_vision=with_vision)
             except Exception as exc:
                 if slot.state is SlotState.LOADING:  # else stop() got there first
                     slot.transition(SlotState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
                 raise LoadFailed(f"{model} failed to load: {exc}") from exc
-            slot.weights_bytes = loaded.weights_bytes
+            slot.weights_bytes, slot.has_vision = loaded.weights_bytes, loaded.has_vision
             slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
                                         schedule=self.config.schedule)
             self._rebalance()
@@ -195,7 +198,7 @@ class Engine:
             for request_id in list(slot.streams):
                 self._finish(slot, request_id, Finish(FinishReason.CANCELLED, Usage(0, 0), "model_unloaded",
                                                       f"{model} was unloaded"))
-            slot.kv_tracker, slot.weights_bytes = None, 0
+            slot.kv_tracker, slot.weights_bytes, slot.has_vision = None, 0, False
             self._rebalance()
             return slot.snapshot()
 
@@ -206,6 +209,10 @@ class Engine:
         self._require_serving(slot)
         if request.request_id in self._requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")
+        if request.images and not slot.has_vision:  # not this node: another may have it loaded with vision
+            reason = slot.vision_reason or ("has no vision tower" if not slot.spec.has_vision else "is loaded text-only")
+            raise RequestRefused(Verdict.NEVER, f"{request.images[0].label}: {slot.model} {reason} here; it cannot "
+                                 "take images", code="no_vision")
         try:
             prompt = await self.backend.prepare(request.model, request)
         except EngineNotRunning:
@@ -288,10 +295,27 @@ class Engine:
             raise RequestRefused(Verdict.FULL, f"{slot.model} is {slot.state}{why}; it serves only once loaded",
                                  code="model_not_ready")
 
-    def _gate(self, slot: Slot) -> LoadDecision:
+    def _gate(self, slot: Slot, *, with_vision: bool = False) -> LoadDecision:
         loaded = [s for s in self._slots.values() if s is not slot and s.kv_tracker is not None]
         return room.gate(slot, loaded, self.memory, operator_reserve_bytes=self.config.operator_reserve_bytes,
-                         min_kv_sequences=self.config.min_kv_sequences)
+                         min_kv_sequences=self.config.min_kv_sequences, with_vision=with_vision)
+
+    def _gate_with_modalities(self, slot: Slot) -> tuple[LoadDecision, bool]:
+        """With vision when the model has it and the gate affords it; else text-only, saying why."""
+        slot.vision_reason = ""
+        if not (slot.spec.has_vision and self.config.load_vision):
+            return self._gate(slot), False
+        if not self.backend.supports_vision:
+            slot.vision_reason = "loaded text-only: mlx-vlm is not installed (scripts/setup.sh installs it)"
+            return self._gate(slot), False
+        with_vision = self._gate(slot, with_vision=True)
+        if with_vision.fits:
+            return with_vision, True
+        text_only = self._gate(slot)
+        if text_only.fits:
+            slot.vision_reason = f"loaded text-only: with its vision tower it {with_vision.reason}"
+            log.warning("slot.text_only", model=slot.model, reason=slot.vision_reason)
+        return text_only, False
 
     def _rebalance(self) -> None:
         config = self.config

@@ -29,6 +29,7 @@ from agent.engine.fake_batch import FakeBatch
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
 from agent.engine.schedule import ScheduleLimits
+from agent.images import ImageLimits, decode_image
 from agent.engine.types import EngineNotRunning, GenerationRequest
 
 __all__ = ["FakeEngine", "FakeScript", "FakeTiming", "SimulatedTime"]
@@ -67,6 +68,10 @@ class FakeBackend:
     def is_running(self) -> bool:
         return self._running
 
+    @property
+    def supports_vision(self) -> bool:
+        return True  # simulated: a spec with vision loads with it when the gate affords it
+
     async def start(self, deliver: Deliver) -> None:
         self._deliver, self._running = deliver, True
 
@@ -79,13 +84,14 @@ class FakeBackend:
     def timing_for(self, model: str) -> FakeTiming:
         return self.timings.get(model, self.timing)
 
-    async def load(self, model: str, spec, source) -> Loaded:
+    async def load(self, model: str, spec, source, *, with_vision: bool = False) -> Loaded:
         timing = self.timing_for(model)
         await self.sleep(timing.load_seconds)
         if model in self.fail_loads:
             raise RuntimeError(self.fail_loads[model])
         self._batches[model] = FakeBatch(model, spec, timing, self.sleep, self._deliver, self.schedule)
-        return Loaded(spec.weights_bytes)
+        resident = spec.with_vision() if with_vision else spec
+        return Loaded(resident.weights_bytes, has_vision=with_vision)
 
     async def unload(self, model: str) -> None:
         batch = self._batches.pop(model, None)
@@ -96,7 +102,11 @@ class FakeBackend:
     async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         if not self._running:
             raise EngineNotRunning("the engine is not running")
-        num_tokens = 3 + sum(4 + len(message["content"]) // 4 for message in request.messages)
+        num_tokens = 3 + sum(4 + len(_text(message["content"])) // 4 for message in request.messages)
+        batch = self._batches.get(model)
+        if request.images and batch is not None and batch.spec.vision is not None:  # as the real processor counts
+            sizes = [decode_image(image.data, ImageLimits(), image.label) for image in request.images]
+            num_tokens += sum(batch.spec.vision.prompt_tokens(size.height, size.width) for size in sizes)
         return Prompt(num_tokens, (self.scripts(request), script_seed(request)))
 
     def insert(self, model: str, job: Job) -> None:
@@ -106,6 +116,11 @@ class FakeBackend:
         batch = self._batches.get(model)
         if batch is not None:
             batch.cancel(request_id)
+
+
+def _text(content: str | list) -> str:
+    """A message's text; a message with images carries its content as parts."""
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
 class FakeEngine(Engine):

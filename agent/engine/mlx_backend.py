@@ -1,4 +1,5 @@
-"""The MLX thread: the one thread that loads models and runs every model's batch.
+"""The MLX thread: the one thread that loads models and runs every model's batch (and, for a model loaded
+with vision, encodes each image request's images when it is inserted: agent/engine/vision.py).
 
 Commands (load, unload, insert, cancel, stop) arrive on a thread-safe queue; the thread drains it
 between steps, steps every model that has work, and hands each step's events, cache bytes and batch
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import itertools
 import queue
 import threading
@@ -32,13 +34,19 @@ from agent.engine.backend import Deliver, Job, Loaded, Prompt, StepReport
 from agent.engine.batcher import Batcher, Row
 from agent.engine.chat import ChatFormat, EncodedPrompt
 from agent.engine.constrained import ConstrainedRow, GrammarCache
+from agent.engine.image_feed import RowImages
+from agent.engine.image_prompt import prepare_images
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.logit_bias import check_token_ids
 from agent.engine.logprobs import LogprobReader
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
 from agent.engine.schedule import ScheduleLimits
 from agent.engine.tool_choice import request_constraint
-from agent.engine.types import EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, Usage
+from agent.engine.types import (
+    EngineNotRunning, Event, Finish, FinishReason, GenerationRequest, InvalidRequest, Usage,
+)
+from agent.engine.vision import PreparedImage, VisionTower, vision_tower
+from agent.images import ImageLimits
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +57,7 @@ class _Load:
     spec: ModelSpec
     chat: ChatFormat
     future: asyncio.Future
+    vision: VisionTower | None = None
 
 
 @dataclass(slots=True)
@@ -75,29 +84,37 @@ class _Prepared:
 
     encoded: EncodedPrompt
     matcher: Any = None
+    images: tuple[PreparedImage, ...] = ()  # in prompt order
+    image_positions: tuple[int, ...] = ()  # prompt indices of their soft tokens
 
 
 _STOP = object()
 
 
 class MLXBackend:
-    def __init__(self, *, schedule: ScheduleLimits = ScheduleLimits()) -> None:
-        self.schedule = schedule
+    def __init__(self, *, schedule: ScheduleLimits = ScheduleLimits(), image_limits: ImageLimits = ImageLimits()) -> None:
+        self.schedule, self.image_limits = schedule, image_limits
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deliver: Deliver | None = None
         self._chats: dict[str, ChatFormat] = {}  # loop side: encodes prompts
         self._grammars: dict[str, GrammarCache] = {}  # loop side: compiles constraints
+        self._visions: dict[str, VisionTower] = {}  # loop side: prepares images (models loaded with vision)
         # Owned by the MLX thread:
         self._batchers: dict[str, Batcher] = {}
         self._formats: dict[str, ChatFormat] = {}
         self._loading: dict[str, tuple[_Load, IncrementalLoad]] = {}
+        self._towers: dict[str, VisionTower] = {}
         self._uids = itertools.count()
 
     @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def supports_vision(self) -> bool:
+        return importlib.util.find_spec("mlx_vlm") is not None
 
     async def start(self, deliver: Deliver) -> None:
         self._loop, self._deliver = asyncio.get_running_loop(), deliver
@@ -109,20 +126,26 @@ class MLXBackend:
             self._inbox.put(_STOP)
             await asyncio.to_thread(self._thread.join)
 
-    async def load(self, model: str, spec: ModelSpec, source: Path | None) -> Loaded:
+    async def load(self, model: str, spec: ModelSpec, source: Path | None, *, with_vision: bool = False) -> Loaded:
         if source is None:
             raise FileNotFoundError(f"{model}: no model directory to load from")
         config = await asyncio.to_thread(load_config, source)
         tokenizer = await asyncio.to_thread(load_tokenizer, source, eos_token_ids=config.get("eos_token_id"))
+        vision = await asyncio.to_thread(vision_tower, Path(source)) if with_vision else None
         chat = ChatFormat(tokenizer, config.get("model_type", ""))
+        if vision is not None:
+            chat.image_marker = tokenizer.convert_ids_to_tokens(vision.files.image_token_id)
         grammars = await asyncio.to_thread(GrammarCache, tokenizer, chat.family)
-        loaded = await self._call(_Load(model, Path(source), spec, chat, self._future()))
+        loaded = await self._call(_Load(model, Path(source), spec, chat, self._future(), vision))
         self._chats[model], self._grammars[model] = chat, grammars
+        if vision is not None:
+            self._visions[model] = vision
         return loaded
 
     async def unload(self, model: str) -> None:
         self._chats.pop(model, None)
         self._grammars.pop(model, None)
+        self._visions.pop(model, None)
         await self._call(_Unload(model, self._future()))
 
     def chat_format(self, model: str) -> ChatFormat:
@@ -134,12 +157,21 @@ class MLXBackend:
         if chat is None:
             raise EngineNotRunning(f"{model} is not loaded")
         check_token_ids(request.logit_bias, len(chat.tokenizer))
+        if request.images and model not in self._visions:
+            raise InvalidRequest(f"{request.images[0].label}: {model} is loaded text-only here; it cannot take images")
         encoded = await asyncio.to_thread(chat.encode, request)
+        images: tuple[PreparedImage, ...] = ()
+        positions: tuple[int, ...] = ()
+        if request.images:  # a corrupt or oversized image fails here, before any KV
+            prompt = await asyncio.to_thread(prepare_images, self._visions[model], request, encoded.token_ids,
+                                             self.image_limits, chat.image_marker or "")
+            encoded = EncodedPrompt(prompt.token_ids, encoded.initial_state)
+            images, positions = prompt.images, tuple(prompt.positions)
         matcher = None
         if (constraint := request_constraint(request)) is not None:  # a bad schema fails here, before any KV
             matcher = await asyncio.to_thread(self._grammars[model].matcher, constraint, request.max_tokens,
                                               is_reasoning=chat.is_reasoning(request))
-        return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher))
+        return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher, images, positions))
 
     def grammar_cache(self, model: str) -> GrammarCache:
         """The loaded model's compiled grammars (and the MLX thread's mask times, for the bench)."""
@@ -241,6 +273,7 @@ class MLXBackend:
                 splitter=chat.splitter(prepared.encoded, request.stop, request.tool_names,
                                        is_parallel=request.parallel_tool_calls is not False), guard=guard,
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids, grammar=grammar,
+                images=self._row_images(command.model, prepared),
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])
@@ -249,13 +282,24 @@ class MLXBackend:
             else:
                 self._report(command.model, batcher, [(request.request_id, event)])
 
+    def _row_images(self, model: str, prepared: _Prepared) -> RowImages | None:
+        """The row's soft-token embeddings, encoded now (the request's own failure if the tower fails)."""
+        if not prepared.images:
+            return None
+        return self._towers[model].row_images(prepared.images, prepared.image_positions)
+
     def _advance_load(self, model: str, command: _Load, job: IncrementalLoad) -> None:
         try:
             if not job.advance():
                 return
-            self._batchers[model] = Batcher(job.model, command.spec, self.schedule)
+            vision, vision_bytes = command.vision, 0
+            if vision is not None:
+                vision_bytes = vision.load(command.source, job.model)
+                self._towers[model] = vision
+            image_token_id = None if vision is None else vision.files.image_token_id
+            self._batchers[model] = Batcher(job.model, command.spec, self.schedule, image_token_id)
             self._formats[model] = command.chat
-            result: Loaded | BaseException = Loaded(job.weights_bytes)
+            result: Loaded | BaseException = Loaded(job.weights_bytes + vision_bytes, has_vision=vision is not None)
         except Exception as exc:
             result = exc
         del self._loading[model]
@@ -264,6 +308,7 @@ class MLXBackend:
     def _unload(self, command: _Unload) -> None:
         batcher = self._batchers.pop(command.model, None)
         self._formats.pop(command.model, None)
+        self._towers.pop(command.model, None)
         if batcher is not None:
             events = batcher.remove_all(lambda row: row.finish(FinishReason.CANCELLED, "model_unloaded",
                                                                f"{command.model} was unloaded"))

@@ -24,8 +24,9 @@ class MLXEngine(Engine):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(
-            MLXBackend(schedule=config.schedule), models,
-            memory=memory or SystemMemory(metal_limit=_metal_limit(), allocated=_mlx_allocated), config=config, clock=clock, sleep=sleep,
+            MLXBackend(schedule=config.schedule, image_limits=config.image_limits), models,
+            memory=memory or SystemMemory(metal_limit=_metal_limit(), allocated=_mlx_allocated), config=config,
+            clock=clock, sleep=sleep,
         )
 
     def chat_format(self, model: str):

@@ -22,14 +22,16 @@ from agent.engine.slot import Slot
 def held_bytes(slot: Slot, min_kv_sequences: int) -> int:
     """What a loaded slot keeps when another model loads: weights, reserve, its KV minimum or more."""
     committed = max(slot.kv_tracker.reserved_bytes, slot.kv_tracker.used_bytes)
-    minimum = min_kv_budget_bytes(slot.spec, min_kv_sequences)
-    return slot.spec.weights_bytes + slot.spec.activation_reserve_bytes + max(minimum, committed)
+    spec = slot.resident_spec
+    minimum = min_kv_budget_bytes(spec, min_kv_sequences)
+    return spec.weights_bytes + spec.activation_reserve_bytes + max(minimum, committed)
 
 
 def gate(slot: Slot, loaded: Iterable[Slot], memory: MemoryProbe, *, operator_reserve_bytes: int,
-         min_kv_sequences: int) -> LoadDecision:
-    """May `slot`'s model load beside the `loaded` slots, on this machine, now."""
-    return load_gate(slot.spec, total_memory_bytes=memory.total_bytes(),
+         min_kv_sequences: int, with_vision: bool = False) -> LoadDecision:
+    """May `slot`'s model load (with its vision tower, if asked) beside the `loaded` slots, on this machine, now."""
+    spec = slot.spec.with_vision() if with_vision else slot.spec
+    return load_gate(spec, total_memory_bytes=memory.total_bytes(),
                      loaded_bytes=sum(held_bytes(s, min_kv_sequences) for s in loaded),
                      operator_reserve_bytes=operator_reserve_bytes, min_kv_sequences=min_kv_sequences,
                      available_bytes=memory.available_bytes(), metal_limit_bytes=memory.metal_limit_bytes(),
@@ -44,7 +46,7 @@ def split_kv_room(loaded: list[Slot], memory: MemoryProbe, *, operator_reserve_b
     if not loaded:
         return
     cap = memory_cap_bytes(memory.total_bytes(), operator_reserve_bytes, memory.metal_limit_bytes())
-    fixed = sum(slot.spec.weights_bytes + slot.spec.activation_reserve_bytes for slot in loaded)
+    fixed = sum(slot.resident_spec.weights_bytes + slot.resident_spec.activation_reserve_bytes for slot in loaded)
     machine_room = machine_room_bytes(memory.available_bytes(), memory.engine_bytes(), fixed)
     room = cap - fixed if machine_room is None else min(cap - fixed, machine_room)
     minimums = {slot.model: min_kv_budget_bytes(slot.spec, min_kv_sequences) for slot in loaded}

@@ -91,6 +91,8 @@ class Slot:
     kv_tracker: KVTracker | None = None  # while loaded
     streams: dict[str, RequestStream] = field(default_factory=dict)
     weights_bytes: int = 0
+    has_vision: bool = False  # loaded with its vision tower: takes images
+    vision_reason: str = ""  # why a model with vision was loaded text-only (empty otherwise)
     idle_since: float = 0.0
     prefill_rate: RateAverage = field(default_factory=RateAverage)
     decode_rate: RateAverage = field(default_factory=RateAverage)
@@ -108,6 +110,15 @@ class Slot:
             self.reason = reason
         if self.on_transition is not None:
             self.on_transition(SlotTransition(self.model, old, to, reason))
+
+    @property
+    def resident_spec(self) -> ModelSpec:
+        """The spec as loaded: with the vision tower's weights and reserve when it is loaded with vision."""
+        return self.spec.with_vision() if self.has_vision else self.spec
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("text", "image") if self.has_vision else ("text",)
 
     @property
     def is_serving(self) -> bool:
@@ -135,4 +146,6 @@ class Slot:
             expected_output_ratio=self.ratio.value,
             reason=self.reason,
             kv_longest_row_end_tokens=kv_tracker.longest_row_end_tokens if kv_tracker else 0,
+            modalities=self.modalities,
+            vision_reason=self.vision_reason,
         )

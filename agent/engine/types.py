@@ -28,7 +28,8 @@ from agent.admission import AdmissionDecision, LoadDecision, Verdict
 from agent.engine.constraint import Constraint, constraint_for
 from agent.errors import DarkbloomError, InvalidRequest, UnknownModel
 from agent.wire.body_options import token_biases
-from agent.wire.chat_body import ChatCompletionBody, ChatMessage
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage, TextPart
+from agent.wire.image_parts import MAX_IMAGE_URL_CHARS, parse_data_url
 from agent.wire.frames import (  # one vocabulary with the wire (re-exported)
     AdmissionLimits,
     FinishReason,
@@ -70,10 +71,20 @@ class EngineNotRunning(EngineError):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a request, as its bytes arrived (the engine's bounded decoder checks them)."""
+
+    label: str  # the body's path to its part, for errors: messages[i].content[j]
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     request_id: str
     model: str
-    # {"role": ..., "content": ...}, content as plain text; a tool turn adds "tool_calls" (OpenAI's shape,
+    # {"role": ..., "content": ...}, content as plain text (a message with images: a list of {"type": "text",
+    # "text": ...} and {"type": "image"} parts, the images in `images`, in order); a tool turn adds "tool_calls" (OpenAI's shape,
     # arguments as JSON text) and "reasoning", a tool result "tool_call_id" (agent/engine/chat_messages.py).
     messages: tuple[Mapping[str, Any], ...]
     max_tokens: int | None = None  # None: the engine's default, within the context
@@ -97,6 +108,7 @@ class GenerationRequest:
     tool_choice: str | Mapping[str, Any] | None = None  # "none" | "auto" | "required" | {"type": "function", ...}
     parallel_tool_calls: bool | None = None
     raw_prompt: bool = False  # the one user message is the prompt, without the chat template (/v1/completions)
+    images: tuple[ImageInput, ...] = ()
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -127,6 +139,7 @@ class GenerationRequest:
             tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
             tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,
             raw_prompt=bool(parsed.raw_prompt),
+            images=_images(parsed),
         )
 
 
@@ -138,8 +151,31 @@ def _choice(choice: Any) -> str | dict[str, Any] | None:
     return choice if choice is None or isinstance(choice, str) else choice.model_dump()
 
 
+def _images(body: ChatCompletionBody) -> tuple[ImageInput, ...]:
+    """Each image part's bytes. An agent never fetches: a URL other than data: is refused (the coordinator
+    fetches http(s) images and forwards them inline)."""
+    images = []
+    for label, part in body.image_parts:
+        if not part.is_data_url:
+            raise InvalidRequest(f"{label}: an agent takes images only as data: URLs (the coordinator fetches "
+                                 "http(s) images and sends them inline)")
+        try:
+            parsed = parse_data_url(part.image_url.url, max_bytes=MAX_IMAGE_URL_CHARS)
+        except ValueError as exc:
+            raise InvalidRequest(f"{label}: the image {exc}") from exc
+        images.append(ImageInput(label, parsed.media_type, parsed.data))
+    return tuple(images)
+
+
+def _content(message: ChatMessage) -> str | list[dict[str, str]]:
+    if not message.images:
+        return message.text
+    return [{"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image"}
+            for part in message.content]
+
+
 def _message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.text}
+    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
     if message.tool_calls:
         out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
         reasoning = message.reasoning or message.reasoning_content
@@ -181,7 +217,7 @@ Event = Delta | Finish
 
 HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
                     "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps", "expected_output_ratio",
-                    "kv_longest_row_end_tokens")
+                    "kv_longest_row_end_tokens", "modalities")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +236,8 @@ class SlotSnapshot:
     expected_output_ratio: float  # unrounded: the coordinator's admission uses it as the agent's does
     reason: str = ""  # why it is failed, or why the last load was refused
     kv_longest_row_end_tokens: int = 0
+    modalities: tuple[str, ...] = ("text",)  # ("text", "image") when loaded with vision
+    vision_reason: str = ""  # why a model with vision is loaded text-only
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat's `slots[]` entry."""

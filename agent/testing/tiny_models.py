@@ -7,7 +7,7 @@ at a size that loads in milliseconds. Weights are deterministic (fixed seed), so
 Public names:
   TinyVariant                           one model: its family and the config fields that differ from the real one
   VARIANTS                              name -> TinyVariant ("gpt-oss-tiny", "gpt-oss-tiny-wide",
-                                        "gemma-4-tiny", "gemma-4-tiny-wide")
+                                        "gemma-4-tiny", "gemma-4-tiny-vision", "gemma-4-tiny-wide")
   make_config(name, **overrides)        -> dict, the unquantized config.json; overrides go to the
                                         architecture fields (gemma's text_config); a new num_hidden_layers
                                         without layer_types repeats the variant's layer pattern
@@ -17,6 +17,7 @@ Public names:
   write_tiny_model(name, out_dir)       -> Path of out_dir/name: config.json, model.safetensors (+ index),
                                         tokenizer files, generation_config.json
   write_all(out_dir, names=None)        -> list[Path]
+  can_write(name)                       -> bool, False for a vision variant when mlx-vlm is not installed
   is_up_to_date(model_dir, name)        -> bool, every file a load needs is there and config.json and
                                         tokenizer.json and the chat template are what this code writes now
                                         (for reusing a cache)
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import importlib.util
 import io
 import json
 import shutil
@@ -48,6 +50,7 @@ from mlx_lm.models.switch_layers import SwitchLinear
 from mlx_lm.utils import quantize_model, save_config, save_model
 
 from agent.testing.tiny_tokenizer import (
+    GEMMA_IMAGE_TOKENS,
     TOKENIZER_SPECS,
     build_tokenizer,
     eos_token_ids,
@@ -68,8 +71,13 @@ _REQUIRED_FILES = (
 @dataclass(frozen=True, slots=True)
 class TinyVariant:
     name: str
-    family: str  # "gpt_oss" | "gemma4", also the tokenizer family
+    family: str  # "gpt_oss" | "gemma4"
     arch: dict[str, Any] = field(default_factory=dict)  # fields that replace the family's tiny defaults
+    has_vision: bool = False  # gemma-4 with its vision tower, projector and image processor (tiny_vision.py)
+
+    @property
+    def tokenizer_family(self) -> str:
+        return "gemma4_vision" if self.has_vision else self.family
 
 
 VARIANTS: dict[str, TinyVariant] = {
@@ -83,6 +91,7 @@ VARIANTS: dict[str, TinyVariant] = {
             {"num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "sliding_window": 128},
         ),
         TinyVariant("gemma-4-tiny", "gemma4"),
+        TinyVariant("gemma-4-tiny-vision", "gemma4", has_vision=True),
         # The real attention layout: 16 query heads; sliding 8 KV × 256, window 1024; full 2 KV × 512.
         TinyVariant(
             "gemma-4-tiny-wide",
@@ -184,9 +193,9 @@ def _merged_arch(defaults: dict[str, Any], variant: TinyVariant, overrides: dict
 
 def make_config(name: str, **overrides: Any) -> dict[str, Any]:
     variant = VARIANTS[name]
-    family = variant.family
-    vocab_size = build_tokenizer(family).get_vocab_size()
-    eos_ids = eos_token_ids(family)
+    family, tokenizer_family = variant.family, variant.tokenizer_family
+    vocab_size = build_tokenizer(tokenizer_family).get_vocab_size()
+    eos_ids = eos_token_ids(tokenizer_family)
     if family == "gpt_oss":
         arch = _merged_arch(_gpt_oss_arch(), variant, overrides, _GPT_OSS_PATTERN)
         return {
@@ -199,7 +208,7 @@ def make_config(name: str, **overrides: Any) -> dict[str, Any]:
         }
     text_config = _merged_arch(_gemma_arch(), variant, overrides, _GEMMA_PATTERN)
     text_config["vocab_size"] = vocab_size
-    return {
+    config = {
         "architectures": ["Gemma4ForConditionalGeneration"],
         "model_type": "gemma4",
         "eos_token_id": eos_ids,
@@ -207,6 +216,12 @@ def make_config(name: str, **overrides: Any) -> dict[str, Any]:
         "vocab_size": vocab_size,
         "text_config": text_config,
     }
+    if variant.has_vision:
+        from agent.testing.tiny_vision import image_config_fields, vision_config
+
+        ids = {token: token_id(tokenizer_family, token) for token in GEMMA_IMAGE_TOKENS}
+        config |= {"vision_config": vision_config(), **image_config_fields(ids)}
+    return config
 
 
 def _gpt_oss_quant_predicate(model: nn.Module):
@@ -263,8 +278,13 @@ def _generation_config(family: str) -> dict[str, Any]:
 def _write_files(name: str, model_dir: Path) -> None:
     model, config = build_model(name)
     save_model(model_dir, model)  # model.safetensors and model.safetensors.index.json
-    save_config(config, model_dir / "config.json")
-    family = VARIANTS[name].family
+    variant = VARIANTS[name]
+    save_config(config, model_dir / "config.json", keep_vision_config=variant.has_vision)
+    if variant.has_vision:
+        from agent.testing.tiny_vision import write_vision_files
+
+        write_vision_files(model_dir, config)
+    family = variant.tokenizer_family
     write_tokenizer_files(family, model_dir)
     (model_dir / "generation_config.json").write_text(json.dumps(_generation_config(family), indent=2) + "\n")
 
@@ -290,6 +310,11 @@ def write_tiny_model(name: str, out_dir: Path | str) -> Path:
     return model_dir
 
 
+def can_write(name: str) -> bool:
+    """A vision variant needs mlx-vlm (scripts/setup.sh installs it); the others need only mlx-lm."""
+    return not VARIANTS[name].has_vision or importlib.util.find_spec("mlx_vlm") is not None
+
+
 def write_all(out_dir: Path | str, names: list[str] | None = None) -> list[Path]:
     return [write_tiny_model(name, out_dir) for name in (list(VARIANTS) if names is None else names)]
 
@@ -300,7 +325,9 @@ def is_up_to_date(model_dir: Path | str, name: str) -> bool:
         return False
     written_config = json.loads((model_dir / "config.json").read_text())
     written_tokenizer = (model_dir / "tokenizer.json").read_text(encoding="utf-8")
-    family = VARIANTS[name].family
+    family = VARIANTS[name].tokenizer_family
+    if VARIANTS[name].has_vision and not (model_dir / "processor_config.json").is_file():
+        return False
     written_template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
     return (written_config == build_model(name)[1] and written_tokenizer == trained_tokenizer_json(family)
             and written_template == TOKENIZER_SPECS[family].chat_template)

@@ -6,7 +6,8 @@ the chat template, and the special tokens the engine's chat formatting and stop 
 
 Public names:
   TokenizerSpec                      what one model family's tokenizer needs (special tokens, template, eos)
-  TOKENIZER_SPECS                    family ("gpt_oss" | "gemma4") -> TokenizerSpec
+  TOKENIZER_SPECS                    family ("gpt_oss" | "gemma4" | "gemma4_vision") -> TokenizerSpec
+  GEMMA_IMAGE_TOKENS                 gemma-4's image markup tokens (boi, image, eoi), in gemma4_vision only
   build_tokenizer(family)            -> tokenizers.Tokenizer (trained once per process; deterministic)
   trained_tokenizer_json(family)     -> str, the tokenizer.json text
   token_id(family, token)            -> int
@@ -16,6 +17,7 @@ Public names:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -64,6 +66,9 @@ class TokenizerSpec:
     unk_token: str | None = None
 
 
+# gemma-4's image markup (the release's names): begin-of-image, the soft-token placeholder, end-of-image.
+GEMMA_IMAGE_TOKENS = ("<|image>", "<|image|>", "<image|>")
+
 TOKENIZER_SPECS: dict[str, TokenizerSpec] = {
     # Real ids: <|endoftext|> 199999, <|return|> 200002, <|call|> 200012; ours are small.
     "gpt_oss": TokenizerSpec(
@@ -92,6 +97,10 @@ TOKENIZER_SPECS: dict[str, TokenizerSpec] = {
         unk_token="<unk>",
     ),
 }
+# The vision variant's vocabulary: the same, with the image tokens added last (so no other id moves).
+TOKENIZER_SPECS["gemma4_vision"] = dataclasses.replace(
+    TOKENIZER_SPECS["gemma4"], tool_tokens=TOKENIZER_SPECS["gemma4"].tool_tokens + GEMMA_IMAGE_TOKENS
+)
 
 
 @functools.cache

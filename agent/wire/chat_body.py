@@ -15,7 +15,9 @@ Tools (agent/wire/tools.py): `tools`, `tool_choice` (a named function must be on
 `parallel_tool_calls`; an assistant turn may carry `tool_calls` with `content` null, and a `tool`
 message answers one of the calls before it by `tool_call_id`, as OpenAI requires.
 
-Public names: ChatCompletionBody, ChatMessage, TextPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
+Images: `image_url` parts in user messages (agent/wire/image_parts.py), at most MAX_IMAGES per body.
+
+Public names: ChatCompletionBody, ChatMessage, TextPart, ContentPart, StreamOptions, ReasoningEffort, MAX_MESSAGES,
 MAX_TEXT_CHARS, MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, MAX_HISTORY_TOOL_CALLS, MAX_CHOICES.
 """
 
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agent.wire.tools import MAX_CALL_ID_CHARS, MAX_TOOLS, FunctionTool, NamedToolChoice, ToolCall, ToolChoice
 
 from agent.wire.body_options import LogitBias, Metadata, TopLogprobs
+from agent.wire.image_parts import ImagePart, part_label
 from agent.wire.response_format import ResponseFormat
 
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # the frame limit (protocol.MAX_FRAME_BYTES) binds first anyway
@@ -53,9 +56,13 @@ class TextPart(Body):
     text: Text
 
 
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+MAX_IMAGES = 16  # image parts in one body: the wire's own bound (the coordinator's max_images binds first)
+
+
 class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | Annotated[tuple[TextPart, ...], Field(max_length=MAX_MESSAGES)] | None = None
+    content: Text | Annotated[tuple[ContentPart, ...], Field(max_length=MAX_MESSAGES)] | None = None
     name: Label | None = None
     reasoning: Text | None = None  # an earlier assistant turn's reasoning; the chat template decides its fate
     reasoning_content: Text | None = None  # the same, as vLLM and DeepSeek name it
@@ -74,6 +81,8 @@ class ChatMessage(Body):
             raise ValueError("a tool message needs a tool_call_id, and only a tool message has one")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        if self.images and self.role != "user":
+            raise ValueError(f"only a user message may carry image_url parts, not a {self.role} message")
         return self
 
     @property
@@ -81,7 +90,13 @@ class ChatMessage(Body):
         """The content as one string (text parts joined; null is empty)."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        if self.content is None or isinstance(self.content, str):
+            return ()
+        return tuple(part for part in self.content if isinstance(part, ImagePart))
 
 
 class StreamOptions(Body):
@@ -138,10 +153,25 @@ class ChatCompletionBody(Body):
             return self
         if len(self.messages) != 1 or self.messages[0].role != "user":
             raise ValueError("raw_prompt takes exactly one user message: the prompt")
-        if self.tools or self.tool_choice or self.response_format or self.reasoning_effort:
-            raise ValueError("raw_prompt is plain text in and out: no tools, tool_choice, response_format or "
-                             "reasoning_effort")
+        if self.tools or self.tool_choice or self.response_format or self.reasoning_effort or self.image_parts:
+            raise ValueError("raw_prompt is plain text in and out: no tools, tool_choice, response_format, "
+                             "reasoning_effort or images")
         return self
+
+    @field_validator("messages")
+    @classmethod
+    def _images_are_bounded(cls, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+        num_images = sum(len(message.images) for message in messages)
+        if num_images > MAX_IMAGES:
+            raise ValueError(f"carry {num_images} image_url parts; at most {MAX_IMAGES} are accepted")
+        return messages
+
+    @property
+    def image_parts(self) -> list[tuple[str, ImagePart]]:
+        """Every image part, in order, with the label an error names it by (`messages[i].content[j]`)."""
+        return [(part_label(i, j), part) for i, message in enumerate(self.messages)
+                if not isinstance(message.content, (str, type(None)))
+                for j, part in enumerate(message.content) if isinstance(part, ImagePart)]
 
     @field_validator("tools")
     @classmethod

@@ -125,6 +125,22 @@ class AdmissionLimits(Frame):
     output_clip_tokens: Annotated[int, Field(ge=1, le=2**31)] | None = None  # None: max_tokens unclipped
 
 
+class VisionOffer(Frame):
+    """What loading a model with its vision tower costs here, and the image processor's rule the coordinator
+    estimates image requests with (agent/vision_tokens.py)."""
+
+    max_soft_tokens: Annotated[int, Field(ge=1, le=65536)]  # per image (gemma-4: 280)
+    patch_size: Annotated[int, Field(ge=1, le=1024)]
+    pooling_kernel_size: Annotated[int, Field(ge=1, le=64)]
+    weights_bytes: Bytes  # the tower's and projector's tensors (safetensors headers)
+    reserve_bytes: Bytes  # activations of encoding the largest image (agent/vision_cost.py)
+    fits: bool  # the load gate with vision, on this machine alone
+    fit_reason: Reason
+
+
+Modality = Literal["text", "image"]
+
+
 class ModelEntry(Frame):
     id: ModelId
     weights_bytes: Bytes
@@ -136,6 +152,7 @@ class ModelEntry(Frame):
     activation_reserve_bytes: Bytes = 0
     kv_layout: KVLayout | None = None
     admission: AdmissionLimits | None = None  # None: the coordinator plans with conservative limits
+    vision: VisionOffer | None = None  # None: text only (gpt-oss, or no vision tower on disk)
 
 
 class Register(Frame):
@@ -163,6 +180,7 @@ class SlotStatus(Frame):
     expected_output_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: taken as 1
     failure_reason: Reason | None = None
     kv_longest_row_end_tokens: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)] | None = None  # the longest admitted row's expected end: rows pad to it
+    modalities: Annotated[tuple[Modality, ...], Field(max_length=2)] = ("text",)  # "image": loaded with vision
 
 
 class MemoryStatus(Frame):

@@ -38,6 +38,7 @@ from agent.coordinator.http.request_life import (  # noqa: F401 (CAPPED_HEADER, 
 from agent.coordinator.http.request_life import response_headers as _response_headers
 from agent.coordinator.http.request_life import send_part as _part
 from agent.coordinator.http.request_life import send_response as _send_response
+from agent.coordinator.image_inputs import ImageFacts
 from agent.coordinator.metrics import CONTENT_TYPE
 from agent.coordinator.privacy import is_operator
 from agent.wire.chat_body import ChatCompletionBody
@@ -56,8 +57,11 @@ class ChatCompletions(RequestLife):
     def stream_error(self, exc: ApiError) -> bytes:
         return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
 
-    def open(self, account: Account, body: ChatCompletionBody) -> RequestFlow | Choices:
-        return self.coordinator.open(account, body) if (body.n or 1) == 1 else self.coordinator.open_choices(account, body)
+    def open(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()
+             ) -> RequestFlow | Choices:
+        if (body.n or 1) == 1:
+            return self.coordinator.open(account, body, images=images)
+        return self.coordinator.open_choices(account, body, images)
 
     async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
         if isinstance(flow, Choices):

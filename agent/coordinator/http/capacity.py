@@ -4,12 +4,13 @@
         "model": "gpt-oss-20b",
         "providers": {"running": 2, "idle": 1, "loading": 0, "cold_fits": 3, "cold_no_room": 0,
                       "draining": 0, "never_fits": 1},
+        "vision_slots": 1,               # warm slots loaded with vision: the ones image requests go to
         "free_kv_bytes": ...,            # Σ over warm slots of the coordinator's netted view
         "kv_budget_bytes": ...,          # Σ over warm slots
         "queue_depth": 0, "oldest_queued_s": 0.0,
         "never_fits": [{"provider_id": ..., "reason": ...}],
         "details": [{"provider_id", "state", "slot_state", "reason", "free_kv_bytes", "kv_budget_bytes",
-                     "num_running", "num_waiting", "num_in_flight", "expected_output_ratio", "chip",
+                     "num_running", "num_waiting", "num_in_flight", "expected_output_ratio", "modalities", "chip",
                      "memory_bytes", "trust", "quarantine"}]}]}    (trust and quarantine: routing/reputation.py)
 
 States (placement.Residency): running (serving requests), idle (loaded, none), loading, cold_fits (the
@@ -48,7 +49,7 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
     settings, now = router.settings, router.clock()
     counts = {residency.value: 0 for residency in Residency}
     details, never = [], []
-    free = budget = 0
+    free = budget = vision = 0
     for provider, offer in router.registry.offers(model):
         residency, reason = classify(provider, offer, now, settings)
         counts[residency.value] += 1
@@ -61,6 +62,8 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
                "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes,
                "trust": round(router.reputation.trust(provider.provider_id), 4),
                "quarantine": router.reputation.quarantine_reason(provider.provider_id) or None}
+        row["modalities"] = list(status.modalities) if status is not None and offer.is_warm else ["text"]
+        vision += "image" in row["modalities"]
         if residency in (Residency.RUNNING, Residency.IDLE):
             view = slot_view(offer)
             row["free_kv_bytes"], row["kv_budget_bytes"] = max(0, view.free_bytes), view.budget_bytes
@@ -72,7 +75,8 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
             never.append({"provider_id": provider.provider_id, "reason": reason})
         details.append(row)
     queue = router.queues.get(model)
-    return {"model": model, "providers": counts, "free_kv_bytes": free, "kv_budget_bytes": budget,
+    return {"model": model, "providers": counts, "vision_slots": vision, "free_kv_bytes": free,
+            "kv_budget_bytes": budget,
             "queue_depth": len(queue) if queue else 0,
             "oldest_queued_s": round(queue.oldest_wait_s(now), 3) if queue else 0.0,
             "never_fits": never, "details": details}

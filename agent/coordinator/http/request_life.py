@@ -34,6 +34,7 @@ from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, RequestTimeout, RequestTooLarge
 from agent.coordinator.flow import RequestFlow, release_reason
 from agent.coordinator.http.access_log import AccessRecord, access_record
+from agent.coordinator.image_inputs import ImageFacts
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import MAX_FRAME_BYTES
 
@@ -79,8 +80,8 @@ class RequestLife:
         """The answer's own headers (a stream's and a whole answer's)."""
         return response_headers(flow, body)
 
-    def open(self, account: Account, body: ChatCompletionBody) -> Any:
-        return self.coordinator.open(account, body)
+    def open(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()) -> Any:
+        return self.coordinator.open(account, body, images=images)
 
     async def serve(self, flow: Any, request: Translated, send: Send) -> None:
         await self._serve(flow, request, send)
@@ -102,7 +103,9 @@ class RequestLife:
             coordinator.precheck(account, request.client.host if request.client else None)
             translated = self.parse(await read_body(request, coordinator.settings.body_read_timeout_s), request)
             model = record.model = translated.body.model
-            flow = self.open(account, translated.body)
+            body, images = await coordinator.inline_images(translated.body)  # a bad image: a 400 before any hold
+            translated = Translated(body, translated.source)
+            flow = self.open(account, body, images)
         except ApiError as exc:
             coordinator.metrics.request(model, exc.outcome)
             await self.error_response(exc)(scope, receive, send)

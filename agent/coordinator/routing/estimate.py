@@ -46,7 +46,9 @@ class PromptEstimate:
     max_tokens: int  # for holds and charges: at or above the real count always
 
 
-def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
+def estimate_prompt(body: ChatCompletionBody, *, image_tokens: int = 0) -> PromptEstimate:
+    """`image_tokens`: the images' prompt tokens by the providers' image rule (image_inputs.py), exact for
+    the decoded sizes, so they are added to all three."""
     sizes = [_message_bytes(message) for message in body.messages]
     if body.tools and body.tool_choice != "none":  # the template renders each tool's schema into the prompt
         sizes.append(sum(len(tool.model_dump_json(exclude_none=True)) for tool in body.tools))
@@ -54,6 +56,7 @@ def estimate_prompt(body: ChatCompletionBody) -> PromptEstimate:
                                            for n in sizes)
     floor = max(1, sum(_ceil_div(n, BYTES_PER_TOKEN_FLOOR) for n in sizes))
     bound = REQUEST_OVERHEAD_BOUND_TOKENS + sum(MESSAGE_OVERHEAD_BOUND_TOKENS + n for n in sizes)
+    tokens, floor, bound = tokens + image_tokens, floor + image_tokens, bound + image_tokens
     return PromptEstimate(tokens=tokens, floor_tokens=min(floor, tokens), max_tokens=max(bound, tokens))
 
 

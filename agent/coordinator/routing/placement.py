@@ -76,6 +76,7 @@ class Ask:
     prompt_tokens: int  # the conservative estimate
     floor_prompt_tokens: int
     max_tokens: int | None  # as requested
+    num_images: int = 0  # image parts: only slots with vision can serve it
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
     others: list[tuple[ProviderRecord, Offer]] = []
     for provider, offer in offers:
-        unusable = _unusable(provider, offer) or _quarantined(provider, reputation)
+        unusable = _unusable(provider, offer) or _quarantined(provider, reputation) or _blind(offer, ask)
         if provider.provider_id in exclude:
             placement.never[provider.provider_id] = exclude[provider.provider_id]
         elif unusable:
@@ -259,6 +260,18 @@ def _unusable(provider: ProviderRecord, offer: Offer) -> str:
     if provider.is_draining:
         return "the agent is draining (stopping)"
     return ""
+
+
+def _blind(offer: Offer, ask: Ask) -> str:
+    """Why this slot cannot take the request's images: loaded text-only, or it would load without vision."""
+    if not ask.num_images:
+        return ""
+    if offer.is_warm:
+        return "" if "image" in offer.status.modalities else f"{offer.model} is loaded text-only there"
+    vision = offer.entry.vision
+    if vision is None:
+        return f"{offer.model} has no vision there"
+    return "" if vision.fits else f"{offer.model} would load text-only there: {vision.fit_reason}"
 
 
 def _rank(offer: Offer, trust_tier: int = 0) -> tuple:
