@@ -172,3 +172,28 @@ async def test_through_the_sdk_a_seeded_text_request_is_unchanged_by_two_image_r
         slot = engine.snapshot().slot(VISION_MODEL)
         assert slot.kv_used_bytes == 0 and slot.num_running == 0
     accounts.close()
+
+
+async def test_an_image_through_messages_and_responses_costs_the_same_prompt_tokens_as_through_chat(tmp_path,
+                                                                                                  tiny_models_dir):
+    import base64
+
+    import anthropic
+
+    picture = noise_image(96, 144, seed=1)
+    encoded = base64.b64encode(picture).decode()
+    async with served(tmp_path, tiny_models_dir) as (server, engine, client, accounts, db):
+        chat = await client.chat.completions.create(model=VISION_MODEL, messages=asking(image_part(picture)),
+                                                    max_tokens=4, temperature=0)
+        claude = anthropic.AsyncAnthropic(base_url=server.base_url, api_key=client.api_key, max_retries=0)
+        message = await claude.messages.create(model=VISION_MODEL, max_tokens=4, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
+                                         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                      "data": encoded}}]}])
+        response = await client.responses.create(model=VISION_MODEL, max_output_tokens=4, temperature=0, input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "What is in the picture?"},
+                                         {"type": "input_image", "image_url": f"data:image/png;base64,{encoded}"}]}])
+    assert message.usage.input_tokens == response.usage.input_tokens == chat.usage.prompt_tokens
+    assert chat.usage.prompt_tokens > template_tokens(engine, asking({"type": "text", "text": ""})) + 2
+    assert message.content and response.output
+    accounts.close()
