@@ -21,7 +21,7 @@ MLX_ROOTS = {"mlx", "mlx_lm"}
 SHARED_PURE = ("catalog.py", "kvcost.py", "admission.py", "errors.py", "safetensors_info.py", "tables.py",
                "wire/frames.py", "wire/protocol.py", "wire/chat_body.py", "wire/unknown_fields.py",
                "wire/body_options.py", "wire/logprobs.py", "wire/tools.py", "wire/tool_deltas.py",
-               "wire/response_format.py",
+               "wire/response_format.py", "wire/chunk_batch.py",
                "daemon/config.py", "engine/schedule.py")
 
 

@@ -35,6 +35,7 @@ from agent.coordinator.routing.reputation import Outcome, Reputation, Reputation
 from agent.coordinator.routing.waitqueue import Waiter, WaitQueue
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
+from agent.wire.chunk_batch import InferenceResponseChunks
 from agent.wire.frames import (
     Cancel,
     ErrorFrame,
@@ -155,6 +156,9 @@ class Router:
         elif isinstance(frame, Register):
             provider.send(ErrorFrame(code="already_registered", message="this link is registered already; "
                                      "reconnect to register again"))
+        elif isinstance(frame, InferenceResponseChunks):
+            for chunk in frame.chunks:  # each row exactly as a single chunk frame (chunk_batch.py)
+                self._request_frame(provider, chunk)
         elif isinstance(frame, ErrorFrame):
             log.warning("provider.complaint", provider_id=provider.provider_id, code=frame.code, message=frame.message,
                         request_id=frame.request_id)
