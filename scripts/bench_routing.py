@@ -50,10 +50,10 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "mean_us": statistics.fmean(ordered) * 1e6}
 
 
-def fleet(rng: random.Random, *, saturated: bool = False) -> Router:
+def fleet(rng: random.Random, *, saturated: bool = False, num_providers: int = NUM_PROVIDERS) -> Router:
     from tests.provider_support import GEMMA, GPT, entry_for
     router = Router(CoordinatorSettings())
-    for i in range(NUM_PROVIDERS):
+    for i in range(num_providers):
         memory = rng.choice([24, 32, 48, 64, 128]) * GIB
         register = Register(protocol_version=PROTOCOL_VERSION, agent_version="bench",
                             hardware=Hardware(chip="M4", memory_bytes=memory, gpu_cores=10),
@@ -73,12 +73,12 @@ def fleet(rng: random.Random, *, saturated: bool = False) -> Router:
     return router
 
 
-def bench_decisions(num: int, seed: int) -> dict[str, dict[str, float]]:
+def bench_decisions(num: int, seed: int, num_providers: int = NUM_PROVIDERS) -> dict[str, dict[str, float]]:
     rng = random.Random(seed)
     body = ChatCompletionBody(messages=(ChatMessage(role="user", content="hi"),))
     results = {}
     for name, saturated in (("dispatch", False), ("full", False), ("saturated", True)):
-        router, samples = fleet(rng, saturated=saturated), []
+        router, samples = fleet(rng, saturated=saturated, num_providers=num_providers), []
         for i in range(num):
             model = rng.choice(["gpt-oss-20b", "gemma-4-26b"])
             prompt = int(math.exp(rng.uniform(math.log(50), math.log(30_000))))

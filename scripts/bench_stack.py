@@ -3,7 +3,9 @@ admission with expected-output vs worst-case reservations.
 
     stack_vs_engine(...)   the same FakeEngine timing, 8 streams × 200 tokens, read (a) straight from the
                            engine and (b) end to end: client → coordinator (keys, billing) → websocket →
-                           agent → engine and back as SSE. Aggregate tok/s and TTFT for each.
+                           agent → engine and back as SSE. Aggregate tok/s and TTFT for each, and the
+                           stack's CPU per token. The client runs in its own process (`--client`), as a
+                           consumer would: its HTTP parsing is not the stack's cost.
     admission_counts()     per Mac size and model: how many 32k-max_tokens requests (1,000-token prompts)
                            one warm slot admits reserving expected output vs prompt + max_tokens.
 """
@@ -11,7 +13,9 @@ admission with expected-output vs worst-case reservations.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +69,9 @@ async def _direct(rounds: int) -> tuple[float, list[float]]:
     return statistics.median(rates), ttfts
 
 
-async def _end_to_end(rounds: int) -> tuple[float, list[float]]:
+async def _end_to_end(rounds: int) -> tuple[float, list[float], float]:
+    """The stack in this process (coordinator, agent, simulated engine), the consumer in its own: a client's
+    HTTP parsing is not the stack's cost. Also the stack's own CPU seconds per token (this process only)."""
     accounts, key = funded_accounts(Path(tempfile.mkdtemp()) / "keys.db")
     async with running(build_app(accounts, CoordinatorSettings(heartbeat_interval_s=0.5))) as server:
         agent = await SimAgent(server.ws_url, memory_gb=128, preload=(GPT_OSS,), time_scale=SCALE,
@@ -74,29 +80,52 @@ async def _end_to_end(rounds: int) -> tuple[float, list[float]]:
         while not (router.registry and all(p.heartbeat and p.heartbeat.slots[0].state == "idle"
                                            for p in router.registry)):
             await asyncio.sleep(0.01)
-        rates, ttfts = [], []
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
-            for r in range(rounds):
-                started = time.perf_counter()
-                results = await asyncio.gather(*(stream_chat(http, {
-                    "model": GPT_OSS, "messages": [{"role": "user", "content": f"go {r} {i}"}], "max_tokens": 1000},
-                    key=key) for i in range(STREAMS)))
-                rates.append(sum(x.num_chunks for x in results) / (time.perf_counter() - started))
-                ttfts += [x.ttft_s for x in results if x.ttft_s is not None]
+        cpu_started = time.process_time()
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--client", server.base_url, key, str(rounds),
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await client.communicate()
+        cpu_s = time.process_time() - cpu_started
         await agent.stop()
     accounts.close()
-    return statistics.median(rates), ttfts
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return statistics.median(result["rates"]), result["ttfts"], cpu_s / result["num_tokens"]
+
+
+async def _client(base_url: str, key: str, rounds: int) -> dict:
+    """The consumer's side: `rounds` rounds of STREAMS concurrent streams, timed here."""
+    rates, ttfts, num_tokens = [], [], 0
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        for r in range(rounds):
+            started = time.perf_counter()
+            results = await asyncio.gather(*(stream_chat(http, {
+                "model": GPT_OSS, "messages": [{"role": "user", "content": f"go {r} {i}"}], "max_tokens": 1000,
+                "stream_options": {"include_usage": True}}, key=key) for i in range(STREAMS)))
+            # Tokens, not SSE events: deltas that arrive together are one event (token_merge.py).
+            tokens = sum(x.usage["completion_tokens"] for x in results)
+            rates.append(tokens / (time.perf_counter() - started))
+            ttfts += [x.ttft_s for x in results if x.ttft_s is not None]
+            num_tokens += tokens
+    return {"rates": rates, "ttfts": ttfts, "num_tokens": num_tokens}
 
 
 async def stack_vs_engine(rounds: int = 5) -> dict:
     direct_tps, direct_ttft = await _direct(rounds)
-    e2e_tps, e2e_ttft = await _end_to_end(rounds)
+    e2e_tps, e2e_ttft, cpu_per_token = await _end_to_end(rounds)
     d50, e50 = statistics.median(direct_ttft), statistics.median(e2e_ttft)
     return {"streams": STREAMS, "tokens_per_stream": TOKENS, "time_scale": SCALE, "rounds": rounds,
             "engine_tok_s_real": round(direct_tps, 1), "end_to_end_tok_s_real": round(e2e_tps, 1),
             "end_to_end_vs_engine": round(e2e_tps / direct_tps, 3),
             "engine_ttft_p50_ms": round(d50 * 1000, 2), "end_to_end_ttft_p50_ms": round(e50 * 1000, 2),
-            "added_ttft_p50_ms": round((e50 - d50) * 1000, 2)}
+            "added_ttft_p50_ms": round((e50 - d50) * 1000, 2),
+            "stack_cpu_us_per_token": round(cpu_per_token * 1e6, 1), "client": "its own process"}
+
+
+def _main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--client":
+        print(json.dumps(asyncio.run(_client(sys.argv[2], sys.argv[3], int(sys.argv[4])))))
+    else:
+        print(json.dumps(asyncio.run(stack_vs_engine())))
 
 
 def admission_counts(prompt_tokens: int = 1000, max_tokens: int = 32768, ratio: float = 0.7) -> list[dict]:
@@ -126,3 +155,8 @@ def _count(spec, budget: int, margin: int, prompt: int, max_tokens: int, ratio: 
             return n
         reserved += decision.reservation_bytes
     return cap
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _main()

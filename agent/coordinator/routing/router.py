@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from math import inf
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +81,7 @@ class Router:
         self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
+        self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],
@@ -182,7 +184,8 @@ class Router:
                 log.info("pending.expire", provider_id=provider.provider_id, request_id=entry.request_id)
         for model in provider.offers:
             self.wake(model, provider)
-            self.prewarm(model)
+            if now - self._planned_at.get(model, -inf) >= self.settings.prewarm_heartbeat_interval_s:
+                self.prewarm(model)
 
     def _request_frame(self, provider: ProviderRecord, frame: Message) -> None:
         request_id = frame.request_id
@@ -324,7 +327,7 @@ class Router:
 
     def prewarm(self, model: str) -> None:
         queue = self.queues.get(model)
-        now = self.clock()
+        now = self._planned_at[model] = self.clock()
         plan = plan_loads(self.registry.offers(model), model=model, num_queued=len(queue) if queue else 0, now=now,
                           settings=self.settings)
         for provider in plan.providers:
