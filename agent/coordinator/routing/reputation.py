@@ -163,8 +163,10 @@ class ReputationBook:
 
     def quarantine_reason(self, provider_id: str) -> str:
         reputation = self._by_id.get(provider_id)
+        if reputation is None or not reputation.quarantined_until:  # never quarantined: no clock read (placement
+            return ""                                                # asks this of every provider, every decision)
         now = self.clock()
-        if reputation is None or not self._is_quarantined(reputation, now):
+        if not self._is_quarantined(reputation, now):
             return ""
         return (f"quarantined for {reputation.quarantined_until - now:.0f} s more after "
                 f"{self.settings.quarantine_after_failures} failures within {self.settings.quarantine_window_s:g} s "
