@@ -1,0 +1,115 @@
+"""PERFORMANCE.md's section on issue 16 (the stack at engine speed), and its README line, from
+scripts/results/before_after.json (scripts/bench_before_after.py). Every target is judged here from the
+measured numbers."""
+
+from __future__ import annotations
+
+from bench_figures import f
+
+TARGETS = {"stack": 0.95, "vs_mlx_tok_s": 0.95, "vs_mlx_ttft": 1.1, "cpu_us_per_token": 20.0,
+           "heartbeat_share": 0.10, "routing_p99_ms": 5.0}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def _stack_rows(part: dict) -> list[str]:
+    b, a = part["before"], part["after"]
+    return [
+        f"| end-to-end ÷ engine tok/s, 8 streams × 200 tok (target ≥ {TARGETS['stack']}) | "
+        f"{b['end_to_end_vs_engine']} ({b['end_to_end_tok_s_real']} vs {b['engine_tok_s_real']}) | "
+        f"{a['end_to_end_vs_engine']} ({a['end_to_end_tok_s_real']} vs {a['engine_tok_s_real']}) | "
+        f"{_met(a['end_to_end_vs_engine'] >= TARGETS['stack'])} |",
+        f"| the stack's CPU per token (coordinator + agent + simulated engine, one process), µs | "
+        f"{b['stack_cpu_us_per_token']} | {a['stack_cpu_us_per_token']} | |",
+        f"| added TTFT p50, stack − engine, ms | {b['added_ttft_p50_ms']} | {a['added_ttft_p50_ms']} | |",
+    ]
+
+
+def _vs_mlx_rows(part: dict) -> list[str]:
+    rows = []
+    for mode in ("non_streaming", "streaming"):
+        b, a = part["before"]["ours_vs_mlx_lm_server"][mode], part["after"]["ours_vs_mlx_lm_server"][mode]
+        mlx_b, mlx_a = part["before"]["mlx_lm_server"][mode], part["after"]["mlx_lm_server"][mode]
+        ours_b, ours_a = part["before"]["ours"][mode], part["after"]["ours"][mode]
+        label = mode.replace("_", "-")
+        rows += [
+            f"| ours ÷ mlx_lm.server aggregate tok/s, {label} (target ≥ {TARGETS['vs_mlx_tok_s']}) | {b['tok_s']} "
+            f"({ours_b['tok_s']} vs {mlx_b['tok_s']}) | {a['tok_s']} ({ours_a['tok_s']} vs {mlx_a['tok_s']}) | "
+            f"{_met(a['tok_s'] >= TARGETS['vs_mlx_tok_s'])} |",
+            f"| ours ÷ mlx_lm.server TTFT p50, {label} (target ≤ {TARGETS['vs_mlx_ttft']}) | {b['ttft_p50']} "
+            f"({ours_b['ttft_p50_ms']} vs {mlx_b['ttft_p50_ms']} ms) | {a['ttft_p50']} ({ours_a['ttft_p50_ms']} vs "
+            f"{mlx_a['ttft_p50_ms']} ms) | {_met(a['ttft_p50'] <= TARGETS['vs_mlx_ttft'])} |"]
+    return rows
+
+
+def _relay_rows(part: dict) -> list[str]:
+    b, a = part["before"], part["after"]
+    old = b["relay_single"]
+    rows = []
+    for key, label in (("relay_batched", "batched frames"), ("relay_single", "one frame per row")):
+        if key not in a:
+            continue
+        r = a[key]
+        rows.append(f"| coordinator CPU per relayed token, {r['streams']} streams over {r['providers']} providers "
+                    f"({label} after; one frame per row before), µs (target ≤ {f(TARGETS['cpu_us_per_token'], 0)}) | "
+                    f"{old['cpu_us_per_token']} ({f(old['tokens_per_s'])} tok/s) | {r['cpu_us_per_token']} "
+                    f"({f(r['tokens_per_s'])} tok/s) | {_met(r['cpu_us_per_token'] <= TARGETS['cpu_us_per_token'])} |")
+    hb_b, hb_a = b["heartbeat"], a["heartbeat"]
+    rows.append(f"| {f(hb_a['providers'])} providers heartbeating every {f(hb_a['interval_s'], 0)} s: share of one "
+                f"core (target ≤ {f(TARGETS['heartbeat_share'], 2)}) | {hb_b['share_of_one_core']} "
+                f"({f(hb_b['cpu_us_per_heartbeat'])} µs each) | {hb_a['share_of_one_core']} "
+                f"({f(hb_a['cpu_us_per_heartbeat'])} µs each) | "
+                f"{_met(hb_a['share_of_one_core'] <= TARGETS['heartbeat_share'])} |")
+    for clock in ("wall", "cpu"):
+        rb, ra = b["routing"][clock], a["routing"][clock]
+        rows.append(f"| routing decision with {f(a['routing']['providers'])} providers, p50 / p99 ({clock} clock), "
+                    f"ms (target p99 < {f(TARGETS['routing_p99_ms'], 0)}) | {f(rb['p50_us'] / 1000)} / "
+                    f"{f(rb['p99_us'] / 1000)} | {f(ra['p50_us'] / 1000)} / {f(ra['p99_us'] / 1000)} | "
+                    f"{_met(ra['p99_us'] / 1000 < TARGETS['routing_p99_ms'])} |")
+    return rows
+
+
+def _codec_rows(part: dict) -> list[str]:
+    b, a = part["before"]["us"], part["after"]["us"]
+    names = {"parse_single": "parse one chunk frame (pydantic, strict JSON mode)",
+             "parse_batch": f"parse a batch of {part['after']['rows']}, per row",
+             "json_loads": "json.loads of one chunk frame (no validation: the stdlib's floor)",
+             "json_loads_batch": "json.loads of the batch, per row",
+             "encode_single": "encode one chunk frame", "encode_batch": "encode the batch, per row",
+             "sse_envelope": "one SSE content event as the stream writes it",
+             "sse_dumps": "the same event as one json.dumps of the whole chunk"}
+    return [f"| {label}, µs | {b.get(name, '–')} | {a.get(name, '–')} | |" for name, label in names.items()]
+
+
+def speed_section(results: dict | None) -> str:
+    if not results:
+        return "(scripts/bench_before_after.py has not been run)"
+    lines = ["| measurement | before | after | target |", "|---|---|---|---|"]
+    builders = (("stack", _stack_rows), ("vs_mlx", _vs_mlx_rows), ("relay", _relay_rows), ("codec", _codec_rows))
+    commands, notes = [], set()
+    for name, build in builders:
+        if name in results:
+            lines += build(results[name])
+            part = results[name]
+            commands.append(f"    {part['command']}    # base {part['base']}, after {part['head']}")
+            if part.get("note"):
+                notes.add(part["note"])
+    note = f" Runs: {'; '.join(sorted(notes))}." if notes else ""
+    return "\n".join(["Each part ran once on the base commit's code and once on this tree's, one after the other "
+                      f"in one run, with the same harness:{note}", "", *commands, "", *lines])
+
+
+def readme_line(results: dict | None) -> str:
+    if not results or "stack" not in results or "relay" not in results:
+        return ""
+    stack, relay = results["stack"]["after"], results["relay"]["after"]
+    batched = relay.get("relay_batched") or relay["relay_single"]
+    vs = results["vs_mlx"]["after"]["ours_vs_mlx_lm_server"]["streaming"] if "vs_mlx" in results else None
+    mlx = f"; ours ÷ `mlx_lm.server` {vs['tok_s']} in streaming tok/s" if vs else ""
+    return (f"- **The stack's overhead** (`scripts/bench_before_after.py`): end-to-end ÷ engine "
+            f"{stack['end_to_end_vs_engine']} at 8 streams{mlx}; the coordinator spends "
+            f"{batched['cpu_us_per_token']} µs of CPU per relayed token at {batched['streams']} streams and "
+            f"{relay['heartbeat']['share_of_one_core']} of a core on {f(relay['heartbeat']['providers'])} "
+            f"heartbeating providers (PERFORMANCE.md, before and after).")
