@@ -73,10 +73,13 @@ class SustainedRun:
 
 def load_runs(results_dir: Path) -> dict:
     """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun],
-    "constrained": scripts/bench_constrained.py's result or None}."""
+    "constrained": scripts/bench_constrained.py's result or None, "before_after": scripts/bench_before_after.py's
+    results or None}."""
     constrained = results_dir / "constrained.json"
+    before_after = results_dir / "before_after.json"  # scripts/bench_before_after.py (issue 16)
     runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [],
-                  "constrained": json.loads(constrained.read_text()) if constrained.exists() else None}
+                  "constrained": json.loads(constrained.read_text()) if constrained.exists() else None,
+                  "before_after": json.loads(before_after.read_text()) if before_after.exists() else None}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():

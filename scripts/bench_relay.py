@@ -96,16 +96,20 @@ async def run_consumers(base_url: str, count: int, tokens: int) -> None:
 
 # ---- the phases -----------------------------------------------------------------------------------
 
-def start_fleet(num_peers: int, batched: bool, step_s: float) -> tuple[subprocess.Popen, str, list[subprocess.Popen]]:
+def start_fleet(num_peers: int, batched: bool, step_s: float) -> tuple[subprocess.Popen, str, list[subprocess.Popen],
+                                                                      int]:
     coordinator = child("--role", "coordinator")
     base_url = coordinator.stdout.readline().strip()
     ws_url = base_url.replace("http://", "ws://") + "/ws/provider"
     shares = [num_peers // NUM_WORKERS + (i < num_peers % NUM_WORKERS) for i in range(NUM_WORKERS)]
     peers = [child("--role", "peers", ws_url, str(n), str(int(batched)), str(step_s)) for n in shares if n]
+    registered = 0
     for proc in peers:
-        if not proc.stdout.readline().startswith("ready"):
-            raise SystemExit("the scripted providers did not register")
-    return coordinator, base_url, peers
+        line = proc.stdout.readline()
+        if not line.startswith("ready"):
+            raise SystemExit("the scripted providers did not start")
+        registered += int(line.split()[1])
+    return coordinator, base_url, peers, registered
 
 
 def stop_fleet(coordinator: subprocess.Popen, peers: list[subprocess.Popen]) -> dict:
@@ -127,7 +131,7 @@ def consume(base_url: str, streams: int, tokens: int) -> list[dict]:
 
 
 def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: bool) -> dict:
-    coordinator, base_url, peers = start_fleet(num_peers, batched, step_s)
+    coordinator, base_url, peers, _ = start_fleet(num_peers, batched, step_s)
     try:
         # Unmeasured: every provider shows its first tokens, so it is proven (reputation.py) as in a running
         # fleet, not a fresh one whose every request is an overflow search past unproven providers.
@@ -148,7 +152,7 @@ def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: boo
 
 
 def heartbeats(num_peers: int, window_s: float) -> dict:
-    coordinator, _, peers = start_fleet(num_peers, True, 0.05)
+    coordinator, _, peers, registered = start_fleet(num_peers, True, 0.05)
     try:
         time.sleep(2 * 2.0)  # two intervals: every peer's first heartbeats are in, the registers' cost is behind
         cpu_before, started = cpu_s(coordinator.pid), time.perf_counter()
@@ -156,8 +160,8 @@ def heartbeats(num_peers: int, window_s: float) -> dict:
         cpu, seconds = cpu_s(coordinator.pid) - cpu_before, time.perf_counter() - started
     finally:
         stop_fleet(coordinator, peers)
-    num_heartbeats = num_peers * seconds / 2.0
-    return {"providers": num_peers, "interval_s": 2.0, "window_s": round(seconds, 1),
+    num_heartbeats = max(1, registered) * seconds / 2.0
+    return {"providers": num_peers, "registered": registered, "interval_s": 2.0, "window_s": round(seconds, 1),
             "coordinator_cpu_s": round(cpu, 3), "share_of_one_core": round(cpu / seconds, 4),
             "cpu_us_per_heartbeat": round(cpu / num_heartbeats * 1e6, 1)}
 

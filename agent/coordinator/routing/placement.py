@@ -221,14 +221,16 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
     others: list[tuple[ProviderRecord, Offer]] = []
+    tier_now = reputation.clock() if reputation is not None else 0.0  # read once: this loop may see 1,000
     for provider, offer in offers:
+        pid = provider.provider_id
         unusable = _unusable(provider, offer) or _quarantined(provider, reputation)
-        if provider.provider_id in exclude:
-            placement.never[provider.provider_id] = exclude[provider.provider_id]
+        if pid in exclude:
+            placement.never[pid] = exclude[pid]
         elif unusable:
-            placement.never[provider.provider_id] = unusable
+            placement.never[pid] = unusable
         elif offer.is_warm:
-            tier = reputation.tier(provider.provider_id) if reputation is not None else 0
+            tier = reputation.tier(pid, tier_now) if reputation is not None else 0
             warm.append((_queue_rank(offer, tier), provider, offer))
         else:
             others.append((provider, offer))

@@ -144,16 +144,17 @@ class ReputationBook:
             self._count_failure(reputation, now)
 
     # -- what placement reads
-    def trust(self, provider_id: str) -> float:
+    def trust(self, provider_id: str, now: float | None = None) -> float:
         reputation = self._by_id.get(provider_id)
         if reputation is None:
             return PRIOR_GOOD / (PRIOR_GOOD + PRIOR_BAD)
-        self._decay(reputation, self.clock())
+        self._decay(reputation, self.clock() if now is None else now)
         return reputation.trust
 
-    def tier(self, provider_id: str) -> int:
+    def tier(self, provider_id: str, now: float | None = None) -> int:
+        """`now`: the clock read once by a caller that asks this of many providers in one step."""
         num_tiers = self.settings.num_trust_tiers
-        return min(num_tiers - 1, int(self.trust(provider_id) * num_tiers))
+        return min(num_tiers - 1, int(self.trust(provider_id, now) * num_tiers))
 
     def max_in_flight(self, provider_id: str) -> int | None:
         """How many requests it may hold at once while it is unproven (None: no such cap)."""
