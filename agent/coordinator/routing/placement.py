@@ -254,6 +254,9 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
 
 
 def _unusable(provider: ProviderRecord, offer: Offer) -> str:
+    heartbeat = provider.heartbeat
+    if offer.entry.fits and offer.spec is not None and not (heartbeat is not None and heartbeat.draining):
+        return ""  # the usual case, decided without a call per test: this runs for every provider per decision
     if not offer.entry.fits:
         return f"does not fit this machine: {offer.entry.fit_reason}"
     if offer.spec is None:

@@ -205,9 +205,10 @@ class ReputationBook:
     def _decay(self, reputation: Reputation, now: float) -> None:
         elapsed = now - reputation.decayed_at
         if elapsed > 0:
-            factor = 0.5 ** (elapsed / self.settings.reputation_half_life_s)
-            reputation.good *= factor
-            reputation.bad *= factor
+            if reputation.good or reputation.bad:  # nothing to halve for a provider with no outcomes yet
+                factor = 0.5 ** (elapsed / self.settings.reputation_half_life_s)
+                reputation.good *= factor
+                reputation.bad *= factor
             reputation.decayed_at = now
 
     @staticmethod
