@@ -141,4 +141,16 @@ at warning) against scripted providers and consumers in other processes; its CPU
 coordinator's own process time, so they hold on a shared machine, while tok/s, TTFT and ratios are wall-clock
 and move with whatever else ran on the two shared cores (the stack and the mlx comparison are therefore the
 median of alternating runs, every run kept in before_after.json). mlx_lm.server and our stack serve the same
-narrow random-weight tiny model on this CPU, so that comparison is of the serving code, not of a Mac."""
+narrow random-weight tiny model on this CPU, so that comparison is of the serving code, not of a Mac.
+
+Where the rest goes (profiles of these runs, `BENCH_RELAY_PROFILE=path` for the relay's coordinator). Parsing
+is not it: a batched row costs less than a single frame, and pydantic's strict JSON-mode validation is within
+about twice the stdlib's own json.loads, so no other codec was added. Per relayed token the coordinator still
+makes one HTTP body write per stream per step (uvicorn and h11 frame it, then a socket write): at a real
+decode rate each step carries one token per stream, so merging (token_merge.py) only helps a client or a
+coordinator that has fallen behind. The stack's ratio is bounded the same way, plus each request's own
+path before its first token (keys, hold, routing, two websocket hops), which the 200-token streams do not
+amortise. Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then
+admission checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
+them when the best are full) — the p99 is those checks; an index of warm slots by rank, kept on heartbeats,
+is what would take it under the target, and is not built."""
