@@ -27,6 +27,13 @@ def _stack_rows(part: dict) -> list[str]:
     ]
 
 
+def _spread(part: dict, side: str, mode: str, key: str) -> str:
+    """The range over every run of one side (the table's figure is the median run's)."""
+    runs = part.get(f"{side}_runs") or [part[side]]
+    values = [run["ours_vs_mlx_lm_server"][mode][key] for run in runs]
+    return f"; {len(runs)} runs {min(values)}–{max(values)}" if len(runs) > 1 else ""
+
+
 def _vs_mlx_rows(part: dict) -> list[str]:
     rows = []
     for mode in ("non_streaming", "streaming"):
@@ -36,11 +43,13 @@ def _vs_mlx_rows(part: dict) -> list[str]:
         label = mode.replace("_", "-")
         rows += [
             f"| ours ÷ mlx_lm.server aggregate tok/s, {label} (target ≥ {TARGETS['vs_mlx_tok_s']}) | {b['tok_s']} "
-            f"({ours_b['tok_s']} vs {mlx_b['tok_s']}) | {a['tok_s']} ({ours_a['tok_s']} vs {mlx_a['tok_s']}) | "
+            f"({ours_b['tok_s']} vs {mlx_b['tok_s']}{_spread(part, 'before', mode, 'tok_s')}) | {a['tok_s']} "
+            f"({ours_a['tok_s']} vs {mlx_a['tok_s']}{_spread(part, 'after', mode, 'tok_s')}) | "
             f"{_met(a['tok_s'] >= TARGETS['vs_mlx_tok_s'])} |",
             f"| ours ÷ mlx_lm.server TTFT p50, {label} (target ≤ {TARGETS['vs_mlx_ttft']}) | {b['ttft_p50']} "
-            f"({ours_b['ttft_p50_ms']} vs {mlx_b['ttft_p50_ms']} ms) | {a['ttft_p50']} ({ours_a['ttft_p50_ms']} vs "
-            f"{mlx_a['ttft_p50_ms']} ms) | {_met(a['ttft_p50'] <= TARGETS['vs_mlx_ttft'])} |"]
+            f"({ours_b['ttft_p50_ms']} vs {mlx_b['ttft_p50_ms']} ms{_spread(part, 'before', mode, 'ttft_p50')}) | "
+            f"{a['ttft_p50']} ({ours_a['ttft_p50_ms']} vs {mlx_a['ttft_p50_ms']} ms"
+            f"{_spread(part, 'after', mode, 'ttft_p50')}) | {_met(a['ttft_p50'] <= TARGETS['vs_mlx_ttft'])} |"]
     return rows
 
 
@@ -140,7 +149,8 @@ so the stack can fall behind the engine and has to catch up by merging. Both col
 at warning) against scripted providers and consumers in other processes; its CPU figures are the
 coordinator's own process time, so they hold on a shared machine, while tok/s, TTFT and ratios are wall-clock
 and move with whatever else ran on the two shared cores (the stack and the mlx comparison are therefore the
-median of alternating runs, every run kept in before_after.json). mlx_lm.server and our stack serve the same
+median of alternating runs, every run kept in before_after.json; the codec rows whose code did not change,
+one chunk frame parsed or encoded and json.loads, show the same noise). mlx_lm.server and our stack serve the same
 narrow random-weight tiny model on this CPU, so that comparison is of the serving code, not of a Mac.
 
 Where the rest goes (profiles of these runs, `BENCH_RELAY_PROFILE=path` for the relay's coordinator). Parsing
