@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,16 @@ class ModelSpec:
         """The spec as a load with vision costs it: the tower's weights and reserve on top."""
         return replace(self, weights_bytes=self.weights_bytes + self.vision_weights_bytes,
                        activation_reserve_bytes=self.activation_reserve_bytes + self.vision_reserve_bytes)
+
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed once: admission's caches (kvcost._replay) key on the spec, and a generated hash would walk
+        # every layer on every call (a routing decision over 1,000 providers makes thousands of them).
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def kv_dtype_bytes(self) -> int:

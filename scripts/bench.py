@@ -12,6 +12,8 @@ README's performance summary from them (one source for every figure either quote
   link        state change, reconnect, frames/s        scripts/bench_link.py --json
   kv          KV prediction error vs real caches       scripts/bench_kv.py --json (tiny models)
   burst matrix + sustained runs are read from the load test's JSON files (scripts/loadtest.py)
+  issue 16's before / after (stack, codec, mlx_lm.server, relay) is read from results/before_after.json,
+  written by scripts/bench_before_after.py
 
 `--parts` re-runs only those parts and keeps the others' saved results (each part records when it ran,
 its command and `--note`, e.g. that the machine was shared); `--report-only` re-renders from saved results.

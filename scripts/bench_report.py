@@ -182,8 +182,15 @@ def render_readme(results: dict, runs: dict) -> dict[str, str]:
     """The README blocks this script owns, by name."""
     from bench_text import readme_engine, readme_summary
 
+    from bench_text_speed import readme_line
+
     figs, tables = figures(results, runs), sections(results, runs)
-    return {"engine": readme_engine(tables, results), "summary": readme_summary(figs)}
+    speed = readme_line(runs.get("before_after"))
+    summary = readme_summary(figs)
+    if speed:  # before the notes paragraph, with the other bullets
+        head, sep, notes = summary.partition("\n\nNotes on the runs")
+        summary = head + "\n" + speed + sep + notes
+    return {"engine": readme_engine(tables, results), "summary": summary}
 
 
 def readme_block(text: str, name: str) -> re.Match[str]:

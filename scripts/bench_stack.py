@@ -3,7 +3,9 @@ admission with expected-output vs worst-case reservations.
 
     stack_vs_engine(...)   the same FakeEngine timing, 8 streams × 200 tokens, read (a) straight from the
                            engine and (b) end to end: client → coordinator (keys, billing) → websocket →
-                           agent → engine and back as SSE. Aggregate tok/s and TTFT for each.
+                           agent → engine and back as SSE. Aggregate tok/s and TTFT for each, and the
+                           stack's CPU per token. The client runs in its own process (`--client`), as a
+                           consumer would: its HTTP parsing is not the stack's cost.
     admission_counts()     per Mac size and model: how many 32k-max_tokens requests (1,000-token prompts)
                            one warm slot admits reserving expected output vs prompt + max_tokens.
 """
@@ -11,12 +13,12 @@ admission with expected-output vs worst-case reservations.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 from agent.admission import SlotKV, admit_request, load_gate, reservation_bytes
 from agent.coordinator.http.app import build_app, running
@@ -24,10 +26,12 @@ from agent.coordinator.settings import CoordinatorSettings
 from agent.engine.fake import FakeEngine
 from agent.engine.fake_script import FakeScript
 from agent.engine.types import Delta, GenerationRequest
-from agent.testing.fleet.agent import SimAgent, fleet_catalog
+from agent.daemon.handler import LinkHandler, MemoryReading
+from agent.link.client import Link
+from agent.testing.fleet.agent import fleet_catalog
+from agent.wire.frames import Hardware
 from agent.testing.fleet.harness import funded_accounts
 from agent.testing.fleet.profiles import GPT_OSS, timing_for
-from agent.testing.fleet.sse import stream_chat
 
 GIB = 2**30
 SCALE = 0.05  # 20× compressed: 200 tokens at ~70 tok/s stream in ~0.15 s of real time
@@ -38,10 +42,54 @@ def _script(request: GenerationRequest) -> FakeScript:
     return FakeScript(output_tokens=TOKENS)
 
 
-async def _direct(rounds: int) -> tuple[float, list[float]]:
+class PacedSleep:
+    """The simulated engine's sleeps, paced against a running deadline, as an engine on its own thread runs:
+    MLX's steps take their time on the GPU whatever the event loop is doing, so a step that starts late
+    because the loop was busy (with the stack's own work) is not made a whole step later again. A plain
+    sleep after each step would charge every microsecond of the stack's CPU to the engine's step time, so
+    the stack could never fall behind the engine and its backpressure (deltas merged for a slow reader)
+    would never be measured. After an idle spell (no sleep for CATCH_UP_S) the deadline restarts from now."""
+
+    CATCH_UP_S = 0.05
+
+    def __init__(self, scale: float) -> None:
+        self.scale, self.due = scale, None
+
+    async def __call__(self, seconds: float) -> None:
+        now = time.monotonic()
+        start = self.due if self.due is not None and now - self.due < self.CATCH_UP_S else now
+        self.due = start + max(0.0, seconds) * self.scale
+        await asyncio.sleep(max(0.0, self.due - now))
+
+
+def _engine() -> FakeEngine:
     specs = fleet_catalog()
-    engine = FakeEngine(specs, memory_bytes=128 * GIB, timings={m: timing_for(m, 128) for m in specs},
-                        scripts=_script, time_scale=SCALE)
+    return FakeEngine(specs, memory_bytes=128 * GIB, timings={m: timing_for(m, 128) for m in specs},
+                      scripts=_script, time_scale=SCALE, sleep=PacedSleep(SCALE))
+
+
+async def _start_agent(url: str) -> tuple[FakeEngine, Link, asyncio.Task]:
+    """SimAgent's parts (agent/testing/fleet/agent.py), with the paced engine."""
+    engine = _engine()
+    hardware = Hardware(chip="Apple M4 Max", memory_bytes=128 * GIB, gpu_cores=40)
+    handler = LinkHandler(engine, fleet_catalog(), hardware, lambda: MemoryReading(128 * GIB, 96 * GIB))
+    link = Link(url, "fleet", handler)
+    await engine.start()
+    task = asyncio.create_task(link.run())
+    await engine.load(GPT_OSS)
+    handler.state_changed.set()
+    return engine, link, task
+
+
+async def _stop_agent(engine: FakeEngine, link: Link, task: asyncio.Task) -> None:
+    link.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await engine.stop()
+
+
+async def _direct(rounds: int) -> tuple[float, list[float]]:
+    engine = _engine()
     await engine.start()
     await engine.load(GPT_OSS)
     rates, ttfts = [], []
@@ -56,7 +104,7 @@ async def _direct(rounds: int) -> tuple[float, list[float]]:
                 if isinstance(event, Delta):
                     if n == 0:
                         ttfts.append(time.perf_counter() - started)
-                    n += 1
+                    n += event.num_tokens or 1  # a slow reader's deltas arrive merged
             return n
 
         counts = await asyncio.gather(*(one(i) for i in range(STREAMS)))
@@ -65,38 +113,66 @@ async def _direct(rounds: int) -> tuple[float, list[float]]:
     return statistics.median(rates), ttfts
 
 
-async def _end_to_end(rounds: int) -> tuple[float, list[float]]:
+async def _end_to_end(rounds: int) -> tuple[float, list[float], float]:
+    """The stack in this process (coordinator, agent, simulated engine), the consumer in its own: a client's
+    HTTP parsing is not the stack's cost. Also the stack's own CPU seconds per token (this process only)."""
     accounts, key = funded_accounts(Path(tempfile.mkdtemp()) / "keys.db")
     async with running(build_app(accounts, CoordinatorSettings(heartbeat_interval_s=0.5))) as server:
-        agent = await SimAgent(server.ws_url, memory_gb=128, preload=(GPT_OSS,), time_scale=SCALE,
-                               scripts=_script).start()
+        agent = await _start_agent(server.ws_url)
         router = server.coordinator.router
         while not (router.registry and all(p.heartbeat and p.heartbeat.slots[0].state == "idle"
                                            for p in router.registry)):
             await asyncio.sleep(0.01)
-        rates, ttfts = [], []
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
-            for r in range(rounds):
-                started = time.perf_counter()
-                results = await asyncio.gather(*(stream_chat(http, {
-                    "model": GPT_OSS, "messages": [{"role": "user", "content": f"go {r} {i}"}], "max_tokens": 1000},
-                    key=key) for i in range(STREAMS)))
-                rates.append(sum(x.num_chunks for x in results) / (time.perf_counter() - started))
-                ttfts += [x.ttft_s for x in results if x.ttft_s is not None]
-        await agent.stop()
+        cpu_started = time.process_time()
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--client", server.base_url, key, str(rounds),
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await client.communicate()
+        cpu_s = time.process_time() - cpu_started
+        await _stop_agent(*agent)
     accounts.close()
-    return statistics.median(rates), ttfts
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return statistics.median(result["rates"]), result["ttfts"], cpu_s / result["num_tokens"]
+
+
+async def _client(base_url: str, key: str, rounds: int) -> dict:
+    """The consumer's side: `rounds` rounds of STREAMS concurrent streams, timed here. The client reads raw
+    bytes (agent/testing/fleet/light_client.py): an SSE parser per event would make the client, not the
+    stack, what limits the rate."""
+    from agent.testing.fleet.light_client import stream_once
+
+    host, port = base_url.removeprefix("http://").split(":")
+    rates, ttfts, num_tokens = [], [], 0
+    for r in range(rounds):
+        started = time.perf_counter()
+        results = await asyncio.gather(*(stream_once(host, int(port), {
+            "model": GPT_OSS, "messages": [{"role": "user", "content": f"go {r} {i}"}], "max_tokens": 1000},
+            key=key) for i in range(STREAMS)))
+        # Tokens (the final usage event), not SSE events: deltas that arrive together are one event.
+        tokens = sum(x.tokens for x in results)
+        rates.append(tokens / (time.perf_counter() - started))
+        ttfts += [x.ttft_s for x in results if x.ttft_s is not None]
+        num_tokens += tokens
+    return {"rates": rates, "ttfts": ttfts, "num_tokens": num_tokens}
 
 
 async def stack_vs_engine(rounds: int = 5) -> dict:
     direct_tps, direct_ttft = await _direct(rounds)
-    e2e_tps, e2e_ttft = await _end_to_end(rounds)
+    e2e_tps, e2e_ttft, cpu_per_token = await _end_to_end(rounds)
     d50, e50 = statistics.median(direct_ttft), statistics.median(e2e_ttft)
     return {"streams": STREAMS, "tokens_per_stream": TOKENS, "time_scale": SCALE, "rounds": rounds,
             "engine_tok_s_real": round(direct_tps, 1), "end_to_end_tok_s_real": round(e2e_tps, 1),
             "end_to_end_vs_engine": round(e2e_tps / direct_tps, 3),
             "engine_ttft_p50_ms": round(d50 * 1000, 2), "end_to_end_ttft_p50_ms": round(e50 * 1000, 2),
-            "added_ttft_p50_ms": round((e50 - d50) * 1000, 2)}
+            "added_ttft_p50_ms": round((e50 - d50) * 1000, 2),
+            "stack_cpu_us_per_token": round(cpu_per_token * 1e6, 1), "client": "its own process"}
+
+
+def _main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--client":
+        print(json.dumps(asyncio.run(_client(sys.argv[2], sys.argv[3], int(sys.argv[4])))))
+    else:
+        print(json.dumps(asyncio.run(stack_vs_engine())))
 
 
 def admission_counts(prompt_tokens: int = 1000, max_tokens: int = 32768, ratio: float = 0.7) -> list[dict]:
@@ -126,3 +202,8 @@ def _count(spec, budget: int, margin: int, prompt: int, max_tokens: int, ratio: 
             return n
         reserved += decision.reservation_bytes
     return cap
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _main()

@@ -80,7 +80,11 @@ async def test_a_stream_is_exactly_openais_shape_with_one_done_at_the_end():
         chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         assert {c["id"] for c in chunks} == {response.headers["x-request-id"]} == {agent.received[0].request_id}
-        assert chunks[1]["choices"][0]["delta"] == {"reasoning": "The user "}
+        # Deltas that arrive together go out as one (token_merge.py): only the text is fixed, not how it is cut.
+        deltas = [c["choices"][0]["delta"] for c in chunks[1:-2]]
+        assert deltas and all(set(d) <= {"reasoning", "content"} and d for d in deltas)
+        assert "".join(d.get("reasoning", "") for d in deltas) == "The user greets."
+        assert "".join(d.get("content", "") for d in deltas) == "Hello, world"
         assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 25
         await agent.stop()

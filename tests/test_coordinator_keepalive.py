@@ -24,7 +24,7 @@ async def test_a_slow_first_token_is_preceded_by_keepalive_comments_and_the_sdk_
         assert response.status_code == 200 and response.headers["x-request-id"]
         head, _, rest = response.text.partition("data: ")
         assert head.count(": waiting for the first token\n\n") >= 2  # comments, before any data
-        assert '"content":"Hello"' in rest and rest.endswith("data: [DONE]\n\n")
+        assert '"content":"Hello' in rest and rest.endswith("data: [DONE]\n\n")
         client = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="local", max_retries=0)
         stream = await client.chat.completions.create(model=GPT.id, messages=MESSAGES, stream=True)
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "Hello, world"

@@ -52,11 +52,17 @@ async def test_a_stream_carries_the_calls_in_openais_exact_sse_shape():
         events = [json.loads(line[6:]) for line in response.text.splitlines()
                   if line.startswith("data: {")]
         deltas = [event["choices"][0]["delta"] for event in events]
-        calls = [delta["tool_calls"] for delta in deltas if "tool_calls" in delta]
-        assert calls[0] == [{"index": 0, "id": "call_a", "type": "function",
-                             "function": {"name": "get_weather", "arguments": ""}}]
-        assert calls[1] == [{"index": 0, "function": {"arguments": '{"city": '}}]
-        assert calls[3][0]["id"] == "call_b" and calls[3][0]["function"]["arguments"] == '{"city": "Rome"}'
+        # Pieces that arrive together go out as one delta (token_merge.py), so how the text is cut may vary;
+        # the shape may not: a call's first piece has its id, type and name, later ones only argument text.
+        pieces = [entry for delta in deltas for entry in delta.get("tool_calls", [])]
+        opening = {p["index"]: p for p in pieces if "id" in p}
+        assert {i: (p["id"], p["type"], p["function"]["name"]) for i, p in opening.items()} == {
+            0: ("call_a", "function", "get_weather"), 1: ("call_b", "function", "get_weather")}
+        assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"}
+                   for p in pieces if "id" not in p)
+        assert [next(p for p in pieces if p["index"] == i) for i in (0, 1)] == [opening[0], opening[1]]
+        arguments = {i: "".join(p["function"]["arguments"] for p in pieces if p["index"] == i) for i in (0, 1)}
+        assert arguments == {0: '{"city": "Paris"}', 1: '{"city": "Rome"}'}
         # the provider said stop, but the response made calls: finish_reason says so, as OpenAI's does
         assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
         await agent.stop()

@@ -23,6 +23,7 @@ SHARED_PURE = ("catalog.py", "kvcost.py", "admission.py", "errors.py", "safetens
                "wire/frames.py", "wire/protocol.py", "wire/chat_body.py", "wire/unknown_fields.py",
                "wire/body_options.py", "wire/logprobs.py", "wire/tools.py", "wire/tool_deltas.py",
                "wire/response_format.py", "wire/image_parts.py", "vision_tokens.py", "vision_cost.py",
+               "wire/chunk_batch.py",
                "daemon/config.py", "engine/schedule.py")
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from agent.errors import DarkbloomError
 from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.chunk_batch import InferenceResponseChunks
 from agent.wire.frames import (
     Cancel,
     ChunkDelta,
@@ -80,6 +81,9 @@ EXAMPLES = [
     Cancel(request_id="req-1"),
     LoadModel(model="gemma-4-26b"),
     UnloadModel(model="gemma-4-26b"),
+    InferenceResponseChunks(chunks=(InferenceResponseChunk(request_id="req-1", seq=1, delta=ChunkDelta(content="lo")),
+                                    InferenceResponseChunk(request_id="req-2", seq=3, delta=ChunkDelta(reasoning="so"),
+                                                           num_tokens=2))),
 ]
 
 # DESIGN.md §5: the names other coordinators rely on.
@@ -91,6 +95,7 @@ FIXED_FIELDS = {
     "cancel": {"request_id"}, "load_model": {"model"}, "unload_model": {"model"},
     "inference_accepted": {"request_id"}, "inference_rejected": {"request_id", "reason"},
     "inference_response_chunk": {"request_id", "seq", "delta"},
+    "inference_response_chunks": {"chunks"},
     "inference_complete": {"request_id", "usage", "finish_reason"},
     "inference_error": {"request_id", "code", "message", "retryable"},
 }
@@ -264,7 +269,8 @@ def test_the_json_schema_describes_both_directions_and_every_frame():
     to_coordinator = schema["$defs"]["ToCoordinator"]["discriminator"]["mapping"]
     assert set(to_agent) == {"registered", "inference_request", "cancel", "load_model", "unload_model", "error"}
     assert set(to_coordinator) == {"register", "heartbeat", "inference_accepted", "inference_rejected",
-                                   "inference_response_chunk", "inference_complete", "inference_error", "error"}
+                                   "inference_response_chunk", "inference_response_chunks", "inference_complete",
+                                   "inference_error", "error"}
     for ref in {*to_agent.values(), *to_coordinator.values()}:
         definition = schema["$defs"][ref.rsplit("/", 1)[1]]
         assert "type" in definition["required"] and "additionalProperties" not in definition  # ignored if unknown

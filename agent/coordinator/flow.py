@@ -4,7 +4,10 @@
               raises ApiError when there is none.
     next()    Token ... then Finished (settled from the agent's usage) or Broken (an error after the first
               token: never retried, the stream ends with finish_reason "error"). A stall (no text for
-              `stall_timeout_s`) or the stream's own deadline ends it Broken too.
+              `stall_timeout_s`) or the stream's own deadline ends it Broken too. A chunk whose seq is not
+              past the last one (a duplicate, or out of order) is dropped: its text was shown, or is stale.
+    ready()   the events next() would return without waiting (what arrived since), so a writer can send
+              a step's worth, or a slow client's backlog, in one write; it ends after a Finished or Broken.
     close()   every exit: cancels the attempt at the agent if one is open, and releases the hold unless
               the request was settled. Idempotent.
 
@@ -83,6 +86,8 @@ class RequestFlow:
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
         self._num_logprob_entries = 0  # shown so far: a stream has at most one per token
+        self._last_seq = -1  # of the last chunk taken: a row's seq only grows
+        self._num_stale_chunks = 0
 
     # -- before the first token (attempts.py)
     async def start(self) -> None:
@@ -108,6 +113,17 @@ class RequestFlow:
             if event is not None:
                 return event
 
+    def ready(self) -> list[Token | Finished | Broken]:
+        events: list[Token | Finished | Broken] = []
+        while (frame := self._first or self.exchange.next_event_nowait()) is not None:
+            self._first = None
+            event = self._convert(frame)
+            if event is not None:
+                events.append(event)
+                if not isinstance(event, Token):
+                    break
+        return events
+
     def _timed_out(self, *, is_stall: bool) -> Broken:
         self.router.observe(self.exchange, Outcome.STALLED if is_stall else Outcome.TIMEOUT)
         self.router.abandon(self.exchange, reason="stalled" if is_stall else "deadline")
@@ -118,6 +134,9 @@ class RequestFlow:
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
         if isinstance(frame, InferenceResponseChunk):
+            if frame.seq <= self._last_seq:
+                return self._stale(frame)
+            self._last_seq = frame.seq
             try:
                 uncovered = self.meter.num_tokens - self._num_logprob_entries
                 logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs, uncovered)
@@ -152,6 +171,13 @@ class RequestFlow:
             self._release(ReleaseReason.PROVIDER_ERROR)
             self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
+        return None
+
+    def _stale(self, frame: InferenceResponseChunk) -> None:
+        self._num_stale_chunks += 1
+        if self._num_stale_chunks == 1:  # once per request: a peer repeating itself is not worth a line each
+            log.warning("request.stale_chunk", request_id=self.exchange.request_id,
+                        provider_id=self.exchange.provider_id, seq=frame.seq, last_seq=self._last_seq)
         return None
 
     def _finish_reason(self, claimed: FinishReason) -> str:

@@ -67,6 +67,9 @@ class CoordinatorSettings:
     prewarm_free_fraction: float = 0.25  # load another provider when warm free KV falls below this share
     prewarm_queue_per_load: int = 8  # one more concurrent load for every this many queued requests
     prewarm_waiting_per_slot: int = 2  # ... or when warm slots average this many prompts waiting for prefill
+    # A plan reads every provider of the model: from heartbeats (1,000 providers send 500 a second) it runs at
+    # most this often per model; the heartbeats after it (one every few ms in such a fleet) run the next.
+    prewarm_heartbeat_interval_s: float = 0.25
     load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by

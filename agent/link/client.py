@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent.errors import DarkbloomError
+from agent.link.batching import encode_bounded, frames_to_send
 from agent.link.session import Event, LinkSession, LinkState
 from agent.wire.frames import ErrorFrame, Registered
 from agent.wire.protocol import MAX_FRAME_BYTES, Message, encode
@@ -199,10 +200,16 @@ class Link:
                     log.exception("link.handle_failed", frame=event.type)
 
     async def _send(self, ws: ClientConnection) -> None:
+        """Everything waiting goes out in one pass: a step's chunks as one batch (batching.py)."""
         while True:
-            frame = await self.outbox.get()
-            await ws.send(encode(frame))
-            self.outbox.task_done()
+            waiting = [await self.outbox.get()]
+            while not self.outbox.empty():
+                waiting.append(self.outbox.get_nowait())
+            for frame in frames_to_send(waiting, batch=self.session.batches_chunks):
+                for text in encode_bounded(frame):
+                    await ws.send(text)
+            for _ in waiting:
+                self.outbox.task_done()
 
     async def _heartbeat(self) -> None:
         """Every heartbeat_interval_s, and at once on every slot state change."""

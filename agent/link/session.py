@@ -11,6 +11,7 @@ so sequence numbers and per-request bookkeeping live in one place.
     session.state is REFUSED                  -> the coordinator speaks no protocol version we do:
                                                  fatal (session.refusal says why); reconnecting cannot help
     session.chunk(request_id, content, reasoning) -> InferenceResponseChunk with the next seq
+    session.batches_chunks                    -> the coordinator takes a step's chunks as one frame
     session.complete(...) / session.error(...) end a request; session.lost() forgets all of them
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agent.wire.chunk_batch import BATCHED_CHUNKS_MINOR
 from agent.wire.frames import (
     MAX_CHUNK_TOKENS,
     Cancel,
@@ -79,6 +81,7 @@ class LinkSession:
     num_heartbeats: int = 0
     streams: dict[str, _Stream] = field(default_factory=dict)
     protocol_version: int | None = None  # chosen by the coordinator
+    coordinator_minor: int = 0  # its minor of that version: from BATCHED_CHUNKS_MINOR it takes batched chunks
     refusal: str | None = None  # why the coordinator and this agent cannot talk, once REFUSED
     unknown_fields: UnknownFields = field(default_factory=UnknownFields)
 
@@ -110,9 +113,15 @@ class LinkSession:
                          f"({MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}); upgrade the agent")
             return []
         self.state, self.protocol_version = LinkState.READY, version
+        self.coordinator_minor = message.protocol_minor
         self.provider_id = message.provider_id
         self.heartbeat_interval_s = message.heartbeat_interval_s
         return [message]
+
+    @property
+    def batches_chunks(self) -> bool:
+        """May a step's chunks go as one inference_response_chunks frame (agent/link/batching.py)."""
+        return self.state is LinkState.READY and self.coordinator_minor >= BATCHED_CHUNKS_MINOR
 
     def _refuse(self, reason: str) -> None:
         self.state, self.refusal = LinkState.REFUSED, reason

@@ -302,7 +302,7 @@ class Registered(Frame):
     provider_id: Label
     heartbeat_interval_s: Annotated[float, Field(gt=0, le=300)]
     protocol_version: Count | None = None  # the major version chosen; None: a coordinator from before versions
-    protocol_minor: Count = 0  # the coordinator's own minor of it
+    protocol_minor: Count = 0  # the coordinator's own minor of it: from 4 it accepts inference_response_chunks
     settings: Annotated[dict[Label, Setting], Field(max_length=64)] = {}  # open-ended; unknown keys ignored
 
 

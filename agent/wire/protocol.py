@@ -21,7 +21,9 @@ major is ProtocolVersionUnsupported, which the agent treats as fatal.
 Public names: PROTOCOL_VERSION, PROTOCOL_MINOR, MIN_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSION,
 MAX_FRAME_BYTES, MAX_REGISTER_FRAME_BYTES, Direction, Message, AgentMessage, CoordinatorMessage, ProtocolError, FrameTooLarge,
 FrameNotJson, UnknownMessageType, InvalidField, ProtocolVersionUnsupported, parse_message, negotiate,
-validate_chat_request, encode, json_schema; the frame classes are re-exported from agent.wire.frames.
+validate_chat_request, encode, json_schema; the frame classes are re-exported from agent.wire.frames (and the
+batched chunks from agent.wire.chunk_batch). A batch with some bad rows parses to the batch of its good ones;
+`frame.rejected_rows` names the others, so one bad row never breaks the other rows' streams.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from agent.errors import DarkbloomError
 from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.chunk_batch import InferenceResponseChunks, salvage_rows
 from agent.wire.frames import (
     MAX_ID_CHARS,
     MAX_REASON_CHARS,
@@ -54,23 +57,24 @@ from agent.wire.frames import (
 from agent.wire.unknown_fields import UnknownFields, without_unknown_fields
 
 PROTOCOL_VERSION = 1  # the newest major version this release speaks
-PROTOCOL_MINOR = 3  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on chunks; 3: logprobs on chunks
+PROTOCOL_MINOR = 4  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on
+# chunks; 3: logprobs on chunks; 4: inference_response_chunks (agent/wire/chunk_batch.py), sent only to a coordinator of 4+
 MIN_PROTOCOL_VERSION = 1  # the oldest major it still speaks
 LEGACY_PROTOCOL_VERSION = 1  # what a peer that names no version (one from before negotiation) speaks
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a full 262k-token prompt is ~1-3 MiB of JSON
 MAX_REGISTER_FRAME_BYTES = 256 * 1024  # a register (and anything before it): 64 models with layouts is ~100 KiB
 
 AgentMessage = Annotated[
-    Union[Register, Heartbeat, InferenceAccepted, InferenceRejected, InferenceResponseChunk, InferenceComplete,
-          InferenceError, ErrorFrame],
+    Union[Register, Heartbeat, InferenceAccepted, InferenceRejected, InferenceResponseChunk, InferenceResponseChunks,
+          InferenceComplete, InferenceError, ErrorFrame],
     Field(discriminator="type"),
 ]
 CoordinatorMessage = Annotated[
     Union[Registered, InferenceRequest, Cancel, LoadModel, UnloadModel, ErrorFrame], Field(discriminator="type")
 ]
 Message = Union[Register, Heartbeat, InferenceAccepted, InferenceRejected, InferenceResponseChunk,
-                InferenceComplete, InferenceError, ErrorFrame, Registered, InferenceRequest, Cancel, LoadModel,
-                UnloadModel]
+                InferenceResponseChunks, InferenceComplete, InferenceError, ErrorFrame, Registered, InferenceRequest,
+                Cancel, LoadModel, UnloadModel]
 
 
 class Direction(StrEnum):
@@ -82,6 +86,7 @@ _ADAPTERS = {Direction.TO_COORDINATOR: TypeAdapter(AgentMessage), Direction.TO_A
 _CHAT_ADAPTER = TypeAdapter(ChatCompletionBody)
 _CLASSES = {direction: {member.model_fields["type"].default: member for member in get_args(get_args(union)[0])}
             for direction, union in ((Direction.TO_COORDINATOR, AgentMessage), (Direction.TO_AGENT, CoordinatorMessage))}
+_BATCH_TYPE = InferenceResponseChunks.model_fields["type"].default
 _TYPES = {direction: set(classes) for direction, classes in _CLASSES.items()}
 
 
@@ -142,11 +147,19 @@ def parse_message(data: str | bytes, *, direction: Direction | str,
         unknown = unknown_fields if unknown_fields is not None else UnknownFields(max_names=0)
         tolerated = frame_class and without_unknown_fields(errors, raw, frame_class, unknown)
         if not tolerated:
-            return _explain(exc, raw, direction)
+            return _salvaged(errors, raw) or _explain(exc, raw, direction)
     try:  # again without them: what is left must be valid on its own
         return _ADAPTERS[direction].validate_json(tolerated, strict=True)
     except ValidationError as exc:
-        return _explain(exc, tolerated, direction)
+        return _salvaged(exc.errors(include_url=False, include_input=False), tolerated) or _explain(
+            exc, tolerated, direction)
+
+
+def _salvaged(errors: list[Any], raw: bytes) -> InferenceResponseChunks | None:
+    """A batch whose only problems are in some of its rows keeps the others (chunk_batch.py)."""
+    if not errors or not errors[0]["loc"] or errors[0]["loc"][0] != _BATCH_TYPE:
+        return None
+    return salvage_rows(raw, errors)
 
 
 def negotiate(register: Register) -> int | ProtocolVersionUnsupported:

@@ -40,6 +40,7 @@ from agent.coordinator.http.request_life import send_part as _part
 from agent.coordinator.http.request_life import send_response as _send_response
 from agent.coordinator.image_inputs import ImageFacts
 from agent.coordinator.metrics import CONTENT_TYPE
+from agent.coordinator.token_merge import merge
 from agent.coordinator.privacy import is_operator
 from agent.wire.chat_body import ChatCompletionBody
 
@@ -85,21 +86,24 @@ class ChatCompletions(RequestLife):
             await self.start_stream(flow, body, send)
         head = fmt.role()  # goes out with the first token: one write instead of two
         while True:
-            event = await flow.next()
-            if isinstance(event, Token):
-                if event.content or event.reasoning or event.tool_calls:
-                    await _part(send, head + fmt.delta(event.content, event.reasoning, event.logprobs,
-                                                       event.tool_calls))
-                    head = b""
+            first = await flow.next()
+            # What arrived with it (the rest of the step, or a slow client's backlog) goes in the same write.
+            token, end = merge([first, *flow.ready()] if isinstance(first, Token) else [first])
+            data = b""
+            if token is not None and (token.content or token.reasoning or token.tool_calls):
+                data, head = head + fmt.delta(token.content, token.reasoning, token.logprobs, token.tool_calls), b""
+            if end is None:
+                if data:
+                    await _part(send, data)
                 continue
-            if isinstance(event, Finished):
-                tail = fmt.finish(event.finish_reason) + (fmt.usage(event.usage) if include_usage else b"")
+            if isinstance(end, Finished):
+                tail = fmt.finish(end.finish_reason) + (fmt.usage(end.usage) if include_usage else b"")
                 outcome = "ok"
             else:
                 flow.close(ReleaseReason.PROVIDER_ERROR)
-                tail = fmt.finish("error") + fmt.error(event.message, event.code)
+                tail = fmt.finish("error") + fmt.error(end.message, end.code)
                 outcome = "stream_error"
-            await _part(send, head + tail + DONE, more=False)
+            await _part(send, data + head + tail + DONE, more=False)
             self.coordinator.metrics.request(body.model, outcome)
             return
 

@@ -44,8 +44,12 @@ from agent.wire.tool_deltas import coalesce_tool_deltas
 DONE = b"data: [DONE]\n\n"
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps makes one a call
+_dumps = _ENCODER.encode
+
+
 def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    data = _dumps(payload)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {data}\n\n".encode()
 
@@ -77,9 +81,12 @@ class StreamFormat:
         self.completion_id, self.model, self.reasoning_field = completion_id, model, reasoning_field
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
+        self._frames: dict[int, tuple[str, str]] = {}  # per choice index: the text around a delta (_delta_chunk)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: Sequence[TokenLogprob] = (), index: int = 0) -> bytes:
+        if finish_reason is None:
+            return self._delta_chunk(_dumps(delta), logprobs, index)
         choice = {"index": index, "delta": delta, "logprobs": logprobs_body(logprobs) if logprobs else None,
                   "finish_reason": finish_reason}
         chunk = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
@@ -87,6 +94,23 @@ class StreamFormat:
         if self.include_usage:
             chunk["usage"] = None
         return sse(chunk)
+
+    def _delta_chunk(self, delta_json: str, logprobs: Sequence[TokenLogprob], index: int) -> bytes:
+        """The same bytes as sse(chunk) for a chunk without a finish_reason, from a prefix and suffix made once
+        per stream: the hot path encodes only the delta (and logprobs), not the envelope around it."""
+        frame = self._frames.get(index)
+        if frame is None:
+            frame = self._frames[index] = self._frame(index)
+        lp = _dumps(logprobs_body(logprobs)) if logprobs else "null"
+        return f"{frame[0]}{delta_json},\"logprobs\":{lp}{frame[1]}".encode()
+
+    def _frame(self, index: int) -> tuple[str, str]:
+        # The key order of _chunk's dicts: tests/test_sse_format.py holds the two paths to the same bytes.
+        head = (f'data: {{"id":{_dumps(self.completion_id)},"object":"chat.completion.chunk",'
+                f'"created":{_dumps(self.created)},"model":{_dumps(self.model)},"system_fingerprint":null,'
+                f'"choices":[{{"index":{_dumps(index)},"delta":')
+        tail = ',"finish_reason":null}]' + (',"usage":null' if self.include_usage else "") + "}\n\n"
+        return head, tail
 
     def role(self, index: int = 0) -> bytes:
         return self._chunk({"role": "assistant", "content": ""}, index=index)

@@ -32,12 +32,14 @@ from agent.coordinator.http.link_caps import LinkCaps, credential_key
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.http.provider_auth import ProviderCredential, admit_provider
 from agent.coordinator.routing.registry import ProviderRecord
+from agent.wire.chunk_batch import InferenceResponseChunks
 from agent.wire.frames import ErrorFrame, Register, Registered
 from agent.wire.protocol import (
     MAX_REGISTER_FRAME_BYTES,
     PROTOCOL_MINOR,
     Direction,
     FrameTooLarge,
+    InvalidField,
     Message,
     ProtocolError,
     encode,
@@ -165,6 +167,9 @@ class ProviderEndpoint:
             for name in unknown.drain():
                 if budget.log.allow():
                     log.info("provider.unknown_field", client=str(websocket.client), field=name)
+            if isinstance(frame, InferenceResponseChunks) and frame.rejected_rows:
+                if not self._answer_rows(websocket, outbox, frame, budget):
+                    return None
             if not isinstance(frame, ProtocolError):
                 return frame
             self.coordinator.metrics.bad_frames.labels(frame.code).inc()
@@ -176,6 +181,22 @@ class ProviderEndpoint:
                 log.warning("provider.bad_frame", code=frame.code, message=frame.message[:256],
                             client=str(websocket.client), num_suppressed=budget.log.take_suppressed())
             outbox.put_nowait(frame.to_frame())
+
+    def _answer_rows(self, websocket: WebSocket, outbox: asyncio.Queue, frame: InferenceResponseChunks,
+                     budget: _BadFrames) -> bool:
+        """An error frame for each bad row of a batch (its good rows go on); False once they are a flood."""
+        for row in frame.rejected_rows:
+            self.coordinator.metrics.bad_frames.labels(InvalidField.code).inc()
+            if not budget.flood.allow():
+                log.warning("provider.bad_frame_flood", client=str(websocket.client))
+                outbox.put_nowait(_Close("too many bad frames", CLOSE_POLICY))
+                return False
+            if budget.log.allow():
+                log.warning("provider.bad_row", field=row.field, message=row.message[:256], request_id=row.request_id,
+                            client=str(websocket.client), num_suppressed=budget.log.take_suppressed())
+            outbox.put_nowait(InvalidField(f"inference_response_chunks frame: row {row.index}: field {row.field!r}: "
+                                           f"{row.message}", field=row.field, request_id=row.request_id).to_frame())
+        return True
 
     async def _pump(self, websocket: WebSocket, outbox: asyncio.Queue) -> None:
         while True:

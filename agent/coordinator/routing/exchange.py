@@ -55,3 +55,11 @@ class Exchange:
             attempt, frame = await self.events.get()
             if attempt == self.attempt:
                 return frame
+
+    def next_event_nowait(self) -> Any:
+        """The next frame of the current attempt if one is waiting already, else None."""
+        while not self.events.empty():
+            attempt, frame = self.events.get_nowait()
+            if attempt == self.attempt:
+                return frame
+        return None

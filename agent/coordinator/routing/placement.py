@@ -222,19 +222,21 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
     others: list[tuple[ProviderRecord, Offer]] = []
+    tier_now = reputation.clock() if reputation is not None else 0.0  # read once: this loop may see 1,000
     for provider, offer in offers:
+        pid = provider.provider_id
         unusable = _unusable(provider, offer) or _quarantined(provider, reputation) or _blind(offer, ask)
-        if provider.provider_id in exclude:
-            placement.never[provider.provider_id] = exclude[provider.provider_id]
+        if pid in exclude:
+            placement.never[pid] = exclude[pid]
         elif unusable:
-            placement.never[provider.provider_id] = unusable
+            placement.never[pid] = unusable
         elif offer.is_warm:
-            tier = reputation.tier(provider.provider_id) if reputation is not None else 0
-            warm.append((_rank(offer, tier), provider, offer))
+            tier = reputation.tier(pid, tier_now) if reputation is not None else 0
+            warm.append((_queue_rank(offer, tier), provider, offer))
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
-    for i, (_, provider, offer) in enumerate(warm):
+    for i, (provider, offer) in enumerate(_by_free_kv_within_ties(warm)):
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = len(warm) - i + len(others)
             return placement
@@ -253,6 +255,9 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
 
 
 def _unusable(provider: ProviderRecord, offer: Offer) -> str:
+    heartbeat = provider.heartbeat
+    if offer.entry.fits and offer.spec is not None and not (heartbeat is not None and heartbeat.draining):
+        return ""  # the usual case, decided without a call per test: this runs for every provider per decision
     if not offer.entry.fits:
         return f"does not fit this machine: {offer.entry.fit_reason}"
     if offer.spec is None:
@@ -279,10 +284,29 @@ def _rank(offer: Offer, trust_tier: int = 0) -> tuple:
     the most trusted, then the most free KV. Rows before KV: every extra row slows each stream of a batch
     and queues its prefill behind the others', so an idle warm slot beats a busy big one. Trust before KV:
     free KV is a claim, so it decides only between providers that have shown as much."""
-    status, pending = offer.status, offer.pending
-    waiting = status.num_waiting + max(0, pending.load_delta)
-    busy = max(0, status.num_running + status.num_waiting + pending.load_delta)
-    return waiting, busy, -trust_tier, -slot_view(offer).free_bytes
+    return *_queue_rank(offer, trust_tier), -slot_view(offer).free_bytes
+
+
+def _queue_rank(offer: Offer, trust_tier: int) -> tuple[int, int, int]:
+    """_rank without its last part, free KV: the part that costs nothing to compute."""
+    status, delta = offer.status, offer.pending.load_delta
+    return status.num_waiting + max(0, delta), max(0, status.num_running + status.num_waiting + delta), -trust_tier
+
+
+def _by_free_kv_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
+    """`warm` (sorted by _queue_rank) in _rank's order: free KV is computed only for the groups of equal
+    queue rank a lazy search reaches, so a decision over 1,000 providers does not net 1,000 KV views."""
+    start = 0
+    while start < len(warm):
+        end = start + 1
+        while end < len(warm) and warm[end][0] == warm[start][0]:
+            end += 1
+        group = warm[start:end]
+        if len(group) > 1:
+            group.sort(key=lambda item: -slot_view(item[2]).free_bytes)
+        for _, provider, offer in group:
+            yield provider, offer
+        start = end
 
 
 def _quarantined(provider: ProviderRecord, reputation: ReputationBook | None) -> str:

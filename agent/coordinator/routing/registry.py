@@ -32,8 +32,28 @@ WARM_STATES = frozenset({SlotState.IDLE, SlotState.RUNNING})
 COLD_BEATS_BEFORE_REFUSED = 2  # heartbeats still showing cold after a load_model: the agent refused it
 
 
+MAX_INTERNED_SPECS = 1024  # distinct specs shared between providers; a peer inventing more only loses the sharing
+_interned: dict[ModelSpec, ModelSpec] = {}
+
+
+def _shared(spec: ModelSpec) -> ModelSpec:
+    """One instance per distinct spec: admission's caches then compare a spec by identity, not layer by layer."""
+    found = _interned.get(spec)
+    if found is not None:
+        return found
+    if len(_interned) < MAX_INTERNED_SPECS:
+        _interned[spec] = spec
+    return spec
+
+
 def spec_for_entry(entry: ModelEntry, catalog: dict[str, ModelSpec]) -> tuple[ModelSpec | None, str]:
-    """The exact ModelSpec of a registered model, or None and why the coordinator cannot admit for it."""
+    """The exact ModelSpec of a registered model (shared with every provider that registers the same one), or
+    None and why the coordinator cannot admit for it."""
+    spec, error = _spec_for_entry(entry, catalog)
+    return (_shared(spec) if spec is not None else None), error
+
+
+def _spec_for_entry(entry: ModelEntry, catalog: dict[str, ModelSpec]) -> tuple[ModelSpec | None, str]:
     layout, known = entry.kv_layout, catalog.get(entry.id)
     # A model the catalog knows is never planned beyond the catalog's context, whatever the peer claims.
     max_context = min(entry.max_context, known.max_context) if known is not None else entry.max_context

@@ -144,16 +144,17 @@ class ReputationBook:
             self._count_failure(reputation, now)
 
     # -- what placement reads
-    def trust(self, provider_id: str) -> float:
+    def trust(self, provider_id: str, now: float | None = None) -> float:
         reputation = self._by_id.get(provider_id)
         if reputation is None:
             return PRIOR_GOOD / (PRIOR_GOOD + PRIOR_BAD)
-        self._decay(reputation, self.clock())
+        self._decay(reputation, self.clock() if now is None else now)
         return reputation.trust
 
-    def tier(self, provider_id: str) -> int:
+    def tier(self, provider_id: str, now: float | None = None) -> int:
+        """`now`: the clock read once by a caller that asks this of many providers in one step."""
         num_tiers = self.settings.num_trust_tiers
-        return min(num_tiers - 1, int(self.trust(provider_id) * num_tiers))
+        return min(num_tiers - 1, int(self.trust(provider_id, now) * num_tiers))
 
     def max_in_flight(self, provider_id: str) -> int | None:
         """How many requests it may hold at once while it is unproven (None: no such cap)."""
@@ -163,8 +164,10 @@ class ReputationBook:
 
     def quarantine_reason(self, provider_id: str) -> str:
         reputation = self._by_id.get(provider_id)
+        if reputation is None or not reputation.quarantined_until:  # never quarantined: no clock read (placement
+            return ""                                                # asks this of every provider, every decision)
         now = self.clock()
-        if reputation is None or not self._is_quarantined(reputation, now):
+        if not self._is_quarantined(reputation, now):
             return ""
         return (f"quarantined for {reputation.quarantined_until - now:.0f} s more after "
                 f"{self.settings.quarantine_after_failures} failures within {self.settings.quarantine_window_s:g} s "
@@ -202,9 +205,10 @@ class ReputationBook:
     def _decay(self, reputation: Reputation, now: float) -> None:
         elapsed = now - reputation.decayed_at
         if elapsed > 0:
-            factor = 0.5 ** (elapsed / self.settings.reputation_half_life_s)
-            reputation.good *= factor
-            reputation.bad *= factor
+            if reputation.good or reputation.bad:  # nothing to halve for a provider with no outcomes yet
+                factor = 0.5 ** (elapsed / self.settings.reputation_half_life_s)
+                reputation.good *= factor
+                reputation.bad *= factor
             reputation.decayed_at = now
 
     @staticmethod

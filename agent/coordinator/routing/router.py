@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from math import inf
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from agent.coordinator.routing.reputation import Outcome, Reputation, Reputation
 from agent.coordinator.routing.waitqueue import Waiter, WaitQueue
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
+from agent.wire.chunk_batch import InferenceResponseChunks
 from agent.wire.frames import (
     Cancel,
     ErrorFrame,
@@ -79,6 +81,7 @@ class Router:
         self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
+        self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],
@@ -155,6 +158,9 @@ class Router:
         elif isinstance(frame, Register):
             provider.send(ErrorFrame(code="already_registered", message="this link is registered already; "
                                      "reconnect to register again"))
+        elif isinstance(frame, InferenceResponseChunks):
+            for chunk in frame.chunks:  # each row exactly as a single chunk frame (chunk_batch.py)
+                self._request_frame(provider, chunk)
         elif isinstance(frame, ErrorFrame):
             log.warning("provider.complaint", provider_id=provider.provider_id, code=frame.code, message=frame.message,
                         request_id=frame.request_id)
@@ -178,7 +184,8 @@ class Router:
                 log.info("pending.expire", provider_id=provider.provider_id, request_id=entry.request_id)
         for model in provider.offers:
             self.wake(model, provider)
-            self.prewarm(model)
+            if now - self._planned_at.get(model, -inf) >= self.settings.prewarm_heartbeat_interval_s:
+                self.prewarm(model)
 
     def _request_frame(self, provider: ProviderRecord, frame: Message) -> None:
         request_id = frame.request_id
@@ -320,7 +327,7 @@ class Router:
 
     def prewarm(self, model: str) -> None:
         queue = self.queues.get(model)
-        now = self.clock()
+        now = self._planned_at[model] = self.clock()
         plan = plan_loads(self.registry.offers(model), model=model, num_queued=len(queue) if queue else 0, now=now,
                           settings=self.settings)
         for provider in plan.providers:

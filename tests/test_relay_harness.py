@@ -1,0 +1,39 @@
+"""The fleet-scale benchmark's parts on a real coordinator over loopback (scripts/bench_relay.py uses them in
+other processes): lightweight scripted providers stream batched or per-row chunks, a raw-bytes consumer
+reads every token the coordinator counted, and a heartbeating fleet stays registered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.testing.fleet.light_client import stream_once
+from agent.testing.fleet.relay_peer import start_peers, stop_peers
+from tests.provider_support import FAST, coordinator, eventually
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched frames", "one frame per row"])
+async def test_scripted_providers_relay_every_token_to_raw_consumers(batched):
+    async with coordinator(FAST) as server:
+        peers = await start_peers(server.ws_url, 2, batched=batched, step_s=0.005)
+        host, port = server.base_url.removeprefix("http://").split(":")
+        body = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "relay"}], "max_tokens": 12}
+        results = await asyncio.gather(*(stream_once(host, int(port), body, key="local", timeout_s=10)
+                                         for _ in range(4)))
+        assert [(r.ok, r.tokens) for r in results] == [(True, 12)] * 4
+        assert all(r.ttft_s is not None and r.ttft_s <= r.seconds for r in results)
+        frames = sum(peer.num_frames for peer in peers)
+        assert frames < 4 * 12 if batched else frames == 4 * 12  # a step's rows share a frame when batched
+        assert server.coordinator.accounts.num_holds == 0
+        await stop_peers(peers)
+
+
+async def test_a_heartbeating_fleet_of_scripted_providers_stays_registered():
+    async with coordinator(FAST) as server:
+        peers = await start_peers(server.ws_url, 20)
+        assert len(peers) == 20
+        router = server.coordinator.router
+        await eventually(lambda: all(peer.num_heartbeats >= 3 for peer in peers), timeout=5, what="three beats each")
+        assert len(router.registry) == 20 and not router.evict_stale()
+        await stop_peers(peers)
