@@ -190,6 +190,7 @@ def _message(message: ChatMessage) -> dict[str, Any]:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of the prompt tokens, those whose KV came from the prefix cache (not prefilled)
 
 
 @dataclass(frozen=True, slots=True)
