@@ -74,13 +74,14 @@ class SustainedRun:
 def load_runs(results_dir: Path) -> dict:
     """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun],
     "constrained": scripts/bench_constrained.py's result or None, "vision": scripts/bench_vision.py's or None,
-    "vision_install": scripts/measure_vision_install.py's or None}."""
+    "vision_install": scripts/measure_vision_install.py's or None, "prefix": scripts/bench_prefix.py's or None}."""
     def saved(name: str) -> dict | None:
         path = results_dir / name
         return json.loads(path.read_text()) if path.exists() else None
 
     runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [], "constrained": saved("constrained.json"),
-                  "vision": saved("vision.json"), "vision_install": saved("vision_install.json")}
+                  "vision": saved("vision.json"), "vision_install": saved("vision_install.json"),
+                  "prefix": saved("prefix.json")}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():

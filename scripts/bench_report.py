@@ -11,7 +11,7 @@ from bench_figures import ERRORS, GEMMA, GPT, MODEL_KEYS, SustainedRun, f, figur
 __all__ = ["load_runs", "render_performance", "render_readme", "update_readme", "write_report"]
 
 # The README blocks this script owns: everything between a start and an end marker is rewritten.
-README_BLOCKS = ("engine", "summary")
+README_BLOCKS = ("engine", "summary", "prefix")
 
 
 def plot(run: SustainedRun, png: Path) -> None:
@@ -180,10 +180,12 @@ def render_performance(results: dict, runs: dict) -> str:
 
 def render_readme(results: dict, runs: dict) -> dict[str, str]:
     """The README blocks this script owns, by name."""
+    from bench_prefix_text import prefix_section
     from bench_text import readme_engine, readme_summary
 
     figs, tables = figures(results, runs), sections(results, runs)
-    return {"engine": readme_engine(tables, results), "summary": readme_summary(figs)}
+    return {"engine": readme_engine(tables, results), "summary": readme_summary(figs),
+            "prefix": prefix_section(runs.get("prefix"))}
 
 
 def readme_block(text: str, name: str) -> re.Match[str]:

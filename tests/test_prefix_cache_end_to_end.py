@@ -5,6 +5,9 @@ a provider claiming more cached tokens than the prompt is held to the prompt."""
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
+
 import openai
 
 from agent.coordinator.usage import UsageMeter
@@ -40,9 +43,13 @@ def test_the_second_turn_of_a_conversation_reports_its_cached_prompt_tokens_stre
             # The heartbeat carries the cached bytes (the coordinator's view of the slot).
             await eventually(lambda: any(offer.status is not None and offer.status.kv_cached_bytes > 0
                                          for _, offer in registry.offers(MODEL)), timeout=10, what="kv_cached_bytes")
-            return first, second, chunks[-1], slot
+            scrape = await asyncio.to_thread(urllib.request.urlopen, server.base_url + "/metrics")
+            metrics = scrape.read().decode()
+            return first, second, chunks[-1], slot, metrics
 
-    first, second, last_chunk, slot = run(scenario())
+    first, second, last_chunk, slot, metrics = run(scenario())
+    cached_line = next(line for line in metrics.splitlines() if line.startswith(f'darkbloom_kv_cached_bytes{{model="{MODEL}"'))
+    assert float(cached_line.split()[-1]) > 0
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     assert 0 < second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
     streamed = last_chunk.usage

@@ -196,6 +196,9 @@ class Coordinator:
         yield ("darkbloom_requests_in_flight", "Requests at providers per model", ["model"],
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
+        yield ("darkbloom_kv_cached_bytes", "Prefix-cache bytes the providers hold per model (free-able room)",
+               ["model"], [([model], sum(o.status.kv_cached_bytes for _, o in router.registry.offers(model)
+                                         if o.status is not None)) for model in router.registry.models()])
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
         yield ("darkbloom_providers_quarantined", "Providers quarantined now", [],
                [([], router.reputation.num_quarantined())])
