@@ -217,7 +217,9 @@ def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: Slo
 
 def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
           exclude: dict[str, str] | None = None, lazy: bool = True,
-          reputation: ReputationBook | None = None) -> Placement:
+          reputation: ReputationBook | None = None, preferred: str | None = None) -> Placement:
+    """`preferred`: the provider holding the request's prefix, tried first while it is not much busier than
+    the least busy warm slot (settings.prefix_affinity_slack_rows): overlap against load."""
     placement = Placement(ask.model)
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
@@ -234,6 +236,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
+    _prefer(warm, preferred, settings.prefix_affinity_slack_rows)
     for i, (_, provider, offer) in enumerate(warm):
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = len(warm) - i + len(others)
@@ -250,6 +253,16 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         _potential(placement, provider, offer, residency, reason, ask)
     placement.uncertain.sort(key=lambda option: _rank(option.offer))
     return placement
+
+
+def _prefer(warm: list[tuple[tuple, ProviderRecord, Offer]], preferred: str | None, slack_rows: int) -> None:
+    """Move the preferred provider to the front when its queue and rows are within the slack of the best's."""
+    index = next((i for i, (_, p, _) in enumerate(warm) if p.provider_id == preferred), None)
+    if not index:  # absent, or first already
+        return
+    (best_waiting, best_busy, *_), (waiting, busy, *_) = warm[0][0], warm[index][0]
+    if waiting <= best_waiting and busy <= best_busy + slack_rows:
+        warm.insert(0, warm.pop(index))
 
 
 def _unusable(provider: ProviderRecord, offer: Offer) -> str:
