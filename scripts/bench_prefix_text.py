@@ -19,10 +19,11 @@ def prefix_section(result: dict | None) -> str:
     rows = result["per_turn"]
     growth = round((rows[-1]["prompt_tokens"] - rows[0]["prompt_tokens"]) / max(1, len(rows) - 1))
     table = "\n".join(prefix_table(result))
+    note = f"; {result['note']}" if result.get("note") else ""
     return f"""`{result['command']}` ({result['variant']}: random weights at the real attention widths, on this
 shared 2-core CPU; {result['repeats']} conversation(s) of {result['turns']} turns, each turn about {growth} tokens longer, replies of
 {result['reply_tokens']} greedy tokens; the two engines take each turn alternately, so load falls on both alike; the
-1-minute load average was {result['load_average'][0]} before and {result['load_average'][1]} after):
+1-minute load average was {result['load_average'][0]} before and {result['load_average'][1]} after{note}):
 
 {table}
 
