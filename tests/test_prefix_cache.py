@@ -129,3 +129,29 @@ def test_a_prompt_that_diverges_before_the_cached_end_reuses_a_cut_back_prefix_o
     # Cutting the long entry back by half would be inexact (its sliding layers dropped keys): refused; at most
     # the BOS it shares with the short entry is reused.
     assert cached[3][0] <= 1
+
+
+def test_a_prompt_with_images_is_neither_kept_nor_served_from_the_cache(tiny_models_dir):
+    pytest.importorskip("mlx_vlm")
+    from tests.vision_support import VISION_MODEL, image_message, noise_image
+
+    def ask(request_id: str, message: dict) -> GenerationRequest:
+        return GenerationRequest.from_openai(request_id, VISION_MODEL, {"messages": [message], "temperature": 0,
+                                                                        "max_tokens": 4})
+
+    async def scenario():
+        async with MLXEngine({VISION_MODEL: tiny_models_dir / VISION_MODEL}) as engine:
+            await engine.load(VISION_MODEL)
+            runs = []
+            for request_id, image in (("a", noise_image(96, 96, seed=1)), ("b", noise_image(96, 96, seed=2))):
+                runs.append(await outputs(engine, VISION_MODEL, [ask(request_id, image_message("What?", image))]))
+            image_cached_bytes = ledger(engine, VISION_MODEL)
+            text = ask("t", {"role": "user", "content": "What?"})
+            runs.append(await outputs(engine, VISION_MODEL, [text]))
+            return runs, image_cached_bytes, ledger(engine, VISION_MODEL)
+
+    runs, after_images, after_text = run(scenario())
+    assert [cached for _, cached in runs[:2]] == [[0], [0]]  # the same text with another image: nothing reused
+    assert runs[0][0] != runs[1][0]  # the features are what the model read
+    assert after_images == (0, 0)  # nothing kept of either image prompt
+    assert after_text[0] == after_text[1] > 0  # a text prompt is kept as usual

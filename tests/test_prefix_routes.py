@@ -113,3 +113,16 @@ async def test_a_prompt_cache_key_sends_different_conversations_to_one_provider_
         assert served_by(agents, busy.id) != holder
         for agent in agents:
             await agent.stop()
+
+
+async def test_a_prompt_cache_key_too_long_or_not_a_string_is_a_400_naming_it():
+    async with coordinator() as server:
+        agent = await provider(server, GPT)
+        client = sdk(server)
+        for bad in ("k" * (MAX_PROMPT_CACHE_KEY_CHARS + 1), 42, ""):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model=GPT.id, messages=TURN_1, max_tokens=8,
+                                                     extra_body={"prompt_cache_key": bad})
+            assert "prompt_cache_key" in refused.value.message
+        assert agent.received == []  # refused before any provider saw it
+        await agent.stop()
