@@ -105,3 +105,12 @@ def test_a_shrinking_budget_evicts_cached_prefixes_before_it_stops_admission():
     tracker.set_budget(2 * MIB)
     assert tracker.take_evicted() == [0, 1] and tracker.prefixes.cached_bytes == 2 * MIB
     assert not tracker.is_overcommitted
+
+
+def test_the_common_prefix_is_found_at_every_position_and_the_entry_count_is_bounded():
+    base = tuple(range(50))
+    for n in (0, 1, 17, 49, 50):
+        assert reusable_tokens(entry(1, base, max_trim=50), [*base[:n], 999, 998]) == min(n, 50)
+    index = PrefixIndex(max_bytes=100 * MIB, max_entries=3)
+    evicted = [i for k in range(5) for i in index.add(entry(k, [k] * 4))]
+    assert evicted == [0, 1] and list(index.entries) == [2, 3, 4]

@@ -61,6 +61,7 @@ class EngineConfig:
     image_limits: ImageLimits = ImageLimits()  # the agent's own bounded decoder (bytes, pixels per image)
     # Per slot: KV of recent prompts kept for later requests that extend them (evicted before any refusal).
     max_prefix_cache_bytes: int = 2 << 30
+    max_prefix_cache_entries: int = 256  # per slot; every lookup compares the prompt with each entry
 
     @property
     def prefill_chunk_tokens(self) -> int:
@@ -177,7 +178,8 @@ class Engine:
             slot.weights_bytes, slot.has_vision = loaded.weights_bytes, loaded.has_vision
             slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
                                         schedule=self.config.schedule,
-                                        max_prefix_cache_bytes=self.config.max_prefix_cache_bytes)
+                                        max_prefix_cache_bytes=self.config.max_prefix_cache_bytes,
+                                        max_prefix_cache_entries=self.config.max_prefix_cache_entries)
             self._rebalance()
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()

@@ -68,6 +68,7 @@ class KVTracker:
         max_num_seqs: int | None = None,  # the engine passes its EngineConfig's; None: no row limit
         schedule: ScheduleLimits = ScheduleLimits(),  # the engine's, so the replay groups and chunks as it does
         max_prefix_cache_bytes: int = 0,  # the prefix cache's limit (0: none kept)
+        max_prefix_cache_entries: int = 256,
     ) -> None:
         self.spec = spec
         self.budget_bytes = budget_bytes
@@ -82,7 +83,7 @@ class KVTracker:
         self.is_overcommitted = False
         self._reserved: int | None = 0
         self._reports_since_compute = 0
-        self.prefixes = PrefixIndex(max_prefix_cache_bytes)
+        self.prefixes = PrefixIndex(max_prefix_cache_bytes, max_prefix_cache_entries)
         self.evicted: list[int] = []  # entries dropped from the index, for the engine to drop on the MLX thread
 
     @property

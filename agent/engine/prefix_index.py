@@ -55,11 +55,17 @@ class PrefixStats:
 
 
 def common_prefix_tokens(a: tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    """Binary search on slice equality: the comparisons run in C (a per-token Python loop over long
+    histories, for every entry, would stall the event loop)."""
+    b = tuple(b[: len(a)])
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def reusable_tokens(entry: PrefixEntry, prompt: list[int] | tuple[int, ...]) -> int:
@@ -74,6 +80,7 @@ def reusable_tokens(entry: PrefixEntry, prompt: list[int] | tuple[int, ...]) -> 
 @dataclass(slots=True)
 class PrefixIndex:
     max_bytes: int  # the slot's limit on cached bytes (0: no cache)
+    max_entries: int = 256  # every lookup compares against each entry
     min_reuse_tokens: int = 1
     entries: OrderedDict[int, PrefixEntry] = field(default_factory=OrderedDict)  # least recently used first
     pins: dict[str, int] = field(default_factory=dict)  # request_id -> entry id it reuses
@@ -123,7 +130,10 @@ class PrefixIndex:
             self._remove(entry_id)
         self.entries[entry.id] = entry
         self.cached_bytes += entry.nbytes
-        return dropped + self.evict(self.cached_bytes - self.max_bytes)
+        dropped += self.evict(self.cached_bytes - self.max_bytes)
+        while len(self.entries) > self.max_entries and (oldest := self.evict(1)):
+            dropped += oldest
+        return dropped
 
     def evict(self, need_bytes: int) -> list[int]:
         """Free at least `need_bytes` by dropping unpinned entries, least recently used first (as many as there are)."""
