@@ -81,7 +81,7 @@ def load_runs(results_dir: Path) -> dict:
 
     runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [], "constrained": saved("constrained.json"),
                   "vision": saved("vision.json"), "vision_install": saved("vision_install.json"),
-                  "prefix": saved("prefix.json")}
+                  "prefix": saved("prefix.json"), "prefix_routing": saved("prefix_routing.json")}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():

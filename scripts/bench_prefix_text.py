@@ -31,3 +31,26 @@ shared 2-core CPU; {result['repeats']} conversation(s) of {result['turns']} turn
 replies were equal token for token at every turn. A turn reuses all of the previous turn's prompt but its last
 token (gpt-oss's template drops earlier reasoning from the history, but the previous prompt ends before the
 reply, so it is still a prefix); turn 1 reuses the shared system preamble of the warm-up conversation."""
+
+
+def prefix_routing_section(result: dict | None) -> str:
+    """scripts/bench_prefix_routing.py's one run: later turns landing on their prefix, load, TTFT."""
+    if result is None:
+        return "(scripts/bench_prefix_routing.py has not run yet)"
+    rows = ["| prefix routing | later turns | landed on their prefix's provider | busiest ÷ mean rows "
+            "| TTFT p50 / p95 (simulated s) |", "|---|---:|---:|---:|---|"]
+    for name in ("with", "without"):
+        r = result[name]
+        rows.append(f"| {'on' if r['prefix_routing'] else 'off'} | {r['later_turns']:,} | {r['landed_on_prefix_pct']} % "
+                    f"| {r['busiest_over_mean_rows']} | {r['ttft_p50_s']} / {r['ttft_p95_s']} |")
+    table = "\n".join(rows)
+    return f"""`{result['command']}` ({result['agents']} simulated agents, gpt-oss warm on each; {result['conversations']}
+concurrent conversations of {result['turns']} turns, {result['max_tokens']} output tokens a turn, each turn sending
+its whole history; the real coordinator and agent code on this shared 2-core CPU):
+
+{table}
+
+A later turn lands on its prefix when the coordinator sent it where its previous turn went; the load column is
+the rows on the busiest warm slot ÷ the mean, averaged over 20 ms samples. The simulated engine keeps no
+prefix cache, so the cached-token share and the TTFT it would save are not measured here (the real engine's
+saving is the table above); the TTFT difference here is routing alone."""

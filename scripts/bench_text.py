@@ -4,7 +4,7 @@ judged here from the measured numbers, never written by hand."""
 from __future__ import annotations
 
 from bench_figures import GEMMA, GPT, REFUSALS, SLOW_TTFT_FACTOR, f
-from bench_prefix_text import prefix_section
+from bench_prefix_text import prefix_routing_section, prefix_section
 
 SEED = ("the seed load test lost 20.9 % of requests to billing at 512 × 64 and 36 % to a token limit at 32k × 16; "
         "its gemma TTFT tail was ~123 s with a median of 8 warm")
@@ -191,6 +191,10 @@ Install footprint:
 ### Prefix cache (a 10-turn conversation)
 
 {prefix_section(runs.get('prefix'))}
+
+### Routing by prefix (the simulated fleet)
+
+{prefix_routing_section(runs.get('prefix_routing'))}
 
 ## Known gaps found while measuring
 

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from agent.wire.chat_body import ChatCompletionBody
 
 
+EXPLICIT = "k:"  # marks the explicit key among a request's keys
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
@@ -43,7 +46,7 @@ def prefix_keys(body: ChatCompletionBody, prompt_cache_key: str | None = None) -
     for message in body.messages:
         key = _digest(key, _canonical(message.model_dump(mode="json", exclude_none=True)))
         chain.append(key)
-    explicit = [] if prompt_cache_key is None else [_digest("prompt_cache_key", prompt_cache_key)]
+    explicit = [] if prompt_cache_key is None else [EXPLICIT + _digest("prompt_cache_key", prompt_cache_key)]
     return explicit + chain[::-1]
 
 
@@ -56,8 +59,10 @@ class PrefixRoutes:
         return len(self._routes)
 
     def record(self, keys: list[str], provider_id: str) -> None:
-        """The request went to `provider_id`: its explicit key and its whole chain now point there."""
-        for key in keys[:2]:  # the explicit key (if any) and the deepest chain key: what the next turn finds
+        """The request went to `provider_id`: its explicit key and its whole chain now point there (its
+        shorter prefixes stay where they were: the next turn finds the deepest key first)."""
+        recorded = keys[:2] if keys and keys[0].startswith(EXPLICIT) else keys[:1]
+        for key in recorded:
             self._routes[key] = provider_id
             self._routes.move_to_end(key)
         while len(self._routes) > self.max_keys:

@@ -244,9 +244,10 @@ class Router:
         _forgive_relinked(exchange)
         offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
             self.registry.offers(exchange.model)
-        held = self.prefix_routes.find(exchange.prefix_keys)
+        held = self.prefix_routes.find(exchange.prefix_keys)  # found (and counted) even when not preferred
+        preferred = held[0] if held is not None and self.settings.prefix_routing else None
         placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
-                          reputation=self.reputation, preferred=None if held is None else held[0])
+                          reputation=self.reputation, preferred=preferred)
         if placement.best is not None:
             self._commit(exchange, placement.best)
             outcome = "none" if held is None else "held" if held[0] == exchange.provider_id else "elsewhere"
