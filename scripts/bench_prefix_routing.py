@@ -46,6 +46,9 @@ async def turn(client: httpx.AsyncClient, history: list[dict]) -> tuple[float | 
     started, ttft, text = time.perf_counter(), None, []
     body = {"model": GPT_OSS, "messages": history, "max_tokens": MAX_TOKENS, "stream": True}
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -58,11 +61,16 @@ async def turn(client: httpx.AsyncClient, history: list[dict]) -> tuple[float | 
     return ttft, "".join(text)
 
 
-async def conversation(client: httpx.AsyncClient, index: int, turns: int, ttfts: list[float]) -> None:
+async def conversation(client: httpx.AsyncClient, index: int, turns: int, ttfts: list[float],
+                       errors: list[str]) -> None:
     history = [{"role": "system", "content": "You are a helpful assistant."}]
     for k in range(turns):
         history.append({"role": "user", "content": f"Conversation {index}, question {k}: tell me more."})
-        ttft, text = await turn(client, history)
+        try:
+            ttft, text = await turn(client, history)
+        except (httpx.HTTPError, RuntimeError) as exc:  # counted, and the conversation ends
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            return
         if ttft is not None:
             ttfts.append(ttft)
         history.append({"role": "assistant", "content": text or "ok"})
@@ -89,7 +97,7 @@ async def one_run(args: argparse.Namespace, prefix_routing: bool) -> dict:
         router = server.coordinator.router
         while not (len(router.registry) == args.agents and all(p.heartbeat for p in router.registry)):
             await asyncio.sleep(0.1)
-        ratios, ttfts, done = [], [], asyncio.Event()
+        ratios, ttfts, errors, done = [], [], [], asyncio.Event()
 
         async def sample() -> None:
             while not done.is_set():
@@ -100,7 +108,8 @@ async def one_run(args: argparse.Namespace, prefix_routing: bool) -> dict:
         sampler = asyncio.create_task(sample())
         limits = httpx.Limits(max_connections=args.conversations + 10)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits) as client:
-            await asyncio.gather(*(conversation(client, i, args.turns, ttfts) for i in range(args.conversations)))
+            await asyncio.gather(*(conversation(client, i, args.turns, ttfts, errors)
+                                   for i in range(args.conversations)))
         done.set()
         await sampler
         counted = routes(server.coordinator.metrics.render().decode())
@@ -112,7 +121,7 @@ async def one_run(args: argparse.Namespace, prefix_routing: bool) -> dict:
             "landed_on_prefix_pct": round(100 * counted.get("held", 0) / later, 1) if later else None,
             "busiest_over_mean_rows": round(statistics.mean(ratios), 2) if ratios else None,
             "ttft_p50_s": round(scaled[len(scaled) // 2], 2), "ttft_p95_s": round(scaled[int(len(scaled) * 0.95)], 2),
-            "num_ttfts": len(scaled)}
+            "num_ttfts": len(scaled), "num_errors": len(errors), "errors": sorted(set(errors))[:5]}
 
 
 async def measure(args: argparse.Namespace) -> dict:

@@ -236,7 +236,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
-    _prefer(warm, preferred, settings.prefix_affinity_slack_rows)
+    _prefer(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
     for i, (_, provider, offer) in enumerate(warm):
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = len(warm) - i + len(others)
@@ -255,13 +255,18 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     return placement
 
 
-def _prefer(warm: list[tuple[tuple, ProviderRecord, Offer]], preferred: str | None, slack_rows: int) -> None:
-    """Move the preferred provider to the front when its queue and rows are within the slack of the best's."""
+def _prefer(warm: list[tuple[tuple, ProviderRecord, Offer]], preferred: str | None, slack_rows: int,
+            max_load: float) -> None:
+    """Move the preferred provider to the front while it is not much busier: its rows within `slack_rows` of
+    the least busy slot's, or (with this request) within `max_load` × the mean rows (plus one) of the warm
+    slots; and no longer a queue than the best's plus the slack."""
     index = next((i for i, (_, p, _) in enumerate(warm) if p.provider_id == preferred), None)
     if not index:  # absent, or first already
         return
     (best_waiting, best_busy, *_), (waiting, busy, *_) = warm[0][0], warm[index][0]
-    if waiting <= best_waiting and busy <= best_busy + slack_rows:
+    mean_busy = sum(rank[1] for rank, _, _ in warm) / len(warm)
+    has_room = busy <= best_busy + slack_rows or busy + 1 <= max_load * (mean_busy + 1)
+    if waiting <= best_waiting + slack_rows and has_room:
         warm.insert(0, warm.pop(index))
 
 
