@@ -44,9 +44,10 @@ def prefix_routing_section(result: dict | None) -> str:
         rows.append(f"| {'on' if r['prefix_routing'] else 'off'} | {r['later_turns']:,} | {r['landed_on_prefix_pct']} % "
                     f"| {r['busiest_over_mean_rows']} | {r['ttft_p50_s']} / {r['ttft_p95_s']} |")
     table = "\n".join(rows)
+    note = f"; {result['note']}" if result.get("note") else ""
     return f"""`{result['command']}` ({result['agents']} simulated agents, gpt-oss warm on each; {result['conversations']}
 concurrent conversations of {result['turns']} turns, {result['max_tokens']} output tokens a turn, each turn sending
-its whole history; the real coordinator and agent code on this shared 2-core CPU):
+its whole history; the real coordinator and agent code on this shared 2-core CPU{note}):
 
 {table}
 
