@@ -124,11 +124,13 @@ class SlotKV:
     reserved_bytes: int = 0
     used_bytes: int = 0
     safety_margin_bytes: int = 0
+    cached_bytes: int = 0  # the prefix cache: held beside the rows, evicted (least recently used) before a refusal
 
     @property
     def free_bytes(self) -> int:
         # Requests may outgrow their expected-output reservations, so whichever is larger is committed.
-        return self.budget_bytes - self.safety_margin_bytes - max(self.reserved_bytes, self.used_bytes)
+        return (self.budget_bytes - self.safety_margin_bytes - max(self.reserved_bytes, self.used_bytes)
+                - self.cached_bytes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,20 @@ def engine_updates(prompt_tokens: int, total_tokens: int, chunk: int = PREFILL_C
     return chunks + [1] * (total_tokens - prefill)
 
 
+def prefix_entry_bytes(spec: ModelSpec, prompt_tokens: int, chunk: int = PREFILL_CHUNK_TOKENS,
+                       cached_tokens: int = 0) -> int:
+    """What the prefix cache keeps of a prompt prefilled alone: every token in the full layers, and what its
+    last prefill chunk left in the sliding ones (up to window − 1 + that chunk), as mlx-lm's `extract` copies.
+    `cached_tokens`: it started from a reused prefix (merged as its last min(cached, window) keys)."""
+    sliding, prefill = RotatingCacheShape(window=spec.sliding_window), prompt_tokens - 1
+    if cached_tokens:
+        held = min(cached_tokens, spec.sliding_window)
+        sliding = RotatingCacheShape(spec.sliding_window, held, held, cached_tokens, is_empty=False)
+    for start in range(cached_tokens, prefill, chunk):
+        sliding.update(min(chunk, prefill - start))
+    return prefill * kv_bytes_per_token(spec) + sliding.length * sliding_bytes_per_token(spec)
+
+
 def engine_kv_trace(
     spec: ModelSpec, prompt_tokens: int, total_tokens: int, *, batch_size: int = 1,
     chunk: int = PREFILL_CHUNK_TOKENS,

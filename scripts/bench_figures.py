@@ -75,14 +75,15 @@ def load_runs(results_dir: Path) -> dict:
     """{"matrix": the burst matrix or None, "matrix_args": its load test's args, "sustained": [SustainedRun],
     "constrained": scripts/bench_constrained.py's result or None, "vision": scripts/bench_vision.py's or None,
     "vision_install": scripts/measure_vision_install.py's or None, "before_after": scripts/bench_before_after.py's
-    results or None}."""
+    results or None, "prefix": scripts/bench_prefix.py's or None}."""
     def saved(name: str) -> dict | None:
         path = results_dir / name
         return json.loads(path.read_text()) if path.exists() else None
 
     runs: dict = {"matrix": None, "matrix_args": {}, "sustained": [], "constrained": saved("constrained.json"),
                   "vision": saved("vision.json"), "vision_install": saved("vision_install.json"),
-                  "before_after": saved("before_after.json")}  # before_after: scripts/bench_before_after.py (issue 16)
+                  "before_after": saved("before_after.json"),  # scripts/bench_before_after.py (issue 16)
+                  "prefix": saved("prefix.json"), "prefix_routing": saved("prefix_routing.json")}
     for file, change, note in SUSTAINED_RUNS:
         path = results_dir / file
         if not path.exists():

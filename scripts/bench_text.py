@@ -4,6 +4,7 @@ judged here from the measured numbers, never written by hand."""
 from __future__ import annotations
 
 from bench_figures import GEMMA, GPT, REFUSALS, SLOW_TTFT_FACTOR, f
+from bench_prefix_text import prefix_routing_section, prefix_section
 from bench_text_speed import SPEED_NOTES, speed_section
 
 SEED = ("the seed load test lost 20.9 % of requests to billing at 512 × 64 and 36 % to a token limit at 32k × 16; "
@@ -189,6 +190,14 @@ against a scripted provider that answers at once (no keys, no billing).
 Install footprint:
 
 {vision_install_section(runs.get('vision_install'))}
+
+### Prefix cache (a 10-turn conversation)
+
+{prefix_section(runs.get('prefix'))}
+
+### Routing by prefix (the simulated fleet)
+
+{prefix_routing_section(runs.get('prefix_routing'))}
 
 ## The stack at engine speed (issue #16)
 

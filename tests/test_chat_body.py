@@ -175,3 +175,16 @@ def test_tool_turns_that_break_openais_rules_are_refused_saying_why(messages, co
 def test_two_tools_with_one_name_are_refused_naming_tools():
     result = chat(tools=TOOLS * 2)
     assert isinstance(result, InvalidField) and result.field == "tools" and "same function name" in str(result)
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"messages": [{"role": "system", "content": "x"}]}, "exactly one user message"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, "exactly one user message"),
+    ({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": "json_object"}}, "plain text"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]},
+     "or images"),
+])
+def test_a_raw_prompt_is_one_plain_user_message(fields, says):
+    with pytest.raises(ValueError, match=says):
+        ChatCompletionBody.model_validate({**fields, "raw_prompt": True})
+    assert ChatCompletionBody.model_validate({"messages": [{"role": "user", "content": "a"}], "raw_prompt": True})

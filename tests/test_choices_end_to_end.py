@@ -69,7 +69,9 @@ def test_the_sdk_gets_three_seeded_choices_streamed_and_not_and_the_account_pays
         assert streamed == {i: choice.message.content for i, choice in enumerate(whole.choices)}, name
         finishes = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
         assert finishes == [0, 1, 2]
-        assert usage == whole.usage
+        # The same counts; which prompt tokens came from the agent's prefix cache depends on what ran before.
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+            whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens)
         usages += [whole.usage, again.usage, usage, *(one.usage for one in alone)]
     assert accounts.flush()
     assert billed_tokens(db, "consumer") == (sum(u.prompt_tokens for u in usages),

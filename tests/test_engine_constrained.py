@@ -93,7 +93,10 @@ def test_a_seeded_unconstrained_request_gets_the_same_tokens_alone_and_batched_w
             return alone, together, engine.backend.grammar_cache(name)
 
     alone, together, grammars = run(scenario())
-    assert together[0].content == alone.content and together[0].finish.usage == alone.finish.usage
+    usage, alone_usage = together[0].finish.usage, alone.finish.usage
+    assert together[0].content == alone.content
+    assert (usage.prompt_tokens, usage.completion_tokens) == (alone_usage.prompt_tokens, alone_usage.completion_tokens)
+    assert usage.cached_tokens == alone_usage.prompt_tokens - 1  # batched with constrained rows, from the cache
     assert len(grammars) == 1  # seven rows, one schema: compiled once
     assert len(grammars.mask_times.seconds) >= 7  # the seven constrained rows ran under their masks
 

@@ -75,8 +75,12 @@ def test_a_seeded_text_request_gives_the_same_tokens_alone_and_batched_with_two_
             return alone, images_alone, together, engine.snapshot().slot(VISION_MODEL)
 
     alone, images_alone, together, slot = run(scenario())
-    assert together[1] == alone
+    content, reason, usage = together[1]
+    assert (content, reason, usage.prompt_tokens, usage.completion_tokens) == (
+        alone[0], alone[1], alone[2].prompt_tokens, alone[2].completion_tokens)
+    assert usage.cached_tokens == usage.prompt_tokens - 1  # the second time from the prefix cache, beside images
     assert [together[0], together[2]] == images_alone  # image rows are not changed by their neighbours either
+    assert all(usage.cached_tokens == 0 for *_, usage in images_alone + [together[0], together[2]])
     assert slot.kv_reserved_bytes == 0 and slot.kv_used_bytes == 0
 
 

@@ -133,7 +133,7 @@ def test_nested_fixed_names_are_on_the_wire_too():
             "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps"} <= set(heartbeat["slots"][0])
     assert set(heartbeat["memory"]) == {"total_bytes", "available_bytes", "cap_bytes", "engine_bytes"}
     assert set(json.loads(encode(EXAMPLES[4]))["delta"]) == {"content", "reasoning", "tool_calls"}
-    assert set(json.loads(encode(EXAMPLES[5]))["usage"]) == {"prompt_tokens", "completion_tokens"}
+    assert set(json.loads(encode(EXAMPLES[5]))["usage"]) == {"prompt_tokens", "completion_tokens", "cached_tokens"}
 
 
 def test_a_frame_sent_the_wrong_way_is_an_unknown_type_not_a_crash():

@@ -153,7 +153,9 @@ def test_every_frame_the_schema_allows_parses_and_round_trips(direction_and_fram
     # The one rule the schema cannot state: max_tokens and max_completion_tokens agree when both are given.
     assume(None in (body.get("max_tokens"), body.get("max_completion_tokens"))
            or body["max_tokens"] == body["max_completion_tokens"])
-    # And the other: only a user message may carry image parts (chat_body.py says which message when not).
+    # Nor that a raw prompt is one plain user message (tests/test_completions_mapping.py and chat_body.py's
+    # validator hold that), nor that only a user message may carry image parts.
+    assume(not body.get("raw_prompt"))
     assume(not any(message.get("role") != "user" and isinstance(message.get("content"), list)
                    and any(isinstance(part, dict) and part.get("type") == "image_url" for part in message["content"])
                    for message in body.get("messages", ()) if isinstance(message, dict)))

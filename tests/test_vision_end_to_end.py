@@ -159,7 +159,10 @@ async def test_through_the_sdk_a_seeded_text_request_is_unchanged_by_two_image_r
                                         client.chat.completions.create(**text),
                                         client.chat.completions.create(**images[1]))
         assert together[1].choices[0].message.content == alone.choices[0].message.content
-        assert together[1].usage == alone.usage
+        counts = lambda usage: (usage.prompt_tokens, usage.completion_tokens)  # noqa: E731
+        assert counts(together[1].usage) == counts(alone.usage)
+        assert together[1].usage.prompt_tokens_details.cached_tokens == alone.usage.prompt_tokens - 1  # reused
+        assert together[0].usage.prompt_tokens_details.cached_tokens == 0  # an image prompt never is
 
         stream = await client.chat.completions.create(**{**images[0], "max_tokens": 4000}, stream=True)
         async for chunk in stream:

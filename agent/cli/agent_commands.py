@@ -81,9 +81,11 @@ def status(
                f"link {link} to {current['coordinator_url']}, {current['num_served']} served, "
                f"{current['num_in_flight']} in flight")
     rows = [[s["model"], s["state"], s["num_running"], s["num_waiting"], human_bytes(s["kv_budget_bytes"]),
-             human_bytes(s["kv_reserved_bytes"]), human_bytes(s["kv_used_bytes"]), s.get("reason") or ""]
+             human_bytes(s["kv_reserved_bytes"]), human_bytes(s["kv_used_bytes"]), human_bytes(s.get("kv_cached_bytes", 0)),
+             f"{s.get('prefix_hit_rate', 0.0):.0%}", s.get("prefix_evictions", 0), s.get("reason") or ""]
             for s in current["slots"]]
-    typer.echo(render_table(["model", "state", "running", "waiting", "KV budget", "reserved", "used", "note"], rows))
+    typer.echo(render_table(["model", "state", "running", "waiting", "KV budget", "reserved", "used", "cached",
+                             "cache hits", "evictions", "note"], rows))
 
 
 def stop(

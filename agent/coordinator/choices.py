@@ -49,7 +49,7 @@ def choice_body(body: ChatCompletionBody, index: int) -> ChatCompletionBody:
 
 def merged_usage(usages: list[UsageReport]) -> UsageReport:
     """The prompt once (choice 0's, the one billed), plus every choice's completion."""
-    return UsageReport(prompt_tokens=usages[0].prompt_tokens,
+    return UsageReport(prompt_tokens=usages[0].prompt_tokens, cached_tokens=usages[0].cached_tokens,
                        completion_tokens=sum(usage.completion_tokens for usage in usages))
 
 
@@ -59,7 +59,7 @@ class PromptBilledElsewhere:
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
 
-    def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int):
+    def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0):
         return self.accounts.settle(request_id, prompt_tokens=0, completion_tokens=completion_tokens)
 
     def release(self, request_id: str, reason: ReleaseReason | str, *, produced_output_tokens: int = 0) -> bool:
@@ -98,7 +98,7 @@ class Choices:
         settled = [flow.charged for flow in self.flows if flow.charged is not None]
         if not settled:
             return None
-        return UsageReport(prompt_tokens=settled[0].prompt_tokens,
+        return UsageReport(prompt_tokens=settled[0].prompt_tokens, cached_tokens=settled[0].cached_tokens,
                            completion_tokens=sum(usage.completion_tokens for usage in settled))
 
     @property

@@ -44,6 +44,7 @@ from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
 from agent.coordinator.metrics import Metrics
 from agent.coordinator.privacy import for_provider
+from agent.coordinator.routing.prefix_routes import prefix_keys
 from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
@@ -133,6 +134,7 @@ class Coordinator:
         """Hold the request's cost (billing/holds.py), then hand it to a flow that routes it. `bills_prompt`
         False: one of n choices whose prompt is held and charged with choice 0 (choices.py)."""
         request_id = request_id or new_request_id()
+        cache_key = body.prompt_cache_key
         body = for_provider(body)  # no `user`, no message names: a provider is a stranger
         estimate = estimate_prompt(body, image_tokens=self.images.prompt_tokens(body.model, images))
         with _as_api_errors(self.settings):
@@ -151,7 +153,7 @@ class Coordinator:
             body = body.model_copy(update={"max_tokens": capped,
                                            "max_completion_tokens": capped if body.max_completion_tokens else None})
         ask = Ask(body.model, estimate.tokens, estimate.floor_tokens, body.output_limit, num_images=len(images))
-        exchange = Exchange(request_id, body, ask, created_at=self.clock())
+        exchange = Exchange(request_id, body, ask, created_at=self.clock(), prefix_keys=prefix_keys(body, cache_key))
         spec = self.catalog.get(body.model)
         accounts = self.accounts if bills_prompt else PromptBilledElsewhere(self.accounts)
         return RequestFlow(self.router, accounts, exchange, max_prompt_tokens=estimate.max_tokens,
@@ -196,6 +198,9 @@ class Coordinator:
         yield ("darkbloom_requests_in_flight", "Requests at providers per model", ["model"],
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
+        yield ("darkbloom_kv_cached_bytes", "Prefix-cache bytes the providers hold per model (free-able room)",
+               ["model"], [([model], sum(o.status.kv_cached_bytes for _, o in router.registry.offers(model)
+                                         if o.status is not None)) for model in router.registry.models()])
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
         yield ("darkbloom_providers_quarantined", "Providers quarantined now", [],
                [([], router.reputation.num_quarantined())])

@@ -232,12 +232,13 @@ class RequestFlow:
         self._release(reason)
 
     def _settle(self, charge: Charge) -> UsageReport:
-        usage = UsageReport(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens)
+        usage = UsageReport(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+                            cached_tokens=charge.cached_tokens)
         if not self.is_closed:
             self.is_closed = True
             self.charged = usage
             self.accounts.settle(self.exchange.request_id, prompt_tokens=usage.prompt_tokens,
-                                 completion_tokens=usage.completion_tokens)
+                                 completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens)
         return usage
 
     def _release(self, reason: ReleaseReason) -> None:

@@ -53,6 +53,9 @@ class Metrics:
                                    registry=r)
         self.clamped = Counter("darkbloom_usage_claims_clamped", "Usage claims above the coordinator's bound",
                                ["model"], registry=r)
+        self.prefix_routes = Counter("darkbloom_prefix_routes", "Dispatches by where the request's prefix was "
+                                     "(held: to the provider that served it; elsewhere; none: no known prefix)",
+                                     ["model", "outcome"], registry=r)
         # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
         self.operator_registry = CollectorRegistry()
         self.clamped_by_provider = Counter("darkbloom_provider_usage_claims_clamped",
@@ -75,6 +78,9 @@ class Metrics:
     def usage_clamped(self, model: str, provider_id: str) -> None:
         self.clamped.labels(model).inc()
         self.clamped_by_provider.labels(provider_id).inc()
+
+    def prefix_route(self, model: str, outcome: str) -> None:
+        self.prefix_routes.labels(model, outcome).inc()
 
     def request(self, model: str, outcome: str) -> None:
         self.requests.labels(model or "", outcome).inc()

@@ -1,7 +1,7 @@
 """What a provider and a consumer may learn: the least each needs.
 
     for_provider(body)   the body the coordinator forwards: no `user` (the consumer's end-user id), no
-                         `metadata` (the consumer's own labels), and no
+                         `metadata` (the consumer's own labels), no `prompt_cache_key` (routing's), and no
                          message `name` (no chat template we serve renders it; a provider is a stranger)
     is_operator(...)     per-provider detail in /v1/models/capacity and /metrics: only for a request that
                          carries the operator token (`x-darkbloom-operator`), or, when
@@ -25,10 +25,12 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def for_provider(body: ChatCompletionBody) -> ChatCompletionBody:
-    if body.user is None and body.metadata is None and all(message.name is None for message in body.messages):
+    if (body.user is None and body.metadata is None and body.prompt_cache_key is None
+            and all(message.name is None for message in body.messages)):
         return body
     messages = [m if m.name is None else m.model_copy(update={"name": None}) for m in body.messages]
-    return body.model_copy(update={"user": None, "metadata": None, "messages": tuple(messages)})
+    return body.model_copy(update={"user": None, "metadata": None, "prompt_cache_key": None,
+                                   "messages": tuple(messages)})
 
 
 def is_operator(settings: CoordinatorSettings, client_host: str | None, headers) -> bool:

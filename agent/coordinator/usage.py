@@ -33,6 +33,7 @@ class Charge:
     prompt_tokens: int
     completion_tokens: int
     is_clamped: bool  # the provider claimed more than the bound
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prefix cache (never more than them)
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ class UsageMeter:
         completion = min(max(claimed.completion_tokens, self.num_tokens), self.completion_bound)
         is_clamped = (claimed.prompt_tokens > self.prompt_bound or claimed.completion_tokens > self.completion_bound
                       or self.num_inflated_tokens > 0)
-        return Charge(prompt, completion, is_clamped)
+        return Charge(prompt, completion, is_clamped, min(claimed.cached_tokens, prompt))
 
     def delivered(self) -> Charge:
         """What the client received: its prompt (the agent's count when lower) and the counted tokens."""

@@ -68,6 +68,8 @@ class AgentConfig(BaseModel):
     load_vision: bool = True
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64, le=256 * 1024 * 1024)
+    # per loaded model: KV of recent prompts kept for the next turn (0: no prefix cache); evicted before a refusal
+    max_prefix_cache_bytes: int = Field(2 << 30, ge=0)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -216,10 +216,11 @@ class LinkHandler:
                                     retryable=is_retryable(code)))
         else:
             link.send(session.complete(frame.request_id, finish.usage.prompt_tokens, finish.usage.completion_tokens,
-                                       finish.reason.value, ttft_s=ttft))
+                                       finish.reason.value, ttft_s=ttft, cached_tokens=finish.usage.cached_tokens))
         self.num_served += 1
         log.info("request.done", request_id=frame.request_id, model=frame.model, finish_reason=finish.reason.value,
                  prompt_tokens=finish.usage.prompt_tokens, completion_tokens=finish.usage.completion_tokens,
+                 cached_tokens=finish.usage.cached_tokens,
                  ttft_s=ttft, duration_s=round(time.perf_counter() - started, 4), error=finish.error_code)
 
     def _reject(self, link, request_id: str, verdict: Verdict, reason: str, code: str) -> None:

@@ -8,12 +8,13 @@ what it generated and what its caches hold. Reports are delivered on the event l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV
+from agent.engine.prefix_index import PrefixEntry, PrefixMatch
 from agent.engine.types import Event, GenerationRequest
 
 
@@ -21,6 +22,7 @@ from agent.engine.types import Event, GenerationRequest
 class Prompt:
     num_tokens: int
     payload: Any = None  # the backend's own form (token ids and where the channel splitter starts)
+    token_ids: tuple[int, ...] = ()  # for the prefix cache: empty when the prompt may not be cached (images)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class Job:
     request: GenerationRequest
     prompt: Prompt
     max_tokens: int
+    reuse: PrefixMatch | None = None  # the cached prefix it starts from (pinned until it ends)
+    keep_prefix: bool = False  # capture its KV at the end of its prompt for later requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,7 @@ class StepReport:
     prefill_seconds: float = 0.0
     decode_tokens: int = 0
     decode_seconds: float = 0.0
+    captured: list[PrefixEntry] = field(default_factory=list)  # prefixes kept this step, for the slot's index
 
 
 Deliver = Callable[[StepReport], None]
@@ -67,3 +72,4 @@ class Backend(Protocol):
     async def prepare(self, model: str, request: GenerationRequest) -> Prompt: ...
     def insert(self, model: str, job: Job) -> None: ...
     def cancel(self, model: str, request_id: str) -> None: ...
+    def drop_prefixes(self, model: str, entry_ids: list[int]) -> None: ...  # evicted by the slot's index

@@ -34,6 +34,8 @@ from agent.engine.constrained import ConstrainedRow
 from agent.engine.image_feed import ImageFeed, RowImages
 from agent.engine.logprobs import LogprobReader
 from agent.engine.mlx_cache_view import batch_shapes
+from agent.engine.prefix_index import PrefixEntry
+from agent.engine.prefix_store import PrefixStore
 from agent.engine.sampling import Guard
 from agent.engine.schedule import PrefillGroup, Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
@@ -60,13 +62,17 @@ class Row:
     markup_ids: frozenset[int] = frozenset()  # special tokens: never content, so never given logprobs
     grammar: ConstrainedRow | None = None  # a constrained request's matcher (masked by the batch: batch_mask.py)
     images: RowImages | None = None  # an image request's soft-token embeddings (fed by image_feed.py)
+    reused: list[Any] | None = None  # caches standing for the first `cached_tokens` (agent/engine/prefix_store.py)
+    cached_tokens: int = 0
+    is_cacheable: bool = True  # its prompt's KV may be kept for later requests (not with images)
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.prompt)
+        """The tokens it still has to prefill, as the schedule groups and chunks them."""
+        return len(self.prompt) - self.cached_tokens
 
     def usage(self) -> Usage:
-        return Usage(len(self.prompt), self.num_generated)
+        return Usage(len(self.prompt), self.num_generated, self.cached_tokens)
 
     def finish(self, reason: FinishReason, code: str | None = None, message: str | None = None) -> Finish:
         return Finish(reason, self.usage(), code, message)
@@ -91,6 +97,8 @@ class Batcher:
         self.generation = GenerationBatch.empty(self.masked, greedy_sampler)
         self.timing = StepTiming()
         self._steps = 0
+        self.prefixes: PrefixStore | None = None  # set when the slot keeps a prefix cache
+        self.captured: list[PrefixEntry] = []  # since the last report
 
     @property
     def has_work(self) -> bool:
@@ -213,7 +221,8 @@ class Batcher:
         try:
             if step.has_chunk:
                 spans = [group.chunk_span(row, chunk) for row in group.rows]
-                tokens = [row.prompt[slice(*span)] for row, span in zip(group.rows, spans)]
+                tokens = [row.prompt[row.cached_tokens + start:row.cached_tokens + end]
+                          for row, (start, end) in zip(group.rows, spans)]
                 with self._feeding(group.rows, spans):
                     group.state.prompt(tokens)
                 self.timing.prefill_tokens += sum(len(row_tokens) for row_tokens in tokens)
@@ -237,21 +246,36 @@ class Batcher:
         rows = group.rows
         try:
             group.state = PromptProcessingBatch(
-                self.masked, [row.uid for row in rows], [make_prompt_cache(self.model) for _ in rows],
+                self.masked, [row.uid for row in rows], [row.reused or make_prompt_cache(self.model) for row in rows],
                 prefill_step_size=self.limits.chunk_tokens, samplers=[row.sampler for row in rows],
                 fallback_sampler=greedy_sampler, logits_processors=[row.processors for row in rows],
                 stop_sequences=[row.stop for row in rows], max_tokens=[row.max_tokens for row in rows],
             )
         except Exception as exc:
             self._fail(self.schedule.drop_group(group), "prefill_error", exc, events)
+        for row in rows:
+            row.reused = None  # merged into the group's own arrays
 
     def _join(self, group: PrefillGroup[Row]) -> None:
         """The group's first decode step (its last prompt tokens), then into the generation batch."""
+        self._capture(group)
         with self.masked.stepping([row.grammar for row in group.rows]):
             generation = group.state.generate([[row.prompt[-1]] for row in group.rows])
         self.generation.extend(generation)
         for row in group.rows:
             row.images = None  # its features are in the caches now
+
+    def _capture(self, group: PrefillGroup[Row]) -> None:
+        """Keep each cacheable row's KV at the end of its prompt (all of it but the last token)."""
+        if self.prefixes is None:
+            return
+        for index, row in enumerate(group.rows):
+            if row.is_cacheable and len(row.prompt) > 1:
+                self.captured.append(self.prefixes.capture(group.state, index, row.prompt[:-1]))
+
+    def take_captured(self) -> list[PrefixEntry]:
+        captured, self.captured = self.captured, []
+        return captured
 
     def _fail(self, rows: list[Row], code: str, exc: BaseException, events: list[tuple[str, Event]]) -> None:
         message = _describe(exc)

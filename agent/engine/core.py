@@ -59,6 +59,9 @@ class EngineConfig:
     idle_check_interval_s: float = 5.0
     load_vision: bool = True  # load a model's vision tower when it has one and the gate affords it
     image_limits: ImageLimits = ImageLimits()  # the agent's own bounded decoder (bytes, pixels per image)
+    # Per slot: KV of recent prompts kept for later requests that extend them (evicted before any refusal).
+    max_prefix_cache_bytes: int = 2 << 30
+    max_prefix_cache_entries: int = 256  # per slot; every lookup compares the prompt with each entry
 
     @property
     def prefill_chunk_tokens(self) -> int:
@@ -141,7 +144,7 @@ class Engine:
         if slot.kv_tracker is None:
             raise EngineNotRunning(f"{model} is {slot.state}; admission runs once it is loaded")
         limit = resolve_max_tokens(max_tokens, prompt_tokens, slot.spec.max_context, self.config.default_max_tokens)
-        return slot.kv_tracker.check("check", prompt_tokens, limit)
+        return slot.kv_tracker.check("check", prompt_tokens, limit, as_evicted=True)
     def add_listener(self, listener: SlotListener) -> Callable[[], None]:
         """`listener` is called after every slot transition, in order; the returned function removes it."""
         return self._listeners.add(listener)
@@ -174,7 +177,9 @@ class Engine:
                 raise LoadFailed(f"{model} failed to load: {exc}") from exc
             slot.weights_bytes, slot.has_vision = loaded.weights_bytes, loaded.has_vision
             slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
-                                        schedule=self.config.schedule)
+                                        schedule=self.config.schedule,
+                                        max_prefix_cache_bytes=self.config.max_prefix_cache_bytes,
+                                        max_prefix_cache_entries=self.config.max_prefix_cache_entries)
             self._rebalance()
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()
@@ -223,7 +228,10 @@ class Engine:
             raise InvalidRequest(f"request id {request.request_id!r} is already running")
         max_tokens = resolve_max_tokens(request.max_tokens, prompt.num_tokens, slot.spec.max_context,
                                         self.config.default_max_tokens)
-        decision = slot.kv_tracker.admit(request.request_id, prompt.num_tokens, max_tokens)
+        tracker = slot.kv_tracker
+        reuse = tracker.prefixes.match(prompt.token_ids) if prompt.token_ids and tracker.prefixes.max_bytes else None
+        decision = tracker.admit(request.request_id, prompt.num_tokens, max_tokens, reuse)
+        self._drop_evicted(slot)
         if not decision.admitted:
             log.info("admit.reject", model=slot.model, request_id=request.request_id, verdict=str(decision.verdict),
                      reason=decision.reason)
@@ -233,7 +241,8 @@ class Engine:
         self._requests[request.request_id] = slot
         if slot.state is SlotState.IDLE:
             slot.transition(SlotState.RUNNING)
-        self.backend.insert(slot.model, Job(request, prompt, max_tokens))
+        keep_prefix = bool(prompt.token_ids) and tracker.prefixes.max_bytes > 0
+        self.backend.insert(slot.model, Job(request, prompt, max_tokens, reuse, keep_prefix))
         log.debug("admit.accept", model=slot.model, request_id=request.request_id, prompt_tokens=prompt.num_tokens,
                   reservation_bytes=decision.reservation_bytes)
         return stream
@@ -260,7 +269,9 @@ class Engine:
             else:
                 self._finish(slot, request_id, event)
         if slot.kv_tracker is not None and report.batch is not None:
+            slot.kv_tracker.add_prefixes(report.captured)
             slot.kv_tracker.reconcile(report.used_bytes, report.batch)
+            self._drop_evicted(slot)
         slot.prefill_rate.add(report.prefill_tokens, report.prefill_seconds)
         slot.decode_rate.add(report.decode_tokens, report.decode_seconds)
 
@@ -277,6 +288,12 @@ class Engine:
         if not slot.streams and slot.state is SlotState.RUNNING:
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()
+
+    def _drop_evicted(self, slot: Slot) -> None:
+        """Prefixes the slot's index let go: the backend frees their tensors (in order with later inserts)."""
+        evicted = slot.kv_tracker.take_evicted() if slot.kv_tracker is not None else []
+        if evicted:
+            self.backend.drop_prefixes(slot.model, evicted)
 
     def _slot(self, model: str) -> Slot:
         slot = self._slots.get(model)

@@ -117,6 +117,9 @@ class FakeBackend:
         if batch is not None:
             batch.cancel(request_id)
 
+    def drop_prefixes(self, model: str, entry_ids: list[int]) -> None:
+        """Nothing to drop: the fake's prompts carry no token ids, so its slots never capture a prefix."""
+
 
 def _text(content: str | list) -> str:
     """A message's text; a message with images carries its content as parts."""

@@ -4,6 +4,9 @@
     reserved    the most the admitted rows will hold together, running the real batch forward until
                 each row has produced its expected output (padding to the longest row included)
     used        the bytes the caches really hold now, reconciled from the engine after every step
+    cached      the prefix cache's entries (agent/engine/prefix_index.py): held beside the rows, and
+                evictable: admission evicts least recently used unpinned entries before it refuses,
+                and entries that no longer fit beside the rows are evicted when the rows grow
 
 Every request passes `agent.admission.admit_request` against these numbers before it may enter the
 batch (`check`, then `admit` commits). A row that outgrows its expected output is expected to run as
@@ -22,6 +25,7 @@ import structlog
 from agent.admission import AdmissionDecision, SlotKV, Verdict, admit_request, expected_output_tokens, reservation_bytes
 from agent.catalog import ModelSpec
 from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes
+from agent.engine.prefix_index import PrefixEntry, PrefixIndex, PrefixMatch
 from agent.engine.ratio import OutputRatio
 from agent.engine.schedule import ScheduleLimits
 
@@ -63,6 +67,8 @@ class KVTracker:
         ratio: OutputRatio | None = None,
         max_num_seqs: int | None = None,  # the engine passes its EngineConfig's; None: no row limit
         schedule: ScheduleLimits = ScheduleLimits(),  # the engine's, so the replay groups and chunks as it does
+        max_prefix_cache_bytes: int = 0,  # the prefix cache's limit (0: none kept)
+        max_prefix_cache_entries: int = 256,
     ) -> None:
         self.spec = spec
         self.budget_bytes = budget_bytes
@@ -77,6 +83,8 @@ class KVTracker:
         self.is_overcommitted = False
         self._reserved: int | None = 0
         self._reports_since_compute = 0
+        self.prefixes = PrefixIndex(max_prefix_cache_bytes, max_prefix_cache_entries)
+        self.evicted: list[int] = []  # entries dropped from the index, for the engine to drop on the MLX thread
 
     @property
     def reserved_bytes(self) -> int:
@@ -93,10 +101,14 @@ class KVTracker:
         return max((row.end_tokens(cached.get(row.request_id)) for row in self.rows.values()), default=0)
 
     def slot_kv(self) -> SlotKV:
-        return SlotKV(self.budget_bytes, self.reserved_bytes, self.used_bytes, self.safety_margin_bytes)
+        return SlotKV(self.budget_bytes, self.reserved_bytes, self.used_bytes, self.safety_margin_bytes,
+                      self.prefixes.cached_bytes)
 
-    def check(self, request_id: str, prompt_tokens: int, max_tokens: int) -> AdmissionDecision:
-        """What admission says about this request now; commits nothing."""
+    def check(self, request_id: str, prompt_tokens: int, max_tokens: int, *,
+              as_evicted: bool = False) -> AdmissionDecision:
+        """What admission says about this request now; commits nothing. `as_evicted`: as if every unpinned
+        prefix were evicted, which `admit` would do before refusing."""
+        cached = self.prefixes.cached_bytes - (self.prefixes.evictable_bytes if as_evicted else 0)
         ratio = self.ratio.value
         expected = expected_output_tokens(max_tokens, ratio, self.ratio.clip)
         if self.max_num_seqs is not None and len(self.rows) >= self.max_num_seqs:
@@ -109,7 +121,8 @@ class KVTracker:
         # admit_request checks own <= budget - margin - max(reserved, used); with the others' reservation
         # taken as (peak with the candidate - own), that is: the batch's peak with it must fit, and so
         # must its own row beside what the caches really hold now.
-        slot = SlotKV(self.budget_bytes, max(0, with_candidate - own), self.used_bytes, self.safety_margin_bytes)
+        slot = SlotKV(self.budget_bytes, max(0, with_candidate - own), self.used_bytes, self.safety_margin_bytes,
+                      cached)
         decision = admit_request(self.spec, slot, prompt_tokens=prompt_tokens, max_tokens=max_tokens, ratio=ratio,
                                  clip=self.ratio.clip, pad_to_tokens=pad, chunk=self.chunk)
         unpadded = reservation_bytes(self.spec, prompt_tokens, expected, chunk=self.chunk)
@@ -118,12 +131,46 @@ class KVTracker:
                                                 f"{pad} tokens)")
         return decision
 
-    def admit(self, request_id: str, prompt_tokens: int, max_tokens: int) -> AdmissionDecision:
+    def admit(self, request_id: str, prompt_tokens: int, max_tokens: int,
+              reuse: PrefixMatch | None = None) -> AdmissionDecision:
+        """Admit if it fits, evicting cached prefixes (least recently used, never a pinned one) before refusing.
+
+        The entry `reuse` names is pinned first, so making room never takes the prefix this request starts from.
+        """
+        if reuse is not None:
+            self.prefixes.pin(request_id, reuse)
         decision = self.check(request_id, prompt_tokens, max_tokens)
+        while decision.verdict is Verdict.FULL and not self._at_row_limit and (freed := self.prefixes.evict(1)):
+            self.evicted += freed
+            decision = self.check(request_id, prompt_tokens, max_tokens)
         if decision.admitted:
             self.rows[request_id] = TrackedRow(request_id, prompt_tokens, max_tokens, decision.expected_output_tokens)
             self._reserved = None
+            if reuse is not None:
+                self.prefixes.count_hit(reuse)
+        else:
+            self.prefixes.unpin(request_id)
         return decision
+
+    @property
+    def _at_row_limit(self) -> bool:
+        return self.max_num_seqs is not None and len(self.rows) >= self.max_num_seqs
+
+    def add_prefixes(self, entries: list[PrefixEntry]) -> None:
+        """Prefixes the engine captured: kept within the cache's limit and beside what the rows need."""
+        for entry in entries:
+            self.evicted += self.prefixes.add(entry)
+        self._fit_prefixes()
+
+    def take_evicted(self) -> list[int]:
+        evicted, self.evicted = self.evicted, []
+        return evicted
+
+    def _fit_prefixes(self) -> None:
+        """Evict what no longer fits beside the rows: the rows' room comes first."""
+        over = -self.slot_kv().free_bytes
+        if over > 0:
+            self.evicted += self.prefixes.evict(over)
 
     def progress(self, request_id: str, num_tokens: int) -> None:
         row = self.rows.get(request_id)
@@ -132,6 +179,7 @@ class KVTracker:
 
     def release(self, request_id: str, *, observed: bool, completion_tokens: int = 0) -> None:
         """A request left the slot; `observed` if its length says something (finished by stop or length)."""
+        self.prefixes.unpin(request_id)
         row = self.rows.pop(request_id, None)
         if row is None:
             return
@@ -146,11 +194,13 @@ class KVTracker:
         self._reports_since_compute += 1
         if changed or self._reports_since_compute >= RECOMPUTE_EVERY_REPORTS or self._outgrown():
             self._reserved = None
+        self._fit_prefixes()
         self._check_overcommit()
 
     def set_budget(self, budget_bytes: int) -> None:
         """A new share of the machine's KV room: a smaller one stops admission, it says nothing of outputs."""
         self.budget_bytes = budget_bytes
+        self._fit_prefixes()
         limit = budget_bytes - self.safety_margin_bytes
         self.is_overcommitted = max(self.reserved_bytes, self.used_bytes) > limit
 

@@ -39,6 +39,7 @@ from agent.engine.image_prompt import prepare_images
 from agent.engine.loading import IncrementalLoad, wired_limit
 from agent.engine.logit_bias import check_token_ids
 from agent.engine.logprobs import LogprobReader
+from agent.engine.prefix_store import PrefixStore
 from agent.engine.sampling import Guard, make_processors, make_sampler, make_stop_sequences
 from agent.engine.schedule import ScheduleLimits
 from agent.engine.tool_choice import request_constraint
@@ -76,6 +77,12 @@ class _Insert:
 class _Cancel:
     model: str
     request_id: str
+
+
+@dataclass(slots=True)
+class _DropPrefixes:
+    model: str
+    entry_ids: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +178,8 @@ class MLXBackend:
         if (constraint := request_constraint(request)) is not None:  # a bad schema fails here, before any KV
             matcher = await asyncio.to_thread(self._grammars[model].matcher, constraint, request.max_tokens,
                                               is_reasoning=chat.is_reasoning(request))
-        return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher, images, positions))
+        cacheable = () if images else tuple(encoded.token_ids)  # image features are not keyed by token ids
+        return Prompt(len(encoded.token_ids), _Prepared(encoded, matcher, images, positions), cacheable)
 
     def grammar_cache(self, model: str) -> GrammarCache:
         """The loaded model's compiled grammars (and the MLX thread's mask times, for the bench)."""
@@ -182,6 +190,9 @@ class MLXBackend:
 
     def cancel(self, model: str, request_id: str) -> None:
         self._inbox.put(_Cancel(model, request_id))
+
+    def drop_prefixes(self, model: str, entry_ids: list[int]) -> None:
+        self._inbox.put(_DropPrefixes(model, list(entry_ids)))
 
     def _future(self) -> asyncio.Future:
         return self._loop.create_future()
@@ -241,6 +252,10 @@ class MLXBackend:
             if batcher is not None:
                 events = batcher.remove(command.request_id, lambda row: row.finish(FinishReason.CANCELLED))
                 self._report(command.model, batcher, events)
+        elif isinstance(command, _DropPrefixes):
+            batcher = self._batchers.get(command.model)
+            if batcher is not None:
+                batcher.prefixes.drop(command.entry_ids)
         elif isinstance(command, _Load):
             try:
                 self._loading[command.model] = (command, IncrementalLoad(command.source))
@@ -257,6 +272,8 @@ class MLXBackend:
             if batcher is None or chat is None:
                 raise EngineNotRunning(f"{command.model} is not loaded")
             guard = Guard()
+            job = command.job
+            reused = None if job.reuse is None else batcher.prefixes.reuse(job.reuse)
             sampler = make_sampler(request)
             processors = make_processors(request)
             grammar = None
@@ -273,7 +290,9 @@ class MLXBackend:
                 splitter=chat.splitter(prepared.encoded, request.stop, request.tool_names,
                                        is_parallel=request.parallel_tool_calls is not False), guard=guard,
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids, grammar=grammar,
-                images=self._row_images(command.model, prepared),
+                images=self._row_images(command.model, prepared), reused=reused,
+                cached_tokens=0 if job.reuse is None else job.reuse.num_tokens,
+                is_cacheable=job.keep_prefix and not prepared.images,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])
@@ -297,7 +316,8 @@ class MLXBackend:
                 vision_bytes = vision.load(command.source, job.model)
                 self._towers[model] = vision
             image_token_id = None if vision is None else vision.files.image_token_id
-            self._batchers[model] = Batcher(job.model, command.spec, self.schedule, image_token_id)
+            self._batchers[model] = batcher = Batcher(job.model, command.spec, self.schedule, image_token_id)
+            batcher.prefixes = PrefixStore()
             self._formats[model] = command.chat
             result: Loaded | BaseException = Loaded(job.weights_bytes + vision_bytes, has_vision=vision is not None)
         except Exception as exc:
@@ -334,7 +354,8 @@ class MLXBackend:
     def _report(self, model: str, batcher: Batcher, events: list[tuple[str, Event]]) -> None:
         timing, batcher.timing = batcher.timing, type(batcher.timing)()
         self._send(StepReport(model, events, batcher.used_bytes(), batcher.batch_kv(), timing.prefill_tokens,
-                              timing.prefill_seconds, timing.decode_tokens, timing.decode_seconds))
+                              timing.prefill_seconds, timing.decode_tokens, timing.decode_seconds,
+                              batcher.take_captured()))
 
     def _send(self, report: StepReport) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more

@@ -148,4 +148,13 @@ class Slot:
             kv_longest_row_end_tokens=kv_tracker.longest_row_end_tokens if kv_tracker else 0,
             modalities=self.modalities,
             vision_reason=self.vision_reason,
+            **_prefix_fields(kv_tracker),
         )
+
+
+def _prefix_fields(kv_tracker: KVTracker | None) -> dict[str, int | float]:
+    if kv_tracker is None:
+        return {}
+    prefixes = kv_tracker.prefixes
+    return {"kv_cached_bytes": prefixes.cached_bytes, "prefix_hit_rate": round(prefixes.stats.hit_rate, 4),
+            "prefix_hit_tokens": prefixes.stats.hit_tokens, "prefix_evictions": prefixes.stats.num_evictions}

@@ -190,6 +190,7 @@ def _message(message: ChatMessage) -> dict[str, Any]:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of the prompt tokens, those whose KV came from the prefix cache (not prefilled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +218,7 @@ Event = Delta | Finish
 
 HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
                     "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps", "expected_output_ratio",
-                    "kv_longest_row_end_tokens", "modalities")
+                    "kv_longest_row_end_tokens", "modalities", "kv_cached_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,10 @@ class SlotSnapshot:
     kv_longest_row_end_tokens: int = 0
     modalities: tuple[str, ...] = ("text",)  # ("text", "image") when loaded with vision
     vision_reason: str = ""  # why a model with vision is loaded text-only
+    kv_cached_bytes: int = 0  # the prefix cache (evictable: admission frees it before refusing)
+    prefix_hit_rate: float = 0.0  # admitted requests that reused a cached prefix, of lookups
+    prefix_hit_tokens: int = 0  # prompt tokens not prefilled thanks to it
+    prefix_evictions: int = 0
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat's `slots[]` entry."""

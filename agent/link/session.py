@@ -152,12 +152,13 @@ class LinkSession:
                                       logprobs=tuple(entries) if entries else None)
 
     def complete(self, request_id: str, prompt_tokens: int, completion_tokens: int, finish_reason: FinishReason,
-                 ttft_s: float | None = None) -> InferenceComplete | None:
+                 ttft_s: float | None = None, cached_tokens: int = 0) -> InferenceComplete | None:
         stream = self.streams.pop(request_id, None)
         if stream is None:
             return None
         return InferenceComplete(request_id=request_id, usage=UsageReport(prompt_tokens=prompt_tokens,
-                                 completion_tokens=completion_tokens), finish_reason=finish_reason,
+                                 completion_tokens=completion_tokens, cached_tokens=cached_tokens),
+                                 finish_reason=finish_reason,
                                  num_chunks=stream.num_chunks, ttft_s=ttft_s)
 
     def error(self, request_id: str, code: str, message: str, retryable: bool = False) -> InferenceError | None:

@@ -99,6 +99,9 @@ class ChatMessage(Body):
         return tuple(part for part in self.content if isinstance(part, ImagePart))
 
 
+MAX_PROMPT_CACHE_KEY_CHARS = 256
+
+
 class StreamOptions(Body):
     include_usage: bool = False
     include_obfuscation: bool = False  # accepted, neutral: chunks are not padded here
@@ -128,6 +131,9 @@ class ChatCompletionBody(Body):
     top_logprobs: TopLogprobs | None = None
     logit_bias: LogitBias | None = None
     metadata: Metadata | None = None  # the consumer's labels; never forwarded to a provider
+    # OpenAI's explicit cache affinity: requests with the same key go to the provider that served it (while it
+    # has room; agent/coordinator/routing/prefix_routes.py); never forwarded to a provider
+    prompt_cache_key: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CACHE_KEY_CHARS)] | None = None
     store: bool | None = None  # nothing is stored here: `true` is refused, not silently ignored
     tools: Annotated[tuple[FunctionTool, ...], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None

@@ -181,6 +181,7 @@ class SlotStatus(Frame):
     failure_reason: Reason | None = None
     kv_longest_row_end_tokens: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)] | None = None  # the longest admitted row's expected end: rows pad to it
     modalities: Annotated[tuple[Modality, ...], Field(max_length=2)] = ("text",)  # "image": loaded with vision
+    kv_cached_bytes: Bytes = 0  # the prefix cache: free-able room (the agent evicts it before refusing)
 
 
 class MemoryStatus(Frame):
@@ -263,6 +264,7 @@ class InferenceResponseChunk(Frame):
 class UsageReport(Frame):
     prompt_tokens: Count
     completion_tokens: Count
+    cached_tokens: Count = 0  # of prompt_tokens, those served from the agent's prefix cache (a claim, bounded)
 
 
 class InferenceComplete(Frame):

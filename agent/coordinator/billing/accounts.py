@@ -207,11 +207,12 @@ class Accounts:
                 high = mid - 1
         return low
 
-    def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int) -> Settlement:
+    def settle(self, request_id: str, *, prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> Settlement:
         """Charge the real usage once (see holds.py for duplicates, late and unknown settlements)."""
         with self._lock:
             hold = self._book.hold_for(request_id)
-            cost = self.prices.cost_micros(hold.model, prompt_tokens, completion_tokens) \
+            cost = self.prices.cost_micros(hold.model, prompt_tokens, completion_tokens, cached_tokens) \
                 if hold is not None and hold.is_billed else 0
             settlement = self._book.settle(request_id, cost)
             if settlement.status is SettleStatus.SETTLED:

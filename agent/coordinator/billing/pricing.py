@@ -1,6 +1,11 @@
 """What a request costs, in integer micro-units (1 µ = 10⁻⁶ of the account currency, USD by default).
 
-    cost_micros = ceil((prompt_tokens · input_price + output_tokens · output_price) / 1,000,000)
+    cost_micros = ceil((uncached · input_price + cached · cached_input_price + output_tokens · output_price)
+                       / 1,000,000)
+
+where `cached` are the prompt tokens the provider served from its prefix cache (never more than the
+prompt) and `cached_input_price` defaults to the input price; it may be lower, never higher, so a
+hold taken at the full input price always covers the charge.
 
 with prices in micro-units per million tokens, so $0.20 per million output tokens is 200_000. No
 floats touch money: a float cannot hold 0.1 exactly, and a ledger summing millions of them drifts.
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import DarkbloomError
 
@@ -30,9 +35,21 @@ class ModelPrice(BaseModel):
 
     input_micros_per_mtok: int = Field(ge=0)
     output_micros_per_mtok: int = Field(ge=0)
+    cached_input_micros_per_mtok: int | None = Field(None, ge=0)  # None: as input_micros_per_mtok
 
-    def cost_micros(self, prompt_tokens: int, output_tokens: int) -> int:
-        scaled = prompt_tokens * self.input_micros_per_mtok + output_tokens * self.output_micros_per_mtok
+    @model_validator(mode="after")
+    def _cached_not_dearer(self) -> ModelPrice:
+        if self.cached_input_micros_per_mtok is not None and self.cached_input_micros_per_mtok > self.input_micros_per_mtok:
+            raise ValueError("cached_input_micros_per_mtok may not exceed input_micros_per_mtok (holds are taken at "
+                             "the input price)")
+        return self
+
+    def cost_micros(self, prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.input_micros_per_mtok if self.cached_input_micros_per_mtok is None \
+            else self.cached_input_micros_per_mtok
+        scaled = ((prompt_tokens - cached) * self.input_micros_per_mtok + cached * cached_price
+                  + output_tokens * self.output_micros_per_mtok)
         return -(-scaled // TOKENS_PER_PRICE_UNIT)
 
 
@@ -58,8 +75,8 @@ class PriceTable(BaseModel):
     def price(self, model: str) -> ModelPrice:
         return self.models.get(model, self.default)
 
-    def cost_micros(self, model: str, prompt_tokens: int, output_tokens: int) -> int:
-        return self.price(model).cost_micros(prompt_tokens, output_tokens)
+    def cost_micros(self, model: str, prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+        return self.price(model).cost_micros(prompt_tokens, output_tokens, cached_tokens)
 
     @property
     def cheapest_request_micros(self) -> int:

@@ -101,9 +101,10 @@ def completion_object(request_id: str, model: str, choices: list[dict[str, Any]]
             "system_fingerprint": None, "choices": choices, "usage": usage_body(usage)}
 
 
-def usage_body(usage: UsageReport) -> dict[str, int]:
+def usage_body(usage: UsageReport) -> dict[str, Any]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 class CompletionChunks:

@@ -100,8 +100,7 @@ class MessageState:
         events = self._stop()
         self.stop_reason, self.usage = stop_reason(finished.finish_reason), finished.usage
         return [*events, {"type": "message_delta", "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                          "usage": {"input_tokens": self.usage.prompt_tokens,
-                                    "output_tokens": self.usage.completion_tokens}},
+                          "usage": {**_input_usage(self.usage), "output_tokens": self.usage.completion_tokens}},
                 {"type": "message_stop"}]
 
     def fail(self, broken: Broken) -> list[Event]:
@@ -111,8 +110,8 @@ class MessageState:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
                 "content": [self._whole(index, block) for index, block in enumerate(self.content)],
                 "stop_reason": self.stop_reason, "stop_sequence": None,
-                "usage": {"input_tokens": self.usage.prompt_tokens, "output_tokens": self.usage.completion_tokens,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+                "usage": {**_input_usage(self.usage), "output_tokens": self.usage.completion_tokens,
+                          "cache_creation_input_tokens": 0}}
 
     def _whole(self, index: int, block: dict[str, Any]) -> dict[str, Any]:
         if block["type"] != "tool_use":
@@ -154,3 +153,8 @@ def tool_input(arguments: str) -> dict[str, Any]:
     except ValueError:
         value = None
     return value if isinstance(value, dict) else {"_raw_arguments": arguments}
+
+
+def _input_usage(usage: UsageReport) -> dict[str, int]:
+    """Anthropic's split: `input_tokens` are the prompt tokens not read from the cache (prefix cache reads apart)."""
+    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "cache_read_input_tokens": usage.cached_tokens}

@@ -192,7 +192,7 @@ def _copy(item: dict[str, Any]) -> dict[str, Any]:
 def _usage(usage: UsageReport | None) -> dict[str, Any] | None:
     if usage is None:
         return None
-    return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
             "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
 

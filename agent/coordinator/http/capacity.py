@@ -58,6 +58,7 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
                "reason": reason, "free_kv_bytes": 0, "kv_budget_bytes": 0,
                "num_running": status.num_running if status else 0, "num_waiting": status.num_waiting if status else 0,
                "num_in_flight": offer.pending.num_in_flight,
+               "kv_cached_bytes": status.kv_cached_bytes if status else 0,  # prefix cache: inside free_kv_bytes
                "expected_output_ratio": status.expected_output_ratio if status else None,
                "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes,
                "trust": round(router.reputation.trust(provider.provider_id), 4),

@@ -54,9 +54,11 @@ def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
     return f"{head}data: {data}\n\n".encode()
 
 
-def usage_body(usage: UsageReport) -> dict[str, int]:
+def usage_body(usage: UsageReport) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: prompt tokens from the provider's prefix cache."""
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class Exchange:
     retry_after_hint_s: float | None = None  # from agents that refused it as full
     relinked: set[str] = field(default_factory=set)  # identities whose link was replaced under this attempt
     accepted_at: float | None = None  # the current attempt's inference_accepted (router clock): its ttft counts from it
+    prefix_keys: list[str] = field(default_factory=list)  # routing by prefix (prefix_routes.py)
 
     @property
     def model(self) -> str:

@@ -34,6 +34,8 @@ alone_budget_bytes.
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -217,7 +219,9 @@ def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: Slo
 
 def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
           exclude: dict[str, str] | None = None, lazy: bool = True,
-          reputation: ReputationBook | None = None) -> Placement:
+          reputation: ReputationBook | None = None, preferred: str | None = None) -> Placement:
+    """`preferred`: the provider holding the request's prefix, tried first while it is not much busier than
+    the least busy warm slot (settings.prefix_affinity_slack_rows): overlap against load."""
     placement = Placement(ask.model)
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
@@ -236,13 +240,16 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
-    for i, (provider, offer) in enumerate(_by_free_kv_within_ties(warm)):
+    first = _prefer(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
+    num_warm = len(warm) + (first is not None)
+    ordered = _by_free_kv_within_ties(warm)
+    for i, (provider, offer) in enumerate(ordered if first is None else itertools.chain([first[1:]], ordered)):
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
-            placement.num_unchecked = len(warm) - i + len(others)
+            placement.num_unchecked = num_warm - i + len(others)
             return placement
         _check_warm(placement, provider, offer, ask, reputation)
         if lazy and placement.admit:
-            placement.num_unchecked = len(warm) - i - 1 + len(others)
+            placement.num_unchecked = num_warm - i - 1 + len(others)
             return placement
     if lazy and placement.full:
         placement.num_unchecked = len(others)  # it can run here later: enough to queue it
@@ -252,6 +259,22 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         _potential(placement, provider, offer, residency, reason, ask)
     placement.uncertain.sort(key=lambda option: _rank(option.offer))
     return placement
+
+
+def _prefer(warm: list[tuple[tuple, ProviderRecord, Offer]], preferred: str | None, slack_rows: int,
+            max_load: float) -> tuple[tuple, ProviderRecord, Offer] | None:
+    """Take the preferred provider out of `warm` to be tried first while it is not much busier: its rows within
+    `slack_rows` of the least busy slot's, or (with this request) within `max_load` × the mean rows (plus one)
+    of the warm slots; and no longer a queue than the best's plus the slack. None: it is not preferred."""
+    index = next((i for i, (_, p, _) in enumerate(warm) if p.provider_id == preferred), None)
+    if index is None:
+        return None
+    (best_waiting, best_busy, *_), (waiting, busy, *_) = warm[0][0], warm[index][0]
+    mean_busy = sum(rank[1] for rank, _, _ in warm) / len(warm)
+    has_room = busy <= best_busy + slack_rows or busy + 1 <= max_load * (mean_busy + 1)
+    if waiting <= best_waiting + slack_rows and has_room:
+        return warm.pop(index)
+    return None
 
 
 def _unusable(provider: ProviderRecord, offer: Offer) -> str:

@@ -30,6 +30,7 @@ from agent.coordinator.metrics import Metrics
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.oversize import Oversize, oversize
 from agent.coordinator.routing.placement import Ask, Option, Placement, place
+from agent.coordinator.routing.prefix_routes import PrefixRoutes
 from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
 from agent.coordinator.routing.reputation import Outcome, Reputation, ReputationBook
@@ -82,6 +83,7 @@ class Router:
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
         self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
+        self.prefix_routes = PrefixRoutes(self.settings.max_prefix_routes)
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],
@@ -249,10 +251,14 @@ class Router:
         _forgive_relinked(exchange)
         offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
             self.registry.offers(exchange.model)
+        held = self.prefix_routes.find(exchange.prefix_keys)  # found (and counted) even when not preferred
+        preferred = held[0] if held is not None and self.settings.prefix_routing else None
         placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
-                          reputation=self.reputation)
+                          reputation=self.reputation, preferred=preferred)
         if placement.best is not None:
             self._commit(exchange, placement.best)
+            outcome = "none" if held is None else "held" if held[0] == exchange.provider_id else "elsewhere"
+            self.metrics.prefix_route(exchange.model, outcome)
         return placement
 
     def submit(self, exchange: Exchange) -> Submission:
@@ -342,6 +348,7 @@ class Router:
                                 decision.reservation_bytes)
         provider.exchanges[exchange.request_id] = exchange
         exchange.provider, exchange.provider_id = provider, provider.provider_id
+        self.prefix_routes.record(exchange.prefix_keys, provider.provider_id)
         exchange.attempt, exchange.accepted_at = exchange.attempt + 1, None
         provider.send(InferenceRequest(
             request_id=exchange.request_id, model=exchange.model, body=exchange.body,
