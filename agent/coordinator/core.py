@@ -15,7 +15,6 @@ Public names: Coordinator.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +28,7 @@ from agent.coordinator.billing.accounts import Account, Accounts, DuplicateReque
 from agent.coordinator.billing.client_ratelimit import ClientRateLimiter
 from agent.coordinator.billing.ledger import LedgerUnavailable
 from agent.coordinator.choices import Choices, PromptBilledElsewhere
-from agent.coordinator.image_inputs import ImageFacts, ImageInputs
+from agent.coordinator.dialects.strict_body import read_json
 from agent.coordinator.errors import (
     BadRequest,
     BillingUnavailable,
@@ -42,13 +41,14 @@ from agent.coordinator.errors import (
 )
 from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
+from agent.coordinator.image_inputs import ImageFacts, ImageInputs
 from agent.coordinator.metrics import Metrics
 from agent.coordinator.privacy import for_provider
-from agent.coordinator.routing.prefix_routes import prefix_keys
 from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
+from agent.coordinator.routing.prefix_routes import prefix_keys
 from agent.coordinator.routing.router import Router
 from agent.coordinator.settings import CoordinatorSettings
 from agent.coordinator.structured_outputs import output_schema_problem
@@ -94,13 +94,7 @@ class Coordinator:
             self.accounts.precheck(account)
 
     def parse(self, raw: bytes) -> ChatCompletionBody:
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return self.validate(data)
+        return self.validate(read_json(raw))
 
     def validate(self, data: dict) -> ChatCompletionBody:
         """A chat-completions body as a dict (what parse read, or what a dialect translated to) checked

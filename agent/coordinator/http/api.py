@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Send
 
-from agent.coordinator.billing.accounts import Account, ReleaseReason
+from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.choices import Choices
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed, error_body
@@ -38,10 +38,9 @@ from agent.coordinator.http.request_life import (  # noqa: F401 (CAPPED_HEADER, 
 from agent.coordinator.http.request_life import response_headers as _response_headers
 from agent.coordinator.http.request_life import send_part as _part
 from agent.coordinator.http.request_life import send_response as _send_response
-from agent.coordinator.image_inputs import ImageFacts
 from agent.coordinator.metrics import CONTENT_TYPE
-from agent.coordinator.token_merge import merge
 from agent.coordinator.privacy import is_operator
+from agent.coordinator.token_merge import merge
 from agent.wire.chat_body import ChatCompletionBody
 
 
@@ -57,12 +56,6 @@ class ChatCompletions(RequestLife):
 
     def stream_error(self, exc: ApiError) -> bytes:
         return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
-
-    def open(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()
-             ) -> RequestFlow | Choices:
-        if (body.n or 1) == 1:
-            return self.coordinator.open(account, body, images=images)
-        return self.coordinator.open_choices(account, body, images)
 
     async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
         if isinstance(flow, Choices):

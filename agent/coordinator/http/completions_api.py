@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Send
 
-from agent.coordinator.billing.accounts import Account, ReleaseReason
+from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.choices import Choices, merged_usage
 from agent.coordinator.dialects.completions import (
     CompletionChunks,
@@ -29,8 +29,6 @@ from agent.coordinator.errors import ApiError, ProviderFailed, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
 from agent.coordinator.http.openai_format import DONE, sse
 from agent.coordinator.http.request_life import RequestLife, Translated, send_part, send_response
-from agent.coordinator.image_inputs import ImageFacts
-from agent.wire.chat_body import ChatCompletionBody
 
 Events = Callable[[], Awaitable[tuple[int, Token | Finished | Broken]]]  # the next (choice index, event)
 
@@ -42,12 +40,6 @@ class Completions(RequestLife):
 
     def stream_error(self, exc: ApiError) -> bytes:
         return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
-
-    def open(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()
-             ) -> RequestFlow | Choices:
-        if (body.n or 1) == 1:
-            return self.coordinator.open(account, body, images=images)
-        return self.coordinator.open_choices(account, body, images)
 
     async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
         if not isinstance(flow, Choices):

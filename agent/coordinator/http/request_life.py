@@ -81,7 +81,10 @@ class RequestLife:
         return response_headers(flow, body)
 
     def open(self, account: Account, body: ChatCompletionBody, images: tuple[ImageFacts, ...] = ()) -> Any:
-        return self.coordinator.open(account, body, images=images)
+        """A RequestFlow, or Choices for n > 1 (a dialect that serves n > 1 serves Choices in `serve`)."""
+        if (body.n or 1) == 1:
+            return self.coordinator.open(account, body, images=images)
+        return self.coordinator.open_choices(account, body, images)
 
     async def serve(self, flow: Any, request: Translated, send: Send) -> None:
         await self._serve(flow, request, send)
