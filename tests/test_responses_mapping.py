@@ -60,6 +60,8 @@ def test_responses_tools_tool_choice_and_a_json_schema_format_map_onto_chat_fiel
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": "x", "conversation": "conv_1"}, "conversation"),
     ({"input": "x", "tools": [{"type": "file_search"}]}, "tools"),
+    ({"input": "x", "tools": True}, "tools"),  # not a list (the fuzz test's 500, fixed)
+    ({"input": "x", "tools": {"type": "function"}}, "tools"),
     ({"input": "x", "include": ["file_search_call.results"]}, "include"),
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "seed": 1}, "seed"),

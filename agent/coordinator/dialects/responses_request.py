@@ -178,7 +178,9 @@ class ResponsesBody(Body):
     @field_validator("tools", mode="before")
     @classmethod
     def _functions_only(cls, tools: Any) -> Any:
-        for index, tool in enumerate(tools or ()):
+        if not isinstance(tools, (list, tuple)):
+            return tools  # not a list: the field's own type check refuses it by name
+        for index, tool in enumerate(tools):
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind != "function":
                 raise ValueError(f"tool {index} is of type {kind!r}; only function tools are served here")
