@@ -7,7 +7,7 @@ Two engines on the same tiny model at the real attention widths (where prefill d
 prefix cache and one without, take the same chat conversation turn by turn, alternating (turn k with the
 cache, then turn k without), so a shared machine's load falls on both alike. Each turn adds a user
 message that grows the prompt by about `--turn-tokens` tokens (the assistant's short greedy replies are
-part of the history; both engines' replies are checked equal, token for token). TTFT is submit → first
+part of the history; both engines' replies are checked equal, as text). TTFT is submit → first
 generated token on the engine. Per turn the ratio is the median over `--repeats` conversations, each
 with its own opening words. Results go to scripts/results/prefix.json with --json.
 """

@@ -28,7 +28,7 @@ shared 2-core CPU; {result['repeats']} conversation(s) of {result['turns']} turn
 {table}
 
 **TTFT with the cache ÷ without at turn {result['turns']}: {result['ratio_turn_last']}** (target ≤ 0.3). Both engines'
-replies were equal token for token at every turn. A turn reuses all of the previous turn's prompt but its last
+replies were the same text at every turn. A turn reuses all of the previous turn's prompt but its last
 token (gpt-oss's template drops earlier reasoning from the history, but the previous prompt ends before the
 reply, so it is still a prefix); turn 1 reuses the shared system preamble of the warm-up conversation."""
 

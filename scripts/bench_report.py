@@ -11,7 +11,7 @@ from bench_figures import ERRORS, GEMMA, GPT, MODEL_KEYS, SustainedRun, f, figur
 __all__ = ["load_runs", "render_performance", "render_readme", "update_readme", "write_report"]
 
 # The README blocks this script owns: everything between a start and an end marker is rewritten.
-README_BLOCKS = ("engine", "summary", "prefix")
+README_BLOCKS = ("engine", "summary", "prefix", "vision")
 
 
 def plot(run: SustainedRun, png: Path) -> None:
@@ -181,7 +181,7 @@ def render_performance(results: dict, runs: dict) -> str:
 def render_readme(results: dict, runs: dict) -> dict[str, str]:
     """The README blocks this script owns, by name."""
     from bench_prefix_text import prefix_section
-    from bench_text import readme_engine, readme_summary
+    from bench_text import readme_engine, readme_summary, readme_vision
     from bench_text_speed import readme_line
 
     figs, tables = figures(results, runs), sections(results, runs)
@@ -191,7 +191,8 @@ def render_readme(results: dict, runs: dict) -> dict[str, str]:
         head, sep, notes = summary.partition("\n\nNotes on the runs")
         summary = head + "\n" + speed + sep + notes
     return {"engine": readme_engine(tables, results), "summary": summary,
-            "prefix": prefix_section(runs.get("prefix"))}
+            "prefix": prefix_section(runs.get("prefix")),
+            "vision": readme_vision(runs.get("vision"), runs.get("vision_install"))}
 
 
 def readme_block(text: str, name: str) -> re.Match[str]:

@@ -89,6 +89,18 @@ plus decoding the PNG. One-minute load average {result['load_average_1m'][0]} be
 encoder's share is not measured yet."""
 
 
+def readme_vision(vision: dict | None, install: dict | None) -> str:
+    """The README's vision figures: the TTFT ratio and encoder time, and the install footprint."""
+    if vision is None or install is None:
+        return "(scripts/bench_vision.py or scripts/measure_vision_install.py has not run yet)"
+    here, mac = install["linux"], install["macos_arm64"]
+    return f"""On the tiny model (CPU, shared machine), an image request's first token took {vision['image_vs_text_ttft']}× as long as a text
+request's with the same {vision['prompt_tokens']} prompt tokens; the tiny tower encodes an image in {vision['encoder_ms_p50']} ms
+(`python scripts/bench_vision.py --json`; PERFORMANCE.md). Installed as setup.sh does, with `--no-deps`, mlx-vlm adds
+{here['no_deps_mb'] - here['base_mb']} MB to the venv on Linux, and {here['full_mb'] - here['base_mb']} MB with its own requirements; on macOS arm64 the wheels are
+{mac['no_deps_wheels_mb']} MB against {mac['full_wheels_mb']} MB (`python scripts/measure_vision_install.py`; PERFORMANCE.md)."""
+
+
 def vision_install_section(result: dict | None) -> str:
     """scripts/measure_vision_install.py: mlx-vlm with its requirements, and --no-deps as setup.sh installs it."""
     if result is None:

@@ -1,6 +1,6 @@
 """The prefix cache on real mlx-lm (the tiny gpt-oss: sliding window 16; the tiny gemma-4: window 32).
 
-Greedy output with reuse equals greedy output without, token for token, for prefixes shorter than,
+Greedy output with reuse equals greedy output without (the same text and token count), for prefixes shorter than,
 equal to and longer than the sliding window, single and batched, whole and cut back; a cut the
 sliding layers cannot make exactly is refused (nothing reused, same output). The slot's ledger holds
 the cached bytes exactly as the real arrays do.
