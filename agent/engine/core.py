@@ -241,7 +241,8 @@ class Engine:
         self._requests[request.request_id] = slot
         if slot.state is SlotState.IDLE:
             slot.transition(SlotState.RUNNING)
-        keep_prefix = bool(prompt.token_ids) and tracker.prefixes.max_bytes > 0
+        keep_prefix = bool(prompt.token_ids) and tracker.keeps_prefix(prompt.num_tokens,
+                                                                       reuse.num_tokens if reuse else 0)
         self.backend.insert(slot.model, Job(request, prompt, max_tokens, reuse, keep_prefix))
         log.debug("admit.accept", model=slot.model, request_id=request.request_id, prompt_tokens=prompt.num_tokens,
                   reservation_bytes=decision.reservation_bytes)

@@ -28,6 +28,7 @@ from agent.engine.batch_kv import BatchKV, PendingRow, predicted_peak_bytes
 from agent.engine.prefix_index import PrefixEntry, PrefixIndex, PrefixMatch
 from agent.engine.ratio import OutputRatio
 from agent.engine.schedule import ScheduleLimits
+from agent.kvcost import prefix_entry_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,12 @@ class KVTracker:
         self._reports_since_compute = 0
         self.prefixes = PrefixIndex(max_prefix_cache_bytes, max_prefix_cache_entries)
         self.evicted: list[int] = []  # entries dropped from the index, for the engine to drop on the MLX thread
+
+    def keeps_prefix(self, prompt_tokens: int, cached_tokens: int = 0) -> bool:
+        """Whether a prompt's KV would fit the prefix cache's limit once captured: a capture copies the
+        prompt's KV on the MLX thread, so one that would be dropped at once is not made."""
+        limit = self.prefixes.max_bytes
+        return limit > 0 and prefix_entry_bytes(self.spec, prompt_tokens, self.chunk, cached_tokens) <= limit
 
     @property
     def reserved_bytes(self) -> int:
