@@ -262,7 +262,7 @@ def _user(blocks: tuple[Any, ...]) -> list[dict[str, Any]]:
             out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": _result_text(block)})
         elif isinstance(block, TextBlock):
             parts.append({"type": "text", "text": block.text})
-        elif isinstance(block, ImageBlock):  # served where the chat body takes image parts
+        elif isinstance(block, ImageBlock):  # served as chat completions serves image_url parts
             source = block.source
             url = source.url if isinstance(source, UrlSource) else f"data:{source.media_type};base64,{source.data}"
             parts.append({"type": "image_url", "image_url": {"url": url}})

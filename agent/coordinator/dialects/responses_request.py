@@ -272,7 +272,7 @@ def _content(item: MessageItem) -> str | list[dict[str, Any]]:
         return item.content
     parts: list[dict[str, Any]] = []
     for part in item.content:
-        if isinstance(part, InputImage):  # served where the chat body takes image parts
+        if isinstance(part, InputImage):  # served as chat completions serves image_url parts
             parts.append({"type": "image_url", "image_url": {"url": part.image_url or ""}})
         else:
             parts.append({"type": "text", "text": part.text if isinstance(part, InputText) else part.refusal})
