@@ -1,8 +1,6 @@
 """Which provider last served a conversation's prefix, keyed by messages (the coordinator never tokenizes).
 
-    prefix_keys(body)     the chain of a request: h0 = hash(what the template renders before the messages:
-                          tools, reasoning effort, raw or templated), then h_i = hash(h_{i-1}, message i) over
-                          each message's canonical JSON; an explicit `prompt_cache_key` comes first
+    prefix_keys(body)     a request's chain of keys (agent/wire/prefix_chain.py, shared with the agent)
     PrefixRoutes          a bounded LRU map key → provider id: `record` after a dispatch (the request's
                           whole chain, since the next turn's messages extend it), `find` the deepest key
                           of a new request that a connected provider was sent
@@ -13,41 +11,17 @@ agent keeps the state at the end of each prompt). What the agent really holds is
 map is the coordinator's record of where it sent what (an approximate scorer, as llm-d's), and placement
 prefers that provider only while it has room and is not much busier than the least busy one.
 
-Pure: standard library and the wire's body model.
+Pure: standard library.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.prefix_chain import EXPLICIT, prefix_keys
 
-
-EXPLICIT = "k:"  # marks the explicit key among a request's keys
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-
-
-def _canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def prefix_keys(body: ChatCompletionBody, prompt_cache_key: str | None = None) -> list[str]:
-    """The request's keys, the explicit affinity key first, then the message chain from the deepest down
-    (`body` as forwarded to a provider; `prompt_cache_key` the consumer's, which is not forwarded)."""
-    head = _canonical({"tools": [t.model_dump(mode="json", exclude_none=True) for t in body.tools or ()],
-                       "reasoning_effort": body.reasoning_effort, "raw_prompt": bool(body.raw_prompt)})
-    chain, key = [], _digest("head", head)
-    for message in body.messages:
-        key = _digest(key, _canonical(message.model_dump(mode="json", exclude_none=True)))
-        chain.append(key)
-    explicit = [] if prompt_cache_key is None else [EXPLICIT + _digest("prompt_cache_key", prompt_cache_key)]
-    return explicit + chain[::-1]
+__all__ = ["EXPLICIT", "PrefixRoutes", "prefix_keys"]
 
 
 @dataclass(slots=True)
