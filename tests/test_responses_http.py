@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.dialect_support import CALL, RESPONSES_TOOL, THINK_THEN_ANSWER, openai_client
-from tests.provider_support import GPT, Reply, coordinator, provider
+from tests.provider_support import GPT, Reply, coordinator, eventually, provider
 
 
 async def test_responses_create_returns_reasoning_then_a_message_with_usage():
@@ -166,3 +166,22 @@ async def test_completions_with_n_choices_return_each_by_index_and_the_prompt_on
         assert texts == {0: "Paris.", 1: "Paris."} and chunks[-1].usage.completion_tokens == 4
         assert sorted(r.body.seed for r in agent.received[:2]) == [1, 2] and len(agent.received) == 4
         await agent.stop()
+
+
+async def test_responses_a_prompt_cache_key_sends_different_inputs_to_the_provider_that_served_the_key():
+    async with coordinator() as server:
+        agents = [await provider(server, GPT) for _ in range(2)]
+        offers = lambda: server.coordinator.router.registry.offers(GPT.id)  # noqa: E731
+        await eventually(lambda: len(offers()) == 2 and all(o.status is not None for _, o in offers()),
+                         what="both heartbeats")
+        client = openai_client(server)
+        first = await client.responses.create(model=GPT.id, input="Name a sea.", prompt_cache_key="tenant-7")
+        holder = next(a for a in agents if a.received)
+        await holder.set_slot(GPT.id, num_running=1)  # by load alone, the next would go to the other one
+        offer = server.coordinator.router.registry.get(holder.provider_id).offers[GPT.id]
+        await eventually(lambda: offer.status.num_running == 1, what="the holder's heartbeat")
+        again = await client.responses.create(model=GPT.id, input="Something else.", prompt_cache_key="tenant-7")
+        assert first.status == again.status == "completed"
+        assert len(holder.received) == 2 and all(r.body.prompt_cache_key is None for r in holder.received)
+        for agent in agents:
+            await agent.stop()

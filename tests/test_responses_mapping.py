@@ -11,7 +11,7 @@ from agent.coordinator.dialects.responses_events import ResponseState
 from agent.coordinator.dialects.strict_body import read_json, validated
 from agent.coordinator.errors import BadRequest
 from agent.coordinator.flow import Broken, Finished, Token
-from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.chat_body import MAX_PROMPT_CACHE_KEY_CHARS, ChatCompletionBody
 from agent.wire.frames import ToolCallDelta
 from tests.dialect_support import USAGE, chat
 
@@ -157,3 +157,12 @@ def test_responses_text_logprobs_are_asked_for_by_include_and_come_back_on_the_t
     state.finish(Finished("stop", USAGE))
     assert delta["logprobs"] == [entry.model_dump()]
     assert state.response()["output"][0]["content"][0]["logprobs"] == [entry.model_dump()]
+
+
+def test_a_responses_prompt_cache_key_reaches_routing_as_chats_and_is_bounded_as_chats():
+    assert responses(input="Hi", prompt_cache_key="tenant-7").prompt_cache_key == "tenant-7"
+    assert responses(input="Hi").prompt_cache_key is None
+    for bad in ("k" * (MAX_PROMPT_CACHE_KEY_CHARS + 1), "", 42):
+        with pytest.raises(BadRequest) as refused:
+            responses(input="Hi", prompt_cache_key=bad)
+        assert "prompt_cache_key" in str(refused.value)

@@ -9,7 +9,8 @@
     tools [{type: function, name, parameters, ...}]  → tools [{type: function, function: {...}}]
     tool_choice  auto | none | required | {type: function, name}
     reasoning.effort → reasoning_effort;  text.format (json_schema / json_object / text) → response_format
-    max_output_tokens → max_tokens;  temperature, top_p, parallel_tool_calls, metadata, user as they are
+    max_output_tokens → max_tokens;  temperature, top_p, parallel_tool_calls, metadata, user as they are;
+    prompt_cache_key as chat's (routing's affinity key, kept by the coordinator, not forwarded)
 
 Nothing is stored: `store` is accepted (the API's default is true) and answered `store: false`;
 `previous_response_id` and `conversation` are refused with a 400 that says to send the whole input.
@@ -31,7 +32,7 @@ from pydantic import Discriminator, Field, Tag, field_validator
 
 from agent.coordinator.dialects.strict_body import Body
 from agent.coordinator.errors import BadRequest
-from agent.wire.chat_body import MAX_MESSAGES, ReasoningEffort
+from agent.wire.chat_body import MAX_MESSAGES, MAX_PROMPT_CACHE_KEY_CHARS, ReasoningEffort
 
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 TEXT_LOGPROBS = "message.output_text.logprobs"
@@ -171,7 +172,8 @@ class ResponsesBody(Body):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # alternatives per token, with TEXT_LOGPROBS
     truncation: Literal["disabled"] | None = None
     service_tier: Literal["auto", "default"] | None = None
-    prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None  # accepted, neutral
+    # routing's affinity key, as chat's (the coordinator keeps it; it is not forwarded to a provider)
+    prompt_cache_key: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CACHE_KEY_CHARS)] | None = None
     safety_identifier: Annotated[str, Field(max_length=256)] | None = None  # accepted, neutral
     background: Literal[False] | None = None
 
@@ -200,6 +202,7 @@ def to_chat(body: ResponsesBody) -> dict[str, Any]:
         chat.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     optional = {"max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
                 "parallel_tool_calls": body.parallel_tool_calls, "metadata": body.metadata, "user": body.user,
+                "prompt_cache_key": body.prompt_cache_key,
                 "reasoning_effort": body.reasoning.effort if body.reasoning else None,
                 "response_format": _response_format(body.text)}
     chat.update({name: value for name, value in optional.items() if value is not None})
