@@ -1,5 +1,7 @@
 """The error tree crosses the wire: an agent's rejection or error code, over a real loopback link,
-decides whether the coordinator tries another provider, exactly as agent.errors.is_retryable says."""
+decides whether the coordinator tries another provider, exactly as agent.errors.is_retryable says; an
+agent's "invalid_request" (the request itself at fault) is one stranger's word, believed (a 400 with its reason)
+once a second provider says so or no other can take the request."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ async def test_a_code_from_the_agent_is_retried_on_another_provider_exactly_when
         received = [len(p.received) for p in providers]
         for p in providers:
             await p.stop()
-    if is_retryable(code):
+    if is_retryable(code) or code == "invalid_request":  # one provider's invalid_request is tried elsewhere
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "served elsewhere"
         assert sorted(received) == [1, 1] and len(calls) == 2
@@ -58,6 +60,32 @@ async def test_a_code_from_the_agent_is_retried_on_another_provider_exactly_when
         assert "not retried on another provider" in response.json()["error"]["message"]
         assert code in response.json()["error"]["message"]
         assert sorted(received) == [0, 1] and len(calls) == 1
+
+
+def claims_invalid(_request) -> Reply:
+    return Reply(reject="never", reason="logit_bias names token id 999999, which is not in this model's vocabulary",
+                 code="invalid_request", retryable=False)
+
+
+async def ask(server) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        return await http.post("/v1/chat/completions", json={
+            "model": GPT.id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+
+
+@pytest.mark.parametrize("num_providers", [1, 2, 3])
+async def test_a_request_its_providers_call_invalid_is_a_400_with_their_reason_after_at_most_two_tried_it(
+        num_providers):
+    async with coordinator(FAST) as server:
+        providers = [await provider(server, GPT, reply=claims_invalid) for _ in range(num_providers)]
+        response = await ask(server)
+        received = sum(len(p.received) for p in providers)
+        for p in providers:
+            await p.stop()
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "logit_bias names token id 999999" in error["message"]
+    assert received == min(num_providers, 2)  # confirmed by a second provider when there is one, no further
 
 
 async def test_a_code_this_coordinator_does_not_know_follows_the_agents_own_retryable_flag():

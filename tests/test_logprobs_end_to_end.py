@@ -59,13 +59,13 @@ def test_the_sdk_gets_three_alternatives_per_greedy_token_none_likelier_than_it_
                 forced_id = next(i for i in range(200, 400) if text.lookup(i)[0].strip())
                 biased = await sdk.chat.completions.create(**ask(name, logprobs=True, logit_bias={forced_id: 100}))
                 results[name] = whole, chunks, biased, text.lookup(forced_id)[0]
-            # Only the agent knows the vocabulary: it refuses the id before admitting, and that is not retried.
+            # Only the agent knows the vocabulary: it refuses the id before admitting; the only provider's word is a 400.
             with pytest.raises(openai.APIStatusError) as outside:
                 await sdk.chat.completions.create(**ask(NARROW[0], logit_bias={"999999": 5}))
             return results, outside.value
 
     results, outside = run(scenario())
-    assert outside.status_code == 502 and "logit_bias names token id 999999" in outside.message
+    assert outside.status_code == 400 and "logit_bias names token id 999999" in outside.message
     for name, (whole, chunks, biased, forced_text) in results.items():
         entries = whole.choices[0].logprobs.content
         assert entries, name

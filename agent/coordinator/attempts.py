@@ -8,8 +8,12 @@
                                     prompt and the slot's prefill rate (deadlines.py)
                 error / link lost / timeout before the first token → another provider, same request id,
                                     at most `max_attempts` failures and no new attempt after
-                                    `first_token_total_s`; an error whose code is not retryable (the
-                                    request itself is at fault) fails at once
+                                    `first_token_total_s`; an error whose code is not retryable fails
+                                    at once, but "invalid_request" (the agent says the request itself is
+                                    at fault: a logit_bias id past its vocabulary, a tool schema its
+                                    grammar cannot take) is one stranger's word: the request tries another
+                                    provider, and is a 400 with the agent's reason once
+                                    `invalid_request_confirmations` providers said so or no other can take it
               and returns once the first token (or an empty completion) is in. Raises ApiError before that.
               An empty chunk (a channel header, or a peer pretending to be alive) is not a first token: its
               tokens wait for the attempt's first text and are dropped with the attempt if it fails.
@@ -29,7 +33,7 @@ from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.reputation import Outcome
 from agent.coordinator.routing.router import Router
 from agent.coordinator.usage import UsageMeter
-from agent.errors import is_retryable
+from agent.errors import InvalidRequest, is_retryable
 from agent.wire.frames import (
     FinishReason,
     InferenceAccepted,
@@ -41,6 +45,7 @@ from agent.wire.frames import (
 
 log = structlog.get_logger("agent.coordinator.attempts")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
+INVALID_REQUEST = InvalidRequest.code  # the agent says the request itself cannot be served
 
 
 class Attempts:
@@ -72,6 +77,8 @@ class Attempts:
     async def _dispatch(self) -> None:
         router, exchange = self.router, self.exchange
         submission = router.submit(exchange)
+        if submission.refusal is not None and exchange.invalid_claims:
+            raise self._invalid()  # no other provider can take it: the one that tried it is believed
         if submission.refusal is not None and exchange.last_failure:
             submission = await self._await_reconnect(submission)
         if submission.refusal is not None:
@@ -144,6 +151,9 @@ class Attempts:
                 self._failed("timeout", f"{self.exchange.provider_id} sent no {waiting_for} in time")
                 return None
             if isinstance(frame, InferenceRejected):
+                if frame.code == INVALID_REQUEST:
+                    self._claimed_invalid(frame.reason)
+                    return None
                 self._unless_retryable(frame.code, frame.retryable, f"{exchange.provider_id} refused it: {frame.reason}")
                 return None  # the router marked the provider; the next placement skips it
             if isinstance(frame, InferenceAccepted):
@@ -169,6 +179,9 @@ class Attempts:
                 self._failed("ended", f"{self.exchange.provider_id} ended it ({frame.finish_reason}) before a token")
                 return None
             elif isinstance(frame, InferenceError):
+                if frame.code == INVALID_REQUEST:
+                    self._claimed_invalid(frame.message)
+                    return None
                 message = f"{exchange.provider_id}: {frame.code}: {frame.message}"
                 self._unless_retryable(frame.code, frame.retryable, message)
                 self._failed("error", message)  # max_attempts bounds a request that fails everywhere
@@ -203,6 +216,26 @@ class Attempts:
         log.warning("request.not_retried", request_id=self.exchange.request_id, provider_id=self.exchange.provider_id,
                     code=code, message=message)
         raise ProviderFailed(f"not retried on another provider: the request itself cannot be served ({message})")
+
+    def _claimed_invalid(self, reason: str) -> None:
+        """The agent says the request itself cannot be served: believed once enough providers said so (a 400
+        with its reason), else tried elsewhere. Not a failure of the provider's (no reputation mark), but
+        counted against max_attempts, so a request every provider refuses ends."""
+        exchange = self.exchange
+        self.router.metrics.attempt(exchange.model, "invalid_request")
+        log.info("request.claimed_invalid", request_id=exchange.request_id, provider_id=exchange.provider_id,
+                 reason=reason)
+        exchange.invalid_claims.append(reason)
+        exchange.excluded[exchange.provider_id] = f"refused it as invalid: {reason}"
+        exchange.num_failures += 1
+        if len(exchange.invalid_claims) >= self.settings.invalid_request_confirmations:
+            raise self._invalid()
+        if exchange.num_failures >= self.settings.max_attempts:
+            raise ProviderFailed(f"the request failed {exchange.num_failures} times before its first token; "
+                                 f"last: {reason}")
+
+    def _invalid(self) -> BadRequest:
+        return BadRequest(f"the provider cannot serve this request: {self.exchange.invalid_claims[-1]}")
 
     def _failed(self, outcome: str, message: str) -> None:
         exchange = self.exchange

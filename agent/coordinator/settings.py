@@ -55,6 +55,9 @@ class CoordinatorSettings:
     max_retry_after_s: float = 30.0  # the most Retry-After a consumer is told, whatever an agent hinted
     # one request's attempts
     max_attempts: int = 3  # provider failures (error, link loss, timeout) before the first token
+    # Providers that must say "invalid_request" (the request itself cannot be served) before a consumer hears
+    # a 400: one stranger's word is tried on another provider first; when no other can take it, it is the 400.
+    invalid_request_confirmations: int = 2
     accept_timeout_s: float = 15.0  # inference_request → accepted/rejected (the agent tokenizes, then admits)
     # deadlines (deadlines.py): what a provider reports may shorten them, never stretch them past these
     first_token_base_s: float = 30.0  # accepted → first token for a short prompt (counted from accepted, not the send)

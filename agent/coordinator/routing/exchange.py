@@ -37,6 +37,7 @@ class Exchange:
     excluded: dict[str, str] = field(default_factory=dict)  # provider_id -> why not for this request
     num_failures: int = 0
     last_failure: str = ""
+    invalid_claims: list[str] = field(default_factory=list)  # providers' word that the request cannot be served
     first_queued_at: float | None = None
     retry_after_hint_s: float | None = None  # from agents that refused it as full
     relinked: set[str] = field(default_factory=set)  # identities whose link was replaced under this attempt
