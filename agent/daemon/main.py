@@ -173,9 +173,7 @@ class Daemon:
             self.status_changed.clear()
 
     def _write_status(self, state: str) -> None:
-        slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason,
-                                     "prefix_hit_rate": slot.prefix_hit_rate, "prefix_hit_tokens": slot.prefix_hit_tokens,
-                                     "prefix_evictions": slot.prefix_evictions}
+        slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason}
                  for slot in self.engine.snapshot().slots]
         try:
             write_status(self.config.status_path, {
