@@ -127,3 +127,17 @@ async def test_the_chain_an_agent_computes_from_its_inference_request_is_the_one
         assert len(text.received) == 3 and len(seeing.received) == 1
         await text.stop()
         await seeing.stop()
+
+
+def test_an_agent_setting_reporting_more_chains_than_the_wire_takes_is_refused_and_the_engine_caps_it_too():
+    from pydantic import ValidationError
+
+    from agent.daemon.config import AgentConfig
+    from agent.engine.kv_tracker import KVTracker
+    from tests.provider_support import GPT as SPEC
+
+    assert AgentConfig().max_reported_prefix_chains == 64
+    with pytest.raises(ValidationError, match="max_reported_prefix_chains"):
+        AgentConfig(max_reported_prefix_chains=MAX_PREFIX_CHAINS + 1)
+    tracker = KVTracker(SPEC, 1 << 30, max_prefix_cache_bytes=1 << 20, max_reported_prefix_chains=10 * MAX_PREFIX_CHAINS)
+    assert tracker.prefixes.max_reported_chains == MAX_PREFIX_CHAINS  # a heartbeat it builds is always valid

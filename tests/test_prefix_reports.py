@@ -185,3 +185,36 @@ async def test_capacity_and_metrics_show_each_slots_hit_rate_cached_bytes_and_ev
         assert f'darkbloom_provider_prefix_chains{{model="{GPT.id}",provider_id="{a.provider_id}"}} 1.0' in metrics
         await a.stop()
         await b.stop()
+
+
+async def test_coordinator_status_prints_each_slots_prefix_cache_beside_its_load():
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    async with coordinator() as server:
+        agent, = await fleet(server, 1)
+        await heard(server, agent, cached_bytes=3 * 2**20, prefix_hit_rate=0.75, prefix_hit_tokens=1234,
+                    prefix_evictions=5, prefix_chains=(chain_of(TURN_1),))
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["coordinator", "status", "--url", server.base_url])
+        as_json = await asyncio.to_thread(CliRunner().invoke, app, ["coordinator", "status", "--url", server.base_url,
+                                                                    "--json"])
+        await agent.stop()
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith(agent.provider_id))
+    assert "3.00 MiB" in row and row.split()[9:13] == ["75%", "1,234", "5", "1"]  # hit rate, tokens, evictions, chains
+    assert "1,234 tokens served from it, 5 evictions" in result.output
+    printed = as_json.output[as_json.output.index("{\n"):]  # after the in-process coordinator's own log lines
+    assert json.loads(printed)["data"][0]["details"][0]["prefix_hit_tokens"] == 1234
+
+
+def test_coordinator_status_without_a_coordinator_is_one_clear_error():
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    result = CliRunner().invoke(app, ["coordinator", "status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "could not read" in result.output and "--url" in result.output
