@@ -131,6 +131,16 @@ async def test_a_provider_that_leaves_takes_its_reports_with_it():
         await agents[1].stop()
 
 
+async def test_chains_reported_for_a_model_the_provider_did_not_register_are_not_indexed():
+    async with coordinator() as server:
+        agent, = await fleet(server, 1)
+        await agent.set_slot("not-registered", prefix_chains=(chain_of(TURN_1),))
+        await eventually(lambda: agent.is_heard(server), what="the heartbeat")
+        reports = server.coordinator.router.prefixes.reports
+        assert len(reports) == 0 and reports.holders("not-registered", chain_of(TURN_1)) == set()
+        await agent.stop()
+
+
 async def test_a_provider_claiming_every_chain_gets_only_the_load_bounded_preference():
     async with coordinator() as server:
         liar, honest = await fleet(server, 2)
