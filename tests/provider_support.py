@@ -94,6 +94,11 @@ class Slot:
     num_waiting: int = 0
     ratio: float | None = 0.7
     modalities: tuple[str, ...] = ("text",)  # ("text", "image"): loaded with vision
+    prefix_chains: tuple[str, ...] = ()  # the chain keys its heartbeat reports holding (agent/wire/prefix_chain.py)
+    cached_bytes: int = 0
+    prefix_hit_rate: float = 0.0
+    prefix_hit_tokens: int = 0
+    prefix_evictions: int = 0
 
 
 @dataclass
@@ -153,7 +158,10 @@ class ScriptedProvider:
         self._seq += 1
         slots = tuple(SlotStatus(model=m, state=s.state, num_running=s.num_running, num_waiting=s.num_waiting, kv_budget_bytes=s.budget_bytes,
                                  kv_reserved_bytes=s.reserved_bytes, kv_used_bytes=s.used_bytes,
-                                 expected_output_ratio=s.ratio, modalities=s.modalities) for m, s in self.slots.items())
+                                 expected_output_ratio=s.ratio, modalities=s.modalities, prefix_chains=s.prefix_chains,
+                                 kv_cached_bytes=s.cached_bytes, prefix_hit_rate=s.prefix_hit_rate,
+                                 prefix_hit_tokens=s.prefix_hit_tokens, prefix_evictions=s.prefix_evictions)
+                      for m, s in self.slots.items())
         memory = MemoryStatus(total_bytes=self.memory_bytes, available_bytes=self.memory_bytes // 2,
                               cap_bytes=memory_cap_bytes(self.memory_bytes))
         return Heartbeat(seq=self._seq, slots=slots, memory=memory)

@@ -1,4 +1,5 @@
-"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys, provider identities and account credit."""
+"""`darkbloom-agent coordinator`: the bundled coordinator, its API keys, provider identities, account credit and
+the running coordinator's status (coordinator_status.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from agent.cli.coordinator_status import coordinator_status
 from agent.cli.provider_commands import providers_app
 from agent.cli.support import existing_db, fail
 from agent.errors import DarkbloomError
@@ -19,6 +21,7 @@ coordinator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False
 keys_app = typer.Typer(no_args_is_help=True, help="Consumer API keys (stored hashed in the accounts database).")
 coordinator_app.add_typer(keys_app, name="keys")
 coordinator_app.add_typer(providers_app, name="providers")
+coordinator_app.command("status")(coordinator_status)
 DbOpt = Annotated[Path, typer.Option("--db", help="The accounts database (SQLite).")]
 
 

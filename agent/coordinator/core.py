@@ -43,6 +43,7 @@ from agent.coordinator.flow import RequestFlow
 from agent.coordinator.http.capacity import state_counts
 from agent.coordinator.image_inputs import ImageFacts, ImageInputs
 from agent.coordinator.metrics import Metrics
+from agent.coordinator.prefix_gauges import model_gauges, provider_gauges
 from agent.coordinator.privacy import for_provider
 from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
@@ -68,6 +69,7 @@ class Coordinator:
         self.router = Router(self.settings, catalog=self.catalog, clock=clock, metrics=self.metrics)
         self.metrics.watch(self._gauges)
         self.metrics.watch_operator(lambda: operator_gauges(self.router))
+        self.metrics.watch_operator(lambda: provider_gauges(self.router))
         restore(self.router, accounts.identities)
         self.clock = clock
         self.started_at = time.time()  # a wall-clock time: the catalog's models are `created` then
@@ -192,9 +194,7 @@ class Coordinator:
         yield ("darkbloom_requests_in_flight", "Requests at providers per model", ["model"],
                [([model], sum(o.pending.num_in_flight for _, o in router.registry.offers(model)))
                 for model in router.registry.models()])
-        yield ("darkbloom_kv_cached_bytes", "Prefix-cache bytes the providers hold per model (free-able room)",
-               ["model"], [([model], sum(o.status.kv_cached_bytes for _, o in router.registry.offers(model)
-                                         if o.status is not None)) for model in router.registry.models()])
+        yield from model_gauges(router)
         yield ("darkbloom_connected_providers", "Connected providers", [], [([], len(router.registry))])
         yield ("darkbloom_providers_quarantined", "Providers quarantined now", [],
                [([], router.reputation.num_quarantined())])

@@ -11,11 +11,16 @@ free KV, requests in flight) are read from the router when scraped, so they can 
     darkbloom_provider_evictions_total                 providers dropped for missed heartbeats
     darkbloom_bad_frames_total{code}                   agent frames that failed validation
     darkbloom_provider_quarantines_total               providers quarantined for repeated failures
+    darkbloom_prefix_routes_total{model,outcome}       dispatches by where the prefix was (held, elsewhere, none)
+    darkbloom_prefix_route_sources_total{model,source} ... with a known prefix: reported (heartbeat) or recorded
     darkbloom_providers_quarantined                    (gauge) providers in quarantine now
     operator only: darkbloom_provider_trust{provider_id}, darkbloom_provider_quarantined{provider_id},
     darkbloom_provider_outcomes{provider_id,outcome}   (gauges from the reputation book, at scrape time)
     darkbloom_queue_depth{model}, darkbloom_providers{model,state}, darkbloom_free_kv_bytes{model},
-    darkbloom_requests_in_flight{model}                (gauges, at scrape time)
+    darkbloom_requests_in_flight{model}, darkbloom_kv_cached_bytes{model}, darkbloom_prefix_hit_tokens{model},
+    darkbloom_prefix_evictions{model}                  (gauges, at scrape time: sums of the providers' heartbeats)
+    operator only: darkbloom_provider_kv_cached_bytes, darkbloom_provider_prefix_hit_rate,
+    darkbloom_provider_prefix_evictions, darkbloom_provider_prefix_chains {provider_id,model}   (gauges)
 
 Public names: Metrics, CONTENT_TYPE.
 """
@@ -56,6 +61,9 @@ class Metrics:
         self.prefix_routes = Counter("darkbloom_prefix_routes", "Dispatches by where the request's prefix was "
                                      "(held: to the provider that served it; elsewhere; none: no known prefix)",
                                      ["model", "outcome"], registry=r)
+        self.prefix_sources = Counter("darkbloom_prefix_route_sources", "Dispatches with a known prefix by how it "
+                                      "was known (reported: the provider's heartbeat lists it; recorded: where "
+                                      "the coordinator sent it)", ["model", "source"], registry=r)
         # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
         self.operator_registry = CollectorRegistry()
         self.clamped_by_provider = Counter("darkbloom_provider_usage_claims_clamped",
@@ -79,8 +87,10 @@ class Metrics:
         self.clamped.labels(model).inc()
         self.clamped_by_provider.labels(provider_id).inc()
 
-    def prefix_route(self, model: str, outcome: str) -> None:
+    def prefix_route(self, model: str, outcome: str, source: str = "") -> None:
         self.prefix_routes.labels(model, outcome).inc()
+        if source:
+            self.prefix_sources.labels(model, source).inc()
 
     def request(self, model: str, outcome: str) -> None:
         self.requests.labels(model or "", outcome).inc()

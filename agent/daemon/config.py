@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import ConfigError
+from agent.wire.frames import MAX_PREFIX_CHAINS
 
 ENV_PREFIX = "DARKBLOOM_"
 GIB = 1024**3
@@ -70,6 +71,8 @@ class AgentConfig(BaseModel):
     max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64, le=256 * 1024 * 1024)
     # per loaded model: KV of recent prompts kept for the next turn (0: no prefix cache); evicted before a refusal
     max_prefix_cache_bytes: int = Field(2 << 30, ge=0)
+    # per loaded model: chain keys of its cached prompts each heartbeat reports (the coordinator routes by them)
+    max_reported_prefix_chains: int = Field(64, ge=0, le=MAX_PREFIX_CHAINS)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -87,6 +87,7 @@ class Daemon:
         engine_config = EngineConfig(operator_reserve_bytes=config.operator_reserve_bytes, idle_unload_after_s=idle,
                                      load_vision=config.load_vision,
                                      max_prefix_cache_bytes=config.max_prefix_cache_bytes,
+                                     max_reported_prefix_chains=config.max_reported_prefix_chains,
                                      image_limits=ImageLimits(config.max_image_bytes, config.max_image_pixels))
         self.engine = engine_factory(entries, engine_config)
         self.handler = LinkHandler(self.engine, {k: e.spec for k, e in entries.items()}, hardware, read_memory,
@@ -173,9 +174,7 @@ class Daemon:
             self.status_changed.clear()
 
     def _write_status(self, state: str) -> None:
-        slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason,
-                                     "prefix_hit_rate": slot.prefix_hit_rate, "prefix_hit_tokens": slot.prefix_hit_tokens,
-                                     "prefix_evictions": slot.prefix_evictions}
+        slots = [slot.heartbeat() | {"weights_bytes": slot.weights_bytes, "reason": slot.reason}
                  for slot in self.engine.snapshot().slots]
         try:
             write_status(self.config.status_path, {

@@ -65,6 +65,7 @@ class Row:
     reused: list[Any] | None = None  # caches standing for the first `cached_tokens` (agent/engine/prefix_store.py)
     cached_tokens: int = 0
     is_cacheable: bool = True  # its prompt's KV may be kept for later requests (not with images)
+    prefix_chain: str | None = None  # its request's message chain, remembered with the captured prefix
 
     @property
     def prompt_tokens(self) -> int:
@@ -271,7 +272,7 @@ class Batcher:
             return
         for index, row in enumerate(group.rows):
             if row.is_cacheable and len(row.prompt) > 1:
-                self.captured.append(self.prefixes.capture(group.state, index, row.prompt[:-1]))
+                self.captured.append(self.prefixes.capture(group.state, index, row.prompt[:-1], row.prefix_chain))
 
     def take_captured(self) -> list[PrefixEntry]:
         captured, self.captured = self.captured, []

@@ -292,7 +292,7 @@ class MLXBackend:
                 logprobs=_logprob_reader(chat, request), markup_ids=chat.markup_ids, grammar=grammar,
                 images=self._row_images(command.model, prepared), reused=reused,
                 cached_tokens=0 if job.reuse is None else job.reuse.num_tokens,
-                is_cacheable=job.keep_prefix and not prepared.images,
+                is_cacheable=job.keep_prefix and not prepared.images, prefix_chain=request.prefix_chain,
             ))
         except Exception as exc:
             event = Finish(FinishReason.ERROR, Usage(prompt.num_tokens, 0), "generation_error", str(exc)[:500])

@@ -19,6 +19,10 @@ tokens, so the cut is usually exact.
 An entry a request reuses is pinned until that request ends, so eviction never takes it. Eviction is
 least recently used first, and only of unpinned entries.
 
+Each entry remembers its request's message chain (`chain`, agent/wire/prefix_chain.py): `chains` lists
+them, most recently used first, for the heartbeat, so the coordinator routes by what the slot holds.
+When an entry is evicted or made redundant its chain goes with it.
+
 Pure: standard library only.
 """
 
@@ -34,6 +38,7 @@ class PrefixEntry:
     tokens: tuple[int, ...]  # the prompt tokens whose KV the entry holds
     nbytes: int  # what its arrays really occupy (measured on the MLX thread)
     max_trim_tokens: int  # how far every layer can be cut back to a shorter prefix exactly
+    chain: str | None = None  # the request's message chain (agent.wire.prefix_chain.chain_key): what heartbeats report
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,7 @@ class PrefixIndex:
     max_bytes: int  # the slot's limit on cached bytes (0: no cache)
     max_entries: int = 256  # every lookup compares against each entry
     min_reuse_tokens: int = 1
+    max_reported_chains: int = 64  # chain keys a heartbeat reports (EngineConfig.max_reported_prefix_chains)
     entries: OrderedDict[int, PrefixEntry] = field(default_factory=OrderedDict)  # least recently used first
     pins: dict[str, int] = field(default_factory=dict)  # request_id -> entry id it reuses
     stats: PrefixStats = field(default_factory=PrefixStats)
@@ -95,6 +101,17 @@ class PrefixIndex:
     def evictable_bytes(self) -> int:
         pinned = self.pinned_ids
         return sum(e.nbytes for i, e in self.entries.items() if i not in pinned)
+
+    def chains(self) -> tuple[str, ...]:
+        """The chain keys of the cached entries, most recently used first, at most `max_reported_chains`
+        (an entry from a request without a body has none)."""
+        chains: dict[str, None] = {}
+        for entry in reversed(self.entries.values()):
+            if len(chains) >= self.max_reported_chains:
+                break
+            if entry.chain is not None:
+                chains[entry.chain] = None
+        return tuple(chains)
 
     def match(self, prompt: list[int] | tuple[int, ...]) -> PrefixMatch | None:
         """The entry standing for the longest exact prefix of `prompt` (None: none); counts the lookup."""

@@ -64,14 +64,14 @@ class PrefixStore:
     def nbytes(self) -> int:
         return sum(c.nbytes for caches in self._caches.values() for c in caches)
 
-    def capture(self, batch: Any, index: int, tokens: list[int]) -> PrefixEntry:
-        """Row `index` of a `PromptProcessingBatch` whose caches hold exactly `tokens`."""
+    def capture(self, batch: Any, index: int, tokens: list[int], chain: str | None = None) -> PrefixEntry:
+        """Row `index` of a `PromptProcessingBatch` whose caches hold exactly `tokens` (`chain`: its request's)."""
         caches = batch.extract_cache(index)
         mx.eval([c.state for c in caches])
         entry_id = next(self._ids)
         self._caches[entry_id] = caches
         return PrefixEntry(entry_id, tuple(tokens), sum(c.nbytes for c in caches),
-                           min(max_trim_tokens(c) for c in caches))
+                           min(max_trim_tokens(c) for c in caches), chain)
 
     def reuse(self, match: PrefixMatch) -> list[Any]:
         """Caches for a new row, standing for the entry's first `match.num_tokens` tokens."""

@@ -37,6 +37,7 @@ from agent.wire.frames import (  # one vocabulary with the wire (re-exported)
     ToolCallDelta,
 )
 from agent.wire.logprobs import TokenLogprob
+from agent.wire.prefix_chain import chain_key
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ class GenerationRequest:
     parallel_tool_calls: bool | None = None
     raw_prompt: bool = False  # the one user message is the prompt, without the chat template (/v1/completions)
     images: tuple[ImageInput, ...] = ()
+    # The body's message chain (agent.wire.prefix_chain.chain_key, the coordinator's own key): the prefix cache
+    # remembers it with the prompt's KV and heartbeats report it. None: not from a body.
+    prefix_chain: str | None = None
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -139,7 +143,7 @@ class GenerationRequest:
             tools=tuple(tool.model_dump(exclude_none=True) for tool in parsed.tools or ()),
             tool_choice=_choice(parsed.tool_choice), parallel_tool_calls=parsed.parallel_tool_calls,
             raw_prompt=bool(parsed.raw_prompt),
-            images=_images(parsed),
+            images=_images(parsed), prefix_chain=chain_key(parsed),
         )
 
 
@@ -218,7 +222,8 @@ Event = Delta | Finish
 
 HEARTBEAT_FIELDS = ("model", "state", "num_running", "num_waiting", "kv_bytes_per_token", "kv_budget_bytes",
                     "kv_reserved_bytes", "kv_used_bytes", "prefill_tps", "decode_tps", "expected_output_ratio",
-                    "kv_longest_row_end_tokens", "modalities", "kv_cached_bytes")
+                    "kv_longest_row_end_tokens", "modalities", "kv_cached_bytes", "prefix_chains", "prefix_hit_rate",
+                    "prefix_hit_tokens", "prefix_evictions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +248,7 @@ class SlotSnapshot:
     prefix_hit_rate: float = 0.0  # admitted requests that reused a cached prefix, of lookups
     prefix_hit_tokens: int = 0  # prompt tokens not prefilled thanks to it
     prefix_evictions: int = 0
+    prefix_chains: tuple[str, ...] = ()  # the chain keys of its cached prefixes, most recently used first (bounded)
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat's `slots[]` entry."""

@@ -13,7 +13,7 @@ peer* may carry fields of a newer release, and agent.protocol.parse_message drop
 
 Public names: the frame classes (Register ... UnloadModel, ErrorFrame), their parts (Hardware,
 ModelEntry, AdmissionLimits, KVLayout, KVLayer, SlotStatus, MemoryStatus, ChunkDelta, ToolCallDelta, UsageReport,
-Reservation), SlotState, ThermalState, FinishReason, Frame, MAX_TOOL_CALLS_PER_TURN.
+Reservation), SlotState, ThermalState, FinishReason, Frame, MAX_TOOL_CALLS_PER_TURN, MAX_PREFIX_CHAINS.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ MAX_BYTES = 2**53  # exact in every JSON implementation
 MAX_CONTEXT_TOKENS = 2**22  # 4M tokens: above every architecture's real context (the catalog's is at most 262k)
 MAX_MODELS = 64  # models one register or heartbeat may list: a Mac holds a handful
 MAX_KV_LAYERS = 512  # layers of one kv_layout: the deepest served model has ~100
+MAX_PREFIX_CHAINS = 256  # chain keys one slot status may report (the agent reports its 64 most recent by default)
 
 RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 ModelId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
@@ -42,6 +43,8 @@ MAX_CHUNK_TOKENS = 4096  # one chunk is one decode step's text; far more than an
 Tps = Annotated[float, Field(ge=0, le=1e9)]
 Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
 Label = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Tally = Annotated[int, Field(ge=0, le=2**53)]  # a count since a start: may pass 2^31 over a long uptime
+ChainKey = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]  # agent.wire.prefix_chain's key of a message chain
 
 
 def _type_is_required(schema: dict[str, Any]) -> None:
@@ -182,6 +185,12 @@ class SlotStatus(Frame):
     kv_longest_row_end_tokens: Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)] | None = None  # the longest admitted row's expected end: rows pad to it
     modalities: Annotated[tuple[Modality, ...], Field(max_length=2)] = ("text",)  # "image": loaded with vision
     kv_cached_bytes: Bytes = 0  # the prefix cache: free-able room (the agent evicts it before refusing)
+    # Minor 5: the prefix cache seen from outside. The chain keys (agent/wire/prefix_chain.py) of the slot's cached
+    # prompts, most recently used first: the coordinator routes a conversation's next turn by them.
+    prefix_chains: Annotated[tuple[ChainKey, ...], Field(max_length=MAX_PREFIX_CHAINS)] = ()
+    prefix_hit_rate: Annotated[float, Field(ge=0, le=1)] = 0.0  # admitted requests that reused a prefix, of lookups
+    prefix_hit_tokens: Tally = 0  # prompt tokens not prefilled thanks to it, since the slot loaded
+    prefix_evictions: Tally = 0
 
 
 class MemoryStatus(Frame):

@@ -5,6 +5,8 @@ chains whose KV it holds in the same keys, so both sides compute them here.
                           tools, reasoning effort, raw or templated), then h_i = hash(h_{i-1}, message i) over
                           each message's canonical JSON, deepest first; an explicit `prompt_cache_key` first
     chain_key(body)       the deepest key alone: the chain of the whole prompt, which the next turn extends
+                          (what an agent remembers with the prompt's cached KV and reports from protocol
+                          minor 5 on: heartbeat slots' `prefix_chains`)
 
 Pure: standard library and the wire's body model.
 """

@@ -57,8 +57,10 @@ from agent.wire.frames import (
 from agent.wire.unknown_fields import UnknownFields, without_unknown_fields
 
 PROTOCOL_VERSION = 1  # the newest major version this release speaks
-PROTOCOL_MINOR = 4  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on
-# chunks; 3: logprobs on chunks; 4: inference_response_chunks (agent/wire/chunk_batch.py), sent only to a coordinator of 4+
+PROTOCOL_MINOR = 5  # 1: unknown fields ignored, version range in register, error codes on rejections; 2: num_tokens on
+# chunks; 3: logprobs on chunks; 4: inference_response_chunks (agent/wire/chunk_batch.py), sent only to a coordinator of 4+;
+# 5: the prefix cache on heartbeat slots (prefix_chains, prefix_hit_rate, prefix_hit_tokens, prefix_evictions), sent to
+# every coordinator (an older one ignores them; an older agent's slots report none)
 MIN_PROTOCOL_VERSION = 1  # the oldest major it still speaks
 LEGACY_PROTOCOL_VERSION = 1  # what a peer that names no version (one from before negotiation) speaks
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a full 262k-token prompt is ~1-3 MiB of JSON

@@ -7,11 +7,14 @@
         "vision_slots": 1,               # warm slots loaded with vision: the ones image requests go to
         "free_kv_bytes": ...,            # Σ over warm slots of the coordinator's netted view
         "kv_budget_bytes": ...,          # Σ over warm slots
+        "kv_cached_bytes": ..., "prefix_hit_tokens": ..., "prefix_evictions": ...,   # Σ over the slots' heartbeats
         "queue_depth": 0, "oldest_queued_s": 0.0,
         "never_fits": [{"provider_id": ..., "reason": ...}],
         "details": [{"provider_id", "state", "slot_state", "reason", "free_kv_bytes", "kv_budget_bytes",
                      "num_running", "num_waiting", "num_in_flight", "expected_output_ratio", "modalities", "chip",
-                     "memory_bytes", "trust", "quarantine"}]}]}    (trust and quarantine: routing/reputation.py)
+                     "memory_bytes", "trust", "quarantine",        (trust and quarantine: routing/reputation.py)
+                     "kv_cached_bytes", "prefix_hit_rate", "prefix_hit_tokens", "prefix_evictions",
+                     "num_prefix_chains"}]}]}                      (the slot's prefix cache, as its heartbeat says)
 
 States (placement.Residency): running (serving requests), idle (loaded, none), loading, cold_fits (the
 load gate says it would load now), cold_no_room (it fits the machine but not beside what is loaded,
@@ -29,6 +32,10 @@ from typing import Any
 
 from agent.coordinator.routing.placement import Residency, classify, slot_view
 from agent.coordinator.routing.router import Router
+from agent.wire.frames import SlotStatus
+
+
+SUMMED = ("kv_cached_bytes", "prefix_hit_tokens", "prefix_evictions")  # per model, over its slots
 
 
 def capacity_report(router: Router) -> dict[str, Any]:
@@ -58,7 +65,7 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
                "reason": reason, "free_kv_bytes": 0, "kv_budget_bytes": 0,
                "num_running": status.num_running if status else 0, "num_waiting": status.num_waiting if status else 0,
                "num_in_flight": offer.pending.num_in_flight,
-               "kv_cached_bytes": status.kv_cached_bytes if status else 0,  # prefix cache: inside free_kv_bytes
+               **_prefix_cache(status),
                "expected_output_ratio": status.expected_output_ratio if status else None,
                "chip": provider.register.hardware.chip, "memory_bytes": provider.memory_bytes,
                "trust": round(router.reputation.trust(provider.provider_id), 4),
@@ -77,7 +84,17 @@ def _model_report(router: Router, model: str) -> dict[str, Any]:
         details.append(row)
     queue = router.queues.get(model)
     return {"model": model, "providers": counts, "vision_slots": vision, "free_kv_bytes": free,
-            "kv_budget_bytes": budget,
+            "kv_budget_bytes": budget, **{name: sum(row[name] for row in details) for name in SUMMED},
             "queue_depth": len(queue) if queue else 0,
             "oldest_queued_s": round(queue.oldest_wait_s(now), 3) if queue else 0.0,
             "never_fits": never, "details": details}
+
+
+def _prefix_cache(status: SlotStatus | None) -> dict[str, Any]:
+    """The slot's prefix cache (its cached bytes are inside free_kv_bytes: the agent evicts them first)."""
+    if status is None:
+        return {"kv_cached_bytes": 0, "prefix_hit_rate": 0.0, "prefix_hit_tokens": 0, "prefix_evictions": 0,
+                "num_prefix_chains": 0}
+    return {"kv_cached_bytes": status.kv_cached_bytes, "prefix_hit_rate": status.prefix_hit_rate,
+            "prefix_hit_tokens": status.prefix_hit_tokens, "prefix_evictions": status.prefix_evictions,
+            "num_prefix_chains": len(status.prefix_chains)}

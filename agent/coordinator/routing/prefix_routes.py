@@ -3,13 +3,15 @@
     prefix_keys(body)     a request's chain of keys (agent/wire/prefix_chain.py, shared with the agent)
     PrefixRoutes          a bounded LRU map key → provider id: `record` after a dispatch (the request's
                           whole chain, since the next turn's messages extend it), `find` the deepest key
-                          of a new request that a connected provider was sent
+                          of a new request that a connected provider was sent, `drop` a stale record
 
 The next turn of a conversation carries the previous turn's messages plus the reply and a new message, so
 its chain contains the previous request's last key: the provider it went to holds that prompt's KV (the
-agent keeps the state at the end of each prompt). What the agent really holds is its own business; this
-map is the coordinator's record of where it sent what (an approximate scorer, as llm-d's), and placement
-prefers that provider only while it has room and is not much busier than the least busy one.
+agent keeps the state at the end of each prompt). What the agent really holds it reports on its heartbeats
+(prefix_reports.py); this map is the coordinator's record of where it sent what (an approximate scorer, as
+llm-d's), which covers the window until the next heartbeat and the explicit key the agent never sees
+(prefix_affinity.py weighs the two). Placement prefers that provider only while it has room and is not
+much busier than the least busy one.
 
 Pure: standard library.
 """
@@ -50,6 +52,11 @@ class PrefixRoutes:
                 self._routes.move_to_end(key)
                 return provider_id, depth
         return None
+
+    def drop(self, key: str, provider_id: str) -> None:
+        """The record of `key` is stale if it still names `provider_id` (prefix_affinity.py)."""
+        if self._routes.get(key) == provider_id:
+            del self._routes[key]
 
     def forget(self, provider_id: str) -> None:
         """A provider left: its prefixes left with it."""

@@ -30,7 +30,7 @@ from agent.coordinator.metrics import Metrics
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.oversize import Oversize, oversize
 from agent.coordinator.routing.placement import Ask, Option, Placement, place
-from agent.coordinator.routing.prefix_routes import PrefixRoutes
+from agent.coordinator.routing.prefix_affinity import PrefixAffinity
 from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
 from agent.coordinator.routing.reputation import Outcome, Reputation, ReputationBook
@@ -83,7 +83,7 @@ class Router:
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
         self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
-        self.prefix_routes = PrefixRoutes(self.settings.max_prefix_routes)
+        self.prefixes = PrefixAffinity(self.settings.max_prefix_routes, self.registry)
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],
@@ -120,6 +120,7 @@ class Router:
             exchange.provider = None
             exchange.push(LinkLost(provider.provider_id, reason))
         provider.exchanges.clear()
+        self.prefixes.forget(provider.provider_id)
         if provider.identity_id is None:
             self.reputation.forget(provider.provider_id)  # nothing can bring this id back
         log.info("provider.disconnect", provider_id=provider.provider_id, reason=reason)
@@ -180,6 +181,7 @@ class Router:
         now = self.clock()
         provider.heartbeat, provider.last_seen = heartbeat, now
         statuses = {status.model: status for status in heartbeat.slots}
+        self.prefixes.heartbeat(provider, heartbeat)
         for offer in provider.offers.values():
             offer.observe(statuses.get(offer.model), now, self.settings.load_refused_cooldown_s)
             for entry in offer.pending.heartbeat(heartbeat.seq, now, self.settings.cancel_grace_s):
@@ -220,6 +222,7 @@ class Router:
             if ended:
                 provider.exchanges.pop(request_id, None)
                 exchange.provider = None
+                self.prefixes.ended(provider.provider_id, exchange.prefix_keys)
             exchange.push(frame)
         if ended:
             self.wake(offer.model, provider)
@@ -251,14 +254,14 @@ class Router:
         _forgive_relinked(exchange)
         offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
             self.registry.offers(exchange.model)
-        held = self.prefix_routes.find(exchange.prefix_keys)  # found (and counted) even when not preferred
-        preferred = held[0] if held is not None and self.settings.prefix_routing else None
+        held = self.prefixes.prefer(exchange.model, exchange.prefix_keys)  # found (and counted) even when not used
+        preferred = held.provider_id if held is not None and self.settings.prefix_routing else None
         placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
                           reputation=self.reputation, preferred=preferred)
         if placement.best is not None:
             self._commit(exchange, placement.best)
-            outcome = "none" if held is None else "held" if held[0] == exchange.provider_id else "elsewhere"
-            self.metrics.prefix_route(exchange.model, outcome)
+            outcome = "none" if held is None else "held" if held.provider_id == exchange.provider_id else "elsewhere"
+            self.metrics.prefix_route(exchange.model, outcome, "" if held is None else held.source)
         return placement
 
     def submit(self, exchange: Exchange) -> Submission:
@@ -348,7 +351,7 @@ class Router:
                                 decision.reservation_bytes)
         provider.exchanges[exchange.request_id] = exchange
         exchange.provider, exchange.provider_id = provider, provider.provider_id
-        self.prefix_routes.record(exchange.prefix_keys, provider.provider_id)
+        self.prefixes.dispatched(exchange.prefix_keys, provider.provider_id)
         exchange.attempt, exchange.accepted_at = exchange.attempt + 1, None
         provider.send(InferenceRequest(
             request_id=exchange.request_id, model=exchange.model, body=exchange.body,
