@@ -62,6 +62,7 @@ class EngineConfig:
     # Per slot: KV of recent prompts kept for later requests that extend them (evicted before any refusal).
     max_prefix_cache_bytes: int = 2 << 30
     max_prefix_cache_entries: int = 256  # per slot; every lookup compares the prompt with each entry
+    max_reported_prefix_chains: int = 64  # per slot: the chain keys its snapshot reports
 
     @property
     def prefill_chunk_tokens(self) -> int:
@@ -179,7 +180,8 @@ class Engine:
             slot.kv_tracker = KVTracker(slot.spec, 0, ratio=slot.ratio, max_num_seqs=self.config.max_num_seqs,
                                         schedule=self.config.schedule,
                                         max_prefix_cache_bytes=self.config.max_prefix_cache_bytes,
-                                        max_prefix_cache_entries=self.config.max_prefix_cache_entries)
+                                        max_prefix_cache_entries=self.config.max_prefix_cache_entries,
+                                        max_reported_prefix_chains=self.config.max_reported_prefix_chains)
             self._rebalance()
             slot.transition(SlotState.IDLE)
             slot.idle_since = self._clock()

@@ -70,6 +70,7 @@ class KVTracker:
         schedule: ScheduleLimits = ScheduleLimits(),  # the engine's, so the replay groups and chunks as it does
         max_prefix_cache_bytes: int = 0,  # the prefix cache's limit (0: none kept)
         max_prefix_cache_entries: int = 256,
+        max_reported_prefix_chains: int = 64,
     ) -> None:
         self.spec = spec
         self.budget_bytes = budget_bytes
@@ -84,7 +85,8 @@ class KVTracker:
         self.is_overcommitted = False
         self._reserved: int | None = 0
         self._reports_since_compute = 0
-        self.prefixes = PrefixIndex(max_prefix_cache_bytes, max_prefix_cache_entries)
+        self.prefixes = PrefixIndex(max_prefix_cache_bytes, max_prefix_cache_entries,
+                                    max_reported_chains=max_reported_prefix_chains)
         self.evicted: list[int] = []  # entries dropped from the index, for the engine to drop on the MLX thread
 
     def keeps_prefix(self, prompt_tokens: int, cached_tokens: int = 0) -> bool:

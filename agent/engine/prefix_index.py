@@ -34,6 +34,7 @@ class PrefixEntry:
     tokens: tuple[int, ...]  # the prompt tokens whose KV the entry holds
     nbytes: int  # what its arrays really occupy (measured on the MLX thread)
     max_trim_tokens: int  # how far every layer can be cut back to a shorter prefix exactly
+    chain: str = ""  # the request's chain key (agent/wire/prefix_chain.py), reported as prefix_chains; "": unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class PrefixIndex:
     max_bytes: int  # the slot's limit on cached bytes (0: no cache)
     max_entries: int = 256  # every lookup compares against each entry
     min_reuse_tokens: int = 1
+    max_reported_chains: int = 64  # the chain keys a snapshot reports (most recently used first)
     entries: OrderedDict[int, PrefixEntry] = field(default_factory=OrderedDict)  # least recently used first
     pins: dict[str, int] = field(default_factory=dict)  # request_id -> entry id it reuses
     stats: PrefixStats = field(default_factory=PrefixStats)
@@ -95,6 +97,16 @@ class PrefixIndex:
     def evictable_bytes(self) -> int:
         pinned = self.pinned_ids
         return sum(e.nbytes for i, e in self.entries.items() if i not in pinned)
+
+    def chains(self) -> tuple[str, ...]:
+        """The chain keys of the entries, most recently used first, at most `max_reported_chains`."""
+        found: list[str] = []
+        for entry in reversed(self.entries.values()):
+            if entry.chain and entry.chain not in found:
+                found.append(entry.chain)
+                if len(found) >= self.max_reported_chains:
+                    break
+        return tuple(found)
 
     def match(self, prompt: list[int] | tuple[int, ...]) -> PrefixMatch | None:
         """The entry standing for the longest exact prefix of `prompt` (None: none); counts the lookup."""

@@ -152,9 +152,10 @@ class Slot:
         )
 
 
-def _prefix_fields(kv_tracker: KVTracker | None) -> dict[str, int | float]:
+def _prefix_fields(kv_tracker: KVTracker | None) -> dict[str, int | float | tuple[str, ...]]:
     if kv_tracker is None:
         return {}
     prefixes = kv_tracker.prefixes
     return {"kv_cached_bytes": prefixes.cached_bytes, "prefix_hit_rate": round(prefixes.stats.hit_rate, 4),
-            "prefix_hit_tokens": prefixes.stats.hit_tokens, "prefix_evictions": prefixes.stats.num_evictions}
+            "prefix_hit_tokens": prefixes.stats.hit_tokens, "prefix_evictions": prefixes.stats.num_evictions,
+            "prefix_chains": prefixes.chains()}

@@ -243,6 +243,7 @@ class SlotSnapshot:
     prefix_hit_rate: float = 0.0  # admitted requests that reused a cached prefix, of lookups
     prefix_hit_tokens: int = 0  # prompt tokens not prefilled thanks to it
     prefix_evictions: int = 0
+    prefix_chains: tuple[str, ...] = ()  # chain keys of the cached prefixes, most recently used first (bounded)
 
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat's `slots[]` entry."""
