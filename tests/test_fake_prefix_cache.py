@@ -171,3 +171,21 @@ def test_a_request_with_images_is_not_cached():
     with_image = GenerationRequest("i", GPT_OSS, (SYSTEM, user("look")),
                                    images=(ImageInput("messages[1].content[1]", "image/png", b"x"),))
     assert fake_prompt(with_image)[1] == ()
+
+
+def test_a_prompt_past_the_context_builds_no_ids_and_is_refused_as_too_large():
+    clock = VirtualTime()
+    huge = request("huge", {"role": "user", "content": "x" * (4 * SPEC.max_context + 100)})
+    assert fake_prompt(huge, SPEC.max_context)[1] == ()
+
+    async def scenario():
+        async with engine(clock) as fake:
+            await fake.load(GPT_OSS)
+            try:
+                await fake.submit(huge)
+            except RequestRefused as refused:
+                return refused, fake.snapshot().slot(GPT_OSS)
+            raise AssertionError("admitted a prompt longer than the context")
+
+    refused, slot = run(scenario())
+    assert refused.verdict.value == "never" and slot.kv_cached_bytes == 0

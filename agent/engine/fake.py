@@ -109,8 +109,8 @@ class FakeBackend:
     async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         if not self._running:
             raise EngineNotRunning("the engine is not running")
-        num_tokens, token_ids, chain = fake_prompt(request)
         batch = self._batches.get(model)
+        num_tokens, token_ids, chain = fake_prompt(request, batch.spec.max_context if batch is not None else 0)
         if request.images and batch is not None and batch.spec.vision is not None:  # as the real processor counts
             sizes = [decode_image(image.data, ImageLimits(), image.label) for image in request.images]
             num_tokens += sum(batch.spec.vision.prompt_tokens(size.height, size.width) for size in sizes)

@@ -10,7 +10,8 @@ the previous turn's history reuses all of that prompt's tokens, and a changed me
     fake_prompt(request)   (number of tokens, token ids, the whole prompt's chain key)
 
 Token estimate: 3 for the template's frame, then 4 + characters ÷ 4 per message (as the fake always counted).
-Requests with images are not cached (as the real engine's), so their ids are empty.
+Requests with images are not cached (as the real engine's), nor prompts past the model's context: their ids
+are empty.
 
 Pure: standard library and the wire's chain.
 """
@@ -28,14 +29,16 @@ def message_tokens(message: dict) -> int:
     return 4 + len(_text(message["content"])) // 4
 
 
-def fake_prompt(request: GenerationRequest) -> tuple[int, tuple[int, ...], str]:
+def fake_prompt(request: GenerationRequest, max_cached_tokens: int | None = None) -> tuple[int, tuple[int, ...], str]:
+    """`max_cached_tokens`: a longer prompt gets no ids (the model's context: admission refuses it anyway, and
+    its ids would be as large as the client made it)."""
     head = {"tools": list(request.tools), "reasoning_effort": request.reasoning_effort,
             "raw_prompt": request.raw_prompt}
     messages = [dict(message) for message in request.messages]
     chain = message_chain(head, messages)
     counts = [message_tokens(message) for message in messages]
     num_tokens = FRAME_TOKENS + sum(counts)
-    if request.images:
+    if request.images or (max_cached_tokens is not None and num_tokens > max_cached_tokens):
         return num_tokens, (), chain[-1] if chain else ""
     frame = _key_id(message_chain(head, [None])[0])  # depends on the head alone: tools, effort, raw
     ids = [frame + place for place in range(FRAME_TOKENS)]
