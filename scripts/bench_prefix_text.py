@@ -49,8 +49,8 @@ def prefix_routing_section(result: dict | None) -> str:
                     f"{r['loop_lag_p95_ms']} ms |")
     table = "\n".join(rows)
     on = result["with"]
-    landed = "met" if on["landed_on_prefix_pct"] >= 90 else "not met"
-    balanced = "met" if on["busiest_over_mean_rows"] <= 1.5 else "not met"
+    landed = "met in this run" if on["landed_on_prefix_pct"] >= 90 else "not met in this run"
+    balanced = "met in this run" if on["busiest_over_mean_rows"] <= 1.5 else "not met in this run"
     note = f" {result['note']}" if result.get("note") else ""
     by_memory = ", ".join(f"{gb} GB {rows}" for gb, rows in on["mean_rows_by_memory_gb"].items())
     off_memory = ", ".join(f"{gb} GB {rows}" for gb, rows in result["without"]["mean_rows_by_memory_gb"].items())
