@@ -9,7 +9,8 @@ A row that reuses a cached prefix (its job's `reuse`) prefills only the rest, as
 does; when a group joins the batch, each row whose job keeps its prefix is captured as a `PrefixEntry`
 (the prompt's ids but the last, `kvcost.prefix_entry_bytes`, the request's chain key) for the slot's index.
 While such a row prefills, its group's replay counts only the tokens it prefills, not the reused ones (the
-real group merges the reused arrays): the bytes are exact again once it joins the batch.
+real group merges the reused arrays), and once it joins it is counted as if its whole prompt were prefilled (the
+sliding layers of a merged cache can differ from that by up to a window).
 """
 
 from __future__ import annotations
