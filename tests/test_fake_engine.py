@@ -86,8 +86,10 @@ def test_time_follows_the_timing_model_on_an_injected_clock():
     timing = FakeTiming(prefill_tps=1000, decode_tps=50, batch_slowdown=0.1, load_seconds=2.0)
 
     async def scenario():
+        # No prefix cache: the same prompt five times would otherwise prefill once (tests/test_fake_prefix_cache.py).
         engine = FakeEngine({GPT_OSS: CATALOG[GPT_OSS]}, memory_bytes=64 * GIB, timing=timing,
-                            scripts=lambda request: FakeScript(output_tokens=20), clock=clock.clock, sleep=clock.sleep)
+                            scripts=lambda request: FakeScript(output_tokens=20), clock=clock.clock, sleep=clock.sleep,
+                            config=EngineConfig(max_prefix_cache_bytes=0))
         async with engine:
             await engine.load(GPT_OSS)
             loaded_at = clock.now

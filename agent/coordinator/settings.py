@@ -45,12 +45,13 @@ class CoordinatorSettings:
     # the queue, per model
     queue_depth: int = 256
     queue_max_wait_s: float = 30.0
-    # routing by prefix (routing/prefix_routes.py): conversations remembered, and how many more rows than the
-    # least busy warm slot the provider holding a request's prefix may have and still be preferred
+    # routing by prefix (routing/prefix_routes.py): conversations remembered, and when the provider holding a
+    # request's prefix is preferred (routing/holder_preference.py: its cached prefix counts as this many rows fewer, and
+    # with the request it holds at most max_load × the warm slots' mean rows, plus one)
     prefix_routing: bool = True  # False: place by load alone (the routes are still recorded)
     max_prefix_routes: int = 100_000
     prefix_affinity_slack_rows: int = 2
-    prefix_affinity_max_load: float = 1.5  # or while it holds at most this × the warm slots' mean rows
+    prefix_affinity_max_load: float = 1.5
     retry_after_s: float = 2.0  # the Retry-After of a 429 when no agent gave a better hint
     max_retry_after_s: float = 30.0  # the most Retry-After a consumer is told, whatever an agent hinted
     # one request's attempts

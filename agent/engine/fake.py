@@ -10,6 +10,12 @@ KV bytes are exactly what mlx-lm would allocate for the same schedule, and its t
     decode step  (1 + batch_slowdown · (n − 1)) / decode_tps seconds for n streams: one token each
     load/unload  load_seconds / unload_seconds
 
+Prefix cache, simulated: the prompt's token ids stand for its messages (agent/engine/fake_prompt.py), so
+the engine's own prefix index matches a turn against the previous turn's prompt; a row that reuses a
+prefix prefills only the rest, its usage counts `cached_tokens`, and at the end of each prompt the batch
+captures an entry of `kvcost.prefix_entry_bytes` (the bytes the real capture holds), evictable and bounded
+by the same EngineConfig limits.
+
 Output is deterministic (words chosen by a hash of the messages), or scripted per request by a
 `FakeScript` (reasoning and content text, output length, a failure after k tokens, a first-token
 delay). Loads can be scripted to fail. All delays are simulated seconds × `time_scale` of real time
@@ -26,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from agent.engine.backend import Deliver, Job, Loaded, Prompt
 from agent.engine.core import Engine, EngineConfig
 from agent.engine.fake_batch import FakeBatch
+from agent.engine.fake_prompt import fake_prompt
 from agent.engine.fake_script import FakeScript, FakeTiming, script_seed
 from agent.engine.memory import SimulatedMemory
 from agent.engine.schedule import ScheduleLimits
@@ -102,12 +109,12 @@ class FakeBackend:
     async def prepare(self, model: str, request: GenerationRequest) -> Prompt:
         if not self._running:
             raise EngineNotRunning("the engine is not running")
-        num_tokens = 3 + sum(4 + len(_text(message["content"])) // 4 for message in request.messages)
         batch = self._batches.get(model)
+        num_tokens, token_ids, chain = fake_prompt(request, batch.spec.max_context if batch is not None else 0)
         if request.images and batch is not None and batch.spec.vision is not None:  # as the real processor counts
             sizes = [decode_image(image.data, ImageLimits(), image.label) for image in request.images]
             num_tokens += sum(batch.spec.vision.prompt_tokens(size.height, size.width) for size in sizes)
-        return Prompt(num_tokens, (self.scripts(request), script_seed(request)))
+        return Prompt(num_tokens, (self.scripts(request), script_seed(request), chain), token_ids)
 
     def insert(self, model: str, job: Job) -> None:
         self._batches[model].insert(job)
@@ -118,12 +125,7 @@ class FakeBackend:
             batch.cancel(request_id)
 
     def drop_prefixes(self, model: str, entry_ids: list[int]) -> None:
-        """Nothing to drop: the fake's prompts carry no token ids, so its slots never capture a prefix."""
-
-
-def _text(content: str | list) -> str:
-    """A message's text; a message with images carries its content as parts."""
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+        """Nothing to free: a simulated prefix is only its entry in the slot's index, which already let it go."""
 
 
 class FakeEngine(Engine):

@@ -4,6 +4,13 @@ It runs the real batcher's schedule (agent/engine/schedule.py, the same object) 
 step as its `FakeTiming` says: a decode step of every decoding row, then one prefill turn. The KV
 bytes come from the same integer replay the KV tracker uses, so they are the bytes mlx-lm would hold for
 that schedule. A row with a scripted first-token delay waits outside the schedule until it is ready.
+
+A row that reuses a cached prefix (its job's `reuse`) prefills only the rest, as the real batcher's row
+does; when a group joins the batch, each row whose job keeps its prefix is captured as a `PrefixEntry`
+(the prompt's ids but the last, `kvcost.prefix_entry_bytes`, the request's chain key) for the slot's index.
+While such a row prefills, its group's replay counts only the tokens it prefills, not the reused ones (the
+real group merges the reused arrays), and once it joins it is counted as if its whole prompt were prefilled (the
+sliding layers of a merged cache can differ from that by up to a window).
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from agent.catalog import ModelSpec
 from agent.engine.backend import Deliver, Job, StepReport
 from agent.engine.batch_kv import BatchKV
 from agent.engine.fake_script import FakeTiming, script_tokens
+from agent.engine.prefix_index import PrefixEntry
 from agent.engine.schedule import Schedule, ScheduleLimits, Step
 from agent.engine.types import Delta, Event, Finish, FinishReason, Usage
-from agent.kvcost import SequenceKV
+from agent.kvcost import SequenceKV, prefix_entry_bytes
 from agent.tasks import TaskSet
 
 
@@ -37,11 +45,16 @@ class FakeRow:
         return self.job.request.request_id
 
     @property
+    def cached_tokens(self) -> int:
+        return 0 if self.job.reuse is None else self.job.reuse.num_tokens
+
+    @property
     def prompt_tokens(self) -> int:
-        return self.job.prompt.num_tokens
+        """The tokens it still has to prefill, as the schedule groups and chunks them."""
+        return self.job.prompt.num_tokens - self.cached_tokens
 
     def finish(self, reason: FinishReason, code: str | None = None, message: str | None = None) -> Finish:
-        return Finish(reason, Usage(self.prompt_tokens, self.generated), code, message)
+        return Finish(reason, Usage(self.job.prompt.num_tokens, self.generated, self.cached_tokens), code, message)
 
 
 class FakeBatch:
@@ -54,9 +67,11 @@ class FakeBatch:
         self.batch = BatchKV(spec)
         self._task: asyncio.Task | None = None
         self._delays = TaskSet(f"fake-batch-{model}")  # scripted first-token delays
+        self.captured: list[PrefixEntry] = []  # prefixes kept since the last report
+        self._next_entry_id = 0
 
     def insert(self, job: Job) -> None:
-        script, seed = job.prompt.payload
+        script, seed, _ = job.prompt.payload
         reasoning, content = script_tokens(script, seed)
         row = FakeRow(job, reasoning, content, script.fail_after_tokens, script.error)
         if script.first_token_delay_s > 0:
@@ -168,15 +183,27 @@ class FakeBatch:
         if step.joins:
             seconds += self.timing.step_seconds(len(group.rows))
             joined, _ = BatchKV.prefilled(self.spec, [r.request_id for r in group.rows],
-                                          [r.prompt_tokens for r in group.rows], self.limits.chunk_tokens)
+                                          [r.job.prompt.num_tokens for r in group.rows], self.limits.chunk_tokens)
             self.batch.join(joined)
+            self._capture(group.rows)
         self.schedule.advance(group)
         await self.sleep(seconds)
         return tokens, seconds
+
+    def _capture(self, rows: list[FakeRow]) -> None:
+        """Keep each row's prompt (all of it but the last token) whose job asked for it."""
+        for row in rows:
+            prompt = row.job.prompt
+            if row.job.keep_prefix and len(prompt.token_ids) > 1:
+                nbytes = prefix_entry_bytes(self.spec, prompt.num_tokens, self.limits.chunk_tokens, row.cached_tokens)
+                self.captured.append(PrefixEntry(self._next_entry_id, prompt.token_ids[:-1], nbytes, 0,
+                                                 chain=prompt.payload[2]))
+                self._next_entry_id += 1
 
     def _report(self, events: list[tuple[str, Event]], prefill_tokens: int = 0, prefill_seconds: float = 0.0,
                 decode_seconds: float = 0.0) -> StepReport:
         used = self.batch.nbytes + sum(group.state.nbytes for group in self.schedule.groups)
         decode_tokens = sum(1 for _, event in events if isinstance(event, Delta))
+        captured, self.captured = self.captured, []
         return StepReport(self.model, events, used, self.batch.copy(), prefill_tokens, prefill_seconds,
-                          decode_tokens, decode_seconds)
+                          decode_tokens, decode_seconds, captured)

@@ -7,6 +7,7 @@ chains whose KV it holds in the same keys, so both sides compute them here.
     chain_key(body)       the deepest key alone: the chain of the whole prompt, which the next turn extends
                           (what an agent remembers with the prompt's cached KV and reports from protocol
                           minor 5 on: heartbeat slots' `prefix_chains`)
+    message_chain(head, messages)   the same chain over plain JSON values (messages as dicts), shallowest first
 
 Pure: standard library and the wire's body model.
 """
@@ -47,3 +48,14 @@ def chain_key(body: ChatCompletionBody) -> str | None:
     """The key of the request's whole message chain (None: no messages)."""
     keys = prefix_keys(body)
     return keys[0] if keys else None
+
+
+def message_chain(head: object, messages: object) -> list[str]:
+    """The chain over plain JSON values, shallowest first: h0 = hash(head), h_i = hash(h_{i-1}, message i), in
+    the same canonical form as `prefix_keys` (for a side that holds messages as dicts, not a body: the fake
+    engine keys its simulated prefix cache by it)."""
+    chain, key = [], _digest("head", _canonical(head))
+    for message in messages:
+        key = _digest(key, _canonical(message))
+        chain.append(key)
+    return chain

@@ -53,6 +53,7 @@ from agent.admission import (
     reservation_bytes,
     resolve_max_tokens,
 )
+from agent.coordinator.routing.holder_preference import prefer_holder
 from agent.coordinator.routing.agent_limits import limits_of, margin_bytes, ratio_of
 from agent.coordinator.routing.registry import Offer, ProviderRecord
 from agent.coordinator.routing.reputation import ReputationBook
@@ -220,8 +221,8 @@ def check(offer: Offer, ask: Ask, *, prompt_tokens: int | None = None, view: Slo
 def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: CoordinatorSettings, *, now: float,
           exclude: dict[str, str] | None = None, lazy: bool = True,
           reputation: ReputationBook | None = None, preferred: str | None = None) -> Placement:
-    """`preferred`: the provider holding the request's prefix, tried first while it is not much busier than
-    the least busy warm slot (settings.prefix_affinity_slack_rows): overlap against load."""
+    """`preferred`: the provider holding the request's prefix, tried first while its cached prefix outweighs its
+    load (affinity.py: settings.prefix_affinity_slack_rows and prefix_affinity_max_load)."""
     placement = Placement(ask.model)
     exclude = exclude or {}
     warm: list[tuple[tuple, ProviderRecord, Offer]] = []
@@ -240,7 +241,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
-    first = _prefer(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
+    first = prefer_holder(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
     num_warm = len(warm) + (first is not None)
     ordered = _by_free_kv_within_ties(warm)
     for i, (provider, offer) in enumerate(ordered if first is None else itertools.chain([first[1:]], ordered)):
@@ -259,22 +260,6 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
         _potential(placement, provider, offer, residency, reason, ask)
     placement.uncertain.sort(key=lambda option: _rank(option.offer))
     return placement
-
-
-def _prefer(warm: list[tuple[tuple, ProviderRecord, Offer]], preferred: str | None, slack_rows: int,
-            max_load: float) -> tuple[tuple, ProviderRecord, Offer] | None:
-    """Take the preferred provider out of `warm` to be tried first while it is not much busier: its rows within
-    `slack_rows` of the least busy slot's, or (with this request) within `max_load` × the mean rows (plus one)
-    of the warm slots; and no longer a queue than the best's plus the slack. None: it is not preferred."""
-    index = next((i for i, (_, p, _) in enumerate(warm) if p.provider_id == preferred), None)
-    if index is None:
-        return None
-    (best_waiting, best_busy, *_), (waiting, busy, *_) = warm[0][0], warm[index][0]
-    mean_busy = sum(rank[1] for rank, _, _ in warm) / len(warm)
-    has_room = busy <= best_busy + slack_rows or busy + 1 <= max_load * (mean_busy + 1)
-    if waiting <= best_waiting + slack_rows and has_room:
-        return warm.pop(index)
-    return None
 
 
 def _unusable(provider: ProviderRecord, offer: Offer) -> str:

@@ -9,7 +9,7 @@ coordinator's own keys) of the prompts whose KV its prefix cache holds, most rec
                     keys some provider reports. Bounded by the wire: MAX_PREFIX_CHAINS keys per slot status,
                     MAX_MODELS slots per heartbeat, per connected provider.
 
-How routing weighs these against the coordinator's own record is prefix_affinity.py's.
+How routing weighs these against the coordinator's own record is prefix_holders.py's.
 
 Pure: standard library.
 """

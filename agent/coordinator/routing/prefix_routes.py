@@ -10,7 +10,7 @@ its chain contains the previous request's last key: the provider it went to hold
 agent keeps the state at the end of each prompt). What the agent really holds it reports on its heartbeats
 (prefix_reports.py); this map is the coordinator's record of where it sent what (an approximate scorer, as
 llm-d's), which covers the window until the next heartbeat and the explicit key the agent never sees
-(prefix_affinity.py weighs the two). Placement prefers that provider only while it has room and is not
+(prefix_holders.py weighs the two). Placement prefers that provider only while it has room and is not
 much busier than the least busy one.
 
 Pure: standard library.
@@ -54,7 +54,7 @@ class PrefixRoutes:
         return None
 
     def drop(self, key: str, provider_id: str) -> None:
-        """The record of `key` is stale if it still names `provider_id` (prefix_affinity.py)."""
+        """The record of `key` is stale if it still names `provider_id` (prefix_holders.py)."""
         if self._routes.get(key) == provider_id:
             del self._routes[key]
 

@@ -30,7 +30,7 @@ from agent.coordinator.metrics import Metrics
 from agent.coordinator.routing.exchange import Exchange, LinkLost
 from agent.coordinator.routing.oversize import Oversize, oversize
 from agent.coordinator.routing.placement import Ask, Option, Placement, place
-from agent.coordinator.routing.prefix_affinity import PrefixAffinity
+from agent.coordinator.routing.prefix_holders import PrefixHolders
 from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
 from agent.coordinator.routing.reputation import Outcome, Reputation, ReputationBook
@@ -83,7 +83,7 @@ class Router:
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
         self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
-        self.prefixes = PrefixAffinity(self.settings.max_prefix_routes, self.registry)
+        self.prefixes = PrefixHolders(self.settings.max_prefix_routes, self.registry)
 
     # -- providers ------------------------------------------------------------------------------
     def connect(self, register: Register, send: Callable[[Message], None],

@@ -1,6 +1,6 @@
 """Which provider routing prefers for a request's prefix: what providers report holding, then the record.
 
-    PrefixAffinity    the router's one view of prefixes: `prefer(model, keys)` → a PrefixChoice or None;
+    PrefixHolders    the router's one view of prefixes: `prefer(model, keys)` → a PrefixChoice or None;
                       `dispatched`, `ended`, `heartbeat`, `forget` keep the two sources below current
     PrefixChoice      the provider, the key's depth and its source ("reported" | "recorded")
 
@@ -17,7 +17,7 @@ ended there without reporting its key, or stops reporting a key it reported (evi
 A provider that has never reported a key (an agent older than protocol minor 5, or one without a prefix
 cache) says nothing by its silence, and its records stand as before.
 
-The choice is only a preference: placement's `_prefer` still weighs it against load, so a provider that
+The choice is only a preference: placement's `prefer_holder` (holder_preference.py) still weighs it against load, so a provider that
 reports keys it does not hold gains no more than any real holder could.
 
 Pure: standard library and the routing's registry.
@@ -40,7 +40,7 @@ class PrefixChoice:
     source: str  # "reported": its heartbeat lists the key; "recorded": the coordinator sent the chain there
 
 
-class PrefixAffinity:
+class PrefixHolders:
     def __init__(self, max_routes: int, registry: Registry) -> None:
         self.routes = PrefixRoutes(max_routes)
         self.reports = PrefixReports()
