@@ -22,7 +22,8 @@ decides.
 search (one or two admission checks instead of one per provider: admit_request replays the engine's
 cache allocation and costs 0.1–1 ms). When none admits, the search also ends once MAX_FULL_CHECKS of
 the best-ranked slots said "full": the request can run somewhere later, so it is queued, and every
-provider's next heartbeat or completion tries the queue against that provider.
+provider's next heartbeat or completion tries the queue against that provider. The router's dispatch gets
+the same Placement from its index of slots by rank (warm_index.py, which runs `search` without the scan).
 
 A provider's free KV is its claim; its reputation (reputation.py) is what it has shown. The claim only
 orders candidates of the same trust tier (and rows): a new provider advertising 1000 GiB does not win
