@@ -135,3 +135,21 @@ def test_an_empty_model_places_nowhere_with_the_scans_reason():
     indexed = place_indexed(router.warm.model(GPT.id), ask, router.settings, now=0.0)
     assert summary(indexed) == summary(place([], ask, router.settings, now=0.0))
     assert indexed.why_never() == f"no connected provider serves {GPT.id}"
+
+
+def test_an_identity_that_reconnects_is_indexed_once_by_its_new_link_and_leaves_with_it():
+    fleet = Fleet(random.Random(5))
+    register = Register(protocol_version=PROTOCOL_VERSION, agent_version="test",
+                        hardware=Hardware(chip="M4", memory_bytes=64 * GIB, gpu_cores=10), models=(entry_for(GPT),))
+    router = fleet.router
+    old = router.connect(register, lambda frame: None, provider_id="prov-identity", identity_id="identity")
+    new = router.connect(register, lambda frame: None, provider_id="prov-identity", identity_id="identity")
+    index = router.warm.model(GPT.id)
+    assert [m.provider for m in index.members.values()] == [new] and old.offers[GPT.id].on_change is None
+    status = SlotStatus(model=GPT.id, state=SlotState.IDLE, kv_budget_bytes=8 * GIB)
+    for provider in (old, new):  # the replaced link's late heartbeat changes nothing the index holds
+        router.receive(provider, Heartbeat(seq=provider.seq + 1, slots=(status,), memory=MemoryStatus(
+            total_bytes=64 * GIB, available_bytes=32 * GIB, cap_bytes=57 * GIB)))
+    assert fleet.router.try_dispatch(Exchange("r1", BODY, Ask(GPT.id, 100, 30, 64), 0.0)).best.provider is new
+    router.disconnect(new, "test")
+    assert not router.warm.model(GPT.id).members

@@ -247,6 +247,9 @@ class Router:
         return queue
 
     def placement(self, ask: Ask, *, exclude: dict[str, str] | None = None, lazy: bool = False) -> Placement:
+        if lazy:  # the request path: the scan's Placement, from the index (warm_index.py)
+            return place_indexed(self.warm.model(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
+                                 reputation=self.reputation)
         return place(self.registry.offers(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
                      lazy=lazy, reputation=self.reputation)
 
