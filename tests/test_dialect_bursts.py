@@ -19,10 +19,12 @@ from tests.dialect_support import ANTHROPIC_TOOL, RESPONSES_TOOL, anthropic_clie
 from tests.provider_support import GPT, Reply, coordinator, eventually, provider
 
 BURST = [ChunkDelta(reasoning="Let me "), ChunkDelta(reasoning="think."), ChunkDelta(content="Sunny"),
-         ChunkDelta(content=" in Paris."), ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_abc", name="get_weather"),)),
+         ChunkDelta(content=" in Paris."),
+         ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_abc", name="get_weather"),)),
          ChunkDelta(tool_calls=(ToolCallDelta(index=0, arguments='{"city": '),)),
          ChunkDelta(tool_calls=(ToolCallDelta(index=0, arguments='"Paris"}'),))]
-WORDS = [ChunkDelta(content="Sun"), ChunkDelta(content="ny"), ChunkDelta(reasoning="(aside)"), ChunkDelta(content=" day.")]
+WORDS = [ChunkDelta(content="Sun"), ChunkDelta(content="ny"), ChunkDelta(reasoning="(aside)"),
+         ChunkDelta(content=" day.")]
 
 
 async def answer_in_one_frame(agent, deltas: list[ChunkDelta]) -> None:
@@ -93,4 +95,26 @@ async def test_a_legacy_completions_stream_writes_a_burst_as_one_text_chunk():
         chunks = await reading
         assert [c.choices[0].text for c in chunks if c.choices and c.choices[0].text] == ["Sunny day."]
         assert chunks[-1].choices[0].finish_reason == "stop"
+        await agent.stop()
+
+
+async def test_a_burst_that_ends_in_an_invalid_tool_call_writes_its_text_then_the_failure_in_order():
+    async with coordinator() as server:
+        agent = await provider(server, GPT, reply=Reply(silent=True))
+
+        async def read():
+            async with openai_client(server).responses.stream(model=GPT.id, input="Hi", tools=[RESPONSES_TOOL]) \
+                    as stream:
+                return [event async for event in stream]
+
+        reading = asyncio.create_task(read())
+        hostile = [ChunkDelta(content="Hi"), ChunkDelta(content=" there"),
+                   ChunkDelta(tool_calls=(ToolCallDelta(index=3, arguments="{}"),)),  # a call that never opened
+                   ChunkDelta(content="never shown")]
+        await answer_in_one_frame(agent, hostile)
+        events = await reading
+        assert [(e.type, e.delta) for e in events if e.type.endswith(".delta")] == \
+            [("response.output_text.delta", "Hi there")]
+        assert events[-1].type == "response.failed" and events[-1].response.error.code == "provider_invalid_output"
+        assert [event.sequence_number for event in events] == list(range(len(events)))
         await agent.stop()

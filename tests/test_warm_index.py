@@ -44,7 +44,8 @@ class Fleet:
         for model in (GPT.id, GEMMA.id):
             state = rng.choice(STATES)
             budget = rng.choice([0, 2, 8, 40]) * GIB if state in (SlotState.RUNNING, SlotState.IDLE) else 0
-            slots.append(SlotStatus(model=model, state=state, num_running=rng.randint(0, 3) * (state is SlotState.RUNNING),
+            running = rng.randint(0, 3) if state is SlotState.RUNNING else 0
+            slots.append(SlotStatus(model=model, state=state, num_running=running,
                                     num_waiting=rng.choice([0, 0, 0, 1]), kv_budget_bytes=budget,
                                     kv_reserved_bytes=int(budget * rng.choice([0, 0.5, 0.97, 1.0])),
                                     modalities=rng.choice([("text",), ("text", "image")])))
