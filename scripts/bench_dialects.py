@@ -1,7 +1,9 @@
 """What a dialect's translation costs beside chat completions: the same request, asked round-robin in each
 dialect through the real coordinator and one simulated agent on loopback (scripted timing, no MLX), so the
 difference is the coordinator's translation and writing. Reports the median request time per dialect and its
-ratio to chat completions, streamed and not, and the pure translation time of a 20-turn history.
+ratio to chat completions, streamed and not, the pure translation time of a 20-turn history, and per streamed
+token, how many body writes the coordinator made and how many SSE events it wrote (counted by an ASGI wrapper
+around the app; the simulated agent runs fast, so several tokens often arrive in one read and are merged).
 
     python scripts/bench_dialects.py [--requests 200] [--json]
 """
@@ -47,6 +49,30 @@ def bodies(stream: bool) -> dict[str, tuple[dict, dict]]:
     }
 
 
+class WriteCounter:
+    """ASGI middleware: each path's non-empty response body writes, and the SSE events in them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                WRITES[path] = WRITES.get(path, 0) + 1
+                EVENTS[path] = EVENTS.get(path, 0) + message["body"].count(b"\n\n")
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+WRITES: dict[str, int] = {}
+EVENTS: dict[str, int] = {}
+
+
 async def request_times(base_url: str, num_requests: int, stream: bool) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in bodies(stream)}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -57,6 +83,14 @@ async def request_times(base_url: str, num_requests: int, stream: bool) -> dict[
                 response.raise_for_status()
                 times[name].append(time.perf_counter() - started)
     return times
+
+
+async def completion_tokens(base_url: str) -> int:
+    """The tokens one request streams (every dialect asks for the same: MAX_TOKENS of the simulated agent)."""
+    path, body, headers = bodies(False)["chat"]
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        response = await http.post(path, json=body, headers=headers)
+    return response.json()["usage"]["completion_tokens"]
 
 
 def translation_us(num_repeats: int = 2000) -> dict[str, float]:
@@ -84,7 +118,9 @@ def translation_us(num_repeats: int = 2000) -> dict[str, float]:
 
 async def main(num_requests: int) -> dict:
     settings = CoordinatorSettings(heartbeat_interval_s=0.2, missed_heartbeats=10)
-    async with running(build_app(Accounts.open(), settings)) as server:
+    app = build_app(Accounts.open(), settings)
+    app.add_middleware(WriteCounter)
+    async with running(app) as server:
         agent = await SimAgent(server.ws_url, memory_gb=128, preload=(GPT_OSS,), time_scale=0.0005).start()
         while not server.coordinator.router.registry.offers(GPT_OSS):
             await asyncio.sleep(0.01)
@@ -92,11 +128,19 @@ async def main(num_requests: int) -> dict:
             await request_times(server.base_url, 5, stream=False)  # warm-up
             result = {}
             for stream in (False, True):
+                WRITES.clear()
+                EVENTS.clear()
                 times = await request_times(server.base_url, num_requests, stream)
                 medians = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
                 result["streamed" if stream else "whole"] = {
                     name: {"median_ms": round(ms, 2), "vs_chat": round(ms / medians["chat"], 3)}
                     for name, ms in medians.items()}
+            writes, events = dict(WRITES), dict(EVENTS)  # of the streamed round
+            tokens = await completion_tokens(server.base_url)
+            result["per_streamed_token"] = {
+                name: {"writes": round(writes.get(path, 0) / (num_requests * tokens), 3),
+                       "sse_events": round(events.get(path, 0) / (num_requests * tokens), 3)}
+                for name, (path, _, _) in bodies(True).items()}
         finally:
             await agent.stop()
     return {"requests_per_dialect": num_requests, "max_tokens": MAX_TOKENS, **result,

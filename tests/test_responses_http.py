@@ -37,7 +37,9 @@ async def test_responses_stream_sends_the_event_sequence_and_the_final_response_
             final = await stream.get_final_response()
         kinds = [event.type for event in events]
         assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
-        assert "response.reasoning_text.delta" in kinds and kinds.count("response.output_text.delta") == 2
+        # The two text chunks are one delta when they arrive in one read (delta_runs.py), two when apart.
+        assert "response.reasoning_text.delta" in kinds and kinds.count("response.output_text.delta") in (1, 2)
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Sunny in Paris."
         assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 2
         assert [event.sequence_number for event in events] == list(range(len(events)))
         assert final.output_text == "Sunny in Paris." and final.usage.output_tokens == 3
@@ -54,8 +56,10 @@ async def test_responses_a_function_call_comes_back_and_its_output_reaches_the_n
         assert call.call_id == "call_abc" and call.name == "get_weather"
         assert json.loads(call.arguments) == {"city": "Paris"}
         async with client.responses.stream(input="Weather in Paris?", **ask) as stream:
-            kinds = [event.type async for event in stream]
-        assert kinds.count("response.function_call_arguments.delta") == 2
+            events = [event async for event in stream]
+        kinds = [event.type for event in events]
+        arguments = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+        assert len(arguments) in (1, 2) and "".join(arguments) == '{"city": "Paris"}'  # merged when in one read
         assert "response.function_call_arguments.done" in kinds
 
         agent.reply = Reply(chunks=["Sunny."], num_tokens=1)

@@ -134,6 +134,13 @@ class Choices:
         """The next event of any choice, with its index; each choice ends with one Finished or Broken."""
         return await self._events.get()
 
+    def ready(self) -> list[tuple[int, Token | Finished | Broken]]:
+        """The events next() would return without waiting (what the choices' flows had arrived), in order."""
+        events = []
+        while not self._events.empty():
+            events.append(self._events.get_nowait())
+        return events
+
     def close(self, reason: ReleaseReason) -> None:
         for task in self._pumps:
             task.cancel()

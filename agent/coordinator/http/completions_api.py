@@ -2,7 +2,8 @@
 (dialects/completions.py). Errors are OpenAI's shape; an error after the first token ends the stream with an
 `event: error` and [DONE], as chat completions' does. `n` > 1 is n held, routed, retried requests
 (coordinator/choices.py), as for chat completions: each chunk names its choice by `index`, the usage is the
-prompt once plus every choice's output.
+prompt once plus every choice's output. A stream writes once per read of the flow: the text of the tokens that
+arrived together is one chunk per choice (delta_runs.py), before that choice's finish chunk.
 
 Public names: Completions.
 """
@@ -17,6 +18,7 @@ from starlette.types import Send
 
 from agent.coordinator.billing.accounts import ReleaseReason
 from agent.coordinator.choices import Choices, merged_usage
+from agent.coordinator.delta_runs import runs
 from agent.coordinator.dialects.completions import (
     CompletionChunks,
     CompletionsBody,
@@ -29,8 +31,10 @@ from agent.coordinator.errors import ApiError, ProviderFailed, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
 from agent.coordinator.http.openai_format import DONE, sse
 from agent.coordinator.http.request_life import RequestLife, Translated, send_part, send_response
+from agent.wire.frames import UsageReport
 
 Events = Callable[[], Awaitable[tuple[int, Token | Finished | Broken]]]  # the next (choice index, event)
+Ready = Callable[[], list[tuple[int, Token | Finished | Broken]]]  # what arrived with it
 
 
 class Completions(RequestLife):
@@ -55,40 +59,41 @@ class Completions(RequestLife):
         self.coordinator.metrics.ttft.labels(request.body.model).observe(
             max(0.0, self.coordinator.clock() - flow.exchange.created_at))
         if request.body.stream:
-            await self._stream(flow.next, flow, request, send, is_open=False)
+            await self._stream(flow.next, flow.ready, flow, request, send, is_open=False)
         else:
             await self._complete(flow.next, flow, request, send)
 
     async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool) -> None:
-        await self._stream(_one(flow), flow, request, send, is_open=is_open)
+        await self._stream(_one(flow), lambda: [(0, event) for event in flow.ready()], flow, request, send,
+                           is_open=is_open)
 
     async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
         await self._complete(_one(flow), flow, request, send)
 
-    async def _stream(self, events: Events, flow: RequestFlow | Choices, request: Translated, send: Send, *,
-                      is_open: bool) -> None:
+    async def _stream(self, events: Events, ready: Ready, flow: RequestFlow | Choices, request: Translated,
+                      send: Send, *, is_open: bool) -> None:
         source: CompletionsBody = request.source
         chunks = CompletionChunks(flow.exchange.request_id, request.body.model,
                                   include_usage=bool(source.stream_options and source.stream_options.include_usage))
         if not is_open:
             await self.start_stream(flow, request.body, send)
-        usages = {}
-        while len(usages) < (source.n or 1):
-            index, event = await events()
-            if isinstance(event, Token):
-                if event.content:
-                    await send_part(send, sse(chunks.text(event.content, logprobs=event.logprobs, index=index)))
-            elif isinstance(event, Finished):
-                usages[index] = event.usage
-                await send_part(send, sse(chunks.text("", event.finish_reason, index=index)))
-            else:
+        usages: dict[int, UsageReport] = {}
+        while True:
+            # What arrived with a token (the rest of the step, a slow client's backlog) goes in the same write.
+            first = await events()
+            data, broken = _written(chunks, [first, *ready()] if isinstance(first[1], Token) else [first], usages)
+            if broken is not None:
                 flow.close(ReleaseReason.PROVIDER_ERROR)
-                await send_part(send, sse(error_body(event.message, "server_error", event.code), event="error") + DONE,
-                                more=False)
+                error = sse(error_body(broken.message, "server_error", broken.code), event="error")
+                await send_part(send, data + error + DONE, more=False)
                 self.coordinator.metrics.request(request.body.model, "stream_error")
                 return
+            if len(usages) == (source.n or 1):
+                break
+            if data:
+                await send_part(send, data)
         usage = chunks.usage(merged_usage([usages[i] for i in sorted(usages)]))
-        await send_part(send, (sse(usage) if usage is not None else b"") + DONE, more=False)
+        await send_part(send, data + (sse(usage) if usage is not None else b"") + DONE, more=False)
         self.coordinator.metrics.request(request.body.model, "ok")
 
     async def _complete(self, events: Events, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
@@ -114,6 +119,33 @@ class Completions(RequestLife):
         data = completion_object(flow.exchange.request_id, request.body.model, choices, usage)
         self.coordinator.metrics.request(request.body.model, "ok")
         await send_response(send, JSONResponse(data, headers=self.headers(flow, request.body)))
+
+
+def _written(chunks: CompletionChunks, batch: list[tuple[int, Token | Finished | Broken]],
+             usages: dict[int, UsageReport]) -> tuple[bytes, Broken | None]:
+    """A read's events as SSE chunks: each choice's text in one chunk (delta_runs.py), before its finish chunk;
+    the Broken that ends the stream, if one came (what came before it is written, what came after is not)."""
+    parts: list[bytes] = []
+    texts: dict[int, list[Token]] = {}
+
+    def flush(index: int) -> None:
+        for run in runs([token for token in texts.pop(index, ()) if token.content]):
+            parts.append(sse(chunks.text(run.content, logprobs=run.logprobs, index=index)))
+
+    for index, event in batch:
+        if isinstance(event, Token):
+            texts.setdefault(index, []).append(event)
+            continue
+        flush(index)
+        if isinstance(event, Broken):
+            for other in list(texts):
+                flush(other)
+            return b"".join(parts), event
+        usages[index] = event.usage
+        parts.append(sse(chunks.text("", event.finish_reason, index=index)))
+    for index in list(texts):
+        flush(index)
+    return b"".join(parts), None
 
 
 def _one(flow: RequestFlow) -> Events:

@@ -1,7 +1,8 @@
 """The request life of a dialect whose answer is a sequence of typed events (Responses, Messages): a state
 (dialects/*_events.py) turns the flow's Token / Finished / Broken into the dialect's events; streamed, each
 goes out as `event: <type>` + `data: <json>`; not streamed, the same state's whole object is the answer, so
-both modes give the same output.
+both modes give the same output. A stream writes once per read of the flow: every event of the Tokens that
+arrived together, their deltas merged into runs of one kind (delta_runs.py), in one body write.
 
 Public names: EventLife, DialectState, event_sse.
 """
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Send
 
 from agent.coordinator.billing.accounts import ReleaseReason
+from agent.coordinator.delta_runs import runs, split
 from agent.coordinator.errors import ProviderFailed
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token
 from agent.coordinator.http.openai_format import sse
@@ -45,18 +47,22 @@ class EventLife(RequestLife):
             await self.start_stream(flow, request.body, send)
         head = event_sse(state.begin())  # goes out with the first token: one write instead of two
         while True:
-            event = await flow.next()
-            if isinstance(event, Token):
-                if data := event_sse(state.token(event)):
+            first = await flow.next()
+            # What arrived with it (the rest of the step, or a slow client's backlog) goes in the same write,
+            # its deltas merged into runs of one kind so that the events keep their order (delta_runs.py).
+            tokens, end = split([first, *flow.ready()] if isinstance(first, Token) else [first])
+            data = b"".join(event_sse(state.token(run)) for run in runs(tokens))
+            if end is None:
+                if data:
                     await send_part(send, head + data)
                     head = b""
                 continue
-            if isinstance(event, Finished):
-                tail, outcome = event_sse(state.finish(event)), "ok"
+            if isinstance(end, Finished):
+                tail, outcome = event_sse(state.finish(end)), "ok"
             else:
                 flow.close(ReleaseReason.PROVIDER_ERROR)
-                tail, outcome = event_sse(state.fail(event)), "stream_error"
-            await send_part(send, head + tail, more=False)
+                tail, outcome = event_sse(state.fail(end)), "stream_error"
+            await send_part(send, head + data + tail, more=False)
             self.coordinator.metrics.request(model, outcome)
             return
 

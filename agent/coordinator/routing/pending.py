@@ -41,6 +41,7 @@ Public names: PendingSends, PendingEntry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.admission import SlotKV
@@ -69,6 +70,7 @@ class PendingSends:
     credits: dict[str, int] = field(default_factory=dict)  # ended, still counted by the last heartbeat
     seq: int = -1  # of the last heartbeat
     full_until_seq: int = -2  # the agent refused a request as full at this heartbeat seq
+    on_change: Callable[[], None] | None = None  # told when load_delta may change (the router's warm_index.py)
 
     # -- reading
     def __contains__(self, request_id: str) -> bool:
@@ -118,6 +120,7 @@ class PendingSends:
     # -- changes
     def add(self, request_id: str, prompt_tokens: int, expected_output_tokens: int, reservation_bytes: int) -> None:
         self.entries[request_id] = PendingEntry(request_id, prompt_tokens, expected_output_tokens, reservation_bytes)
+        self._changed()
 
     def accept(self, request_id: str, *, prompt_tokens: int | None, expected_output_tokens: int | None,
                reservation_bytes: int | None) -> PendingEntry | None:
@@ -144,6 +147,8 @@ class PendingSends:
         entry = self.entries.pop(request_id, None)
         if entry is not None and entry.is_counted:
             self.credits[request_id] = entry.reservation_bytes
+        if entry is not None:
+            self._changed()
         return entry
 
     def abandon(self, request_id: str, now: float) -> PendingEntry | None:
@@ -166,4 +171,9 @@ class PendingSends:
                 entry.is_counted = True
             if entry.abandoned_at is not None and now - entry.abandoned_at >= cancel_grace_s:
                 expired.append(self.entries.pop(entry.request_id))
+        self._changed()
         return expired
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

@@ -22,13 +22,14 @@ decides.
 search (one or two admission checks instead of one per provider: admit_request replays the engine's
 cache allocation and costs 0.1–1 ms). When none admits, the search also ends once MAX_FULL_CHECKS of
 the best-ranked slots said "full": the request can run somewhere later, so it is queued, and every
-provider's next heartbeat or completion tries the queue against that provider.
+provider's next heartbeat or completion tries the queue against that provider. The router's dispatch gets
+the same Placement from its index of slots by rank (warm_index.py, which runs `search` without the scan).
 
 A provider's free KV is its claim; its reputation (reputation.py) is what it has shown. The claim only
 orders candidates of the same trust tier (and rows): a new provider advertising 1000 GiB does not win
 over a proven one, while admission itself still runs on the claimed numbers.
 
-Public names: Ask, Option, Placement, Residency, place, check, slot_view, padded_view, classify, cold_gate,
+Public names: Ask, Option, Placement, Residency, place, search, check, slot_view, padded_view, classify, cold_gate,
 alone_budget_bytes.
 """
 
@@ -243,7 +244,16 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     warm.sort(key=lambda item: item[0])
     first = prefer_holder(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
     num_warm = len(warm) + (first is not None)
-    ordered = _by_free_kv_within_ties(warm)
+    return search(placement, ask, settings, first, num_warm, _by_free_kv_within_ties(warm), others, now=now,
+                  lazy=lazy, reputation=reputation)
+
+
+def search(placement: Placement, ask: Ask, settings: CoordinatorSettings,
+           first: tuple[tuple, ProviderRecord, Offer] | None, num_warm: int,
+           ordered: Iterable[tuple[ProviderRecord, Offer]], others: list[tuple[ProviderRecord, Offer]], *,
+           now: float, lazy: bool, reputation: ReputationBook | None) -> Placement:
+    """The checks, once the warm slots are in rank order (`first`, the preferred one, before `ordered`) and the
+    others in the registry's: what `place` runs after its scan, and warm_index.place_indexed after its index."""
     for i, (provider, offer) in enumerate(ordered if first is None else itertools.chain([first[1:]], ordered)):
         if lazy and len(placement.full) >= MAX_FULL_CHECKS:
             placement.num_unchecked = num_warm - i + len(others)

@@ -90,6 +90,7 @@ class Offer:
     gate_cache: tuple[int, Any] | None = None  # (heartbeat seq, LoadDecision beside what is loaded)
     alone_budget_bytes: int | None = None  # KV budget if this model were loaded alone
     min_kv_bytes: int | None = None  # one full-context sequence: what a loaded slot keeps at least
+    on_change: Callable[[], None] | None = None  # told of each heartbeat's status (the router's warm_index.py)
 
     @property
     def model(self) -> str:
@@ -111,6 +112,8 @@ class Offer:
     def observe(self, status: SlotStatus | None, now: float, cooldown_s: float) -> None:
         """A heartbeat's status for this slot (None: the heartbeat did not list it)."""
         self.status = status if status is not None else self.status
+        if self.on_change is not None:
+            self.on_change()
         if self.load_requested_at is None:
             return
         state = self.state

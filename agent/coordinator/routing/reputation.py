@@ -100,6 +100,7 @@ class ReputationBook:
     def __init__(self, settings: CoordinatorSettings, clock: Callable[[], float]) -> None:
         self.settings, self.clock = settings, clock
         self._by_id: dict[str, Reputation] = {}
+        self._ever_quarantined: set[str] = set()  # ids with a quarantine time set, past or present
         self.on_quarantine: Callable[[Reputation, float], None] = lambda reputation, seconds: None
 
     def __len__(self) -> int:
@@ -116,12 +117,13 @@ class ReputationBook:
         if reputation is None:
             reputation = Reputation(provider_id, is_identity, decayed_at=self.clock())
             while len(self._by_id) >= self.settings.max_reputations:
-                self._by_id.pop(next(iter(self._by_id)))
+                self.forget(next(iter(self._by_id)))
         self._by_id[provider_id] = reputation
         return reputation
 
     def forget(self, provider_id: str) -> None:
         self._by_id.pop(provider_id, None)
+        self._ever_quarantined.discard(provider_id)
 
     def record(self, provider_id: str, outcome: Outcome, *, ttft_s: float | None = None, detail: str = "") -> None:
         reputation = self._by_id.get(provider_id)
@@ -173,6 +175,10 @@ class ReputationBook:
                 f"{self.settings.quarantine_after_failures} failures within {self.settings.quarantine_window_s:g} s "
                 f"(last: {reputation.last_failure.partition(':')[0]})")  # the detail is for operators only
 
+    def quarantined_ids(self) -> set[str]:
+        """The providers that were ever quarantined: only these can be now (quarantine_reason says whether)."""
+        return self._ever_quarantined
+
     def num_quarantined(self) -> int:
         now = self.clock()
         return sum(1 for reputation in self._by_id.values() if self._is_quarantined(reputation, now))
@@ -197,6 +203,8 @@ class ReputationBook:
         reputation.good, reputation.bad, reputation.decayed_at = view.good, view.bad, now
         reputation.num_first_tokens, reputation.num_quarantines = view.num_first_tokens, view.num_quarantines
         reputation.quarantined_until = now + view.quarantine_left_s if view.quarantine_left_s else 0.0
+        if reputation.quarantined_until:
+            self._ever_quarantined.add(provider_id)
         reputation.last_failure, reputation.ttft_s = view.last_failure, view.ttft_s
         reputation.outcomes = {Outcome.of(name): n for name, n in view.outcomes.items()}
         return reputation
@@ -229,4 +237,5 @@ class ReputationBook:
         reputation.num_quarantines += 1
         seconds = min(settings.max_quarantine_s, settings.quarantine_s * 2 ** (reputation.num_quarantines - 1))
         reputation.quarantined_until = now + seconds
+        self._ever_quarantined.add(reputation.provider_id)
         self.on_quarantine(reputation, seconds)

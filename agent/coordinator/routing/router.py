@@ -35,6 +35,7 @@ from agent.coordinator.routing.prewarm import plan_loads
 from agent.coordinator.routing.registry import Offer, ProviderRecord, Registry, spec_for_entry
 from agent.coordinator.routing.reputation import Outcome, Reputation, ReputationBook
 from agent.coordinator.routing.waitqueue import Waiter, WaitQueue
+from agent.coordinator.routing.warm_index import WarmIndex, place_indexed
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
 from agent.wire.chunk_batch import InferenceResponseChunks
@@ -78,6 +79,7 @@ class Router:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.registry = Registry(max_remembered_models=self.settings.max_remembered_models)
+        self.warm = WarmIndex()  # the registry's offers filed by rank, for try_dispatch (warm_index.py)
         self.reputation = ReputationBook(self.settings, clock)
         self.reputation.on_quarantine = self._quarantined
         self.queues: dict[str, WaitQueue] = {}
@@ -107,6 +109,7 @@ class Router:
         if close is not None:
             provider.close = close
         self.registry.add(provider)
+        self.warm.add(provider)
         self.reputation.track(provider_id, is_identity=identity_id is not None)
         log.info("provider.register", provider_id=provider_id, identity_id=identity_id, chip=register.hardware.chip,
                  memory_bytes=register.hardware.memory_bytes, agent_version=register.agent_version,
@@ -116,6 +119,7 @@ class Router:
     def disconnect(self, provider: ProviderRecord, reason: str) -> None:
         if not self.registry.remove(provider):
             return
+        self.warm.remove(provider)
         for exchange in list(provider.exchanges.values()):
             exchange.provider = None
             exchange.push(LinkLost(provider.provider_id, reason))
@@ -246,18 +250,25 @@ class Router:
         return queue
 
     def placement(self, ask: Ask, *, exclude: dict[str, str] | None = None, lazy: bool = False) -> Placement:
+        if lazy:  # the request path: the scan's Placement, from the index (warm_index.py)
+            return place_indexed(self.warm.model(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
+                                 reputation=self.reputation)
         return place(self.registry.offers(ask.model), ask, self.settings, now=self.clock(), exclude=exclude,
                      lazy=lazy, reputation=self.reputation)
 
     def try_dispatch(self, exchange: Exchange, provider: ProviderRecord | None = None) -> Placement:
         """Place and, if some provider admits it, commit: pending entry, then the frame on its outbox."""
         _forgive_relinked(exchange)
-        offers = [(provider, provider.offers[exchange.model])] if provider is not None else \
-            self.registry.offers(exchange.model)
         held = self.prefixes.prefer(exchange.model, exchange.prefix_keys)  # found (and counted) even when not used
         preferred = held.provider_id if held is not None and self.settings.prefix_routing else None
-        placement = place(offers, exchange.ask, self.settings, now=self.clock(), exclude=exchange.excluded,
-                          reputation=self.reputation, preferred=preferred)
+        if provider is not None:
+            placement = place([(provider, provider.offers[exchange.model])], exchange.ask, self.settings,
+                              now=self.clock(), exclude=exchange.excluded, reputation=self.reputation,
+                              preferred=preferred)
+        else:  # the same Placement as place() over every offer, from the index (warm_index.py)
+            placement = place_indexed(self.warm.model(exchange.model), exchange.ask, self.settings,
+                                      now=self.clock(), exclude=exchange.excluded, reputation=self.reputation,
+                                      preferred=preferred)
         if placement.best is not None:
             self._commit(exchange, placement.best)
             outcome = "none" if held is None else "held" if held.provider_id == exchange.provider_id else "elsewhere"
