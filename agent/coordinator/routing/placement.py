@@ -29,8 +29,8 @@ A provider's free KV is its claim; its reputation (reputation.py) is what it has
 orders candidates of the same trust tier (and rows): a new provider advertising 1000 GiB does not win
 over a proven one, while admission itself still runs on the claimed numbers.
 
-Public names: Ask, Option, Placement, Residency, place, search, check, slot_view, padded_view, classify, cold_gate,
-alone_budget_bytes.
+Public names: Ask, Option, Placement, Residency, place, search, check, padded_view, classify, cold_gate,
+alone_budget_bytes; slot_view is slot_rank.py's, the order warm slots are tried in.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from agent.admission import (
 from agent.coordinator.routing.holder_preference import prefer_holder
 from agent.coordinator.routing.agent_limits import limits_of, margin_bytes, ratio_of
 from agent.coordinator.routing.registry import Offer, ProviderRecord
+from agent.coordinator.routing.slot_rank import by_free_kv_within_ties, queue_rank, rank, slot_view, unusable
 from agent.coordinator.routing.reputation import ReputationBook
 from agent.coordinator.settings import CoordinatorSettings
 from agent.wire.frames import SlotState
@@ -123,12 +124,6 @@ class Placement:
         return f"no provider can serve this {self.model} request: " + "; ".join(parts)
 
 
-def slot_view(offer: Offer) -> SlotKV:
-    status = offer.status
-    if status is None:
-        return SlotKV(0)
-    return offer.pending.view(status.kv_budget_bytes, status.kv_reserved_bytes, status.kv_used_bytes,
-                             margin_bytes(offer, status.kv_budget_bytes))
 
 
 def padded_view(offer: Offer, prompt_tokens: int, expected_tokens: int, chunk: int) -> tuple[SlotKV, int]:
@@ -146,10 +141,10 @@ def padded_view(offer: Offer, prompt_tokens: int, expected_tokens: int, chunk: i
 
 
 def classify(provider: ProviderRecord, offer: Offer, now: float, settings: CoordinatorSettings) -> tuple[Residency, str]:
-    unusable = _unusable(provider, offer)
-    if unusable:
+    why_not = unusable(provider, offer)
+    if why_not:
         draining = offer.entry.fits and offer.spec is not None
-        return (Residency.DRAINING if draining else Residency.NEVER_FITS), unusable
+        return (Residency.DRAINING if draining else Residency.NEVER_FITS), why_not
     if offer.is_warm:
         status = offer.status
         busy = status.num_running + status.num_waiting + offer.pending.num_in_flight
@@ -231,20 +226,20 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     tier_now = reputation.clock() if reputation is not None else 0.0  # read once: this loop may see 1,000
     for provider, offer in offers:
         pid = provider.provider_id
-        unusable = _unusable(provider, offer) or _quarantined(provider, reputation) or _blind(offer, ask)
+        why_not = unusable(provider, offer) or _quarantined(provider, reputation) or _blind(offer, ask)
         if pid in exclude:
             placement.never[pid] = exclude[pid]
-        elif unusable:
-            placement.never[pid] = unusable
+        elif why_not:
+            placement.never[pid] = why_not
         elif offer.is_warm:
             tier = reputation.tier(pid, tier_now) if reputation is not None else 0
-            warm.append((_queue_rank(offer, tier), provider, offer))
+            warm.append((queue_rank(offer, tier), provider, offer))
         else:
             others.append((provider, offer))
     warm.sort(key=lambda item: item[0])
     first = prefer_holder(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
     num_warm = len(warm) + (first is not None)
-    return search(placement, ask, settings, first, num_warm, _by_free_kv_within_ties(warm), others, now=now,
+    return search(placement, ask, settings, first, num_warm, by_free_kv_within_ties(warm), others, now=now,
                   lazy=lazy, reputation=reputation)
 
 
@@ -268,21 +263,10 @@ def search(placement: Placement, ask: Ask, settings: CoordinatorSettings,
     for provider, offer in others:
         residency, reason = classify(provider, offer, now, settings)
         _potential(placement, provider, offer, residency, reason, ask)
-    placement.uncertain.sort(key=lambda option: _rank(option.offer))
+    placement.uncertain.sort(key=lambda option: rank(option.offer))
     return placement
 
 
-def _unusable(provider: ProviderRecord, offer: Offer) -> str:
-    heartbeat = provider.heartbeat
-    if offer.entry.fits and offer.spec is not None and not (heartbeat is not None and heartbeat.draining):
-        return ""  # the usual case, decided without a call per test: this runs for every provider per decision
-    if not offer.entry.fits:
-        return f"does not fit this machine: {offer.entry.fit_reason}"
-    if offer.spec is None:
-        return offer.spec_error
-    if provider.is_draining:
-        return "the agent is draining (stopping)"
-    return ""
 
 
 def _blind(offer: Offer, ask: Ask) -> str:
@@ -297,34 +281,10 @@ def _blind(offer: Offer, ask: Ask) -> str:
     return "" if vision.fits else f"{offer.model} would load text-only there: {vision.fit_reason}"
 
 
-def _rank(offer: Offer, trust_tier: int = 0) -> tuple:
-    """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
-    the most trusted, then the most free KV. Rows before KV: every extra row slows each stream of a batch
-    and queues its prefill behind the others', so an idle warm slot beats a busy big one. Trust before KV:
-    free KV is a claim, so it decides only between providers that have shown as much."""
-    return *_queue_rank(offer, trust_tier), -slot_view(offer).free_bytes
 
 
-def _queue_rank(offer: Offer, trust_tier: int) -> tuple[int, int, int]:
-    """_rank without its last part, free KV: the part that costs nothing to compute."""
-    status, delta = offer.status, offer.pending.load_delta
-    return status.num_waiting + max(0, delta), max(0, status.num_running + status.num_waiting + delta), -trust_tier
 
 
-def _by_free_kv_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
-    """`warm` (sorted by _queue_rank) in _rank's order: free KV is computed only for the groups of equal
-    queue rank a lazy search reaches, so a decision over 1,000 providers does not net 1,000 KV views."""
-    start = 0
-    while start < len(warm):
-        end = start + 1
-        while end < len(warm) and warm[end][0] == warm[start][0]:
-            end += 1
-        group = warm[start:end]
-        if len(group) > 1:
-            group.sort(key=lambda item: -slot_view(item[2]).free_bytes)
-        for _, provider, offer in group:
-            yield provider, offer
-        start = end
 
 
 def _quarantined(provider: ProviderRecord, reputation: ReputationBook | None) -> str:
@@ -341,7 +301,7 @@ def _check_warm(placement: Placement, provider: ProviderRecord, offer: Offer, as
                 reputation: ReputationBook | None = None) -> None:
     pid = provider.provider_id
     limit = limits_of(offer).max_num_seqs
-    if _rank(offer)[1] >= limit:
+    if rank(offer)[1] >= limit:
         placement.full[pid] = f"{offer.model} is running its limit of {limit} requests"
         return
     decision = check(offer, ask)

@@ -4,7 +4,7 @@
 Per model, each registered offer is in one of three places, decided by what only a heartbeat (or the
 register) changes:
 
-    never   placement's `_unusable` reason (does not fit, no spec, draining), in registry order
+    never   slot_rank's `unusable` reason (does not fit, no spec, draining), in registry order
     warm    warm and usable: sorted by its queue rank without the trust tier, (waiting, rows), then registry order
     others  cold, loading, failed: in registry order
 
@@ -24,17 +24,10 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from math import inf
 
-from agent.coordinator.routing.placement import (
-    Ask,
-    Placement,
-    _by_free_kv_within_ties,
-    _queue_rank,
-    _unusable,
-    place,
-    search,
-)
+from agent.coordinator.routing.placement import Ask, Placement, place, search
 from agent.coordinator.routing.holder_preference import prefer_holder
 from agent.coordinator.routing.registry import Offer, ProviderRecord
+from agent.coordinator.routing.slot_rank import by_free_kv_within_ties, queue_rank, unusable
 from agent.coordinator.routing.reputation import ReputationBook
 from agent.coordinator.settings import CoordinatorSettings
 
@@ -100,11 +93,11 @@ class ModelIndex:
 
     def _file(self, member: _Member) -> None:
         provider, offer = member.provider, member.offer
-        member.never = _unusable(provider, offer)
+        member.never = unusable(provider, offer)
         if member.never:
             self._never = None
         elif offer.is_warm:
-            member.key = _queue_rank(offer, 0)[:2]
+            member.key = queue_rank(offer, 0)[:2]
             insort(self.warm, (member.key, member.order, provider, offer))
         else:
             self._others = None
@@ -187,7 +180,7 @@ def _never(index: ModelIndex, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _ranked(warm: list[Entry], skip: Offer | None, reputation: ReputationBook | None, tier_now: float):
-    """`warm` in placement's _rank order, the trust tier and free KV computed only for the groups it reaches."""
+    """`warm` in slot_rank's rank order, the trust tier and free KV computed only for the groups it reaches."""
     start = 0
     while start < len(warm):
         key = warm[start][0]
@@ -198,5 +191,5 @@ def _ranked(warm: list[Entry], skip: Offer | None, reputation: ReputationBook | 
                 tier = reputation.tier(provider.provider_id, tier_now) if reputation is not None else 0
                 group.append(((*key, -tier), provider, offer))
         group.sort(key=lambda item: item[0])  # stable: registry order within a rank, as the scan's
-        yield from _by_free_kv_within_ties(group)
+        yield from by_free_kv_within_ties(group)
         start = end
