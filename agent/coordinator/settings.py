@@ -38,7 +38,8 @@ class CoordinatorSettings:
     # HTTP: uvicorn's limits, and a head deadline of our own (http/head_deadline.py) against slowloris
     http_max_connections: int = 1024  # uvicorn limit_concurrency: connections and websockets beyond it get a 503
     http_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    http_max_header_bytes: int = 64 * 1024  # h11's max incomplete event: a request head larger is refused
+    http_max_header_bytes: int = 64 * 1024  # a request head larger is refused (400)
+    http_parser: str = "auto"  # "auto": httptools (C) when installed, else h11; or "h11" / "httptools"
     http_head_timeout_s: float = 10.0  # a whole request head must arrive within this of connecting
     body_read_timeout_s: float = 30.0  # the whole request body must arrive within this
     max_remembered_models: int = 64  # models listed (503 while unserved) after their last provider left
