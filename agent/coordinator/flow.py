@@ -86,6 +86,7 @@ class RequestFlow:
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
         self._num_logprob_entries = 0  # shown so far: a stream has at most one per token
+        self._num_top_logprobs = exchange.body.num_top_logprobs  # read once: each chunk's check needs it
         self._last_seq = -1  # of the last chunk taken: a row's seq only grows
         self._num_stale_chunks = 0
         self._wait_until = float("inf")  # the current next()'s deadline: a stall, or the stream's own
@@ -165,18 +166,21 @@ class RequestFlow:
             if frame.seq <= self._last_seq:
                 return self._stale(frame)
             self._last_seq = frame.seq
-            try:
-                uncovered = self.meter.num_tokens - self._num_logprob_entries
-                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs, uncovered)
-                self._num_logprob_entries += len(logprobs)
-            except LogprobsRefused as exc:
-                return self._refuse_logprobs(str(exc))
+            logprobs = ()
+            if frame.logprobs:  # most chunks carry none: no check to call
+                try:
+                    uncovered = self.meter.num_tokens - self._num_logprob_entries
+                    logprobs = checked_logprobs(frame, self._num_top_logprobs, uncovered)
+                    self._num_logprob_entries += len(logprobs)
+                except LogprobsRefused as exc:
+                    return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
-            try:
-                self.tool_calls.admit(frame.delta.tool_calls)
-            except InvalidToolCall as exc:
-                return self._invalid_output(str(exc))
+            if frame.delta.tool_calls:
+                try:
+                    self.tool_calls.admit(frame.delta.tool_calls)
+                except InvalidToolCall as exc:
+                    return self._invalid_output(str(exc))
             self.num_chunks += 1
             if frame.delta.is_empty:
                 return None
