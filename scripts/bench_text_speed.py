@@ -175,6 +175,7 @@ moves with the wall clock: a coordinator that falls behind merges more tokens in
 less per token, which is part of the spread between runs. The stack's ratio is bounded by the same
 per-stream costs, plus each request's own path before its first token (keys, hold, routing, two
 websocket hops), which the 200-token streams do not amortise.
-Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then admission checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
+Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then admission
+checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
 them when the best are full) — the p99 is those checks; an index of warm slots by rank, kept on heartbeats,
 is what would take it under the target, and is not built."""
