@@ -5,8 +5,8 @@
                            [--heartbeat-providers 1000] [--window-s 20] [--json]
 
 One coordinator process (open mode: no keys, no request-rate limit, provider-link caps raised for one
-address; on the event loop its `serve` runs on, uvloop when installed); lightweight scripted providers in other processes (agent/testing/fleet/relay_peer.py: one warm
-gpt-oss-20b slot each, one token per row every --step-ms); streaming consumers in other processes
+address; on the event loop its `serve` runs on, uvloop when installed); lightweight scripted providers
+in other processes (agent/testing/fleet/relay_peer.py: one warm gpt-oss-20b slot each, one token per row every --step-ms); streaming consumers in other processes
 (agent/testing/fleet/light_client.py, raw HTTP). The coordinator's CPU is its own process time
 (psutil on its pid, user + system), so what the peers and consumers burn on the same cores is not
 counted; wall-clock rates are, and this machine's cores are shared, so read those with care.

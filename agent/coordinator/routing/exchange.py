@@ -2,10 +2,11 @@
 
 The router pushes what the provider of the current attempt sends about the request (and a LinkLost
 when that provider's link drops) onto `events`, tagged with the attempt number, so a frame from an
-attempt already given up on is never taken for one of the current attempt. Its one reader waits on
-`arrival()`, a future done by the next push (or by `wake()`): a deque and one future rather than an
-asyncio.Queue, as this is each relayed token's path (a stream's reader is the flow, one at a time). One request id is used
+attempt already given up on is never taken for one of the current attempt. One request id is used
 for every attempt, end to end (the agent, the holds and the ledger all key on it).
+
+Its one reader (the attempts, then the flow) waits on `arrival()`, a future done by the next push or by
+`wake()`: a deque and one future rather than an asyncio.Queue, as this is every relayed token's path.
 
 Public names: Exchange, LinkLost.
 """
