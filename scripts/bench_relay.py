@@ -5,8 +5,8 @@
                            [--heartbeat-providers 1000] [--window-s 20] [--json]
 
 One coordinator process (open mode: no keys, no request-rate limit, provider-link caps raised for one
-address); lightweight scripted providers in other processes (agent/testing/fleet/relay_peer.py: one warm
-gpt-oss-20b slot each, one token per row every --step-ms); streaming consumers in other processes
+address; on the event loop its `serve` runs on, uvloop when installed); lightweight scripted providers
+in other processes (agent/testing/fleet/relay_peer.py: one warm gpt-oss-20b slot each, one token per row every --step-ms); streaming consumers in other processes
 (agent/testing/fleet/light_client.py, raw HTTP). The coordinator's CPU is its own process time
 (psutil on its pid, user + system), so what the peers and consumers burn on the same cores is not
 counted; wall-clock rates are, and this machine's cores are shared, so read those with care.
@@ -49,6 +49,16 @@ def child(*args: str) -> subprocess.Popen:
 def cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def coordinator_loop():
+    """The event loop the coordinator's `serve` runs on (uvloop when installed); a tree from before
+    event_loop_factory runs on asyncio's, as its `serve` did with its own HTTP settings."""
+    try:
+        from agent.coordinator.http.app import event_loop_factory
+    except ImportError:
+        return None
+    return event_loop_factory()
 
 
 # ---- the roles, each in its own process ---------------------------------------------------------
@@ -196,7 +206,8 @@ def main() -> None:
         role = {"coordinator": lambda: serve_coordinator(),
                 "peers": lambda: serve_peers(rest[0], int(rest[1]), rest[2] == "1", float(rest[3])),
                 "consumers": lambda: run_consumers(rest[0], int(rest[1]), int(rest[2]))}[args.role]
-        return asyncio.run(role())
+        with asyncio.Runner(loop_factory=coordinator_loop() if args.role == "coordinator" else None) as runner:
+            return runner.run(role())
     step_s = args.step_ms / 1000
     results = {f"relay_{frames}": relay(args.providers, args.streams, args.tokens, step_s, frames == "batched")
                for frames in ("batched", "single") if args.frames in ("both", frames)}

@@ -155,12 +155,27 @@ narrow random-weight tiny model on this CPU, so that comparison is of the servin
 
 Where the rest goes (profiles of these runs, `BENCH_RELAY_PROFILE=path` for the relay's coordinator). Parsing
 is not it: a batched row costs less than a single frame, and pydantic's strict JSON-mode validation is within
-about twice the stdlib's own json.loads, so no other codec was added. Per relayed token the coordinator still
-makes one HTTP body write per stream per step (uvicorn and h11 frame it, then a socket write): at a real
-decode rate each step carries one token per stream, so merging (token_merge.py) only helps a client or a
-coordinator that has fallen behind. The stack's ratio is bounded the same way, plus each request's own
-path before its first token (keys, hold, routing, two websocket hops), which the 200-token streams do not
-amortise. Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then
-admission checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
+about twice the stdlib's own json.loads, so no other codec was added. Since the relay's CPU work (issue 16's
+20 µs target), the coordinator runs on uvloop and parses and frames HTTP with httptools when they are
+installed (both are dependencies now; h11 is kept as the fallback, each with the head deadline and head-size
+limit of http/head_deadline.py), a stream waits for its next frame on one future with one alarm per flow
+instead of an asyncio.Queue and a timer per token, and a plain-text token skips the logprobs and tool-call
+checks and the delta's dict. What is left (cProfile of `--streams 500 --tokens 200`, batched; 37.3 µs per
+token unprofiled in that run, 28.9 user + 8.4 system) is a fixed cost per stream per step, as at a real decode
+rate each step carries one token per stream and merging (token_merge.py) only helps a client or a coordinator
+that has fallen behind: the kernel's share (one socket write per stream per step, plus the websocket reads and
+epoll) is about 8 µs; of the Python, roughly a fifth is the router's per-row bookkeeping (router.py
+`_request_frame`, the pending ledger, the exchange), a fifth the flow's checks of each chunk (seq, the usage
+meter's bounds, flow.py `_convert`), a tenth each the stream task's wake-up (asyncio) and the writer's loop,
+an eighth receiving and validating the websocket frames, and the rest the three ASGI send wrappers (Starlette's
+two and the access log's), the SSE encode and the per-request path (placement is about 2 µs per token at
+200 tokens a stream). Under 20 µs would take no task wake-up and no ASGI send per stream per step: the
+router writing a stream's SSE bytes straight to its transport, which is not built. The CPU per token also
+moves with the wall clock: a coordinator that falls behind merges more tokens into each write and so spends
+less per token, which is part of the spread between runs. The stack's ratio is bounded by the same
+per-stream costs, plus each request's own path before its first token (keys, hold, routing, two
+websocket hops), which the 200-token streams do not amortise.
+Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then admission
+checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
 them when the best are full) — the p99 is those checks; an index of warm slots by rank, kept on heartbeats,
 is what would take it under the target, and is not built."""

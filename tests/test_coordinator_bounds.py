@@ -18,6 +18,7 @@ from agent.coordinator.billing.keys import create_key
 from agent.coordinator.billing.ledger import credit_account
 from agent.coordinator.billing.ratelimit import RateLimits
 from agent.coordinator.http.app import served_accounts
+from agent.coordinator.http.head_deadline import HAS_HTTPTOOLS
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.settings import CoordinatorSettings
 from agent.testing.fleet.harness import MICROS_PER_DOLLAR
@@ -99,6 +100,11 @@ async def test_a_catalog_model_registered_with_a_larger_context_is_planned_at_th
         assert offer.spec.max_context == GPT.max_context < MAX_CONTEXT_TOKENS
 
 
+# The HTTP bounds hold with either parser uvicorn ships (http/head_deadline.py has one adapter for each).
+PARSERS = pytest.mark.parametrize("parser", ["h11", pytest.param("httptools", marks=pytest.mark.skipif(
+    not HAS_HTTPTOOLS, reason="httptools is not installed"))])
+
+
 def _with(**changes) -> CoordinatorSettings:
     return CoordinatorSettings(**{**{f: getattr(FAST, f) for f in FAST.__slots__}, **changes})
 
@@ -152,22 +158,26 @@ def _post_head(content_length: int, extra: bytes = b"") -> bytes:
             b"Content-Length: " + str(content_length).encode() + b"\r\n\r\n")
 
 
-async def test_a_declared_body_over_the_limit_is_refused_with_413_before_a_byte_of_it_is_read():
-    async with coordinator() as server:
+@PARSERS
+async def test_a_declared_body_over_the_limit_is_refused_with_413_before_a_byte_of_it_is_read(parser):
+    async with coordinator(_with(http_parser=parser)) as server:
         status, _ = await _exchange(server, _post_head(100 * 2**20))  # and never sends the body
         assert status.startswith(b"HTTP/1.1 413")
 
 
-async def test_a_body_that_trickles_is_refused_with_408_once_the_body_timeout_passes():
-    async with coordinator(_with(body_read_timeout_s=0.3)) as server:
+@PARSERS
+async def test_a_body_that_trickles_is_refused_with_408_once_the_body_timeout_passes(parser):
+    async with coordinator(_with(http_parser=parser, body_read_timeout_s=0.3)) as server:
         started = time.perf_counter()
         status, _ = await _exchange(server, _post_head(1000), b'{"model": "')  # and nothing more
         assert status.startswith(b"HTTP/1.1 408") and time.perf_counter() - started < 3
 
 
-async def test_a_request_head_over_the_header_limit_is_refused():
-    async with coordinator(_with(http_max_header_bytes=16 * 1024)) as server:
-        # A head that keeps growing and never ends (h11 bounds what it buffers while the head is incomplete).
+@PARSERS
+async def test_a_request_head_over_the_header_limit_is_refused(parser):
+    async with coordinator(_with(http_parser=parser, http_max_header_bytes=16 * 1024)) as server:
+        # A head that keeps growing and never ends (h11 bounds what it buffers while the head is incomplete;
+        # with httptools, the adapter counts the head's bytes).
         growing = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 64 * 1024
         status, reader = await _exchange(server, growing)
         assert status.startswith(b"HTTP/1.1 400")
@@ -178,8 +188,9 @@ async def test_a_request_head_over_the_header_limit_is_refused():
 HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-async def test_connections_past_the_connection_limit_get_503_and_silent_ones_are_closed_at_the_head_deadline():
-    async with coordinator(_with(http_max_connections=2, http_head_timeout_s=0.3)) as server:
+@PARSERS
+async def test_connections_past_the_connection_limit_get_503_and_silent_ones_are_closed_at_the_head_deadline(parser):
+    async with coordinator(_with(http_parser=parser, http_max_connections=2, http_head_timeout_s=0.3)) as server:
         silent = [await asyncio.open_connection(server.host, server.port) for _ in range(2)]
         silent[1][1].write(b"GET /health HTTP/1.1\r\nHo")  # slowloris: part of a head, then nothing
         status, _ = await _exchange(server, HEALTH)
@@ -191,8 +202,9 @@ async def test_connections_past_the_connection_limit_get_503_and_silent_ones_are
         assert status.startswith(b"HTTP/1.1 200")
 
 
-async def test_an_idle_keep_alive_connection_is_closed_and_a_slow_consumer_of_a_stream_keeps_its_connection():
-    async with coordinator(_with(http_keep_alive_s=0.3, http_head_timeout_s=0.3)) as server:
+@PARSERS
+async def test_an_idle_keep_alive_connection_is_closed_and_a_slow_consumer_of_a_stream_keeps_its_connection(parser):
+    async with coordinator(_with(http_parser=parser, http_keep_alive_s=0.3, http_head_timeout_s=0.3)) as server:
         status, reader = await _exchange(server, HEALTH)
         assert status.startswith(b"HTTP/1.1 200")
         async with asyncio.timeout(5):

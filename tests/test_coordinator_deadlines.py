@@ -3,6 +3,7 @@ not tokens, the stall and stream deadlines, and the total time of retries (issue
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -120,6 +121,29 @@ async def test_empty_chunks_after_the_first_token_do_not_keep_a_stalled_stream_a
         await eventually(lambda: bool(trickler.cancels), what="the cancel at the provider")
         assert server.coordinator.accounts.num_holds == 0
         await trickler.stop()
+
+
+async def test_a_stream_that_goes_silent_after_streaming_past_the_stall_time_ends_one_stall_time_after_its_last_text():
+    # The flow's one alarm is set at the first wait and rings before the stall while text still flows: it must
+    # set itself again for the moved deadline, neither cutting the live stream nor missing the silence after it.
+    settings = replace(FAST, stall_timeout_s=0.4)
+    async with coordinator(settings) as server:
+        quitter = await provider(server, GPT, reply=Reply(chunks=["a"] * 40, chunk_delay_s=0.03, hang_after=30))
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            async with http.stream("POST", "/v1/chat/completions", json={"model": GPT.id, "messages": MESSAGES,
+                                                                         "stream": True}) as response:
+                last_text_at, shown, text = None, "", ""
+                async for line in response.aiter_lines():
+                    text += line + "\n"
+                    chunk = json.loads(line.removeprefix("data: ")) if line.startswith("data: {") else {}
+                    if content := (chunk.get("choices") or [{}])[0].get("delta", {}).get("content"):
+                        last_text_at, shown = time.monotonic(), shown + content
+                ended_at = time.monotonic()
+        assert shown == "a" * 30 and "stalled" in text  # all 30 (0.9 s: past the first alarm), then the stall
+        assert 0.3 <= ended_at - last_text_at < 3.0  # one stall time after the last text, not at the first alarm
+        await eventually(lambda: bool(quitter.cancels), what="the cancel at the provider")
+        assert server.coordinator.accounts.num_holds == 0
+        await quitter.stop()
 
 
 async def test_a_stream_that_trickles_text_forever_ends_at_its_deadline():

@@ -86,8 +86,12 @@ class RequestFlow:
         self._first: InferenceResponseChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
         self._num_logprob_entries = 0  # shown so far: a stream has at most one per token
+        self._num_top_logprobs = exchange.body.num_top_logprobs  # read once: each chunk's check needs it
         self._last_seq = -1  # of the last chunk taken: a row's seq only grows
         self._num_stale_chunks = 0
+        self._wait_until = float("inf")  # the current next()'s deadline: a stall, or the stream's own
+        self._alarm: asyncio.TimerHandle | None = None
+        self._is_waiting = False
 
     # -- before the first token (attempts.py)
     async def start(self) -> None:
@@ -101,17 +105,42 @@ class RequestFlow:
     async def next(self) -> Token | Finished | Broken:
         loop = asyncio.get_running_loop()
         stall_at = loop.time() + self.settings.stall_timeout_s  # empty chunks do not move it
+        self._wait_until = min(stall_at, self._stream_deadline)
         while True:
             frame, self._first = self._first, None
             if frame is None:
-                try:
-                    async with asyncio.timeout_at(min(stall_at, self._stream_deadline)):
-                        frame = await self.exchange.next_event()
-                except TimeoutError:
+                frame = await self._frame_by_deadline(loop)
+                if frame is None:
                     return self._timed_out(is_stall=stall_at <= self._stream_deadline)
             event = self._convert(frame)
             if event is not None:
                 return event
+
+    async def _frame_by_deadline(self, loop: asyncio.AbstractEventLoop) -> object | None:
+        """The next frame, or None once `_wait_until` passes. One alarm per flow rather than a timer per token:
+        the deadline only moves later, so an alarm that rings early sets itself again for the new one (_ring)."""
+        exchange = self.exchange
+        while (frame := exchange.next_event_nowait()) is None:
+            if loop.time() >= self._wait_until:
+                return None
+            if self._alarm is None:
+                self._alarm = loop.call_at(self._wait_until, self._ring)
+            self._is_waiting = True
+            try:
+                await exchange.arrival()
+            finally:
+                self._is_waiting = False
+        return frame
+
+    def _ring(self) -> None:
+        self._alarm = None
+        if not self._is_waiting or self.is_closed:
+            return  # the next wait sets it again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._wait_until:
+            self.exchange.wake()  # the wait sees the deadline passed
+        else:
+            self._alarm = loop.call_at(self._wait_until, self._ring)
 
     def ready(self) -> list[Token | Finished | Broken]:
         events: list[Token | Finished | Broken] = []
@@ -137,18 +166,21 @@ class RequestFlow:
             if frame.seq <= self._last_seq:
                 return self._stale(frame)
             self._last_seq = frame.seq
-            try:
-                uncovered = self.meter.num_tokens - self._num_logprob_entries
-                logprobs = checked_logprobs(frame, self.exchange.body.num_top_logprobs, uncovered)
-                self._num_logprob_entries += len(logprobs)
-            except LogprobsRefused as exc:
-                return self._refuse_logprobs(str(exc))
+            logprobs = ()
+            if frame.logprobs:  # most chunks carry none: no check to call
+                try:
+                    uncovered = self.meter.num_tokens - self._num_logprob_entries
+                    logprobs = checked_logprobs(frame, self._num_top_logprobs, uncovered)
+                    self._num_logprob_entries += len(logprobs)
+                except LogprobsRefused as exc:
+                    return self._refuse_logprobs(str(exc))
             if not self.meter.admit(frame):
                 return self._cut()
-            try:
-                self.tool_calls.admit(frame.delta.tool_calls)
-            except InvalidToolCall as exc:
-                return self._invalid_output(str(exc))
+            if frame.delta.tool_calls:
+                try:
+                    self.tool_calls.admit(frame.delta.tool_calls)
+                except InvalidToolCall as exc:
+                    return self._invalid_output(str(exc))
             self.num_chunks += 1
             if frame.delta.is_empty:
                 return None
@@ -225,6 +257,9 @@ class RequestFlow:
 
     # -- the end, whichever it is
     def close(self, reason: ReleaseReason) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
         if self.exchange.provider is not None:
             self.router.abandon(self.exchange, reason=reason.value)
         if reason is ReleaseReason.CLIENT_DISCONNECT and self.exchange.body.stream and self.meter.num_tokens:

@@ -21,6 +21,7 @@ MIN_CAPPED_OUTPUT_TOKENS = 16  # a balance covering less output than this refuse
 # Where reasoning goes in responses: `reasoning` (OpenRouter, vLLM ≥ 0.10, Ollama), `reasoning_content`
 # (DeepSeek, older vLLM), or both (a client that reads either sees it; one that sums both sees it twice).
 ReasoningField = Literal["reasoning", "reasoning_content", "both"]
+HttpParser = Literal["auto", "h11", "httptools"]  # "auto" and "httptools": httptools when installed, else h11
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class CoordinatorSettings:
     # HTTP: uvicorn's limits, and a head deadline of our own (http/head_deadline.py) against slowloris
     http_max_connections: int = 1024  # uvicorn limit_concurrency: connections and websockets beyond it get a 503
     http_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    http_max_header_bytes: int = 64 * 1024  # h11's max incomplete event: a request head larger is refused
+    http_max_header_bytes: int = 64 * 1024  # a request head larger is refused (400)
+    http_parser: HttpParser = "auto"  # httptools (C, uvicorn's own default) when installed, else h11
     http_head_timeout_s: float = 10.0  # a whole request head must arrive within this of connecting
     body_read_timeout_s: float = 30.0  # the whole request body must arrive within this
     max_remembered_models: int = 64  # models listed (503 while unserved) after their last provider left

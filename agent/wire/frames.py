@@ -253,8 +253,10 @@ class ChunkDelta(Frame):
     @property
     def num_text_bytes(self) -> int:
         """UTF-8 bytes of what the client is shown: text, reasoning and tool calls' names and arguments."""
-        return (len(self.content.encode()) + len(self.reasoning.encode())
-                + sum(len((call.name or "").encode()) + len(call.arguments.encode()) for call in self.tool_calls))
+        num_bytes = len(self.content.encode()) + len(self.reasoning.encode())
+        if self.tool_calls:  # most chunks have none: no generator to start
+            num_bytes += sum(len((call.name or "").encode()) + len(call.arguments.encode()) for call in self.tool_calls)
+        return num_bytes
 
 
 class InferenceResponseChunk(Frame):

@@ -11,7 +11,7 @@ Public names: AccessLog, AccessRecord, access_record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import structlog
@@ -52,11 +52,13 @@ class AccessLog:
         record, started, status = AccessRecord(), self.clock(), 0
         scope[SCOPE_KEY] = record
 
-        async def sending(message: Message) -> None:
+        def sending(message: Message) -> Awaitable[None]:
+            # A plain function handing back the next layer's awaitable: every body write of a stream passes
+            # here, and a coroutine of its own per write would cost more than the check.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, sending)

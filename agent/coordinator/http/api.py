@@ -81,7 +81,11 @@ class ChatCompletions(RequestLife):
         while True:
             first = await flow.next()
             # What arrived with it (the rest of the step, or a slow client's backlog) goes in the same write.
-            token, end = merge([first, *flow.ready()] if isinstance(first, Token) else [first])
+            if isinstance(first, Token):
+                more = flow.ready()
+                token, end = merge([first, *more]) if more else (first, None)
+            else:
+                token, end = None, first
             data = b""
             if token is not None and (token.content or token.reasoning or token.tool_calls):
                 data, head = head + fmt.delta(token.content, token.reasoning, token.logprobs, token.tool_calls), b""

@@ -8,7 +8,9 @@ Local by default: bound to 127.0.0.1, no consumer keys (open mode: one local acc
 any provider token, unless a database of keys (--db) and a provider token are configured. Exposing an
 open coordinator on a non-loopback address is refused unless `allow_open_remote` says it is meant.
 
-Public names: serve, build_app, running, check_exposure, RunningServer, EmbeddedServer.
+    event_loop_factory()               the event loop `serve` runs on (uvicorn's choice), for a host that embeds it
+
+Public names: serve, build_app, running, check_exposure, event_loop_factory, RunningServer, EmbeddedServer.
 """
 
 from __future__ import annotations
@@ -142,10 +144,22 @@ def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Con
     settings: CoordinatorSettings = app.state.coordinator.settings
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                           ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
-                          log_config=None, http=with_head_deadline(settings.http_head_timeout_s),
+                          log_config=None,
+                          http=with_head_deadline(settings.http_head_timeout_s, settings.http_max_header_bytes,
+                                                  httptools=settings.http_parser != "h11"),
                           limit_concurrency=settings.http_max_connections,
                           timeout_keep_alive=settings.http_keep_alive_s,
                           h11_max_incomplete_event_size=settings.http_max_header_bytes)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop when it is installed (what uvicorn's default `loop="auto"` gives `serve`), else asyncio's:
+    a host that embeds the coordinator with `running` (the relay benchmark) runs on the loop `serve` would."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 @dataclass(slots=True)

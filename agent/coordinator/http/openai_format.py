@@ -119,6 +119,8 @@ class StreamFormat:
 
     def delta(self, content: str, reasoning: str, logprobs: Sequence[TokenLogprob] = (),
               tool_calls: tuple[ToolCallDelta, ...] = (), index: int = 0) -> bytes:
+        if content and not reasoning and not tool_calls:  # most tokens: the same bytes without a dict to encode
+            return self._delta_chunk(f'{{"content":{_dumps(content)}}}', logprobs, index)
         delta: dict[str, Any] = {}
         if reasoning:
             delta.update(_reasoning(self.reasoning_field, reasoning))

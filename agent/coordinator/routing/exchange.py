@@ -5,12 +5,16 @@ when that provider's link drops) onto `events`, tagged with the attempt number, 
 attempt already given up on is never taken for one of the current attempt. One request id is used
 for every attempt, end to end (the agent, the holds and the ledger all key on it).
 
+Its one reader (the attempts, then the flow) waits on `arrival()`, a future done by the next push or by
+`wake()`: a deque and one future rather than an asyncio.Queue, as this is every relayed token's path.
+
 Public names: Exchange, LinkLost.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +34,7 @@ class Exchange:
     body: ChatCompletionBody
     ask: Ask
     created_at: float
-    events: asyncio.Queue[tuple[int, Any]] = field(default_factory=asyncio.Queue)
+    events: deque[tuple[int, Any]] = field(default_factory=deque)
     provider: Any = None  # the ProviderRecord of the current attempt, while it has the request
     provider_id: str = ""  # of the latest attempt, kept after the provider lets go of it
     attempt: int = 0
@@ -43,25 +47,42 @@ class Exchange:
     relinked: set[str] = field(default_factory=set)  # identities whose link was replaced under this attempt
     accepted_at: float | None = None  # the current attempt's inference_accepted (router clock): its ttft counts from it
     prefix_keys: list[str] = field(default_factory=list)  # routing by prefix (prefix_routes.py)
+    _waiter: asyncio.Future | None = None  # the reader's arrival(), while it waits
 
     @property
     def model(self) -> str:
         return self.ask.model
 
     def push(self, frame: Any) -> None:
-        self.events.put_nowait((self.attempt, frame))
+        self.events.append((self.attempt, frame))
+        self.wake()
+
+    def wake(self) -> None:
+        """Done with the reader's arrival() future, if it waits: a frame came, or its own deadline passed."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def arrival(self) -> asyncio.Future:
+        """A future done at the next push (at once if a frame waits already); await next_event_nowait() after it."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # done: woken, or cancelled with the task that awaited it
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            if self.events:
+                waiter.set_result(None)
+        return waiter
 
     async def next_event(self) -> Any:
         """The next frame of the current attempt (earlier attempts' leftovers are dropped)."""
-        while True:
-            attempt, frame = await self.events.get()
-            if attempt == self.attempt:
-                return frame
+        while (frame := self.next_event_nowait()) is None:
+            await self.arrival()
+        return frame
 
     def next_event_nowait(self) -> Any:
         """The next frame of the current attempt if one is waiting already, else None."""
-        while not self.events.empty():
-            attempt, frame = self.events.get_nowait()
+        events = self.events
+        while events:
+            attempt, frame = events.popleft()
             if attempt == self.attempt:
                 return frame
         return None
