@@ -175,7 +175,9 @@ moves with the wall clock: a coordinator that falls behind merges more tokens in
 less per token, which is part of the spread between runs. The stack's ratio is bounded by the same
 per-stream costs, plus each request's own path before its first token (keys, hold, routing, two
 websocket hops), which the 200-token streams do not amortise.
-Routing at 1,000 providers is a scan in Python: about a microsecond or two per provider, then admission
-checks for the best-ranked slots (a few hundred µs each for long prompts, MAX_FULL_CHECKS of
-them when the best are full) — the p99 is those checks; an index of warm slots by rank, kept on heartbeats,
-is what would take it under the target, and is not built."""
+Routing at 1,000 providers was a scan in Python, a microsecond or two per provider every decision (the
+profile put the time in the scan and its sort, not in the admission checks); a dispatch now reads the router's
+index of warm slots by rank (routing/warm_index.py), refiled as heartbeats and sends change a slot's rank, so
+a decision checks only the few best-ranked slots a lazy search reaches, and the Placement equals the scan's
+(tests/test_warm_index.py compares them on random fleets). The non-lazy placement (the capacity view) still
+scans: about 15 ms at 1,000 providers."""
