@@ -228,9 +228,24 @@ def test_one_routing_decision_checks_admission_only_until_a_warm_slot_admits():
         router.receive(p, heartbeat(1, GPT.id, 8 * GIB, i * 100 * 2**20, 0))
     exchange = Exchange("r1", body(256), Ask(GPT.id, 300, 40, 256), 0.0)
     placement = router.try_dispatch(exchange)
-    assert exchange.provider is providers[0]  # the most free KV among equally idle slots
+    assert exchange.provider is providers[0]  # equally idle, none sent a request yet: the first filed
     assert len(placement.admit) == 1 and placement.num_unchecked == 19
     assert sent[-1].request_id == "r1" and sent[-1].reservation.prompt_tokens == 300
+
+
+def test_equally_busy_slots_take_turns_and_a_claim_of_more_free_kv_wins_no_tie():
+    router = Router()
+    providers = [router.connect(register(GPT), lambda frame: None) for _ in range(4)]
+    for i, p in enumerate(providers):  # the last one claims 64x the KV of the others, all idle
+        router.receive(p, heartbeat(1, GPT.id, (512 if i == 3 else 8) * GIB, 0, 0))
+    chosen = []
+    for n in range(8):
+        exchange = Exchange(f"r{n}", body(64), Ask(GPT.id, 100, 20, 64), 0.0)
+        router.try_dispatch(exchange)
+        chosen.append(providers.index(exchange.provider))
+        router.receive(exchange.provider, heartbeat(2 + n, GPT.id, (512 if chosen[-1] == 3 else 8) * GIB, 0, 0))
+        exchange.provider.offers[GPT.id].pending.end(exchange.request_id)  # done: the slot is idle again
+    assert sorted(chosen[:4]) == [0, 1, 2, 3] and chosen[4:] == chosen[:4]  # round robin, the big claim included
 
 
 def test_a_prompt_only_the_conservative_estimate_finds_too_long_is_still_sent_for_the_agent_to_decide():

@@ -5,7 +5,7 @@ heartbeat netted by the pending sends, see pending.py) is put through `admit_req
 the agent itself runs, with the agent's own limits and ratio (agent_limits.py) and a bound on the batch
 padding the agent's replay finds (`padded_view`):
 
-    admit     warm, admission says yes            ranked: shortest queue, fewest rows, most trusted, most free KV
+    admit     warm, admission says yes            ranked: shortest queue, fewest rows, most trusted, least recently sent
     full      warm, admission says not now        (or it runs the agent's max_num_seqs rows, or the agent
                                                   refused one since its last heartbeat)
     overflow  warm and admits, but unproven and holding its `unproven_max_in_flight` requests: used only
@@ -25,9 +25,10 @@ the best-ranked slots said "full": the request can run somewhere later, so it is
 provider's next heartbeat or completion tries the queue against that provider. The router's dispatch gets
 the same Placement from its index of slots by rank (warm_index.py, which runs `search` without the scan).
 
-A provider's free KV is its claim; its reputation (reputation.py) is what it has shown. The claim only
-orders candidates of the same trust tier (and rows): a new provider advertising 1000 GiB does not win
-over a proven one, while admission itself still runs on the claimed numbers.
+A provider's free KV is its claim; its reputation (reputation.py) is what it has shown. The claim orders
+nothing: among slots of the same rows and trust tier the one sent a request least recently goes first (round
+robin), so a new provider advertising 1000 GiB does not win a single tie, while admission itself still runs
+on the claimed numbers.
 
 Public names: Ask, Option, Placement, Residency, place, search, check, padded_view, classify, cold_gate,
 alone_budget_bytes; slot_view is slot_rank.py's, the order warm slots are tried in.
@@ -57,7 +58,7 @@ from agent.admission import (
 from agent.coordinator.routing.holder_preference import prefer_holder
 from agent.coordinator.routing.agent_limits import limits_of, margin_bytes, ratio_of
 from agent.coordinator.routing.registry import Offer, ProviderRecord
-from agent.coordinator.routing.slot_rank import by_free_kv_within_ties, queue_rank, rank, slot_view, unusable
+from agent.coordinator.routing.slot_rank import by_turn_within_ties, queue_rank, rank, slot_view, unusable
 from agent.coordinator.routing.reputation import ReputationBook
 from agent.coordinator.settings import CoordinatorSettings
 from agent.wire.frames import SlotState
@@ -239,7 +240,7 @@ def place(offers: Iterable[tuple[ProviderRecord, Offer]], ask: Ask, settings: Co
     warm.sort(key=lambda item: item[0])
     first = prefer_holder(warm, preferred, settings.prefix_affinity_slack_rows, settings.prefix_affinity_max_load)
     num_warm = len(warm) + (first is not None)
-    return search(placement, ask, settings, first, num_warm, by_free_kv_within_ties(warm), others, now=now,
+    return search(placement, ask, settings, first, num_warm, by_turn_within_ties(warm), others, now=now,
                   lazy=lazy, reputation=reputation)
 
 

@@ -91,6 +91,7 @@ class Offer:
     alone_budget_bytes: int | None = None  # KV budget if this model were loaded alone
     min_kv_bytes: int | None = None  # one full-context sequence: what a loaded slot keeps at least
     on_change: Callable[[], None] | None = None  # told of each heartbeat's status (the router's warm_index.py)
+    last_sent: int = 0  # the router's count of sends when it last sent this slot a request (0: never)
 
     @property
     def model(self) -> str:

@@ -7,8 +7,8 @@ not: the flow reports each attempt's outcome here (router.observe), and placemen
                          good and bad being outcome counts that decay with `reputation_half_life_s`.
                          A new provider starts at 1 / (1 + 3) = 0.25: low, not zero, so it gets traffic
                          to prove itself; successes raise it slowly, each failure costs `weight` successes.
-    tier(id)             trust in `num_trust_tiers` steps: placement orders equal-row slots by it before
-                         their claimed free KV, so a claim decides only between providers that showed as much.
+    tier(id)             trust in `num_trust_tiers` steps: placement orders equal-row slots by it (then
+                         round robin), never by their claimed free KV.
     max_in_flight(id)    an unproven provider (fewer than `proven_after_first_tokens` first tokens shown)
                          holds `unproven_max_in_flight` requests before placement prefers any other slot
                          with room (placement.py's overflow): a sinkhole costs that many while others can serve.

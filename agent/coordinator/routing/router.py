@@ -85,6 +85,7 @@ class Router:
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
         self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
+        self._num_sent = 0  # requests sent: an offer's last_sent orders rank ties (slot_rank.py)
         self.prefixes = PrefixHolders(self.settings.max_prefix_routes, self.registry)
 
     # -- providers ------------------------------------------------------------------------------
@@ -360,6 +361,8 @@ class Router:
         provider, decision = option.provider, option.decision
         option.offer.pending.add(exchange.request_id, option.prompt_tokens, decision.expected_output_tokens,
                                 decision.reservation_bytes)
+        self._num_sent += 1
+        option.offer.last_sent = self._num_sent
         provider.exchanges[exchange.request_id] = exchange
         exchange.provider, exchange.provider_id = provider, provider.provider_id
         self.prefixes.dispatched(exchange.prefix_keys, provider.provider_id)

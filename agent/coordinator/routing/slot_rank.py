@@ -4,8 +4,8 @@
     slot_view(offer)               the slot's KV as the last heartbeat shows it, netted by the pending sends
     unusable(provider, offer)      why the slot can never serve (does not fit, no spec, draining); "" if it can
     rank(offer, trust_tier)        the order warm slots are tried in (smallest first)
-    queue_rank(offer, trust_tier)  rank without its one costly part, free KV
-    by_free_kv_within_ties(warm)   warm slots sorted by queue_rank, in rank's order
+    queue_rank(offer, trust_tier)  rank without its tie-break (the slot sent a request least recently first)
+    by_turn_within_ties(warm)      warm slots sorted by queue_rank, in rank's order
 
 Pure.
 """
@@ -40,21 +40,23 @@ def unusable(provider: ProviderRecord, offer: Offer) -> str:
 
 def rank(offer: Offer, trust_tier: int = 0) -> tuple:
     """Shortest queue first (the agent's waiting rows and what we sent since), then the fewest rows, then
-    the most trusted, then the most free KV. Rows before KV: every extra row slows each stream of a batch
-    and queues its prefill behind the others', so an idle warm slot beats a busy big one. Trust before KV:
-    free KV is a claim, so it decides only between providers that have shown as much."""
-    return *queue_rank(offer, trust_tier), -slot_view(offer).free_bytes
+    the most trusted, then the slot sent a request least recently (round robin among equals). Rows first:
+    every extra row slows each stream of a batch and queues its prefill behind the others', so an idle warm
+    slot beats a busy big one. Not free KV among equals: it is a claim, and at equal rows it sent each new
+    conversation to the biggest Macs, where prefix routing then kept it (the fleet benchmark's busiest
+    provider held 1.7x the mean rows; round robin, 1.41). Admission still decides what fits."""
+    return *queue_rank(offer, trust_tier), offer.last_sent
 
 
 def queue_rank(offer: Offer, trust_tier: int) -> tuple[int, int, int]:
-    """rank without its last part, free KV: the part that costs nothing to compute."""
+    """rank without its tie-break: what the warm index files slots by."""
     status, delta = offer.status, offer.pending.load_delta
     return status.num_waiting + max(0, delta), max(0, status.num_running + status.num_waiting + delta), -trust_tier
 
 
-def by_free_kv_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
-    """`warm` (sorted by queue_rank) in rank's order: free KV is computed only for the groups of equal
-    queue rank a lazy search reaches, so a decision over 1,000 providers does not net 1,000 KV views."""
+def by_turn_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
+    """`warm` (sorted by queue_rank) in rank's order: each group of equal queue rank is ordered only when a
+    lazy search reaches it, so a decision over 1,000 providers does not sort 1,000 slots."""
     start = 0
     while start < len(warm):
         end = start + 1
@@ -62,7 +64,7 @@ def by_free_kv_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
             end += 1
         group = warm[start:end]
         if len(group) > 1:
-            group.sort(key=lambda item: -slot_view(item[2]).free_bytes)
+            group.sort(key=lambda item: item[2].last_sent)
         for _, provider, offer in group:
             yield provider, offer
         start = end

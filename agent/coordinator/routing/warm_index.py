@@ -11,7 +11,7 @@ register) changes:
 An offer tells its index when it changes (`Offer.on_change` on a heartbeat's status, `PendingSends.on_change`
 when a send is added or ends, or a heartbeat counts them); the index re-files the changed offers at the next
 decision. `place_indexed` then runs placement's own checks (`placement.search`) on the index: trust tiers and
-free KV are computed only for the groups of equal rank the search reaches, and what depends on the request
+the round-robin order are computed only for the groups of equal rank the search reaches, and what depends on the request
 (excluded providers, images) or on the clock (quarantine) is applied per decision. Its Placement is the one
 `place` computes from a scan of every offer (tests/test_warm_index.py compares them on random fleets).
 
@@ -27,7 +27,7 @@ from math import inf
 from agent.coordinator.routing.placement import Ask, Placement, place, search
 from agent.coordinator.routing.holder_preference import prefer_holder
 from agent.coordinator.routing.registry import Offer, ProviderRecord
-from agent.coordinator.routing.slot_rank import by_free_kv_within_ties, queue_rank, unusable
+from agent.coordinator.routing.slot_rank import by_turn_within_ties, queue_rank, unusable
 from agent.coordinator.routing.reputation import ReputationBook
 from agent.coordinator.settings import CoordinatorSettings
 
@@ -180,7 +180,7 @@ def _never(index: ModelIndex, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _ranked(warm: list[Entry], skip: Offer | None, reputation: ReputationBook | None, tier_now: float):
-    """`warm` in slot_rank's rank order, the trust tier and free KV computed only for the groups it reaches."""
+    """`warm` in slot_rank's rank order, the trust tier and the round-robin order computed only for the groups it reaches."""
     start = 0
     while start < len(warm):
         key = warm[start][0]
@@ -191,5 +191,5 @@ def _ranked(warm: list[Entry], skip: Offer | None, reputation: ReputationBook | 
                 tier = reputation.tier(provider.provider_id, tier_now) if reputation is not None else 0
                 group.append(((*key, -tier), provider, offer))
         group.sort(key=lambda item: item[0])  # stable: registry order within a rank, as the scan's
-        yield from by_free_kv_within_ties(group)
+        yield from by_turn_within_ties(group)
         start = end
