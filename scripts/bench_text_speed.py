@@ -151,7 +151,13 @@ coordinator's own process time, so they hold on a shared machine, while tok/s, T
 and move with whatever else ran on the two shared cores (the stack and the mlx comparison are therefore the
 median of alternating runs, every run kept in before_after.json; the codec rows whose code did not change,
 one chunk frame parsed or encoded and json.loads, show the same noise). mlx_lm.server and our stack serve the same
-narrow random-weight tiny model on this CPU, so that comparison is of the serving code, not of a Mac.
+narrow random-weight tiny model on this CPU, so that comparison is of the serving code, not of a Mac. Since
+the prefix cache (issue 14) the after column includes it: every request has its own prompt, but the prompts
+share the template's head and their first words ("Request i of round r ..."), which the agent reuses from a
+cached prefix and mlx_lm.server did not in these runs. With the cache off
+(`DARKBLOOM_MAX_PREFIX_CACHE_BYTES=0 python scripts/bench_vs_mlx_server.py --json`, one run on 42cd607) ours ÷
+mlx_lm.server was 1.156 in streaming tok/s and 1.159 in streaming TTFT p50 (806.1 vs 695.7 ms), 1.074 and 0.939
+non-streaming: the serving code alone meets the tok/s targets, not the streaming TTFT's 1.1.
 
 Where the rest goes (profiles of these runs, `BENCH_RELAY_PROFILE=path` for the relay's coordinator). Parsing
 is not it: a batched row costs less than a single frame, and pydantic's strict JSON-mode validation is within
