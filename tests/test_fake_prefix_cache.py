@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from agent.catalog import load_catalog
@@ -14,24 +12,13 @@ from agent.kvcost import prefix_entry_bytes
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.prefix_chain import chain_key
 from tests.engine_fixtures import run
+from tests.test_fake_engine import VirtualTime
 
 GIB = 1024**3
 GPT_OSS = "gpt-oss-20b"
 SPEC = load_catalog()[GPT_OSS]
 TIMING = FakeTiming(prefill_tps=1000, decode_tps=50, batch_slowdown=0.0, load_seconds=1.0)
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def request(request_id: str, *messages: dict, max_tokens: int = 8) -> GenerationRequest:

@@ -30,12 +30,20 @@ HAS_HTTPTOOLS = HttpToolsProtocol is not None
 
 
 class _HeadDeadline:
-    """The deadline's timer, shared by both variants (each says when a head is awaited)."""
+    """The deadline's timer, armed on connecting and shared by both variants (each says when a head is awaited)."""
 
     head_timeout_s: float = 10.0
     _head_deadline: asyncio.TimerHandle | None = None
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  (the uvicorn protocol after this in the MRO)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm_head_deadline(self) -> None:
         self._disarm_head_deadline()
@@ -56,14 +64,6 @@ class _HeadDeadline:
 
 
 class _H11HeadDeadline(_HeadDeadline, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
-        super().connection_lost(exc)
-
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the head arrived (or the connection is done with)
@@ -83,14 +83,6 @@ if HttpToolsProtocol is not None:
         max_head_bytes: int = 64 * 1024
         _awaiting_head: bool = True  # from the connection, and from each request's end, to the next head
         _head_bytes: int = 0  # received while awaiting it
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_deadline()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_deadline()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if not self._awaiting_head:
