@@ -23,6 +23,7 @@ from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed, error
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token
 from agent.coordinator.http.account_routes import account_routes
 from agent.coordinator.http.capacity import capacity_report, consumer_view
+from agent.coordinator.http.choices_api import serve_choices
 from agent.coordinator.http.dialect_routes import dialect_routes
 from agent.coordinator.http.error_pages import is_anthropic
 from agent.coordinator.http.messages_api import anthropic_error, credentials
@@ -59,7 +60,6 @@ class ChatCompletions(RequestLife):
 
     async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
         if isinstance(flow, Choices):
-            from agent.coordinator.http.choices_api import serve_choices  # it imports this module's helpers
             await serve_choices(self.coordinator, flow, request.body, send)
         else:
             await self._serve(flow, request, send)

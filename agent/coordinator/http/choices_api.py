@@ -19,8 +19,10 @@ from agent.coordinator.choices import Choices, merged_usage
 from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, ProviderFailed
 from agent.coordinator.flow import Broken, Finished, Token, release_reason
-from agent.coordinator.http.api import CAPPED_HEADER, SSE_HEADERS, _part, _send_response
 from agent.coordinator.http.openai_format import DONE, StreamFormat, completion_body
+from agent.coordinator.http.request_life import CAPPED_HEADER, SSE_HEADERS
+from agent.coordinator.http.request_life import send_part as _part
+from agent.coordinator.http.request_life import send_response as _send_response
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.frames import UsageReport
 
