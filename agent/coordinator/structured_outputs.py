@@ -15,6 +15,7 @@ import llguidance
 
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.response_format import JsonSchemaFormat, schema_text
+from agent.wire.tools import OPEN_OBJECT
 
 
 def output_schema_problem(body: ChatCompletionBody) -> tuple[str, str] | None:
@@ -27,7 +28,7 @@ def output_schema_problem(body: ChatCompletionBody) -> tuple[str, str] | None:
             return "response_format", f"response_format: the schema cannot be enforced: {problem}"[:1000]
     if body.tools and body.tool_choice not in (None, "auto", "none"):
         for index, tool in enumerate(body.tools):
-            problem = _schema_problem(schema_text(tool.function.parameters or {"type": "object"}))
+            problem = _schema_problem(schema_text(tool.function.parameters or OPEN_OBJECT))
             if problem is not None:
                 return (f"tools[{index}].function.parameters",
                         f"tools[{index}] ({tool.function.name}): its parameters cannot be enforced: {problem}"[:1000])

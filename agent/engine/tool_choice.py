@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from agent.engine.constraint import Constraint, ToolCallConstraint, ToolSchema
 from agent.engine.types import GenerationRequest
 from agent.wire.response_format import schema_text
-
-OPEN_OBJECT = {"type": "object"}  # a function without `parameters` takes any object
+from agent.wire.tools import OPEN_OBJECT
 
 
 def tool_call_constraint(request: GenerationRequest) -> ToolCallConstraint | None:

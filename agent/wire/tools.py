@@ -10,7 +10,7 @@ Names follow OpenAI's rule (letters, digits, `_` and `-`, at most 64). A JSON Sc
 sent it (a dict), bounded in size by the body's own limit; the model's chat template renders it.
 
 Public names: FunctionTool, FunctionSpec, ToolCall, ToolCallFunction, NamedToolChoice, ToolChoice,
-MAX_TOOLS, MAX_TOOL_NAME_CHARS, FUNCTION_NAME_PATTERN.
+MAX_TOOLS, MAX_TOOL_NAME_CHARS, FUNCTION_NAME_PATTERN, OPEN_OBJECT.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ MAX_DESCRIPTION_CHARS = 64 * 1024
 MAX_ARGUMENTS_CHARS = 1024 * 1024  # one call's arguments, echoed back in the history
 MAX_CALL_ID_CHARS = 256
 FUNCTION_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+OPEN_OBJECT = {"type": "object"}  # the schema of a function without `parameters`: any object
 
 FunctionName = Annotated[str, Field(pattern=FUNCTION_NAME_PATTERN)]
 
