@@ -7,8 +7,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from agent.coordinator.routing.prefix_routes import PrefixRoutes, prefix_keys
+from agent.coordinator.routing.prefix_routes import PrefixRoutes
 from agent.wire.chat_body import MAX_PROMPT_CACHE_KEY_CHARS, ChatCompletionBody
+from agent.wire.prefix_chain import prefix_keys
 from tests.provider_support import GPT, coordinator, eventually, provider
 
 

@@ -49,11 +49,11 @@ from agent.coordinator.reputations import operator_gauges, restore
 from agent.coordinator.routing.estimate import estimate_prompt
 from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
-from agent.coordinator.routing.prefix_routes import prefix_keys
 from agent.coordinator.routing.router import Router
 from agent.coordinator.settings import CoordinatorSettings
 from agent.coordinator.structured_outputs import output_schema_problem
 from agent.wire.chat_body import ChatCompletionBody
+from agent.wire.prefix_chain import prefix_keys
 from agent.wire.protocol import ProtocolError, validate_chat_request
 
 log = structlog.get_logger("agent.coordinator")

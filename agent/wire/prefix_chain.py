@@ -19,7 +19,6 @@ import json
 
 from agent.wire.chat_body import ChatCompletionBody
 
-
 EXPLICIT = "k:"  # marks the explicit key among a request's keys
 
 
@@ -34,12 +33,9 @@ def _canonical(value: object) -> str:
 def prefix_keys(body: ChatCompletionBody, prompt_cache_key: str | None = None) -> list[str]:
     """The request's keys, the explicit affinity key first, then the message chain from the deepest down
     (`body` as forwarded to a provider; `prompt_cache_key` the consumer's, which is not forwarded)."""
-    head = _canonical({"tools": [t.model_dump(mode="json", exclude_none=True) for t in body.tools or ()],
-                       "reasoning_effort": body.reasoning_effort, "raw_prompt": bool(body.raw_prompt)})
-    chain, key = [], _digest("head", head)
-    for message in body.messages:
-        key = _digest(key, _canonical(message.model_dump(mode="json", exclude_none=True)))
-        chain.append(key)
+    head = {"tools": [t.model_dump(mode="json", exclude_none=True) for t in body.tools or ()],
+            "reasoning_effort": body.reasoning_effort, "raw_prompt": bool(body.raw_prompt)}
+    chain = message_chain(head, [message.model_dump(mode="json", exclude_none=True) for message in body.messages])
     explicit = [] if prompt_cache_key is None else [EXPLICIT + _digest("prompt_cache_key", prompt_cache_key)]
     return explicit + chain[::-1]
 
@@ -52,8 +48,8 @@ def chain_key(body: ChatCompletionBody) -> str | None:
 
 def message_chain(head: object, messages: object) -> list[str]:
     """The chain over plain JSON values, shallowest first: h0 = hash(head), h_i = hash(h_{i-1}, message i), in
-    the same canonical form as `prefix_keys` (for a side that holds messages as dicts, not a body: the fake
-    engine keys its simulated prefix cache by it)."""
+    one canonical form: `prefix_keys` runs it over a body's messages, and the fake engine, which holds them as
+    dicts, keys its simulated prefix cache by it."""
     chain, key = [], _digest("head", _canonical(head))
     for message in messages:
         key = _digest(key, _canonical(message))

@@ -1,6 +1,6 @@
-"""Which provider last served a conversation's prefix, keyed by messages (the coordinator never tokenizes).
+"""Which provider last served a conversation's prefix, keyed by messages (the coordinator never tokenizes; the
+keys are agent/wire/prefix_chain.py's `prefix_keys`, shared with the agent).
 
-    prefix_keys(body)     a request's chain of keys (agent/wire/prefix_chain.py, shared with the agent)
     PrefixRoutes          a bounded LRU map key → provider id: `record` after a dispatch (the request's
                           whole chain, since the next turn's messages extend it), `find` the deepest key
                           of a new request that a connected provider was sent, `drop` a stale record
@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from agent.wire.prefix_chain import EXPLICIT, prefix_keys
-
-__all__ = ["EXPLICIT", "PrefixRoutes", "prefix_keys"]
+from agent.wire.prefix_chain import EXPLICIT
 
 
 @dataclass(slots=True)
