@@ -189,10 +189,13 @@ async def test_an_image_through_messages_and_responses_costs_the_same_prompt_tok
         chat = await client.chat.completions.create(model=VISION_MODEL, messages=asking(image_part(picture)),
                                                     max_tokens=4, temperature=0)
         claude = anthropic.AsyncAnthropic(base_url=server.base_url, api_key=client.api_key, max_retries=0)
-        message = await claude.messages.create(model=VISION_MODEL, max_tokens=4, messages=[
-            {"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
-                                         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                                      "data": encoded}}]}])
+        # Greedy, as the other two (random weights sample an empty answer now and then); sent as a body field:
+        # the anthropic SDK refuses `temperature` as an argument.
+        asked = [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
+                                              {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                           "data": encoded}}]}]
+        message = await claude.messages.create(model=VISION_MODEL, max_tokens=4, messages=asked,
+                                               extra_body={"temperature": 0})
         response = await client.responses.create(model=VISION_MODEL, max_output_tokens=4, temperature=0, input=[
             {"role": "user", "content": [{"type": "input_text", "text": "What is in the picture?"},
                                          {"type": "input_image", "image_url": f"data:image/png;base64,{encoded}"}]}])
