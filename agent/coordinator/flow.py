@@ -11,6 +11,11 @@
     close()   every exit: cancels the attempt at the agent if one is open, and releases the hold unless
               the request was settled. Idempotent.
 
+Live tokens (a stream's fast path, http/direct_stream.py): while next() waits with nothing pending
+(`is_parked`), a writer may take a frame as the router pushes it: `take(frame)` converts it exactly as next()
+would (the same checks and counts) and moves the stall deadline; a Finished or Broken it gives is handed to the
+waiting next() with `hold(event)`. next() returns only what the writer did not take.
+
 Public names: RequestFlow, Token, Finished, Broken.
 """
 
@@ -89,14 +94,18 @@ class RequestFlow:
         self._num_top_logprobs = exchange.body.num_top_logprobs  # read once: each chunk's check needs it
         self._last_seq = -1  # of the last chunk taken: a row's seq only grows
         self._num_stale_chunks = 0
+        self._stall_at = float("inf")  # no text since before it: the stream stalled
         self._wait_until = float("inf")  # the current next()'s deadline: a stall, or the stream's own
         self._alarm: asyncio.TimerHandle | None = None
         self._is_waiting = False
+        self._held: Token | Finished | Broken | None = None  # an event a live take() gave, for next() to return
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- before the first token (attempts.py)
     async def start(self) -> None:
         attempts = Attempts(self.router, self.exchange, self.meter)
         self._first = await attempts.first()
+        self._loop = asyncio.get_running_loop()
         self.first_token_at = self.router.clock()
         self._stream_deadline = stream_deadline(asyncio.get_running_loop().time(), attempts.arrived_at,
                                                 self.meter.max_tokens, self.settings)
@@ -104,23 +113,26 @@ class RequestFlow:
     # -- after it
     async def next(self) -> Token | Finished | Broken:
         loop = asyncio.get_running_loop()
-        stall_at = loop.time() + self.settings.stall_timeout_s  # empty chunks do not move it
-        self._wait_until = min(stall_at, self._stream_deadline)
+        self._stall_at = loop.time() + self.settings.stall_timeout_s  # empty chunks do not move it
+        self._wait_until = min(self._stall_at, self._stream_deadline)
         while True:
             frame, self._first = self._first, None
             if frame is None:
                 frame = await self._frame_by_deadline(loop)
                 if frame is None:
-                    return self._timed_out(is_stall=stall_at <= self._stream_deadline)
+                    if (held := self._held) is not None:
+                        self._held = None
+                        return held
+                    return self._timed_out(is_stall=self._stall_at <= self._stream_deadline)
             event = self._convert(frame)
             if event is not None:
                 return event
 
     async def _frame_by_deadline(self, loop: asyncio.AbstractEventLoop) -> object | None:
-        """The next frame, or None once `_wait_until` passes. One alarm per flow rather than a timer per token:
+        """The next frame, or None once `_wait_until` passes or a live take() held an event. One alarm per flow rather than a timer per token:
         the deadline only moves later, so an alarm that rings early sets itself again for the new one (_ring)."""
         exchange = self.exchange
-        while (frame := exchange.next_event_nowait()) is None:
+        while self._held is None and (frame := exchange.next_event_nowait()) is None:
             if loop.time() >= self._wait_until:
                 return None
             if self._alarm is None:
@@ -130,7 +142,7 @@ class RequestFlow:
                 await exchange.arrival()
             finally:
                 self._is_waiting = False
-        return frame
+        return None if self._held is not None else frame
 
     def _ring(self) -> None:
         self._alarm = None
@@ -141,6 +153,24 @@ class RequestFlow:
             self.exchange.wake()  # the wait sees the deadline passed
         else:
             self._alarm = loop.call_at(self._wait_until, self._ring)
+
+    @property
+    def is_parked(self) -> bool:
+        """next() waits, with nothing arrived or held for it: a frame taken now is the stream's next."""
+        return self._is_waiting and self._held is None and not self.exchange.events
+
+    def take(self, frame: object) -> Token | Finished | Broken | None:
+        """A frame converted as next() would, while it is parked; a Token moves the stall deadline."""
+        event = self._convert(frame)
+        if type(event) is Token:
+            self._stall_at = self._loop.time() + self.settings.stall_timeout_s
+            self._wait_until = min(self._stall_at, self._stream_deadline)
+        return event
+
+    def hold(self, event: Token | Finished | Broken) -> None:
+        """The waiting next() returns `event` (a take() gave it, and the writer leaves it to the stream's task)."""
+        self._held = event
+        self.exchange.wake()
 
     def ready(self) -> list[Token | Finished | Broken]:
         events: list[Token | Finished | Broken] = []

@@ -13,6 +13,8 @@ free KV, requests in flight) are read from the router when scraped, so they can 
     darkbloom_provider_quarantines_total               providers quarantined for repeated failures
     darkbloom_prefix_routes_total{model,outcome}       dispatches by where the prefix was (held, elsewhere, none)
     darkbloom_prefix_route_sources_total{model,source} ... with a known prefix: reported (heartbeat) or recorded
+    darkbloom_direct_stream_tokens_total{model}        streamed tokens written as the router took the provider's
+                                                       frame (http/direct_stream.py); the rest went by the stream's task
     darkbloom_providers_quarantined                    (gauge) providers in quarantine now
     operator only: darkbloom_provider_trust{provider_id}, darkbloom_provider_quarantined{provider_id},
     darkbloom_provider_outcomes{provider_id,outcome}   (gauges from the reputation book, at scrape time)
@@ -64,6 +66,9 @@ class Metrics:
         self.prefix_sources = Counter("darkbloom_prefix_route_sources", "Dispatches with a known prefix by how it "
                                       "was known (reported: the provider's heartbeat lists it; recorded: where "
                                       "the coordinator sent it)", ["model", "source"], registry=r)
+        self.direct_stream_tokens = Counter("darkbloom_direct_stream_tokens", "Streamed tokens written straight "
+                                            "out as the provider's frame was handled (the relay's fast path)",
+                                            ["model"], registry=r)
         # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
         self.operator_registry = CollectorRegistry()
         self.clamped_by_provider = Counter("darkbloom_provider_usage_claims_clamped",

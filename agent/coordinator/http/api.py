@@ -22,9 +22,11 @@ from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, BadRequest, ProviderFailed, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token
 from agent.coordinator.http.account_routes import account_routes
+from agent.coordinator.http.body_writer import BodyWriter
 from agent.coordinator.http.capacity import capacity_report, consumer_view
 from agent.coordinator.http.choices_api import serve_choices
 from agent.coordinator.http.dialect_routes import dialect_routes
+from agent.coordinator.http.direct_stream import DirectStream
 from agent.coordinator.http.error_pages import is_anthropic
 from agent.coordinator.http.messages_api import anthropic_error, credentials
 from agent.coordinator.http.model_routes import model_routes
@@ -58,19 +60,22 @@ class ChatCompletions(RequestLife):
     def stream_error(self, exc: ApiError) -> bytes:
         return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
 
-    async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
+    async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send, *,
+                    writer: BodyWriter | None = None) -> None:
         if isinstance(flow, Choices):
             await serve_choices(self.coordinator, flow, request.body, send)
         else:
-            await self._serve(flow, request, send)
+            await self._serve(flow, request, send, writer=writer)
 
-    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool) -> None:
-        await self._stream(flow, request.body, send, is_open=is_open)
+    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool,
+                     writer: BodyWriter | None = None) -> None:
+        await self._stream(flow, request.body, send, is_open=is_open, writer=writer)
 
     async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
         await self._complete(flow, request.body, send)
 
-    async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send, *, is_open: bool) -> None:
+    async def _stream(self, flow: RequestFlow, body: ChatCompletionBody, send: Send, *, is_open: bool,
+                      writer: BodyWriter | None) -> None:
         request_id = flow.exchange.request_id
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         fmt = StreamFormat(request_id, body.model, self.coordinator.settings.reasoning_field,
@@ -78,31 +83,37 @@ class ChatCompletions(RequestLife):
         if not is_open:
             await self.start_stream(flow, body, send)
         head = fmt.role()  # goes out with the first token: one write instead of two
-        while True:
-            first = await flow.next()
-            # What arrived with it (the rest of the step, or a slow client's backlog) goes in the same write.
-            if isinstance(first, Token):
-                more = flow.ready()
-                token, end = merge([first, *more]) if more else (first, None)
-            else:
-                token, end = None, first
-            data = b""
-            if token is not None and (token.content or token.reasoning or token.tool_calls):
-                data, head = head + fmt.delta(token.content, token.reasoning, token.logprobs, token.tool_calls), b""
-            if end is None:
-                if data:
-                    await _part(send, data)
-                continue
-            if isinstance(end, Finished):
-                tail = fmt.finish(end.finish_reason) + (fmt.usage(end.usage) if include_usage else b"")
-                outcome = "ok"
-            else:
-                flow.close(ReleaseReason.PROVIDER_ERROR)
-                tail = fmt.finish("error") + fmt.error(end.message, end.code)
-                outcome = "stream_error"
-            await _part(send, data + head + tail + DONE, more=False)
-            self.coordinator.metrics.request(body.model, outcome)
-            return
+        direct = DirectStream(flow, writer, lambda t: fmt.delta(t.content, t.reasoning, t.logprobs, t.tool_calls))
+        try:
+            while True:
+                first = await flow.next()
+                # What arrived with it (the rest of the step, or a slow client's backlog) goes in the same write.
+                if isinstance(first, Token):
+                    more = flow.ready()
+                    token, end = merge([first, *more]) if more else (first, None)
+                else:
+                    token, end = None, first
+                data = b""
+                if token is not None and (token.content or token.reasoning or token.tool_calls):
+                    data, head = head + fmt.delta(token.content, token.reasoning, token.logprobs,
+                                                  token.tool_calls), b""
+                if end is None:
+                    if data:
+                        await _part(send, data)
+                        direct.open()  # the head is out: what comes while we wait may go straight out
+                    continue
+                if isinstance(end, Finished):
+                    tail = fmt.finish(end.finish_reason) + (fmt.usage(end.usage) if include_usage else b"")
+                    outcome = "ok"
+                else:
+                    flow.close(ReleaseReason.PROVIDER_ERROR)
+                    tail = fmt.finish("error") + fmt.error(end.message, end.code)
+                    outcome = "stream_error"
+                await _part(send, data + head + tail + DONE, more=False)
+                self.coordinator.metrics.request(body.model, outcome)
+                return
+        finally:
+            direct.close()
 
     async def _complete(self, flow: RequestFlow, body: ChatCompletionBody, send: Send) -> None:
         content: list[str] = []

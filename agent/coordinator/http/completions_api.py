@@ -29,6 +29,8 @@ from agent.coordinator.dialects.completions import (
 from agent.coordinator.dialects.strict_body import checked, read_json, validated
 from agent.coordinator.errors import ApiError, ProviderFailed, error_body
 from agent.coordinator.flow import Broken, Finished, RequestFlow, Token, release_reason
+from agent.coordinator.http.body_writer import BodyWriter
+from agent.coordinator.http.direct_stream import DirectStream
 from agent.coordinator.http.openai_format import DONE, sse
 from agent.coordinator.http.request_life import RequestLife, Translated, send_part, send_response
 from agent.wire.frames import UsageReport
@@ -45,9 +47,10 @@ class Completions(RequestLife):
     def stream_error(self, exc: ApiError) -> bytes:
         return sse(error_body(exc.message, exc.type, exc.code), event="error") + DONE
 
-    async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send) -> None:
+    async def serve(self, flow: RequestFlow | Choices, request: Translated, send: Send, *,
+                    writer: BodyWriter | None = None) -> None:
         if not isinstance(flow, Choices):
-            await self._serve(flow, request, send)
+            await self._serve(flow, request, send, writer=writer)
             return
         try:
             await flow.start()
@@ -59,25 +62,38 @@ class Completions(RequestLife):
         self.coordinator.metrics.ttft.labels(request.body.model).observe(
             max(0.0, self.coordinator.clock() - flow.exchange.created_at))
         if request.body.stream:
-            await self._stream(flow.next, flow.ready, flow, request, send, is_open=False)
+            await self._stream(flow.next, flow.ready, flow, request, send, is_open=False, writer=None)
         else:
             await self._complete(flow.next, flow, request, send)
 
-    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool) -> None:
+    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool,
+                     writer: BodyWriter | None = None) -> None:
         await self._stream(_one(flow), lambda: [(0, event) for event in flow.ready()], flow, request, send,
-                           is_open=is_open)
+                           is_open=is_open, writer=writer)
 
     async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
         await self._complete(_one(flow), flow, request, send)
 
     async def _stream(self, events: Events, ready: Ready, flow: RequestFlow | Choices, request: Translated,
-                      send: Send, *, is_open: bool) -> None:
+                      send: Send, *, is_open: bool, writer: BodyWriter | None) -> None:
+        """`writer`: n = 1 only (a RequestFlow), whose tokens may go straight out (direct_stream.py)."""
         source: CompletionsBody = request.source
         chunks = CompletionChunks(flow.exchange.request_id, request.body.model,
                                   include_usage=bool(source.stream_options and source.stream_options.include_usage))
         if not is_open:
             await self.start_stream(flow, request.body, send)
         usages: dict[int, UsageReport] = {}
+        direct = DirectStream(flow, writer, lambda token: sse(chunks.text(token.content, logprobs=token.logprobs))
+                              if token.content else b"")
+        try:
+            await self._chunks(events, ready, flow, request, send, chunks, usages, direct)
+        finally:
+            direct.close()
+
+    async def _chunks(self, events: Events, ready: Ready, flow: RequestFlow | Choices, request: Translated,
+                      send: Send, chunks: CompletionChunks, usages: dict[int, UsageReport],
+                      direct: DirectStream) -> None:
+        source: CompletionsBody = request.source
         while True:
             # What arrived with a token (the rest of the step, a slow client's backlog) goes in the same write.
             first = await events()
@@ -92,6 +108,7 @@ class Completions(RequestLife):
                 break
             if data:
                 await send_part(send, data)
+                direct.open()
         usage = chunks.usage(merged_usage([usages[i] for i in sorted(usages)]))
         await send_part(send, data + (sse(usage) if usage is not None else b"") + DONE, more=False)
         self.coordinator.metrics.request(request.body.model, "ok")

@@ -7,9 +7,13 @@ Two variants, one per parser uvicorn ships: httptools (llhttp, in C) when it is 
 one bounds a head's size with h11's max incomplete event; httptools has no such bound, so its variant
 counts a head's bytes itself and answers 400 past `max_head_bytes`, as h11 does.
 
+The httptools variant also offers each request's BodyWriter in the ASGI scope's extensions (body_writer.py:
+a stream's fast path writes body chunks straight to the transport).
+
 This is the one adapter that reaches into uvicorn's H11Protocol and HttpToolsProtocol (their loop,
-transport, parser and lifecycle methods); tests/test_coordinator_bounds.py pins the behaviour of both for
-the uvicorn of pyproject.toml.
+transport, parser and lifecycle methods), with body_writer.py for the request cycle;
+tests/test_coordinator_bounds.py and tests/test_direct_stream.py pin the behaviour for the uvicorn of
+pyproject.toml.
 
 Public names: with_head_deadline, HAS_HTTPTOOLS.
 """
@@ -20,6 +24,8 @@ import asyncio
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.coordinator.http.body_writer import BODY_WRITER, BodyWriter
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -110,6 +116,10 @@ if HttpToolsProtocol is not None:
 
         def _is_awaiting_head(self) -> bool:
             return self._awaiting_head
+
+        def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
+            cycle.scope.setdefault("extensions", {})[BODY_WRITER] = BodyWriter(cycle)
+            super()._start_asgi_task(cycle, app)
 
 
 def with_head_deadline(head_timeout_s: float, max_head_bytes: int, *, httptools: bool = True) -> type:

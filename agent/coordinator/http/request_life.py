@@ -34,6 +34,7 @@ from agent.coordinator.core import Coordinator
 from agent.coordinator.errors import ApiError, RequestTimeout, RequestTooLarge
 from agent.coordinator.flow import RequestFlow, release_reason
 from agent.coordinator.http.access_log import AccessRecord, access_record
+from agent.coordinator.http.body_writer import BodyWriter, body_writer
 from agent.coordinator.image_inputs import ImageFacts
 from agent.wire.chat_body import ChatCompletionBody
 from agent.wire.protocol import MAX_FRAME_BYTES
@@ -86,10 +87,12 @@ class RequestLife:
             return self.coordinator.open(account, body, images=images)
         return self.coordinator.open_choices(account, body, images)
 
-    async def serve(self, flow: Any, request: Translated, send: Send) -> None:
-        await self._serve(flow, request, send)
+    async def serve(self, flow: Any, request: Translated, send: Send, *, writer: BodyWriter | None = None) -> None:
+        await self._serve(flow, request, send, writer=writer)
 
-    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool) -> None:
+    async def stream(self, flow: RequestFlow, request: Translated, send: Send, *, is_open: bool,
+                     writer: BodyWriter | None = None) -> None:
+        """`writer`: the response's direct body writer when the server offers one (direct_stream.py's fast path)."""
         raise NotImplementedError
 
     async def complete(self, flow: RequestFlow, request: Translated, send: Send) -> None:
@@ -116,7 +119,7 @@ class RequestLife:
         except ClientDisconnect:
             return
         record.request_id = flow.exchange.request_id
-        work = asyncio.create_task(self.serve(flow, translated, send))
+        work = asyncio.create_task(self.serve(flow, translated, send, writer=body_writer(scope)))
         gone = asyncio.create_task(_until_disconnect(receive))
         try:
             try:
@@ -137,7 +140,8 @@ class RequestLife:
             flow.close(ReleaseReason.PROVIDER_ERROR)  # a no-op unless something above went wrong
             fill_record(record, flow)
 
-    async def _serve(self, flow: RequestFlow, request: Translated, send: Send) -> None:
+    async def _serve(self, flow: RequestFlow, request: Translated, send: Send, *,
+                     writer: BodyWriter | None = None) -> None:
         metrics, body = self.coordinator.metrics, request.body
         started, is_open = asyncio.ensure_future(flow.start()), False
         try:
@@ -156,7 +160,7 @@ class RequestLife:
                 started.cancel()
         metrics.ttft.labels(body.model).observe(max(0.0, self.coordinator.clock() - flow.exchange.created_at))
         if body.stream:
-            await self.stream(flow, request, send, is_open=is_open)
+            await self.stream(flow, request, send, is_open=is_open, writer=writer)
         else:
             await self.complete(flow, request, send)
 

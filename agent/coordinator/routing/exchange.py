@@ -7,6 +7,8 @@ for every attempt, end to end (the agent, the holds and the ledger all key on it
 
 Its one reader (the attempts, then the flow) waits on `arrival()`, a future done by the next push or by
 `wake()`: a deque and one future rather than an asyncio.Queue, as this is every relayed token's path.
+A stream's writer may set `sink`: a push with nothing queued before it is offered to the sink first, and
+goes on the deque only when the sink does not take it (http/direct_stream.py: the relay's fast path).
 
 Public names: Exchange, LinkLost.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +50,7 @@ class Exchange:
     relinked: set[str] = field(default_factory=set)  # identities whose link was replaced under this attempt
     accepted_at: float | None = None  # the current attempt's inference_accepted (router clock): its ttft counts from it
     prefix_keys: list[str] = field(default_factory=list)  # routing by prefix (prefix_routes.py)
+    sink: Callable[[Any], bool] | None = None  # takes a pushed frame (True) or leaves it to the deque
     _waiter: asyncio.Future | None = None  # the reader's arrival(), while it waits
 
     @property
@@ -54,6 +58,9 @@ class Exchange:
         return self.ask.model
 
     def push(self, frame: Any) -> None:
+        sink = self.sink
+        if sink is not None and not self.events and sink(frame):
+            return
         self.events.append((self.attempt, frame))
         self.wake()
 
