@@ -72,7 +72,14 @@ async def serve_coordinator() -> None:
                                    queue_depth=10_000)
     profile = os.environ.get("BENCH_RELAY_PROFILE")  # a path: the coordinator's cProfile stats go there
     profiler = cProfile.Profile() if profile else None
-    async with running(build_app(None, settings)) as server:
+    app = build_app(None, settings)
+    try:
+        from agent.coordinator.http.gc_tuning import tune_gc
+    except ImportError:  # a tree from before it (scripts/bench_before_after.py runs one): its `serve` did not
+        pass
+    else:
+        tune_gc(settings)  # as `serve` does
+    async with running(app) as server:
         print(server.base_url, flush=True)
         if profiler:
             profiler.enable()

@@ -42,6 +42,9 @@ class CoordinatorSettings:
     http_max_header_bytes: int = 64 * 1024  # a request head larger is refused (400)
     http_parser: HttpParser = "auto"  # httptools (C, uvicorn's own default) when installed, else h11
     http_head_timeout_s: float = 10.0  # a whole request head must arrive within this of connecting
+    # The collector, for `serve`'s process (http/gc_tuning.py): container objects allocated between young
+    # collections (Python's default is 700, a collection every few relayed tokens); 0 keeps Python's own.
+    gc_young_threshold: int = 20_000
     body_read_timeout_s: float = 30.0  # the whole request body must arrive within this
     max_remembered_models: int = 64  # models listed (503 while unserved) after their last provider left
     # the queue, per model

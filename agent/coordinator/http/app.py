@@ -37,6 +37,7 @@ from agent.coordinator.http.access_log import AccessLog
 from agent.coordinator.http.api import routes
 from agent.coordinator.http.denial_log import install_denial_filter
 from agent.coordinator.http.error_pages import EXCEPTION_HANDLERS
+from agent.coordinator.http.gc_tuning import tune_gc
 from agent.coordinator.http.head_deadline import with_head_deadline
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.reputations import keep_saving, save_final_reputations
@@ -127,6 +128,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_path: str | Pat
                    has_provider_identities=has_identities or settings.require_provider_identity)
     accounts = served_accounts(db_path if not is_open else None, rate_limits, settings)
     app = build_app(accounts, settings, owns_accounts=True)
+    tune_gc(settings)
     uvicorn.Server(_config(app, host, port, log_level)).run()
 
 
