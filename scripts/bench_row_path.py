@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""What the coordinator's provider side costs per relayed row: a batched chunk frame parsed and routed.
+
+    scripts/bench_row_path.py [--providers 50] [--streams 500] [--rounds 200] [--json]
+
+One Router in-process (no network) with --providers warm providers and --streams requests dispatched and
+accepted among them. Each round, every provider's next batched `inference_response_chunks` frame (one row
+per request it serves, as agent/testing/fleet/relay_peer.py sends them) goes from its raw JSON text the way
+provider_ws.py takes it: parse_message, then Router.receive. CPU µs per row (time.process_time, which other
+processes on the shared cores do not inflate), the best of --repeats runs:
+
+  parse    parse_message of the frame, per row
+  route    Router.receive of the parsed frame, per row (offer lookup, pending count, the exchange's push)
+  row      both: the provider side of one relayed row
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.catalog import load_catalog  # noqa: E402
+from agent.coordinator.routing.exchange import Exchange  # noqa: E402
+from agent.coordinator.routing.placement import Ask  # noqa: E402
+from agent.coordinator.routing.router import Router  # noqa: E402
+from agent.coordinator.settings import CoordinatorSettings  # noqa: E402
+from agent.testing.model_entry import GIB, entry_for  # noqa: E402
+from agent.wire.chat_body import ChatCompletionBody, ChatMessage  # noqa: E402
+from agent.wire.frames import (  # noqa: E402
+    Hardware,
+    Heartbeat,
+    InferenceAccepted,
+    MemoryStatus,
+    Register,
+    SlotState,
+    SlotStatus,
+)
+from agent.wire.protocol import PROTOCOL_VERSION, Direction, parse_message  # noqa: E402
+from agent.wire.unknown_fields import UnknownFields  # noqa: E402
+
+MODEL = "gpt-oss-20b"
+
+
+def fleet(num_providers: int, num_streams: int) -> tuple[Router, list]:
+    """A router whose providers each hold their share of the streams, accepted: [(provider, [exchange, ...])]."""
+    spec = load_catalog()[MODEL]
+    router = Router(CoordinatorSettings(queue_depth=num_streams))
+    providers = []
+    for _ in range(num_providers):
+        register = Register(protocol_version=PROTOCOL_VERSION, agent_version="bench",
+                            hardware=Hardware(chip="M4", memory_bytes=128 * GIB, gpu_cores=40),
+                            models=(entry_for(spec),))
+        provider = router.connect(register, lambda frame: None)
+        router.receive(provider, Heartbeat(seq=1, slots=(SlotStatus(
+            model=MODEL, state=SlotState.RUNNING, kv_budget_bytes=80 * GIB),), memory=MemoryStatus(
+            total_bytes=128 * GIB, available_bytes=64 * GIB, cap_bytes=115 * GIB)))
+        providers.append(provider)
+    body = ChatCompletionBody(messages=(ChatMessage(role="user", content="relay"),))
+    held = [(provider, []) for provider in providers]
+    for i in range(num_streams):
+        exchange = Exchange(f"chatcmpl-{i:024x}", body, Ask(MODEL, 8, 8, 200), 0.0)
+        router.try_dispatch(exchange, providers[i % num_providers])
+        if exchange.provider is None:
+            raise SystemExit(f"request {i} was not dispatched: raise the fleet's KV budget")
+        router.receive(exchange.provider, InferenceAccepted(request_id=exchange.request_id, prompt_tokens=8))
+        held[i % num_providers][1].append(exchange)
+    for _, exchanges in held:
+        for exchange in exchanges:
+            exchange.events.clear()
+    return router, held
+
+
+def batch_text(exchanges: list, seq: int) -> str:
+    return json.dumps({"type": "inference_response_chunks", "chunks": [
+        {"type": "inference_response_chunk", "request_id": exchange.request_id, "seq": seq,
+         "delta": {"content": " tok", "reasoning": "", "tool_calls": []}, "num_tokens": 1, "logprobs": None}
+        for exchange in exchanges]})
+
+
+def run(num_providers: int, num_streams: int, num_rounds: int) -> dict[str, float]:
+    router, held = fleet(num_providers, num_streams)
+    unknown = UnknownFields()
+    to_coordinator = Direction.TO_COORDINATOR
+    spent = {"parse": 0.0, "route": 0.0}
+    num_rows = 0
+    for seq in range(1, num_rounds + 1):
+        for provider, exchanges in held:
+            text = batch_text(exchanges, seq)
+            started = time.process_time()
+            frame = parse_message(text, direction=to_coordinator, unknown_fields=unknown)
+            parsed = time.process_time()
+            router.receive(provider, frame)
+            routed = time.process_time()
+            spent["parse"] += parsed - started
+            spent["route"] += routed - parsed
+            num_rows += len(frame.chunks)
+            for exchange in exchanges:  # what the client side takes off each exchange soon after: not measured
+                exchange.events.clear()
+    return {name: seconds / num_rows * 1e6 for name, seconds in spent.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--providers", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    import structlog
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings only, as bench_relay
+    runs = [run(args.providers, args.streams, args.rounds) for _ in range(args.repeats)]
+    best = {name: min(r[name] for r in runs) for name in runs[0]}
+    best["row"] = min(r["parse"] + r["route"] for r in runs)
+    result = {"providers": args.providers, "streams": args.streams, "rows_per_frame": args.streams / args.providers,
+              "rounds": args.rounds, "cpu_us_per_row": {name: round(value, 3) for name, value in best.items()}}
+    print(json.dumps(result, indent=None if args.json else 1))
+
+
+if __name__ == "__main__":
+    main()
