@@ -9,7 +9,7 @@ per request it serves, as agent/testing/fleet/relay_peer.py sends them) goes fro
 provider_ws.py takes it: parse_message, then Router.receive. CPU µs per row (time.process_time, which other
 processes on the shared cores do not inflate), the best of --repeats runs:
 
-  parse    parse_message of the frame, per row
+  parse    parse_message of the frame and the link's checks of it (unknown fields, bad rows), per row
   route    Router.receive of the parsed frame, per row (offer lookup, pending count, the exchange's push)
   row      both: the provider side of one relayed row
 """
@@ -31,6 +31,7 @@ from agent.coordinator.routing.router import Router  # noqa: E402
 from agent.coordinator.settings import CoordinatorSettings  # noqa: E402
 from agent.testing.model_entry import GIB, entry_for  # noqa: E402
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage  # noqa: E402
+from agent.wire.chunk_batch import InferenceResponseChunks  # noqa: E402
 from agent.wire.frames import (  # noqa: E402
     Hardware,
     Heartbeat,
@@ -93,6 +94,10 @@ def run(num_providers: int, num_streams: int, num_rounds: int) -> dict[str, floa
             text = batch_text(exchanges, seq)
             started = time.process_time()
             frame = parse_message(text, direction=to_coordinator, unknown_fields=unknown)
+            for _ in unknown.drain():  # what provider_ws._next_frame asks of every frame
+                pass
+            if isinstance(frame, InferenceResponseChunks) and frame.rejected_rows:
+                raise SystemExit("the benchmark's batch was not clean")
             parsed = time.process_time()
             router.receive(provider, frame)
             routed = time.process_time()
