@@ -137,7 +137,7 @@ def parse_message(data: str | bytes, *, direction: Direction | str,
     """One frame received in `direction`, or the reason it is unusable. Never raises on bad input.
 
     Fields the frame does not know are dropped; their names are added to `unknown_fields` if given."""
-    direction = Direction(direction)
+    direction = direction if direction.__class__ is Direction else Direction(direction)  # the enum's call: ~0.3 µs
     raw = _bounded_bytes(data)
     if isinstance(raw, ProtocolError):
         return raw

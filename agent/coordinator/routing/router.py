@@ -161,15 +161,17 @@ class Router:
 
     def receive(self, provider: ProviderRecord, frame: Message) -> None:
         """A validated frame from a registered provider."""
-        if isinstance(frame, Heartbeat):
+        kind = type(frame)
+        if kind is InferenceResponseChunks:  # the common frames first: every relayed token is a row of one
+            self._chunks(provider, frame.chunks)  # each row exactly as a single chunk frame (chunk_batch.py)
+        elif kind is InferenceResponseChunk:
+            self._chunks(provider, (frame,))
+        elif kind is Heartbeat:
             self._heartbeat(provider, frame)
-        elif isinstance(frame, Register):
+        elif kind is Register:
             provider.send(ErrorFrame(code="already_registered", message="this link is registered already; "
                                      "reconnect to register again"))
-        elif isinstance(frame, InferenceResponseChunks):
-            for chunk in frame.chunks:  # each row exactly as a single chunk frame (chunk_batch.py)
-                self._request_frame(provider, chunk)
-        elif isinstance(frame, ErrorFrame):
+        elif kind is ErrorFrame:
             log.warning("provider.complaint", provider_id=provider.provider_id, code=frame.code, message=frame.message,
                         request_id=frame.request_id)
             if frame.request_id is not None and provider.offer_holding(frame.request_id) is not None:
@@ -195,6 +197,22 @@ class Router:
             self.wake(model, provider)
             if now - self._planned_at.get(model, -inf) >= self.settings.prewarm_heartbeat_interval_s:
                 self.prewarm(model)
+
+    def _chunks(self, provider: ProviderRecord, chunks: tuple[InferenceResponseChunk, ...]) -> None:
+        """Chunks: what _request_frame does with each, its lookups done once (every relayed token comes here).
+        The common case is a chunk of a live attempt, whose pending entry is in its exchange's model's offer;
+        anything else (abandoned, not ours) takes the general path."""
+        exchanges, offers = provider.exchanges, provider.offers
+        for chunk in chunks:
+            request_id = chunk.request_id
+            exchange = exchanges.get(request_id)
+            offer = offers.get(exchange.ask.model) if exchange is not None else None
+            entry = offer.pending.entries.get(request_id) if offer is not None else None
+            if entry is None:
+                self._request_frame(provider, chunk)
+                continue
+            entry.num_chunks += 1  # pending.chunk(request_id)
+            exchange.push(chunk)
 
     def _request_frame(self, provider: ProviderRecord, frame: Message) -> None:
         request_id = frame.request_id
