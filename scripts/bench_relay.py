@@ -137,7 +137,11 @@ def stop_fleet(coordinator: subprocess.Popen, peers: list[subprocess.Popen]) -> 
         totals = {k: totals[k] + stats[k] for k in totals}
         proc.wait(timeout=30)
     coordinator.stdin.close()
-    coordinator.wait(timeout=30)
+    try:  # its figures are in: a coordinator slow to close a thousand links (an older tree's) is only stopped
+        coordinator.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        coordinator.kill()
+        coordinator.wait()
     return totals
 
 
