@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the commit whose code is 'before'")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     parser.add_argument("--note", default="", help="stored with the results, e.g. that the machine was shared")
+    parser.add_argument("--repeats", type=int, help="runs a side for every part given (default: REPEATS, else 1)")
     args = parser.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -100,7 +101,7 @@ def main() -> None:
             print(f"running {part} (base {base}, then this tree) ...", flush=True)
             started = time.time()
             befores, afters = [], []
-            for _ in range(REPEATS.get(part, 1)):
+            for _ in range(args.repeats or REPEATS.get(part, 1)):
                 befores.append(run(tree, arguments(part, True)))
                 afters.append(run(ROOT, arguments(part, False)))
             saved[part] = {"before": median_run(part, befores), "after": median_run(part, afters),
