@@ -63,8 +63,10 @@ def _relay_rows(part: dict) -> list[str]:
         r = a[key]
         rows.append(f"| coordinator CPU per relayed token, {r['streams']} streams over {r['providers']} providers "
                     f"({label} after; one frame per row before), µs (target ≤ {f(TARGETS['cpu_us_per_token'], 0)}) | "
-                    f"{old['cpu_us_per_token']} ({f(old['tokens_per_s'])} tok/s) | {r['cpu_us_per_token']} "
-                    f"({f(r['tokens_per_s'])} tok/s) | {_met(r['cpu_us_per_token'] <= TARGETS['cpu_us_per_token'])} |")
+                    f"{old['cpu_us_per_token']} ({f(old['tokens_per_s'])} tok/s"
+                    f"{_relay_spread(part, 'before', 'relay_single')}) | {r['cpu_us_per_token']} "
+                    f"({f(r['tokens_per_s'])} tok/s{_relay_spread(part, 'after', key)}) | "
+                    f"{_met(r['cpu_us_per_token'] <= TARGETS['cpu_us_per_token'])} |")
     hb_b, hb_a = b["heartbeat"], a["heartbeat"]
     rows.append(f"| {f(hb_a['providers'])} providers heartbeating every {f(hb_a['interval_s'], 0)} s: share of one "
                 f"core (target ≤ {f(TARGETS['heartbeat_share'], 2)}) | {_heartbeat_cell(hb_b)} | "
@@ -76,6 +78,12 @@ def _relay_rows(part: dict) -> list[str]:
                     f"{f(rb['p99_us'] / 1000)} | {f(ra['p50_us'] / 1000)} / {f(ra['p99_us'] / 1000)} | "
                     f"{_met(ra['p99_us'] / 1000 < TARGETS['routing_p99_ms'])} |")
     return rows
+
+
+def _relay_spread(part: dict, side: str, key: str) -> str:
+    """The range of CPU µs per token over every run of one side (the table's row is the median run's)."""
+    values = [run[key]["cpu_us_per_token"] for run in part.get(f"{side}_runs") or () if key in run]
+    return f"; {len(values)} runs {min(values)}–{max(values)} µs" if len(values) > 1 else ""
 
 
 def _all_in(hb: dict) -> bool:
@@ -159,28 +167,22 @@ cached prefix and mlx_lm.server did not in these runs. With the cache off
 mlx_lm.server was 1.156 in streaming tok/s and 1.159 in streaming TTFT p50 (806.1 vs 695.7 ms), 1.074 and 0.939
 non-streaming: the serving code alone meets the tok/s targets, not the streaming TTFT's 1.1.
 
-Where the rest goes (profiles of these runs, `BENCH_RELAY_PROFILE=path` for the relay's coordinator). Parsing
-is not it: a batched row costs less than a single frame, and pydantic's strict JSON-mode validation is within
-about twice the stdlib's own json.loads, so no other codec was added. Since the relay's CPU work (issue 16's
-20 µs target), the coordinator runs on uvloop and parses and frames HTTP with httptools when they are
-installed (both are dependencies now; h11 is kept as the fallback, each with the head deadline and head-size
-limit of http/head_deadline.py), a stream waits for its next frame on one future with one alarm per flow
-instead of an asyncio.Queue and a timer per token, and a plain-text token skips the logprobs and tool-call
-checks and the delta's dict. What is left (cProfile of `--streams 500 --tokens 200`, batched; 37.3 µs per
-token unprofiled in that run, 28.9 user + 8.4 system) is a fixed cost per stream per step, as at a real decode
-rate each step carries one token per stream and merging (token_merge.py) only helps a client or a coordinator
-that has fallen behind: the kernel's share (one socket write per stream per step, plus the websocket reads and
-epoll) is about 8 µs; of the Python, roughly a fifth is the router's per-row bookkeeping (router.py
-`_request_frame`, the pending ledger, the exchange), a fifth the flow's checks of each chunk (seq, the usage
-meter's bounds, flow.py `_convert`), a tenth each the stream task's wake-up (asyncio) and the writer's loop,
-an eighth receiving and validating the websocket frames, and the rest the three ASGI send wrappers (Starlette's
-two and the access log's), the SSE encode and the per-request path (placement is about 2 µs per token at
-200 tokens a stream). Under 20 µs would take no task wake-up and no ASGI send per stream per step: the
-router writing a stream's SSE bytes straight to its transport, which is not built. The CPU per token also
-moves with the wall clock: a coordinator that falls behind merges more tokens into each write and so spends
-less per token, which is part of the spread between runs. The stack's ratio is bounded by the same
-per-stream costs, plus each request's own path before its first token (keys, hold, routing, two
-websocket hops), which the 200-token streams do not amortise.
+Where the rest goes. Since 42cd607 (33.7 µs a token then), a stream's tokens are written as the router takes
+the provider's frame (http/direct_stream.py, DESIGN.md §6): the flow's own checks, the dialect's encode and one
+body chunk straight to the client's transport, with no task wake-up and no ASGI send per token (the task's
+path is kept for a stream's end, errors, lost links and a backed-up client, whose text merges); the router
+routes a batch's rows with each lookup done once (`scripts/bench_row_path.py`, the provider side of one
+row in-process: 1.64 µs, was 2.30); and `serve`'s process tunes its collector (http/gc_tuning.py: py-spy had
+about 8 % of the coordinator's CPU in gc_collect_main). What is left, from `py-spy record --native` on the
+relay's coordinator (batched, 500 streams): about 40 % of its samples are in write(), one per stream per
+step (the run's system time is about a third of its CPU); `scripts/bench_socket_write.py` measures that write
+alone, 250 bytes to one of 500 loopback connections, at 5.16 µs of this machine's kernel time (`--json`, one run). Of the rest,
+about 14 % is the fast path itself (the flow's checks, the usage meter, the SSE encode), 9 % pydantic's
+validation of the frames, 9 % the websocket layer (uvicorn's websockets-sansio), 10 % each request's own path
+(HTTP, keys, hold, placement, its first token and its end by the task: about 0.7 ms a stream, 3.6 µs a token at
+200 tokens), and the event loop. Each piece is a few per cent; under 20 µs on these two shared cores would
+take about half the Python again, which no one piece holds. The CPU per token also moves by a fifth between runs of
+the same tree here (23.4–30.5 µs in five runs of this tree outside the table), so one run's figure is read with care.
 Routing at 1,000 providers was a scan in Python, a microsecond or two per provider every decision (the
 profile put the time in the scan and its sort, not in the admission checks); a dispatch now reads the router's
 index of warm slots by rank (routing/warm_index.py), refiled as heartbeats and sends change a slot's rank, so
