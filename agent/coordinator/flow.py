@@ -129,8 +129,9 @@ class RequestFlow:
                 return event
 
     async def _frame_by_deadline(self, loop: asyncio.AbstractEventLoop) -> object | None:
-        """The next frame, or None once `_wait_until` passes or a live take() held an event. One alarm per flow rather than a timer per token:
-        the deadline only moves later, so an alarm that rings early sets itself again for the new one (_ring)."""
+        """The next frame, or None once `_wait_until` passes or a live take() held an event. One alarm per flow
+        rather than a timer per token: the deadline only moves later, so an alarm that rings early sets itself
+        again for the new one (_ring)."""
         exchange = self.exchange
         while self._held is None and (frame := exchange.next_event_nowait()) is None:
             if loop.time() >= self._wait_until:
