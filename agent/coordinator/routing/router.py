@@ -207,11 +207,9 @@ class Router:
             request_id = chunk.request_id
             exchange = exchanges.get(request_id)
             offer = offers.get(exchange.ask.model) if exchange is not None else None
-            entry = offer.pending.entries.get(request_id) if offer is not None else None
-            if entry is None:
+            if offer is None or offer.pending.chunk(request_id) is None:  # counted when it is the offer's
                 self._request_frame(provider, chunk)
                 continue
-            entry.num_chunks += 1  # pending.chunk(request_id)
             exchange.push(chunk)
 
     def _request_frame(self, provider: ProviderRecord, frame: Message) -> None:
