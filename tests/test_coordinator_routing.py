@@ -14,7 +14,7 @@ from agent.coordinator.routing.exchange import Exchange
 from agent.coordinator.routing.placement import Ask
 from agent.coordinator.routing.router import Router
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage
-from agent.wire.frames import SlotState
+from agent.wire.frames import InferenceAccepted, SlotState
 from tests.metrics_support import counted
 from tests.provider_support import CATALOG, FAST, GEMMA, GIB, GPT, Reply, coordinator, entry_for, eventually, provider
 from tests.test_coordinator_agreement import body, heartbeat, register
@@ -246,6 +246,29 @@ def test_equally_busy_slots_take_turns_and_a_claim_of_more_free_kv_wins_no_tie()
         router.receive(exchange.provider, heartbeat(2 + n, GPT.id, (512 if chosen[-1] == 3 else 8) * GIB, 0, 0))
         exchange.provider.offers[GPT.id].pending.end(exchange.request_id)  # done: the slot is idle again
     assert sorted(chosen[:4]) == [0, 1, 2, 3] and chosen[4:] == chosen[:4]  # round robin, the big claim included
+
+
+def test_a_heartbeat_that_undercounts_its_rows_hides_no_send_made_after_it():
+    router = Router()
+    lying = router.connect(register(GPT), lambda frame: None)
+    router.receive(lying, heartbeat(1, GPT.id, 8 * GIB, 0, 0))
+    for n in range(3):  # three requests it accepts, then a heartbeat saying it runs none of them
+        exchange = Exchange(f"old{n}", body(64), Ask(GPT.id, 100, 20, 64), 0.0)
+        router.try_dispatch(exchange)
+        router.receive(lying, InferenceAccepted(request_id=exchange.request_id))
+    router.receive(lying, heartbeat(2, GPT.id, 8 * GIB, 0, 0))
+    for n in range(3):  # they end: credits for three rows its heartbeat never counted
+        lying.offers[GPT.id].pending.end(f"old{n}")
+    honest = router.connect(register(GPT), lambda frame: None)
+    router.receive(honest, heartbeat(1, GPT.id, 8 * GIB, 0, 0))
+    chosen = []
+    for n in range(4):
+        exchange = Exchange(f"r{n}", body(64), Ask(GPT.id, 100, 20, 64), 0.0)
+        router.try_dispatch(exchange)
+        chosen.append("lying" if exchange.provider is lying else "honest")
+    # Netting the credits against its new sends would have shown it idle for three more: honest, lying x3.
+    assert chosen == ["honest", "lying", "honest", "lying"]
+    assert lying.offers[GPT.id].pending.load_delta(0) == 2  # its two new sends, nothing taken back
 
 
 def test_a_prompt_only_the_conservative_estimate_finds_too_long_is_still_sent_for_the_agent_to_decide():

@@ -7,6 +7,8 @@ the numbers the agent will hold when the next request arrives:
     reserved_view = heartbeat.kv_reserved_bytes
                     + Σ reservation of entries the heartbeat does not count yet   (sent since)
                     − Σ reservation of entries it counts that have ended since    (credits)
+    rows_view     = heartbeat running + waiting + entries not counted yet − credits (load_delta: the credits
+                    take back at most the rows the heartbeat reported)
 
 Which entries a heartbeat counts follows from one fact: an agent sends every frame down one websocket,
 in the order it built them, and builds `inference_accepted` after it has admitted the request. So a
@@ -91,12 +93,18 @@ class PendingSends:
     def num_in_flight(self) -> int:
         return len(self.entries)
 
+    def load_delta(self, reported_rows: int) -> int:
+        """Requests to add to a heartbeat's running + waiting (`reported_rows`): every send it has not counted,
+        less the ended ones it did count. Those credits never take back more rows than it reported, so a
+        heartbeat saying fewer rows than it had (a peer's bug or a lie) hides no send made after it."""
+        return self.num_uncounted - min(len(self.credits), reported_rows)
+
     @property
-    def load_delta(self) -> int:
-        """Requests to add to the heartbeat's running + waiting counts."""
+    def num_uncounted(self) -> int:
+        """Requests sent that no heartbeat has counted yet."""
         if not self.entries:  # most slots between a heartbeat and the next send: placement asks every one
-            return -len(self.credits)
-        return sum(1 for e in self.entries.values() if not e.is_counted) - len(self.credits)
+            return 0
+        return sum(1 for e in self.entries.values() if not e.is_counted)
 
     @property
     def pad_to_tokens(self) -> int:

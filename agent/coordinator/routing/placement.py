@@ -134,7 +134,8 @@ def padded_view(offer: Offer, prompt_tokens: int, expected_tokens: int, chunk: i
     padded to its length, so the others hold at least n rows of its size."""
     view, status, pending = slot_view(offer), offer.status, offer.pending
     pad = max(status.kv_longest_row_end_tokens or 0, pending.longest_end_tokens, pending.pad_to_tokens)
-    num_rows = max(0, status.num_running + status.num_waiting + pending.load_delta)
+    reported_rows = status.num_running + status.num_waiting
+    num_rows = reported_rows + pending.load_delta(reported_rows)
     if num_rows:
         others = num_rows * reservation_bytes(offer.spec, prompt_tokens, expected_tokens, chunk=chunk)
         view = replace(view, reserved_bytes=max(view.reserved_bytes, others))

@@ -50,8 +50,10 @@ def rank(offer: Offer, trust_tier: int = 0) -> tuple:
 
 def queue_rank(offer: Offer, trust_tier: int) -> tuple[int, int, int]:
     """rank without its tie-break: what the warm index files slots by."""
-    status, delta = offer.status, offer.pending.load_delta
-    return status.num_waiting + max(0, delta), max(0, status.num_running + status.num_waiting + delta), -trust_tier
+    status = offer.status
+    rows = status.num_running + status.num_waiting
+    delta = offer.pending.load_delta(rows)
+    return status.num_waiting + max(0, delta), rows + delta, -trust_tier
 
 
 def by_turn_within_ties(warm: list[tuple[tuple, ProviderRecord, Offer]]):
