@@ -39,8 +39,8 @@ async def test_a_sinkhole_advertising_1000_gib_costs_a_bounded_few_requests_then
         assert await asyncio.gather(*(ask(server) for _ in range(4))) == ["Hello, world"] * 4  # proven now
         sinkhole = await provider(server, GPT, reply=SINKHOLE)
         await sinkhole.set_slot(GPT.id, budget_bytes=1000 * GIB)
-        # The honest one runs without a gate, so its heartbeats say 0 rows: until one arrives after the four
-        # ended, their credits would make it look 4 rows emptier than idle. Both are heard before the race.
+        # Both are heard before the race: the sinkhole's 1000 GiB claim, and a heartbeat of the honest one's after
+        # its four ended (it runs without a gate, so it says 0 rows; pending.py caps their credits at that).
         await honest.heartbeat()
         await eventually(lambda: honest.is_heard(server) and sinkhole.is_heard(server),
                          what="both providers' latest heartbeats at the coordinator")
