@@ -6,6 +6,8 @@
 All in one process, side by side (µs per chunk; a batch's figures are per row):
   parse_single   agent.wire.protocol.parse_message of one inference_response_chunk (pydantic, strict, JSON mode)
   parse_batch    the same for a batch of --rows rows, per row
+  hot_single / hot_batch   agent.wire.hot_chunks.decode_hot (msgspec) of the same frames: what the coordinator's
+                 provider link decodes text-only chunks with, before parse_message (a batch: per row)
   json_loads     json.loads of the single frame (and json_loads_batch: of the batch, per row): the stdlib's floor
                  for building the objects, without validation
   encode_single / encode_batch   encode() of one chunk frame / of the batch, per row
@@ -47,6 +49,15 @@ def _batch_class():
     return InferenceResponseChunks
 
 
+def _hot_decoder():
+    """The link's msgspec decoder of text-only chunks, or None in a tree from before it."""
+    try:
+        from agent.wire.hot_chunks import decode_hot
+    except ImportError:
+        return None
+    return decode_hot
+
+
 def measure(num_rows: int, repeats: int = 2000) -> dict:
     rows = tuple(InferenceResponseChunk(request_id=f"chatcmpl-{i:024x}", seq=5, delta=ChunkDelta(content=" tok"),
                                         num_tokens=1) for i in range(num_rows))
@@ -66,6 +77,10 @@ def measure(num_rows: int, repeats: int = 2000) -> dict:
         "sse_dumps": per_call_us(lambda: f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}"
                                          "\n\n".encode(), repeats),
     }
+    if (decode_hot := _hot_decoder()) is not None:
+        assert decode_hot(single) is not None and decode_hot(batch) is not None  # both are hot frames
+        out |= {"hot_single": per_call_us(lambda: decode_hot(single), repeats),
+                "hot_batch": per_call_us(lambda: decode_hot(batch), repeats) / num_rows}
     if batch_class:
         out |= {"parse_batch": per_call_us(lambda: parse_message(batch, direction=to_coordinator), repeats) / num_rows,
                 "json_loads_batch": per_call_us(lambda: json.loads(batch), repeats) / num_rows,

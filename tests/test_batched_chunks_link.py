@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 
 import httpx
+import structlog.testing
 
 from agent.link.client import Link
 from agent.wire.chunk_batch import BATCHED_CHUNKS_MINOR, MAX_BATCH_ROWS
@@ -134,3 +135,30 @@ async def test_a_flood_of_bad_rows_closes_the_link_as_a_flood_of_bad_frames_woul
         assert len(hostile.errors) <= 6
         await hostile.stop()
 
+
+
+async def test_rows_decoded_hot_and_rows_left_to_the_protocol_make_one_stream_in_order():
+    """Text-only rows take the link's msgspec decoder (wire/hot_chunks.py); a row with a field of a newer
+    release, or with logprobs, takes parse_message's. One stream of both reads as sent, and the unknown field is
+    still logged by name."""
+    async with coordinator(FAST) as server:
+        peer = await provider(server, GPT, reply=Reply(silent=True))
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            stream = asyncio.create_task(stream_chat(http, {"model": GPT.id, "messages": [
+                {"role": "user", "content": "mixed"}], "max_tokens": 32}, key="local"))
+            await eventually(lambda: peer.received, what="the request placed")
+            rid = peer.received[0].request_id
+            await peer.send(InferenceAccepted(request_id=rid, prompt_tokens=11))
+            with structlog.testing.capture_logs() as logs:
+                await peer.send(batch(row(rid, 1, "Hel")))  # hot
+                await peer.send(batch(row(rid, 2, "l") | {"priority": 3}))  # a newer release's field: parse_message
+                await peer.send(json.dumps(row(rid, 3, "o")))  # a single chunk frame, hot
+                await peer.send(batch(row(rid, 4, "!") | {"logprobs": [{"token": "!", "logprob": -0.1}]}))
+                await peer.send(done(rid, 4))
+                reply = await stream
+        assert (reply.text, reply.finish_reason) == ("Hello!", "stop")
+        assert peer.errors == []
+        assert [e["field"] for e in logs if e["event"] == "provider.unknown_field"] == [
+            "InferenceResponseChunk.priority"]
+        assert server.coordinator.accounts.num_holds == 0
+        await peer.stop()

@@ -40,8 +40,8 @@ from agent.wire.frames import (
     InferenceComplete,
     InferenceError,
     InferenceRejected,
-    InferenceResponseChunk,
 )
+from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk, with_num_tokens
 
 log = structlog.get_logger("agent.coordinator.attempts")
 DELIVERED = (FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS)
@@ -55,7 +55,7 @@ class Attempts:
         self.arrived_at = 0.0  # the event loop's time when first() began
         self._empty_tokens = 0  # tokens of empty chunks before this attempt's first text
 
-    async def first(self) -> InferenceResponseChunk | InferenceComplete:
+    async def first(self) -> AnyChunk | InferenceComplete:
         """The first token (or an empty completion) of the attempt that delivers one; ApiError if none does."""
         loop = asyncio.get_running_loop()
         self.arrived_at = loop.time()
@@ -138,7 +138,7 @@ class Attempts:
                             retry_after_s=self.router.retry_after_s(exchange))
         raise NoProvider(placement.why_never())
 
-    async def _await_first(self) -> InferenceResponseChunk | InferenceComplete | None:
+    async def _await_first(self) -> AnyChunk | InferenceComplete | None:
         """The current attempt's first token, or None when it failed and another attempt should follow."""
         exchange, loop = self.exchange, asyncio.get_running_loop()
         deadline, waiting_for = loop.time() + self.settings.accept_timeout_s, "accepted"
@@ -161,7 +161,7 @@ class Attempts:
                 deadline = loop.time() + self._first_token_window(frame.prompt_tokens)
                 waiting_for = "first token"
                 self._empty_tokens = 0
-            elif isinstance(frame, InferenceResponseChunk):
+            elif isinstance(frame, CHUNK_FRAMES):
                 if frame.delta.is_empty:
                     if self._hold_empty(frame):
                         continue
@@ -198,15 +198,15 @@ class Attempts:
         prompt_tokens = min(claimed_prompt_tokens, self.meter.prompt_bound)
         return first_token_window_s(prompt_tokens, prefill_tps, self.settings, self.exchange.ask.num_images)
 
-    def _hold_empty(self, chunk: InferenceResponseChunk) -> bool:
+    def _hold_empty(self, chunk: AnyChunk) -> bool:
         """Keep an empty chunk's tokens for the first text; False when they pass max_tokens (no more are due)."""
         self._empty_tokens += self.meter.tokens_of(chunk)
         return self._empty_tokens <= self.meter.max_tokens
 
-    def _with_held_tokens(self, chunk: InferenceResponseChunk) -> InferenceResponseChunk:
+    def _with_held_tokens(self, chunk: AnyChunk) -> AnyChunk:
         if not self._empty_tokens or chunk.num_tokens is None:
             return chunk
-        return chunk.model_copy(update={"num_tokens": chunk.num_tokens + self._empty_tokens})
+        return with_num_tokens(chunk, chunk.num_tokens + self._empty_tokens)
 
     def _unless_retryable(self, code: str | None, retryable: bool, message: str) -> None:
         """The agent's code decides (agent.errors.is_retryable); its own flag only for a code we do not know."""

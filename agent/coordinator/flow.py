@@ -40,10 +40,10 @@ from agent.wire.frames import (
     FinishReason,
     InferenceComplete,
     InferenceError,
-    InferenceResponseChunk,
     ToolCallDelta,
     UsageReport,
 )
+from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk
 from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
@@ -88,7 +88,7 @@ class RequestFlow:
         self.is_closed = False  # settled or released
         self.charged: UsageReport | None = None  # what it was settled for (the access log's tokens)
         self.first_token_at: float | None = None  # the router's clock when start() returned
-        self._first: InferenceResponseChunk | InferenceComplete | None = None
+        self._first: AnyChunk | InferenceComplete | None = None
         self._stream_deadline = float("inf")
         self._num_logprob_entries = 0  # shown so far: a stream has at most one per token
         self._num_top_logprobs = exchange.body.num_top_logprobs  # read once: each chunk's check needs it
@@ -193,7 +193,7 @@ class RequestFlow:
         return Broken("the provider did not finish within the request's deadline", "provider_too_slow")
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
-        if isinstance(frame, InferenceResponseChunk):
+        if isinstance(frame, CHUNK_FRAMES):
             if frame.seq <= self._last_seq:
                 return self._stale(frame)
             self._last_seq = frame.seq
@@ -236,7 +236,7 @@ class RequestFlow:
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
 
-    def _stale(self, frame: InferenceResponseChunk) -> None:
+    def _stale(self, frame: AnyChunk) -> None:
         self._num_stale_chunks += 1
         if self._num_stale_chunks == 1:  # once per request: a peer repeating itself is not worth a line each
             log.warning("request.stale_chunk", request_id=self.exchange.request_id,

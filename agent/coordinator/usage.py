@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.wire.frames import InferenceResponseChunk, UsageReport
+from agent.wire.frames import UsageReport
+from agent.wire.hot_chunks import AnyChunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +51,13 @@ class UsageMeter:
     prompt_claim: int | None = None  # the agent's count from inference_accepted
 
     @staticmethod
-    def tokens_of(chunk: InferenceResponseChunk) -> int:
+    def tokens_of(chunk: AnyChunk) -> int:
         has_text = not chunk.delta.is_empty
         if chunk.num_tokens is None:
             return 1 if has_text else 0
         return max(chunk.num_tokens, 1 if has_text else 0)
 
-    def admit(self, chunk: InferenceResponseChunk) -> bool:
+    def admit(self, chunk: AnyChunk) -> bool:
         """Count the chunk, or False (counting nothing) when it would pass max_tokens. A token is at least
         one byte of text, apart from a stream's few textless ones (a channel header, an end marker), so a
         chunk claiming more tokens than that is counted only up to it."""

@@ -31,7 +31,7 @@ import structlog
 
 from agent.coordinator.flow import Broken, RequestFlow, Token
 from agent.coordinator.http.body_writer import BodyWriter
-from agent.wire.frames import InferenceResponseChunk
+from agent.wire.hot_chunks import CHUNK_FRAMES
 
 log = structlog.get_logger("agent.coordinator.http.direct_stream")
 
@@ -56,7 +56,7 @@ class DirectStream:
 
     def take(self, frame: object) -> bool:
         flow = self.flow
-        if type(frame) is not InferenceResponseChunk or not flow.is_parked or not self.writer.ready():
+        if not isinstance(frame, CHUNK_FRAMES) or not flow.is_parked or not self.writer.ready():
             return False
         try:
             event = flow.take(frame)

@@ -7,9 +7,11 @@
     register   the first frame; answered with `registered` (provider id, heartbeat interval, the protocol
                version chosen), or, when the agent speaks no version this coordinator does, with an
                `error` frame (protocol_version_unsupported, saying which side to upgrade) and a close
-    then       every frame is validated with agent.wire.protocol; a bad one is answered with an `error` frame
-               and the link stays up; fields of a newer release are ignored, each name logged once. Frames go to the router; the router's frames for the agent go out
-               through one outbox, in order.
+    then       every frame is validated with agent.wire.protocol (text-only chunks by agent.wire.hot_chunks'
+               msgspec decoder first, which accepts no frame the protocol refuses); a bad one is answered with
+               an `error` frame and the link stays up; fields of a newer release are ignored, each name logged
+               once. Frames go to the router; the router's frames for the agent go out through one outbox, in
+               order.
     end        link closed, or evicted for missed heartbeats: its in-flight requests are retried
                elsewhere before their first token, or end with an error after it.
 
@@ -34,6 +36,7 @@ from agent.coordinator.http.provider_auth import ProviderCredential, admit_provi
 from agent.coordinator.routing.registry import ProviderRecord
 from agent.wire.chunk_batch import InferenceResponseChunks
 from agent.wire.frames import ErrorFrame, Register, Registered
+from agent.wire.hot_chunks import HotChunk, HotChunks, decode_hot
 from agent.wire.protocol import (
     MAX_REGISTER_FRAME_BYTES,
     PROTOCOL_MINOR,
@@ -150,7 +153,8 @@ class ProviderEndpoint:
         return None
 
     async def _next_frame(self, websocket: WebSocket, outbox: asyncio.Queue,
-                          unknown: UnknownFields, budget: _BadFrames, max_bytes: int | None = None) -> Message | None:
+                          unknown: UnknownFields, budget: _BadFrames,
+                          max_bytes: int | None = None) -> Message | HotChunk | HotChunks | None:
         """The next valid frame, answering bad ones with an error frame; None when the link is closed.
         Before register, frames are held to the smaller register limit (max_bytes), checked before parsing."""
         while True:
@@ -159,6 +163,8 @@ class ProviderEndpoint:
                 return None
             data = message.get("text")
             data = data if data is not None else message.get("bytes") or b""
+            if max_bytes is None and (hot := decode_hot(data)) is not None:
+                return hot  # a text-only chunk row or batch (hot_chunks.py): the relay's bulk, without pydantic
             if max_bytes is not None and len(data) > max_bytes:
                 frame: Message | ProtocolError = FrameTooLarge(
                     f"frame of {len(data)}+ bytes before register exceeds the {max_bytes}-byte register limit")

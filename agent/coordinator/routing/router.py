@@ -39,6 +39,7 @@ from agent.coordinator.routing.warm_index import WarmIndex, place_indexed
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
 from agent.wire.chunk_batch import InferenceResponseChunks
+from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk, HotChunk, HotChunks
 from agent.wire.frames import (
     Cancel,
     ErrorFrame,
@@ -159,12 +160,12 @@ class Router:
             provider.close("missed heartbeats")
         return stale
 
-    def receive(self, provider: ProviderRecord, frame: Message) -> None:
-        """A validated frame from a registered provider."""
+    def receive(self, provider: ProviderRecord, frame: Message | HotChunk | HotChunks) -> None:
+        """A validated frame from a registered provider (a text-only chunk decoded hot: wire/hot_chunks.py)."""
         kind = type(frame)
-        if kind is InferenceResponseChunks:  # the common frames first: every relayed token is a row of one
-            self._chunks(provider, frame.chunks)  # each row exactly as a single chunk frame (chunk_batch.py)
-        elif kind is InferenceResponseChunk:
+        if kind is HotChunks or kind is InferenceResponseChunks:  # the common frames first: every relayed token
+            self._chunks(provider, frame.chunks)  # is a row of one, each row exactly as a single chunk frame
+        elif kind is HotChunk or kind is InferenceResponseChunk:
             self._chunks(provider, (frame,))
         elif kind is Heartbeat:
             self._heartbeat(provider, frame)
@@ -198,7 +199,7 @@ class Router:
             if now - self._planned_at.get(model, -inf) >= self.settings.prewarm_heartbeat_interval_s:
                 self.prewarm(model)
 
-    def _chunks(self, provider: ProviderRecord, chunks: tuple[InferenceResponseChunk, ...]) -> None:
+    def _chunks(self, provider: ProviderRecord, chunks: tuple[AnyChunk, ...]) -> None:
         """Chunks: what _request_frame does with each, its lookups done once (every relayed token comes here).
         The common case is a chunk of a live attempt, whose pending entry is in its exchange's model's offer;
         anything else (abandoned, not ours) takes the general path."""
@@ -217,11 +218,11 @@ class Router:
         offer = provider.offer_holding(request_id)
         exchange = provider.exchanges.get(request_id)
         if offer is None:
-            if isinstance(frame, (InferenceAccepted, InferenceResponseChunk)):
+            if isinstance(frame, (InferenceAccepted, *CHUNK_FRAMES)):
                 provider.send(Cancel(request_id=request_id, reason="not a request of this coordinator"))
             return
         pending = offer.pending
-        ended = not isinstance(frame, (InferenceAccepted, InferenceResponseChunk))
+        ended = not isinstance(frame, (InferenceAccepted, *CHUNK_FRAMES))
         if isinstance(frame, InferenceRejected) and (entry := pending.get(request_id)) and entry.is_accepted:
             self.reputation.record(provider.provider_id, Outcome.ENDED, detail="rejected after accepting")
         if isinstance(frame, InferenceAccepted):
@@ -230,7 +231,7 @@ class Router:
             pending.accept(request_id, prompt_tokens=frame.prompt_tokens,
                            expected_output_tokens=frame.expected_output_tokens,
                            reservation_bytes=frame.reservation_bytes)
-        elif isinstance(frame, InferenceResponseChunk):
+        elif isinstance(frame, CHUNK_FRAMES):
             pending.chunk(request_id)
         else:
             pending.end(request_id)
