@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """What the coordinator's provider side costs per relayed row: a batched chunk frame parsed and routed.
 
-    scripts/bench_row_path.py [--providers 50] [--streams 500] [--rounds 200] [--single] [--json]
+    scripts/bench_row_path.py [--providers 50] [--streams 500] [--rounds 200] [--single] [--pydantic] [--json]
 
 One Router in-process (no network) with --providers warm providers and --streams requests dispatched and
 accepted among them. Each round, every provider's next batched `inference_response_chunks` frame (one row
 per request it serves, as agent/testing/fleet/relay_peer.py sends them) goes from its raw JSON text the way
-provider_ws.py takes it: parse_message, then Router.receive (--single: one `inference_response_chunk` frame per
-row instead, as an agent older than protocol 1.4 sends them). CPU µs per row (time.process_time, which other
+provider_ws.py takes it: agent.wire.hot_chunks.decode_hot (msgspec) for a text-only frame, else parse_message
+(--pydantic: parse_message for every frame, as the link did before), then Router.receive (--single: one
+`inference_response_chunk` frame per row instead, as an agent older than protocol 1.4 sends them). CPU µs per row (time.process_time, which other
 processes on the shared cores do not inflate; the clock's own cost is taken off), the best of --repeats runs:
 
-  parse    parse_message of the frame and the link's checks of it (unknown fields, bad rows), per row
+  parse    the link's decoding of the frame and its checks of it (unknown fields, bad rows), per row
   route    Router.receive of the parsed frame, per row (offer lookup, pending count, the exchange's push)
   row      both: the provider side of one relayed row
 """
@@ -32,7 +33,6 @@ from agent.coordinator.routing.router import Router  # noqa: E402
 from agent.coordinator.settings import CoordinatorSettings  # noqa: E402
 from agent.testing.model_entry import GIB, entry_for  # noqa: E402
 from agent.wire.chat_body import ChatCompletionBody, ChatMessage  # noqa: E402
-from agent.wire.chunk_batch import InferenceResponseChunks  # noqa: E402
 from agent.wire.frames import (  # noqa: E402
     Hardware,
     Heartbeat,
@@ -43,6 +43,12 @@ from agent.wire.frames import (  # noqa: E402
     SlotStatus,
 )
 from agent.wire.protocol import PROTOCOL_VERSION, Direction, parse_message  # noqa: E402
+
+try:
+    from agent.wire.hot_chunks import decode_hot
+except ImportError:  # a tree from before it: the link parsed every frame with parse_message
+    def decode_hot(data: str) -> None:
+        return None
 from agent.wire.unknown_fields import UnknownFields  # noqa: E402
 
 MODEL = "gpt-oss-20b"
@@ -97,7 +103,8 @@ def clock_cost_s(num: int = 20_000) -> float:
     return (time.process_time() - started) / num
 
 
-def run(num_providers: int, num_streams: int, num_rounds: int, single: bool = False) -> dict[str, float]:
+def run(num_providers: int, num_streams: int, num_rounds: int, single: bool = False,
+        pydantic_only: bool = False) -> dict[str, float]:
     router, held = fleet(num_providers, num_streams)
     unknown = UnknownFields()
     to_coordinator = Direction.TO_COORDINATOR
@@ -107,17 +114,19 @@ def run(num_providers: int, num_streams: int, num_rounds: int, single: bool = Fa
         for provider, exchanges in held:
             for text in frame_texts(exchanges, seq, single):
                 started = time.process_time()
-                frame = parse_message(text, direction=to_coordinator, unknown_fields=unknown)
+                frame = None if pydantic_only else decode_hot(text)
+                if frame is None:
+                    frame = parse_message(text, direction=to_coordinator, unknown_fields=unknown)
                 for _ in unknown.drain():  # what provider_ws._next_frame asks of every frame
                     pass
-                if isinstance(frame, InferenceResponseChunks) and frame.rejected_rows:
+                if getattr(frame, "rejected_rows", ()):
                     raise SystemExit("the benchmark's batch was not clean")
                 parsed = time.process_time()
                 router.receive(provider, frame)
                 routed = time.process_time()
                 spent["parse"] += parsed - started - clock_cost
                 spent["route"] += routed - parsed - clock_cost
-                num_rows += len(frame.chunks) if isinstance(frame, InferenceResponseChunks) else 1
+                num_rows += len(frame.chunks) if hasattr(frame, "chunks") else 1
             for exchange in exchanges:  # what the client side takes off each exchange soon after: not measured
                 exchange.events.clear()
     return {name: seconds / num_rows * 1e6 for name, seconds in spent.items()}
@@ -130,15 +139,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", action="store_true", help="one frame per row (an agent before protocol 1.4)")
+    parser.add_argument("--pydantic", action="store_true", help="parse_message for every frame (the link before msgspec)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     import structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings only, as bench_relay
-    runs = [run(args.providers, args.streams, args.rounds, args.single) for _ in range(args.repeats)]
+    runs = [run(args.providers, args.streams, args.rounds, args.single, args.pydantic) for _ in range(args.repeats)]
     best = {name: min(r[name] for r in runs) for name in runs[0]}
     best["row"] = min(r["parse"] + r["route"] for r in runs)
     result = {"providers": args.providers, "streams": args.streams, "rows_per_frame": 1 if args.single else args.streams / args.providers,
-              "rounds": args.rounds, "cpu_us_per_row": {name: round(value, 3) for name, value in best.items()}}
+              "rounds": args.rounds, "decoder": "parse_message" if args.pydantic else "the link's",
+              "cpu_us_per_row": {name: round(value, 3) for name, value in best.items()}}
     print(json.dumps(result, indent=None if args.json else 1))
 
 
