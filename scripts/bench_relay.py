@@ -13,7 +13,12 @@ counted; wall-clock rates are, and this machine's cores are shared, so read thos
 
   relay        --streams concurrent streams of --tokens tokens over --providers providers, twice in one
                run: providers sending batched chunk frames, then one frame per row (an older agent).
-               Tokens relayed per second (the consumers' count), the coordinator's CPU µs per token.
+               Tokens relayed per second (the consumers' count), the coordinator's CPU µs per token (and its
+               user and system parts).
+  socket_write the floor under it, in the same run: one 250-byte write to one of 500 loopback connections
+               (scripts/bench_socket_write.py), each relayed token's one write. This machine's cores are shared,
+               and the floor moves with them (3.9 to 7.1 µs of kernel time in runs on this machine), so a run's
+               relay figure is read beside its own floor.
   heartbeat    --heartbeat-providers idle providers heartbeating at the coordinator's interval (2 s):
                the coordinator's share of one core over --window-s, and its CPU per heartbeat.
   routing      Router.try_dispatch p50 / p99 with 1,000 registered providers (scripts/bench_routing.py), by the
@@ -49,6 +54,11 @@ def child(*args: str) -> subprocess.Popen:
 def cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    times = psutil.Process(pid).cpu_times()
+    return times.user, times.system
 
 
 def coordinator_loop():
@@ -157,9 +167,10 @@ def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: boo
         # Unmeasured: every provider shows its first tokens, so it is proven (reputation.py) as in a running
         # fleet, not a fresh one whose every request is an overflow search past unproven providers.
         consume(base_url, num_peers * 8, 4)
-        cpu_before, started = cpu_s(coordinator.pid), time.perf_counter()
+        (user_before, system_before), started = cpu_split_s(coordinator.pid), time.perf_counter()
         results = consume(base_url, streams, tokens)
-        seconds, cpu = time.perf_counter() - started, cpu_s(coordinator.pid) - cpu_before
+        user, system = (now - then for now, then in zip(cpu_split_s(coordinator.pid), (user_before, system_before)))
+        seconds, cpu = time.perf_counter() - started, user + system
     finally:
         frames = stop_fleet(coordinator, peers)
     relayed = sum(r["tokens"] for r in results)
@@ -168,8 +179,9 @@ def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: boo
             "tokens_per_stream": tokens, "step_ms": step_s * 1000, "streams_ok": sum(r["ok"] for r in results),
             "tokens_relayed": relayed, "seconds": round(seconds, 2), "tokens_per_s": round(relayed / seconds),
             "coordinator_cpu_s": round(cpu, 3), "cpu_us_per_token": round(cpu / max(1, relayed) * 1e6, 2),
-            "provider_frames": frames["frames"], "ttft_p50_ms": round(1000 * sorted(ttfts)[len(ttfts) // 2], 1)
-            if ttfts else None}
+            "user_us_per_token": round(user / max(1, relayed) * 1e6, 2),
+            "system_us_per_token": round(system / max(1, relayed) * 1e6, 2), "provider_frames": frames["frames"],
+            "ttft_p50_ms": round(1000 * sorted(ttfts)[len(ttfts) // 2], 1) if ttfts else None}
 
 
 def heartbeats(num_peers: int, window_s: float) -> dict:
@@ -219,11 +231,14 @@ def main() -> None:
                 "consumers": lambda: run_consumers(rest[0], int(rest[1]), int(rest[2]))}[args.role]
         with asyncio.Runner(loop_factory=coordinator_loop() if args.role == "coordinator" else None) as runner:
             return runner.run(role())
+    import bench_socket_write
+
     step_s = args.step_ms / 1000
     results = {f"relay_{frames}": relay(args.providers, args.streams, args.tokens, step_s, frames == "batched")
                for frames in ("batched", "single") if args.frames in ("both", frames)}
     results |= {"heartbeat": heartbeats(args.heartbeat_providers, args.window_s),
-                "routing": routing(args.heartbeat_providers)}
+                "routing": routing(args.heartbeat_providers),
+                "socket_write": bench_socket_write.measure(args.streams, 100_000, 250)}
     print(json.dumps(results, indent=None if args.json else 1))
 
 

@@ -65,8 +65,14 @@ def _relay_rows(part: dict) -> list[str]:
                     f"({label} after; one frame per row before), µs (target ≤ {f(TARGETS['cpu_us_per_token'], 0)}) | "
                     f"{old['cpu_us_per_token']} ({f(old['tokens_per_s'])} tok/s"
                     f"{_relay_spread(part, 'before', 'relay_single')}) | {r['cpu_us_per_token']} "
-                    f"({f(r['tokens_per_s'])} tok/s{_relay_spread(part, 'after', key)}) | "
+                    f"({f(r['tokens_per_s'])} tok/s{_cpu_split(r)}{_relay_spread(part, 'after', key)}) | "
                     f"{_met(r['cpu_us_per_token'] <= TARGETS['cpu_us_per_token'])} |")
+    if "socket_write" in a:  # the floor of the same runs (bench_relay.py): the shared cores' state that day
+        floor_b, floor_a = b.get("socket_write"), a["socket_write"]
+        cell_b = f"{floor_b['system_us_per_write']} + {floor_b['user_us_per_write']}" if floor_b else "–"
+        rows.append(f"| its floor in the same run: one 250-byte write to one of {f(floor_a['connections'])} loopback "
+                    f"connections, kernel + user µs (scripts/bench_socket_write.py) | {cell_b} | "
+                    f"{floor_a['system_us_per_write']} + {floor_a['user_us_per_write']} | |")
     hb_b, hb_a = b["heartbeat"], a["heartbeat"]
     rows.append(f"| {f(hb_a['providers'])} providers heartbeating every {f(hb_a['interval_s'], 0)} s: share of one "
                 f"core (target ≤ {f(TARGETS['heartbeat_share'], 2)}) | {_heartbeat_cell(hb_b)} | "
@@ -84,6 +90,13 @@ def _relay_spread(part: dict, side: str, key: str) -> str:
     """The range of CPU µs per token over every run of one side (the table's row is the median run's)."""
     values = [run[key]["cpu_us_per_token"] for run in part.get(f"{side}_runs") or () if key in run]
     return f"; {len(values)} runs {min(values)}–{max(values)} µs" if len(values) > 1 else ""
+
+
+def _cpu_split(run: dict) -> str:
+    """A relay run's user and system parts (runs from before bench_relay.py measured them have none)."""
+    if "user_us_per_token" not in run:
+        return ""
+    return f"; user {run['user_us_per_token']} + system {run['system_us_per_token']}"
 
 
 def _all_in(hb: dict) -> bool:
@@ -176,16 +189,24 @@ body chunk straight to the client's transport, with no task wake-up and no ASGI 
 path is kept for a stream's end, errors, lost links and a backed-up client, whose text merges); the router
 routes a batch's rows with each lookup done once (`scripts/bench_row_path.py`, the provider side of one
 row in-process: 1.64 µs, was 2.30); and `serve`'s process tunes its collector (http/gc_tuning.py: py-spy had
-about 8 % of the coordinator's CPU in gc_collect_main). What is left, from `py-spy record --native` on the
-relay's coordinator (batched, 500 streams): about 40 % of its samples are in write(), one per stream per
-step (the run's system time is about a third of its CPU); `scripts/bench_socket_write.py` measures that write
-alone, 250 bytes to one of 500 loopback connections, at 5.16 µs of this machine's kernel time (`--json`, one run). Of the rest,
-about 14 % is the fast path itself (the flow's checks, the usage meter, the SSE encode), 9 % pydantic's
-validation of the frames, 9 % the websocket layer (uvicorn's websockets-sansio), 10 % each request's own path
-(HTTP, keys, hold, placement, its first token and its end by the task: about 0.7 ms a stream, 3.6 µs a token at
-200 tokens), and the event loop. Each piece is a few per cent; under 20 µs on these two shared cores would
-take about half the Python again, which no one piece holds. The CPU per token also moves by a fifth between runs of
-the same tree here (23.4–30.5 µs in five runs of this tree outside the table), so one run's figure is read with care.
+about 8 % of the coordinator's CPU in gc_collect_main). Since 076beb5 the provider link
+decodes a frame whose rows carry only text with msgspec before pydantic (wire/hot_chunks.py; the codec rows
+above: 0.24 µs a row of a batch, against parse_message's 1.45; `scripts/bench_row_path.py`, the provider side of
+a row in-process: 0.93 µs, 2.72 with `--pydantic`), and a flow's Token is no longer a frozen dataclass (timeit:
+0.17 µs to build instead of 0.50). The after column's three runs were 23.5, 29.9 and 29.2 µs a token (user 15.0 + system
+8.5 in the first, 19.6 + 9.6 in the median one), while the floor measured in the same runs, one loopback write,
+rose from 4.2 to 6.0 µs of kernel time: the shared cores slowed during the run, and the before side moved as
+much (61.9 to 83.8). What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
+(on 0dba565; `perf report --children --sort sym`), 33 % of the coordinator's samples are in the kernel, 26 % in
+write(), one per stream per step, and 12.6 % in net_rx_action under those writes: loopback delivers each packet
+to the consumer's socket (its TCP receive and its wake-up) inside the sender's system call, work a network
+card leaves to the client's machine, counted here as the coordinator's. The Python interpreter has 56 %, spread
+over the websocket layer (uvicorn's websockets-sansio), the fast path (the flow's checks, the usage meter, the
+SSE encode), each request's own path (HTTP, keys, hold, placement, its first token and its end: 150 to 280 µs a
+token in runs of `scripts/bench_relay.py --tokens 4` by hand, so 3 to 5 µs a token at 200 tokens) and the event
+loop; py-spy finds no piece above a few
+per cent. The CPU per token moves by a fifth or more between runs of the same tree here, so one run's figure is
+read beside its own floor.
 Routing at 1,000 providers was a scan in Python, a microsecond or two per provider every decision (the
 profile put the time in the scan and its sort, not in the admission checks); a dispatch now reads the router's
 index of warm slots by rank (routing/warm_index.py), refiled as heartbeats and sends change a slot's rank, so

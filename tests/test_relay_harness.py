@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from websockets.asyncio.server import serve
 
 from agent.testing.fleet.light_client import stream_once
 from agent.testing.fleet.relay_peer import start_peers, stop_peers
@@ -37,3 +38,15 @@ async def test_a_heartbeating_fleet_of_scripted_providers_stays_registered():
         await eventually(lambda: all(peer.num_heartbeats >= 3 for peer in peers), timeout=5, what="three beats each")
         assert len(router.registry) == 20 and not router.evict_stale()
         await stop_peers(peers)
+
+
+async def test_a_coordinator_that_never_answers_register_leaves_its_peers_out_instead_of_hanging_the_run():
+    async def silent(ws) -> None:  # takes the handshake and the register, never says `registered`
+        async for _ in ws:  # until the peer gives up and closes
+            pass
+
+    async with serve(silent, "127.0.0.1", 0) as mute:
+        port = mute.sockets[0].getsockname()[1]
+        peers = await asyncio.wait_for(start_peers(f"ws://127.0.0.1:{port}/ws/provider", 3, register_timeout_s=0.2),
+                                       timeout=10)
+    assert peers == []

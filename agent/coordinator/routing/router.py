@@ -39,7 +39,6 @@ from agent.coordinator.routing.warm_index import WarmIndex, place_indexed
 from agent.coordinator.settings import CoordinatorSettings
 from agent.errors import is_retryable
 from agent.wire.chunk_batch import InferenceResponseChunks
-from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk, HotChunk, HotChunks
 from agent.wire.frames import (
     Cancel,
     ErrorFrame,
@@ -53,6 +52,7 @@ from agent.wire.frames import (
     Register,
     Reservation,
 )
+from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk, HotChunk, HotChunks
 from agent.wire.protocol import Message
 
 log = structlog.get_logger("agent.coordinator.routing.router")

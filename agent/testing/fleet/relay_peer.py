@@ -30,6 +30,7 @@ from agent.wire.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, encode
 MODEL = "gpt-oss-20b"
 TOKEN_TEXT = " tok"
 BUDGET_BYTES = 64 * GIB  # so KV never decides where a stream goes: rows do
+REGISTER_TIMEOUT_S = 30.0  # for the `registered` answer, as for the handshake (open_timeout)
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class RelayPeer:
     url: str
     batched: bool = True
     step_s: float = 0.05
+    register_timeout_s: float = REGISTER_TIMEOUT_S
     ws: ClientConnection | None = None
     rows: dict[str, _Row] = field(default_factory=dict)
     num_heartbeats: int = 0
@@ -59,7 +61,8 @@ class RelayPeer:
                             hardware=Hardware(chip="Bench M4", memory_bytes=128 * GIB, gpu_cores=40),
                             models=(entry_for(load_catalog()[MODEL]),))
         await self.ws.send(encode(register))
-        registered = json.loads(await self.ws.recv())
+        async with asyncio.timeout(self.register_timeout_s):  # a coordinator that never answers leaves this peer out
+            registered = json.loads(await self.ws.recv())
         if registered.get("type") != "registered":
             raise RuntimeError(f"not registered: {registered}")
         self._interval_s = registered["heartbeat_interval_s"]
@@ -140,7 +143,7 @@ class RelayPeer:
 
 
 async def start_peers(url: str, count: int, *, batched: bool = True, step_s: float = 0.05,
-                      max_connecting: int = 32) -> list[RelayPeer]:
+                      max_connecting: int = 32, register_timeout_s: float = REGISTER_TIMEOUT_S) -> list[RelayPeer]:
     """Up to `count` registered peers (at most `max_connecting` handshakes at once, so the accept queue
     holds); a peer the coordinator does not register in time is left out, so a saturated coordinator is
     measured as such instead of failing the run."""
@@ -148,9 +151,12 @@ async def start_peers(url: str, count: int, *, batched: bool = True, step_s: flo
 
     async def one() -> RelayPeer | None:
         async with gate:
+            peer = RelayPeer(url, batched=batched, step_s=step_s, register_timeout_s=register_timeout_s)
             try:
-                return await RelayPeer(url, batched=batched, step_s=step_s).start()
+                return await peer.start()
             except (OSError, TimeoutError, ConnectionClosed, RuntimeError):
+                if peer.ws is not None:
+                    await peer.ws.close()
                 return None
 
     return [peer for peer in await asyncio.gather(*(one() for _ in range(count))) if peer is not None]
