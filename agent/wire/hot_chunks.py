@@ -2,7 +2,7 @@
 
 Every relayed token arrives as a row of an `inference_response_chunks` frame (or as one
 `inference_response_chunk`), and pydantic's validation of those rows was the largest piece of the
-coordinator's own Python per token (scripts/bench_codec.py: 1.35 µs a row; msgspec: about 0.25). The
+coordinator's own Python per token (scripts/bench_codec.py: 1.45 µs a row of a batch; msgspec: 0.24). The
 coordinator's provider link (http/provider_ws.py) tries this decoder first and hands everything it does not
 accept to agent.wire.protocol.parse_message, which stays the protocol's definition:
 
