@@ -16,6 +16,7 @@ from agent.wire.frames import ChunkDelta, InferenceResponseChunk, ToolCallDelta
 from agent.wire.hot_chunks import HotChunk, HotChunks, decode_hot, with_num_tokens
 from agent.wire.logprobs import TokenLogprob
 from agent.wire.protocol import MAX_FRAME_BYTES, Direction, FrameTooLarge, ProtocolError, encode, parse_message
+from tests.test_chunk_batch import chunk
 from tests.test_protocol_fuzz import DEFS, from_schema
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,10 +24,6 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 def parse(data: str | bytes):
     return parse_message(data, direction=Direction.TO_COORDINATOR)
-
-
-def chunk(rid: str, seq: int = 1, text: str = "hi", **kwargs) -> InferenceResponseChunk:
-    return InferenceResponseChunk(request_id=rid, seq=seq, delta=ChunkDelta(content=text), num_tokens=1, **kwargs)
 
 
 def fields(row: Any) -> tuple:
