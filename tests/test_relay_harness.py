@@ -5,6 +5,9 @@ reads every token the coordinator counted, and a heartbeating fleet stays regist
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import serve
@@ -50,3 +53,12 @@ async def test_a_coordinator_that_never_answers_register_leaves_its_peers_out_in
         peers = await asyncio.wait_for(start_peers(f"ws://127.0.0.1:{port}/ws/provider", 3, register_timeout_s=0.2),
                                        timeout=10)
     assert peers == []
+
+
+def test_the_instruction_counters_workload_writes_every_row_it_handles_straight_out():
+    """scripts/bench_row_instructions.py counts the relay's fast path only if every row takes it: its workload
+    exits non-zero when a row was not written straight out (run here without valgrind, at a small size)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_row_instructions.py"
+    done = subprocess.run([sys.executable, str(script), "--workload", "handle", "--providers", "3", "--streams", "7",
+                           "--rounds", "4"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -95,6 +95,7 @@ class RequestFlow:
         self._last_seq = -1  # of the last chunk taken: a row's seq only grows
         self._num_stale_chunks = 0
         self._stall_at = float("inf")  # no text since before it: the stream stalled
+        self._stall_timeout_s = self.settings.stall_timeout_s  # read once: take() moves the stall deadline per token
         self._wait_until = float("inf")  # the current next()'s deadline: a stall, or the stream's own
         self._alarm: asyncio.TimerHandle | None = None
         self._is_waiting = False
@@ -164,8 +165,8 @@ class RequestFlow:
         """A frame converted as next() would, while it is parked; a Token moves the stall deadline."""
         event = self._convert(frame)
         if type(event) is Token:
-            self._stall_at = self._loop.time() + self.settings.stall_timeout_s
-            self._wait_until = min(self._stall_at, self._stream_deadline)
+            stall_at = self._stall_at = self._loop.time() + self._stall_timeout_s
+            self._wait_until = stall_at if stall_at < self._stream_deadline else self._stream_deadline
         return event
 
     def hold(self, event: Token | Finished | Broken) -> None:

@@ -52,10 +52,9 @@ class UsageMeter:
 
     @staticmethod
     def tokens_of(chunk: AnyChunk) -> int:
-        has_text = not chunk.delta.is_empty
-        if chunk.num_tokens is None:
-            return 1 if has_text else 0
-        return max(chunk.num_tokens, 1 if has_text else 0)
+        least = 0 if chunk.delta.is_empty else 1
+        claimed = chunk.num_tokens
+        return least if claimed is None or claimed < least else claimed
 
     def admit(self, chunk: AnyChunk) -> bool:
         """Count the chunk, or False (counting nothing) when it would pass max_tokens. A token is at least
@@ -63,14 +62,17 @@ class UsageMeter:
         chunk claiming more tokens than that is counted only up to it."""
         text_bytes = chunk.delta.num_text_bytes
         claimed = self.tokens_of(chunk)
-        ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - self.num_tokens
-        tokens = min(claimed, max(ceiling, 1 if text_bytes else 0))
-        if self.num_tokens + tokens > self.max_tokens:
+        num_tokens = self.num_tokens
+        ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - num_tokens
+        tokens = claimed if claimed <= ceiling else min(claimed, max(ceiling, 1 if text_bytes else 0))
+        if num_tokens + tokens > self.max_tokens:
             return False
-        self.num_tokens += tokens
+        self.num_tokens = num_tokens + tokens
         self.num_text_bytes += text_bytes
-        self.num_inflated_tokens += claimed - tokens
-        self.is_exact = self.is_exact and chunk.num_tokens is not None
+        if claimed != tokens:
+            self.num_inflated_tokens += claimed - tokens
+        if chunk.num_tokens is None:
+            self.is_exact = False
         return True
 
     @property

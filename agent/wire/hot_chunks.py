@@ -50,7 +50,9 @@ class HotDelta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def num_text_bytes(self) -> int:
-        return len(self.content.encode()) + len(self.reasoning.encode())
+        content, reasoning = self.content, self.reasoning  # ASCII text is as many bytes as characters: no copy
+        return ((len(content) if content.isascii() else len(content.encode()))
+                + (len(reasoning) if reasoning.isascii() else len(reasoning.encode())))
 
 
 class HotChunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="inference_response_chunk",
@@ -70,7 +72,7 @@ class HotChunks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="in
 
 
 AnyChunk = Union[InferenceResponseChunk, HotChunk]  # a chunk row, as either decoder gives it
-CHUNK_FRAMES = (InferenceResponseChunk, HotChunk)
+CHUNK_FRAMES = (HotChunk, InferenceResponseChunk)  # the hot one first: isinstance tries them in order
 _DECODER = msgspec.json.Decoder(Union[HotChunks, HotChunk])
 
 

@@ -46,6 +46,7 @@ DONE = b"data: [DONE]\n\n"
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps makes one a call
 _dumps = _ENCODER.encode
+_quote = json.encoder.encode_basestring  # what _dumps does with a str, without its Python frame
 
 
 def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
@@ -120,7 +121,7 @@ class StreamFormat:
     def delta(self, content: str, reasoning: str, logprobs: Sequence[TokenLogprob] = (),
               tool_calls: tuple[ToolCallDelta, ...] = (), index: int = 0) -> bytes:
         if content and not reasoning and not tool_calls:  # most tokens: the same bytes without a dict to encode
-            return self._delta_chunk(f'{{"content":{_dumps(content)}}}', logprobs, index)
+            return self._delta_chunk(f'{{"content":{_quote(content)}}}', logprobs, index)
         delta: dict[str, Any] = {}
         if reasoning:
             delta.update(_reasoning(self.reasoning_field, reasoning))
