@@ -193,10 +193,12 @@ about 8 % of the coordinator's CPU in gc_collect_main). Since 076beb5 the provid
 decodes a frame whose rows carry only text with msgspec before pydantic (wire/hot_chunks.py; the codec rows
 above: 0.24 µs a row of a batch, against parse_message's 1.45; `scripts/bench_row_path.py`, the provider side of
 a row in-process: 0.93 µs, 2.72 with `--pydantic`), and a flow's Token is no longer a frozen dataclass (timeit:
-0.17 µs to build instead of 0.50). The after column's three runs were 23.5, 29.9 and 29.2 µs a token (user 15.0 + system
-8.5 in the first, 19.6 + 9.6 in the median one), while the floor measured in the same runs, one loopback write,
-rose from 4.2 to 6.0 µs of kernel time: the shared cores slowed during the run, and the before side moved as
-much (61.9 to 83.8). What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
+0.17 µs to build instead of 0.50). Since a33f7d2 the fast path runs 19.8 % fewer instructions a row (38,993 to
+31,278 by `scripts/bench_row_instructions.py`, valgrind's count, which the shared cores do not move: the hot chunk
+class checked first, no min()/max() calls in the usage meter and the stall deadline). The after column's three
+runs were 24.0, 22.6 and 25.5 µs a token (user 14.9 + system 9.1 in the median one), beside floors of 6.99, 4.96
+and 4.76 µs of kernel time for one loopback write in the same runs; the before side's three were 103.0, 98.5 and
+87.7. What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
 (on 0dba565; `perf report --children --sort sym`), 33 % of the coordinator's samples are in the kernel, 26 % in
 write(), one per stream per step, and 12.6 % in net_rx_action under those writes: loopback delivers each packet
 to the consumer's socket (its TCP receive and its wake-up) inside the sender's system call, work a network
