@@ -15,6 +15,8 @@ free KV, requests in flight) are read from the router when scraped, so they can 
     darkbloom_prefix_route_sources_total{model,source} ... with a known prefix: reported (heartbeat) or recorded
     darkbloom_direct_stream_tokens_total{model}        streamed tokens written as the router took the provider's
                                                        frame (http/direct_stream.py); the rest went by the stream's task
+    darkbloom_tapped_provider_frames_total             provider frames the link's endpoint took as uvicorn read them
+                                                       (http/frame_tap.py), counted when the link ends; the rest by its task
     darkbloom_providers_quarantined                    (gauge) providers in quarantine now
     operator only: darkbloom_provider_trust{provider_id}, darkbloom_provider_quarantined{provider_id},
     darkbloom_provider_outcomes{provider_id,outcome}   (gauges from the reputation book, at scrape time)
@@ -69,6 +71,9 @@ class Metrics:
         self.direct_stream_tokens = Counter("darkbloom_direct_stream_tokens", "Streamed tokens written straight "
                                             "out as the provider's frame was handled (the relay's fast path)",
                                             ["model"], registry=r)
+        self.tapped_provider_frames = Counter("darkbloom_tapped_provider_frames", "Provider frames taken as the "
+                                              "websocket protocol read them, past the link's task (counted when "
+                                              "the link ends)", registry=r)
         # Per-provider series: rendered for an operator only (consumers see aggregates, see http/operator.py).
         self.operator_registry = CollectorRegistry()
         self.clamped_by_provider = Counter("darkbloom_provider_usage_claims_clamped",

@@ -39,6 +39,7 @@ from agent.coordinator.http.denial_log import install_denial_filter
 from agent.coordinator.http.error_pages import EXCEPTION_HANDLERS
 from agent.coordinator.http.gc_tuning import tune_gc
 from agent.coordinator.http.head_deadline import with_head_deadline
+from agent.coordinator.http.frame_tap import with_frame_tap
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.reputations import keep_saving, save_final_reputations
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host
@@ -145,7 +146,7 @@ def served_accounts(db_path: str | Path | None, rate_limits: RateLimits | None =
 def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
     settings: CoordinatorSettings = app.state.coordinator.settings
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                          ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
+                          ws=with_frame_tap(), ws_max_size=MAX_FRAME_BYTES + 64 * 1024, timeout_graceful_shutdown=5,
                           log_config=None,
                           http=with_head_deadline(settings.http_head_timeout_s, settings.http_max_header_bytes,
                                                   httptools=settings.http_parser != "h11"),

@@ -11,7 +11,8 @@
                msgspec decoder first, which accepts no frame the protocol refuses); a bad one is answered with
                an `error` frame and the link stays up; fields of a newer release are ignored, each name logged
                once. Frames go to the router; the router's frames for the agent go out through one outbox, in
-               order.
+               order. Once registered, hot chunk frames reach the router as uvicorn reads them (frame_tap.py),
+               in order with the rest.
     end        link closed, or evicted for missed heartbeats: its in-flight requests are retried
                elsewhere before their first token, or end with an error after it.
 
@@ -21,7 +22,9 @@ Public names: ProviderEndpoint.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from starlette.responses import PlainTextResponse
@@ -30,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from agent.coordinator.core import Coordinator
 from agent.coordinator.http.denial_log import mark_denied
+from agent.coordinator.http.frame_tap import FrameTap, frame_tap
 from agent.coordinator.http.link_caps import LinkCaps, credential_key
 from agent.coordinator.http.log_budget import LogBudget
 from agent.coordinator.http.provider_auth import ProviderCredential, admit_provider
@@ -54,6 +58,7 @@ from agent.wire.unknown_fields import UnknownFields
 log = structlog.get_logger("agent.coordinator.http.provider_ws")
 CLOSE_POLICY = 1008
 CLOSE_EVICTED = 4000
+CLOSE_INTERNAL = 1011
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,7 @@ class ProviderEndpoint:
         self.links.add(outbox)
         pump = asyncio.create_task(self._pump(websocket, outbox))
         provider: ProviderRecord | None = None
+        tap: FrameTap | None = None
         unknown = UnknownFields()
         settings = self.coordinator.settings
         budget = _BadFrames(LogBudget(settings.bad_frame_log_lines, settings.bad_frame_log_interval_s),
@@ -125,14 +131,39 @@ class ProviderEndpoint:
             outbox.put_nowait(Registered(provider_id=provider.provider_id,
                                          heartbeat_interval_s=self.coordinator.settings.heartbeat_interval_s,
                                          protocol_version=version, protocol_minor=PROTOCOL_MINOR))
+            tap = frame_tap(websocket.scope)
+            if tap is not None:
+                tap.open(self._hot_frames(provider, outbox, tap))
             while (frame := await self._next_frame(websocket, outbox, unknown, budget)) is not None:
                 self.coordinator.router.receive(provider, frame)
         finally:
+            if tap is not None:
+                tap.close()
+                self.coordinator.metrics.tapped_provider_frames.inc(tap.num_taken)
             if provider is not None:
                 self.coordinator.router.disconnect(provider, "link closed")
             self.links.discard(outbox)
             outbox.put_nowait(_Close("link closed", 1000))
             await asyncio.gather(pump, return_exceptions=True)
+
+    def _hot_frames(self, provider: ProviderRecord, outbox: asyncio.Queue, tap: FrameTap) -> Callable[[Any], bool]:
+        """The link's frame tap (frame_tap.py): a hot chunk frame goes to the router as uvicorn reads it; any
+        other frame is left to the read loop (False). A failure of ours closes the link, as one in the loop does."""
+        receive = self.coordinator.router.receive
+
+        def take(data: Any) -> bool:
+            hot = decode_hot(data)
+            if hot is None:
+                return False
+            try:
+                receive(provider, hot)
+            except Exception:  # inside uvicorn's data_received: it must not raise there
+                log.exception("provider.frame_failed", provider_id=provider.provider_id)
+                tap.close()
+                outbox.put_nowait(_Close("internal error", CLOSE_INTERNAL))
+            return True
+
+        return take
 
     def close_all(self, reason: str) -> None:
         for outbox in list(self.links):
