@@ -71,8 +71,9 @@ async def _workload(num_providers: int, num_streams: int, num_rounds: int, handl
             flow = RequestFlow(router, None, exchange, max_tokens=num_rounds + 1)
             flow._loop, flow._is_waiting = loop, True  # parked in next(), as start() and next() leave it
             fmt = StreamFormat(exchange.request_id, exchange.ask.model, "reasoning")
-            DirectStream(flow, BodyWriter(_OpenCycle()),
-                         lambda t, fmt=fmt: fmt.delta(t.content, t.reasoning, t.logprobs, t.tool_calls)).open()
+            encode = getattr(fmt, "token", None) or (  # as api.py's chat stream (a tree before StreamFormat.token:
+                lambda t, fmt=fmt: fmt.delta(t.content, t.reasoning, t.logprobs, t.tool_calls))  # its lambda)
+            DirectStream(flow, BodyWriter(_OpenCycle()), encode).open()
     frames = [(provider, text) for seq in range(1, num_rounds + 1) for provider, exchanges in held
               for text in frame_texts(exchanges, seq, False)]
     if handle:

@@ -83,7 +83,7 @@ class ChatCompletions(RequestLife):
         if not is_open:
             await self.start_stream(flow, body, send)
         head = fmt.role()  # goes out with the first token: one write instead of two
-        direct = DirectStream(flow, writer, lambda t: fmt.delta(t.content, t.reasoning, t.logprobs, t.tool_calls))
+        direct = DirectStream(flow, writer, fmt.token)
         try:
             while True:
                 first = await flow.next()

@@ -131,6 +131,14 @@ class StreamFormat:
             delta["tool_calls"] = [tool_call_delta(piece) for piece in coalesce_tool_deltas(tool_calls)]
         return self._chunk(delta, logprobs=logprobs, index=index)
 
+    def token(self, token: Any) -> bytes:
+        """delta() of a flow's Token (its content, reasoning, logprobs, tool calls), for choice 0: the relay's
+        fast path encodes each token it writes with this one call (direct_stream.py)."""
+        content = token.content
+        if content and not token.reasoning and not token.tool_calls:
+            return self._delta_chunk(f'{{"content":{_quote(content)}}}', token.logprobs, 0)
+        return self.delta(content, token.reasoning, token.logprobs, token.tool_calls)
+
     def finish(self, finish_reason: str, index: int = 0) -> bytes:
         return self._chunk({}, finish_reason, index=index)
 
