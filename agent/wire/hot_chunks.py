@@ -74,12 +74,19 @@ class HotChunks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="in
 AnyChunk = Union[InferenceResponseChunk, HotChunk]  # a chunk row, as either decoder gives it
 CHUNK_FRAMES = (HotChunk, InferenceResponseChunk)  # the hot one first: isinstance tries them in order
 _DECODER = msgspec.json.Decoder(Union[HotChunks, HotChunk])
+_TAG = "inference_response_chunk"  # begins both hot frames' type tags: a frame without it is not hot
+_TAG_BYTES = _TAG.encode()
 
 
 def decode_hot(data: str | bytes) -> HotChunk | HotChunks | None:
     """The frame when it is a hot one, else None (parse_message decides): also when it may pass
-    MAX_FRAME_BYTES (a str of more than a quarter of it, whose UTF-8 could), which parse_message measures."""
-    if len(data) > (MAX_FRAME_BYTES // 4 if isinstance(data, str) else MAX_FRAME_BYTES):
+    MAX_FRAME_BYTES (a str of more than a quarter of it, whose UTF-8 could), which parse_message measures,
+    and when its text does not hold the hot tag (a heartbeat, an accepted: no decode to fail; a tag spelled
+    with escapes is left to parse_message too)."""
+    if isinstance(data, str):
+        if len(data) > MAX_FRAME_BYTES // 4 or _TAG not in data:
+            return None
+    elif len(data) > MAX_FRAME_BYTES or (isinstance(data, (bytes, bytearray)) and _TAG_BYTES not in data):
         return None
     try:
         return _DECODER.decode(data)
