@@ -46,26 +46,37 @@ def test_the_tap_is_offered_only_by_the_scope_that_carries_it():
     assert frame_tap({"type": "websocket"}) is None
 
 
-async def test_a_links_text_chunks_are_taken_by_the_tap_and_the_stream_reads_the_same():
+async def test_a_links_valid_frames_are_taken_by_the_tap_and_the_streams_read_the_same():
     words = [f"w{i} " for i in range(16)]
+    calls = [ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_a", name="get_weather", arguments='{"city": '),)),
+             ChunkDelta(tool_calls=(ToolCallDelta(index=0, arguments='"Paris"}'),))]
     async with coordinator() as server:
         agent = await provider(server, GPT, reply=Reply(chunks=words, chunk_delay_s=0.005, num_tokens=1))
         assert await stream(server) == ("".join(words), "", "stop")
+        agent.reply = Reply(chunks=calls, chunk_delay_s=0.005, num_tokens=1)  # not hot: parse_message's, tapped too
+        assert await stream(server) == ("", '{"city": "Paris"}', "tool_calls")
         await agent.stop()
-        # Most: a chunk read while an earlier frame the tap left (the inference_accepted) still waits goes behind it.
-        await eventually(lambda: tapped(server) >= len(words) // 2, what="the tapped frames counted at the link's end")
+        # Every frame of both answers: the accepted, the chunks, the complete (and the heartbeats).
+        await eventually(lambda: tapped(server) >= 2 * 2 + len(words) + len(calls),
+                         what="the tapped frames counted at the link's end")
         assert server.coordinator.accounts.num_holds == 0
 
 
 @dataclass
 class OneWriteProvider(ScriptedProvider):
-    """Writes each answer's chunks and its end in one write to the socket: the coordinator reads them in one go."""
+    """Writes each answer's chunks and its end in one write to the socket, so the coordinator reads them in one
+    go; its chunk `bad_at` goes as a batch beside a bad row (a negative seq), which the tap leaves to the link's
+    read loop to answer."""
+    bad_at: int = 2
     held: list[str] = field(default_factory=list)
 
     async def send(self, frame: Any) -> None:
         data = frame if isinstance(frame, str) else encode(frame)
         kind = json.loads(data)["type"]
         if kind == "inference_response_chunk":
+            if len(self.held) == self.bad_at:
+                bad = json.loads(data) | {"request_id": "nobody", "seq": -1}
+                data = json.dumps({"type": "inference_response_chunks", "chunks": [json.loads(data), bad]})
             self.held.append(data)
         elif kind == "inference_complete":
             frames = [Frame(Opcode.TEXT, text.encode()).serialize(mask=True) for text in (*self.held, data)]
@@ -76,24 +87,19 @@ class OneWriteProvider(ScriptedProvider):
 
 
 async def test_frames_the_tap_leaves_to_the_links_task_keep_their_place_among_the_tapped_ones():
-    # Tool-call pieces are not hot (wire/hot_chunks.py): they go by the link's task, and the text chunks read in
-    # the same go right behind them must not pass them. A chunk that did would make the one it passed stale (a
-    # lower seq), and its text or arguments would be missing here.
-    pieces = ['{"city": ', '"Par', 'is"}']
-    chunks = [ChunkDelta(content="Look"), ChunkDelta(content="ing "),
-              ChunkDelta(tool_calls=(ToolCallDelta(index=0, id="call_a", name="get_weather", arguments=pieces[0]),)),
-              ChunkDelta(content="up. "),
-              ChunkDelta(tool_calls=(ToolCallDelta(index=0, arguments=pieces[1]),)),
-              ChunkDelta(content="Done."),
-              ChunkDelta(tool_calls=(ToolCallDelta(index=0, arguments=pieces[2]),))]
+    # The batch with a bad row goes by the link's read loop (its good row on to the router, its bad one
+    # answered), and the chunks read in the same go right behind it must not pass it: one that did would make
+    # the batch's good row stale (a lower seq), and its text would be missing here.
+    words = ["Look", "ing ", "up. ", "Do", "ne."]
     async with coordinator() as server:
         agent = await OneWriteProvider(server.ws_url, models=[entry_for(GPT)], slots={GPT.id: Slot()},
-                                       reply=Reply(chunks=chunks, num_tokens=1)).start()
+                                       reply=Reply(chunks=words, num_tokens=1)).start()
         for _ in range(3):
-            assert await stream(server) == ("Looking up. Done.", "".join(pieces), "tool_calls")
+            assert await stream(server) == ("".join(words), "", "stop")
+        await eventually(lambda: len(agent.errors) == 3, what="each bad row answered")
+        assert all(error["field"] == "chunks.1.seq" for error in agent.errors)
         await agent.stop()
         await eventually(lambda: tapped(server) >= 3, what="the tapped frames counted at the link's end")
-        assert tapped(server) <= 3 * 4  # the text chunks at most: never a tool-call piece
         assert server.coordinator.accounts.num_holds == 0
 
 

@@ -3,19 +3,18 @@
 Every frame a provider sends used to go uvicorn's protocol → an ASGI message on the connection's queue →
 the link's task (woken) → up through the app's coroutines (uvicorn's receive, Starlette's WebSocket, the
 middlewares) → the endpoint's read loop (provider_ws.py): a queue, a wake-up and a dozen coroutine frames
-resumed per frame, most of the websocket layer's CPU once the relay's tokens came batched. With the tap, the
-endpoint's `handler` is offered each whole text or binary message in the protocol's own callback, and a
-message it takes (True) is done: no queue, no task. It is offered only while the read loop has nothing
-queued ahead of it, so the link's frames keep their order:
+resumed per frame. With the tap, the endpoint's `handler` is offered each whole text or binary message in the
+protocol's own callback, and a message it takes (True) is done: no queue, no task. It is offered only while
+the read loop has nothing queued ahead of it, so the link's frames keep their order:
 
     the app is past its handshake and not closing, the message is whole (its last fragment), and the
     connection's receive queue is empty (the read loop has taken and handled every earlier message: it
     handles each without awaiting, so an empty queue means it waits in receive())
 
 A message the handler leaves (False) goes on the queue as before, and the read loop handles it as it always
-did (the hostile-frame checks, the error frames, the disconnect): so only what the handler accepts in full
-skips that path (provider_ws.py offers the hot chunk frames, wire/hot_chunks.py). The handler must not raise:
-it runs inside uvicorn's data_received.
+did; provider_ws.py takes every valid frame once the link is registered and leaves the bad ones to the loop,
+so the error frames, the flood budget and the disconnect keep their one path. The handler must not raise: it
+runs inside uvicorn's data_received.
 
     tap = frame_tap(scope)        # None: this server offers no tap (another websocket implementation)
     tap.open(handler)             # handler(data: bytes | bytearray | memoryview) -> bool; raw UTF-8 for text
@@ -23,8 +22,7 @@ it runs inside uvicorn's data_received.
 
 with_frame_tap() gives the protocol class for uvicorn.Config(ws=...): uvicorn's websockets-sansio protocol
 with the tap in each connection's scope extensions. It reaches into that protocol's message assembly
-(`frames`, `curr_msg_data_type`, `queue`, `close_sent`, `scope`); tests/test_frame_tap.py pins it for the
-uvicorn of pyproject.toml.
+(`frames`, `queue`, `close_sent`, `scope`); tests/test_frame_tap.py pins it for the uvicorn of pyproject.toml.
 
 Public names: FrameTap, frame_tap, with_frame_tap, FRAME_TAP.
 """

@@ -11,8 +11,8 @@
                msgspec decoder first, which accepts no frame the protocol refuses); a bad one is answered with
                an `error` frame and the link stays up; fields of a newer release are ignored, each name logged
                once. Frames go to the router; the router's frames for the agent go out through one outbox, in
-               order. Once registered, hot chunk frames reach the router as uvicorn reads them (frame_tap.py),
-               in order with the rest.
+               order. Once registered, valid frames reach the router as uvicorn reads them (frame_tap.py), in
+               order with the bad ones, which the read loop answers.
     end        link closed, or evicted for missed heartbeats: its in-flight requests are retried
                elsewhere before their first token, or end with an error after it.
 
@@ -133,7 +133,7 @@ class ProviderEndpoint:
                                          protocol_version=version, protocol_minor=PROTOCOL_MINOR))
             tap = frame_tap(websocket.scope)
             if tap is not None:
-                tap.open(self._hot_frames(provider, outbox, tap))
+                tap.open(self._tapped_frames(websocket, provider, outbox, tap, unknown, budget))
             while (frame := await self._next_frame(websocket, outbox, unknown, budget)) is not None:
                 self.coordinator.router.receive(provider, frame)
         finally:
@@ -146,17 +146,24 @@ class ProviderEndpoint:
             outbox.put_nowait(_Close("link closed", 1000))
             await asyncio.gather(pump, return_exceptions=True)
 
-    def _hot_frames(self, provider: ProviderRecord, outbox: asyncio.Queue, tap: FrameTap) -> Callable[[Any], bool]:
-        """The link's frame tap (frame_tap.py): a hot chunk frame goes to the router as uvicorn reads it; any
-        other frame is left to the read loop (False). A failure of ours closes the link, as one in the loop does."""
+    def _tapped_frames(self, websocket: WebSocket, provider: ProviderRecord, outbox: asyncio.Queue, tap: FrameTap,
+                       unknown: UnknownFields, budget: _BadFrames) -> Callable[[Any], bool]:
+        """The link's frame tap (frame_tap.py): a valid frame goes to the router as uvicorn reads it (a hot
+        chunk frame by msgspec, any other by parse_message). A bad one, or a batch with bad rows, is left to the
+        read loop (False), which parses it again and answers it with its error frames and its flood budget, as
+        ever. A failure of ours closes the link, as one in the loop does."""
         receive = self.coordinator.router.receive
 
         def take(data: Any) -> bool:
-            hot = decode_hot(data)
-            if hot is None:
-                return False
+            frame = decode_hot(data)
+            if frame is None:
+                frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+                if isinstance(frame, ProtocolError) or (isinstance(frame, InferenceResponseChunks)
+                                                        and frame.rejected_rows):
+                    return False
+                self._log_unknown(websocket, unknown, budget)
             try:
-                receive(provider, hot)
+                receive(provider, frame)
             except Exception:  # inside uvicorn's data_received: it must not raise there
                 log.exception("provider.frame_failed", provider_id=provider.provider_id)
                 tap.close()
@@ -164,6 +171,12 @@ class ProviderEndpoint:
             return True
 
         return take
+
+    @staticmethod
+    def _log_unknown(websocket: WebSocket, unknown: UnknownFields, budget: _BadFrames) -> None:
+        for name in unknown.drain():
+            if budget.log.allow():
+                log.info("provider.unknown_field", client=str(websocket.client), field=name)
 
     def close_all(self, reason: str) -> None:
         for outbox in list(self.links):
@@ -201,9 +214,7 @@ class ProviderEndpoint:
                     f"frame of {len(data)}+ bytes before register exceeds the {max_bytes}-byte register limit")
             else:
                 frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
-            for name in unknown.drain():
-                if budget.log.allow():
-                    log.info("provider.unknown_field", client=str(websocket.client), field=name)
+            self._log_unknown(websocket, unknown, budget)
             if isinstance(frame, InferenceResponseChunks) and frame.rejected_rows:
                 if not self._answer_rows(websocket, outbox, frame, budget):
                     return None
