@@ -195,19 +195,29 @@ above: 0.24 µs a row of a batch, against parse_message's 1.45; `scripts/bench_r
 a row in-process: 0.93 µs, 2.72 with `--pydantic`), and a flow's Token is no longer a frozen dataclass (timeit:
 0.17 µs to build instead of 0.50). Since a33f7d2 the fast path runs 19.8 % fewer instructions a row (38,993 to
 31,278 by `scripts/bench_row_instructions.py`, valgrind's count, which the shared cores do not move: the hot chunk
-class checked first, no min()/max() calls in the usage meter and the stall deadline). The after column's three
-runs were 24.0, 22.6 and 25.5 µs a token (user 14.9 + system 9.1 in the median one), beside floors of 6.99, 4.96
-and 4.76 µs of kernel time for one loopback write in the same runs; the before side's three were 103.0, 98.5 and
-87.7. What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
+class checked first, no min()/max() calls in the usage meter and the stall deadline). Since 200fb1e a registered
+link's valid frames reach the router as uvicorn's websocket protocol reads them (http/frame_tap.py), not by way of
+the connection's queue, a woken task and ASGI's receive chain (bad frames still take the read loop, in order);
+since e86f43a a chat token is encoded in one call (StreamFormat.token), and since 2abd892 a frame without the
+hot tag is not tried by msgspec. `scripts/bench_relay_instructions.py` counts the whole coordinator's user-space
+instructions in a live relay under valgrind (20 providers, 200 streams, a token every 500 ms; the same code counts
+within about 1 %): from 40fb0fe to aaa7ede, 43,548 to 38,707 a token and 2.45M to 2.43M a request, so 55,797 to
+50,840 a token at 200 tokens a stream (−8.9 %); one relayed row in process (`scripts/bench_row_instructions.py`,
+the same day): 32,739 to 32,223. The after column's three runs were 23.2, 32.2 and 27.4 µs a token (user 16.6 +
+system 10.8 in the median one), beside floors of 4.32, 6.60 and 5.92 µs of kernel time for one loopback write in
+the same runs; the before side's three were 86.0, 69.9 and 101.6: this machine ran slower and less evenly than on
+the day of the previous run (24.0 then, on a33f7d2; json.loads of one chunk frame, the stdlib's unchanged code,
+took 2.17 µs in this run against 1.83 in that one), and the instruction counts, which it does not move, are the
+measure of the change. What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
 (on 0dba565; `perf report --children --sort sym`), 33 % of the coordinator's samples are in the kernel, 26 % in
 write(), one per stream per step, and 12.6 % in net_rx_action under those writes: loopback delivers each packet
 to the consumer's socket (its TCP receive and its wake-up) inside the sender's system call, work a network
 card leaves to the client's machine, counted here as the coordinator's. The Python interpreter has 56 %, spread
 over the websocket layer (uvicorn's websockets-sansio), the fast path (the flow's checks, the usage meter, the
-SSE encode), each request's own path (HTTP, keys, hold, placement, its first token and its end: 150 to 280 µs a
-token in runs of `scripts/bench_relay.py --tokens 4` by hand, so 3 to 5 µs a token at 200 tokens) and the event
-loop; py-spy finds no piece above a few
-per cent. The CPU per token moves by a fifth or more between runs of the same tree here, so one run's figure is
+SSE encode), each request's own path (HTTP, keys, hold, placement, its first token and its end: 2.43M
+instructions a request by `scripts/bench_relay_instructions.py`, a quarter of a relayed token's at 200 tokens a
+stream, spread thin: placement is the largest piece, about a sixth of it under cProfile) and the event loop;
+py-spy finds no piece above a few per cent. The CPU per token moves by a fifth or more between runs of the same tree here, so one run's figure is
 read beside its own floor.
 Routing at 1,000 providers was a scan in Python, a microsecond or two per provider every decision (the
 profile put the time in the scan and its sort, not in the admission checks); a dispatch now reads the router's
