@@ -37,9 +37,9 @@ from agent.coordinator.http.access_log import AccessLog
 from agent.coordinator.http.api import routes
 from agent.coordinator.http.denial_log import install_denial_filter
 from agent.coordinator.http.error_pages import EXCEPTION_HANDLERS
+from agent.coordinator.http.frame_tap import with_frame_tap
 from agent.coordinator.http.gc_tuning import tune_gc
 from agent.coordinator.http.head_deadline import with_head_deadline
-from agent.coordinator.http.frame_tap import with_frame_tap
 from agent.coordinator.http.provider_ws import ProviderEndpoint
 from agent.coordinator.reputations import keep_saving, save_final_reputations
 from agent.coordinator.settings import DEFAULT_HOST, DEFAULT_PORT, CoordinatorSettings, is_loopback_host

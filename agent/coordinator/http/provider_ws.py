@@ -155,14 +155,14 @@ class ProviderEndpoint:
         receive = self.coordinator.router.receive
 
         def take(data: Any) -> bool:
-            frame = decode_hot(data)
-            if frame is None:
-                frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
-                if isinstance(frame, ProtocolError) or (isinstance(frame, InferenceResponseChunks)
-                                                        and frame.rejected_rows):
-                    return False
-                self._log_unknown(websocket, unknown, budget)
             try:
+                frame = decode_hot(data)
+                if frame is None:
+                    frame = parse_message(data, direction=Direction.TO_COORDINATOR, unknown_fields=unknown)
+                    if isinstance(frame, ProtocolError) or (isinstance(frame, InferenceResponseChunks)
+                                                            and frame.rejected_rows):
+                        return False
+                    self._log_unknown(websocket, unknown, budget)
                 receive(provider, frame)
             except Exception:  # inside uvicorn's data_received: it must not raise there
                 log.exception("provider.frame_failed", provider_id=provider.provider_id)
