@@ -1,6 +1,6 @@
-"""A provider link's hot frames taken as uvicorn's websocket protocol reads them (http/frame_tap.py), on a real
+"""A provider link's valid frames taken as uvicorn's websocket protocol reads them (http/frame_tap.py), on a real
 uvicorn with scripted providers on real loopback websockets: the same streams as by the link's task, in order
-with the frames the tap leaves to it, and the same answers to a hostile peer."""
+with the bad frames the tap leaves to it, and the same answers to a hostile peer."""
 
 from __future__ import annotations
 
