@@ -16,6 +16,10 @@ Live tokens (a stream's fast path, http/direct_stream.py): while next() waits wi
 would (the same checks and counts) and moves the stall deadline; a Finished or Broken it gives is handed to the
 waiting next() with `hold(event)`. next() returns only what the writer did not take.
 
+A hot chunk (agent/wire/hot_chunks.py: text only, by its decoder's schema) takes the text lane, `_text`: the
+checks every chunk gets (seq, the usage meter's bounds), none for what it cannot carry (logprobs, tool calls);
+tests/test_flow_text_lane.py holds it to the general path's events and counts for the same chunk.
+
 Public names: RequestFlow, Token, Finished, Broken.
 """
 
@@ -43,7 +47,7 @@ from agent.wire.frames import (
     ToolCallDelta,
     UsageReport,
 )
-from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk
+from agent.wire.hot_chunks import CHUNK_FRAMES, AnyChunk, HotChunk
 from agent.wire.logprobs import TokenLogprob
 
 log = structlog.get_logger("agent.coordinator.flow")
@@ -163,7 +167,7 @@ class RequestFlow:
 
     def take(self, frame: object) -> Token | Finished | Broken | None:
         """A frame converted as next() would, while it is parked; a Token moves the stall deadline."""
-        event = self._convert(frame)
+        event = self._text(frame) if type(frame) is HotChunk else self._convert(frame)
         if type(event) is Token:
             stall_at = self._stall_at = self._loop.time() + self._stall_timeout_s
             self._wait_until = stall_at if stall_at < self._stream_deadline else self._stream_deadline
@@ -194,6 +198,8 @@ class RequestFlow:
         return Broken("the provider did not finish within the request's deadline", "provider_too_slow")
 
     def _convert(self, frame: object) -> Token | Finished | Broken | None:
+        if type(frame) is HotChunk:
+            return self._text(frame)
         if isinstance(frame, CHUNK_FRAMES):
             if frame.seq <= self._last_seq:
                 return self._stale(frame)
@@ -237,6 +243,20 @@ class RequestFlow:
             self.router.observe(self.exchange, Outcome.LINK_LOST, frame.reason)
             return Broken(f"the provider's link dropped mid-stream ({frame.reason})", "provider_link_lost")
         return None
+
+    def _text(self, chunk: HotChunk) -> Token | Finished | None:
+        """_convert of a hot chunk: text only (its decoder's schema: no logprobs, no tool calls to check), so
+        the usage meter is given what it counts directly and no check for what the chunk cannot carry is run."""
+        seq = chunk.seq
+        if seq <= self._last_seq:
+            return self._stale(chunk)
+        self._last_seq = seq
+        delta = chunk.delta
+        text_bytes = delta.num_text_bytes
+        if not self.meter.count(text_bytes, text_bytes > 0, chunk.num_tokens):
+            return self._cut()
+        self.num_chunks += 1
+        return Token(delta.content, delta.reasoning) if text_bytes else None
 
     def _stale(self, frame: AnyChunk) -> None:
         self._num_stale_chunks += 1

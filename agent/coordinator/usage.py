@@ -29,6 +29,12 @@ from agent.wire.frames import UsageReport
 from agent.wire.hot_chunks import AnyChunk
 
 
+def claimed_tokens(is_shown: bool, num_tokens: int | None) -> int:
+    """What a chunk claims: its num_tokens, at least 1 when it shows anything; 1 or 0 from an older agent."""
+    least = 1 if is_shown else 0
+    return least if num_tokens is None or num_tokens < least else num_tokens
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     prompt_tokens: int
@@ -52,26 +58,29 @@ class UsageMeter:
 
     @staticmethod
     def tokens_of(chunk: AnyChunk) -> int:
-        least = 0 if chunk.delta.is_empty else 1
-        claimed = chunk.num_tokens
-        return least if claimed is None or claimed < least else claimed
+        return claimed_tokens(not chunk.delta.is_empty, chunk.num_tokens)
 
     def admit(self, chunk: AnyChunk) -> bool:
         """Count the chunk, or False (counting nothing) when it would pass max_tokens. A token is at least
         one byte of text, apart from a stream's few textless ones (a channel header, an end marker), so a
         chunk claiming more tokens than that is counted only up to it."""
-        text_bytes = chunk.delta.num_text_bytes
-        claimed = self.tokens_of(chunk)
-        num_tokens = self.num_tokens
-        ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - num_tokens
+        delta = chunk.delta
+        return self.count(delta.num_text_bytes, not delta.is_empty, chunk.num_tokens)
+
+    def count(self, text_bytes: int, is_shown: bool, num_tokens: int | None) -> bool:
+        """admit() of a chunk of `text_bytes` bytes, `is_shown` when it carries anything a client sees, claiming
+        `num_tokens` (None: an older agent's); the flow's text lane (flow.py) calls it with what it read."""
+        claimed = claimed_tokens(is_shown, num_tokens)
+        counted = self.num_tokens
+        ceiling = self.num_text_bytes + text_bytes + self.textless_tokens - counted
         tokens = claimed if claimed <= ceiling else min(claimed, max(ceiling, 1 if text_bytes else 0))
-        if num_tokens + tokens > self.max_tokens:
+        if counted + tokens > self.max_tokens:
             return False
-        self.num_tokens = num_tokens + tokens
+        self.num_tokens = counted + tokens
         self.num_text_bytes += text_bytes
         if claimed != tokens:
             self.num_inflated_tokens += claimed - tokens
-        if chunk.num_tokens is None:
+        if num_tokens is None:
             self.is_exact = False
         return True
 

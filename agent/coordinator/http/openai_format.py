@@ -85,6 +85,7 @@ class StreamFormat:
         self.created = int(time.time()) if created is None else created
         self.include_usage = include_usage
         self._frames: dict[int, tuple[str, str]] = {}  # per choice index: the text around a delta (_delta_chunk)
+        self._content_frame: tuple[str, str] | None = None  # choice 0's text around a content string (token())
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: Sequence[TokenLogprob] = (), index: int = 0) -> bytes:
@@ -133,11 +134,18 @@ class StreamFormat:
 
     def token(self, token: Any) -> bytes:
         """delta() of a flow's Token (its content, reasoning, logprobs, tool calls), for choice 0: the relay's
-        fast path encodes each token it writes with this one call (direct_stream.py)."""
+        fast path encodes each token it writes with this one call (direct_stream.py). Most tokens are content
+        alone: their bytes are one join of the quoted text and the chunk's fixed text around it."""
         content = token.content
-        if content and not token.reasoning and not token.tool_calls:
-            return self._delta_chunk(f'{{"content":{_quote(content)}}}', token.logprobs, 0)
+        if content and not (token.reasoning or token.tool_calls or token.logprobs):
+            head, tail = self._content_frame or self._make_content_frame()
+            return f"{head}{_quote(content)}{tail}".encode()
         return self.delta(content, token.reasoning, token.logprobs, token.tool_calls)
+
+    def _make_content_frame(self) -> tuple[str, str]:
+        head, tail = self._frames.get(0) or self._frame(0)
+        self._content_frame = (f'{head}{{"content":', f'}},"logprobs":null{tail}')
+        return self._content_frame
 
     def finish(self, finish_reason: str, index: int = 0) -> bytes:
         return self._chunk({}, finish_reason, index=index)
