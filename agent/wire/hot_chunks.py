@@ -16,6 +16,9 @@ pydantic models, exactly as before. So this decoder never accepts a frame parse_
 (tests/test_hot_chunks.py compares the two on generated frames), and a frame it accepts reads like the
 pydantic one: the same attribute names, `delta.is_empty`, `delta.num_text_bytes`.
 
+The three are not tracked by the collector (gc=False): a decoded frame holds strings, numbers and its own
+rows, never a cycle, so a frame a step and a row a token are not young objects for it to walk.
+
 Downstream, a chunk is either class (AnyChunk): CHUNK_FRAMES for isinstance, with_num_tokens() for a copy.
 
 Public names: HotDelta, HotChunk, HotChunks, AnyChunk, CHUNK_FRAMES, decode_hot, with_num_tokens.
@@ -39,7 +42,7 @@ _NumTokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNK_TOKENS)]
 _Nothing = Annotated[tuple[Any, ...], msgspec.Meta(max_length=0)]  # tool calls: a row with any is not hot
 
 
-class HotDelta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class HotDelta(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     content: _Text = ""
     reasoning: _Text = ""
     tool_calls: _Nothing = ()
@@ -55,7 +58,7 @@ class HotDelta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 + (len(reasoning) if reasoning.isascii() else len(reasoning.encode())))
 
 
-class HotChunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="inference_response_chunk",
+class HotChunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False, tag="inference_response_chunk",
                tag_field="type"):
     type: ClassVar[str] = "inference_response_chunk"
     request_id: _RequestId
@@ -65,7 +68,7 @@ class HotChunk(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="inf
     logprobs: None = None  # a row with logprobs is not hot
 
 
-class HotChunks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="inference_response_chunks",
+class HotChunks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False, tag="inference_response_chunks",
                 tag_field="type"):
     type: ClassVar[str] = "inference_response_chunks"
     chunks: Annotated[tuple[HotChunk, ...], msgspec.Meta(max_length=MAX_BATCH_ROWS)]
