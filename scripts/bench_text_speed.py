@@ -162,8 +162,9 @@ frame (protocol 1.4, agent/link/batching.py; a coordinator before 1.4 still gets
 coordinator serves each row as a single chunk, writes each client once per read with every delta that arrived
 (agent/coordinator/token_merge.py) and encodes an SSE event into an envelope made once per stream; a model's
 pre-warm plan, a scan of every provider, runs at most every `prewarm_heartbeat_interval_s` from heartbeats
-instead of on each; placement nets free KV only for the rank ties a search reaches, and a ModelSpec hashes
-once (admission's caches hashed every layer of it per call).
+instead of on each (and no more often than keeps those plans within `prewarm_max_core_share`, 1 % of a
+core: about once a second at 1,000 providers); placement nets free KV only for the rank ties a search
+reaches, and a ModelSpec hashes once (admission's caches hashed every layer of it per call).
 
 How to read it. The stack benchmark runs the coordinator, the agent and the simulated engine in one process
 and the consumer (a raw-bytes client, agent/testing/fleet/light_client.py) in another; the engine's sleeps

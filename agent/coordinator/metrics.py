@@ -8,6 +8,7 @@ free KV, requests in flight) are read from the router when scraped, so they can 
     darkbloom_queue_wait_seconds{model}                time queued before dispatch
     darkbloom_attempts_total{model,outcome}            sends to a provider by how they ended
     darkbloom_load_requests_total{model}               load_model frames sent (pre-warming)
+    darkbloom_prewarm_plan_seconds{model}              how long each pre-warm plan took (its count: how many ran)
     darkbloom_provider_evictions_total                 providers dropped for missed heartbeats
     darkbloom_bad_frames_total{code}                   agent frames that failed validation
     darkbloom_provider_quarantines_total               providers quarantined for repeated failures
@@ -40,6 +41,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+PLAN_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1)
 
 
 class Metrics:
@@ -54,6 +56,8 @@ class Metrics:
         self.attempts = Counter("darkbloom_attempts", "Sends to a provider by outcome", ["model", "outcome"],
                                 registry=r)
         self.loads = Counter("darkbloom_load_requests", "load_model frames sent", ["model"], registry=r)
+        self.prewarm_plans = Histogram("darkbloom_prewarm_plan_seconds", "Time a pre-warm plan took (it reads "
+                                       "every provider of the model)", ["model"], buckets=PLAN_BUCKETS, registry=r)
         self.evictions = Counter("darkbloom_provider_evictions", "Providers evicted for missed heartbeats",
                                  registry=r)
         self.bad_frames = Counter("darkbloom_bad_frames", "Agent frames that failed validation", ["code"],

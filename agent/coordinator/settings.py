@@ -85,6 +85,10 @@ class CoordinatorSettings:
     # A plan reads every provider of the model: from heartbeats (1,000 providers send 500 a second) it runs at
     # most this often per model; the heartbeats after it (one every few ms in such a fleet) run the next.
     prewarm_heartbeat_interval_s: float = 0.25
+    # ... and at most this share of a core per model (0: no bound): a plan over 1,000 providers takes ~10 ms
+    # here, so they run about once a second; requests queued within that are planned by the heartbeats after it
+    # (a load takes seconds anyway), while a fleet whose plans are cheap plans for every queued request at once.
+    prewarm_max_core_share: float = 0.01
     load_timeout_s: float = 600.0  # a load_model not visible as loading/idle by then is forgotten
     load_refused_cooldown_s: float = 60.0  # after an agent refused (or failed) a load, ask others first
     # usage (usage.py): what a provider's claim is bounded by

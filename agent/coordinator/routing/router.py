@@ -86,6 +86,7 @@ class Router:
         self.queues: dict[str, WaitQueue] = {}
         self._num_connects = 0
         self._planned_at: dict[str, float] = {}  # model -> when its last pre-warm plan ran (prewarm)
+        self._plan_gap_s: dict[str, float] = {}  # model -> its last plan's cost over prewarm_max_core_share
         self._num_sent = 0  # requests sent: an offer's last_sent orders rank ties (slot_rank.py)
         self.prefixes = PrefixHolders(self.settings.max_prefix_routes, self.registry)
 
@@ -196,7 +197,8 @@ class Router:
                 log.info("pending.expire", provider_id=provider.provider_id, request_id=entry.request_id)
         for model in provider.offers:
             self.wake(model, provider)
-            if now - self._planned_at.get(model, -inf) >= self.settings.prewarm_heartbeat_interval_s:
+            if now - self._planned_at.get(model, -inf) >= max(self.settings.prewarm_heartbeat_interval_s,
+                                                              self._plan_gap_s.get(model, 0.0)):
                 self.prewarm(model)
 
     def _chunks(self, provider: ProviderRecord, chunks: tuple[AnyChunk, ...]) -> None:
@@ -314,7 +316,7 @@ class Router:
         queue.add(waiter)
         log.info("queue.add", model=exchange.model, request_id=exchange.request_id, depth=len(queue),
                  full=len(placement.full), waiting=len(placement.waiting))
-        self.prewarm(exchange.model)
+        self._prewarm_queued(exchange.model, now)
         return Submission(waiter=waiter)
 
     def dequeue(self, waiter: Waiter) -> None:
@@ -363,11 +365,28 @@ class Router:
         # An agent's hint is a stranger's word: bounded, so one saying 3600 s cannot turn consumers away for an hour.
         return min(min(hints), self.settings.max_retry_after_s) if hints else self.settings.retry_after_s
 
+    def _prewarm_queued(self, model: str, now: float) -> None:
+        """A request queued: plan at once, unless plans are slow (a large fleet) and the last one was too recent
+        for prewarm_max_core_share; then the heartbeats after it plan, with the queue as it is by then. So a
+        burst of queued requests is not a scan of every provider each."""
+        gap = self._plan_gap_s.get(model, 0.0)
+        if gap <= self.settings.prewarm_heartbeat_interval_s or now - self._planned_at.get(model, -inf) >= gap:
+            self.prewarm(model)
+
     def prewarm(self, model: str) -> None:
+        """Plan loads for `model` (prewarm.py), and time the plan: heartbeats plan again after
+        prewarm_heartbeat_interval_s, or longer where a plan is slow (a large fleet), so that plans spend at
+        most prewarm_max_core_share of a core. The cost is timed by the process's clock, not the router's
+        (a test's fake clock does not move while a plan runs)."""
         queue = self.queues.get(model)
         now = self._planned_at[model] = self.clock()
+        started = time.perf_counter()
         plan = plan_loads(self.registry.offers(model), model=model, num_queued=len(queue) if queue else 0, now=now,
                           settings=self.settings)
+        seconds = time.perf_counter() - started
+        self.metrics.prewarm_plans.labels(model).observe(seconds)
+        share = self.settings.prewarm_max_core_share  # 0 (or less): no bound
+        self._plan_gap_s[model] = seconds / share if share > 0 else 0.0
         for provider in plan.providers:
             provider.offers[model].load_requested(now)
             provider.send(LoadModel(model=model))
