@@ -58,10 +58,11 @@ def test_logprobs_and_tool_calls_take_the_same_path_and_the_same_bytes():
 
 
 @settings(max_examples=200, deadline=None)
-@given(content=TEXT, reasoning=TEXT, with_logprobs=st.booleans(), with_calls=st.booleans())
-def test_a_token_encodes_to_the_same_bytes_as_the_delta_of_its_parts(content, reasoning, with_logprobs, with_calls):
+@given(content=TEXT, reasoning=TEXT, with_logprobs=st.booleans(), with_calls=st.booleans(), with_usage=st.booleans())
+def test_a_token_encodes_to_the_same_bytes_as_the_delta_of_its_parts(content, reasoning, with_logprobs, with_calls,
+                                                                     with_usage):
     # The relay's fast path writes fmt.token(token); the stream's task writes fmt.delta(...) of the same token.
-    fmt = StreamFormat("chatcmpl-1", "gpt-oss-20b", "both", created=5)
+    fmt = StreamFormat("chatcmpl-1", "gpt-oss-20b", "both", created=5, include_usage=with_usage)
     logprobs = (TokenLogprob(token="Hi", logprob=-0.25, bytes=[72, 105], top_logprobs=()),) if with_logprobs else ()
     calls = (ToolCallDelta(index=0, id="call_a", name="f", arguments="{}"),) if with_calls else ()
     token = Token(content, reasoning, logprobs, calls)
