@@ -200,22 +200,30 @@ class checked first, no min()/max() calls in the usage meter and the stall deadl
 link's valid frames reach the router as uvicorn's websocket protocol reads them (http/frame_tap.py), not by way of
 the connection's queue, a woken task and ASGI's receive chain (bad frames still take the read loop, in order);
 since e86f43a a chat token is encoded in one call (StreamFormat.token), and since 2abd892 a frame without the
-hot tag is not tried by msgspec. `scripts/bench_relay_instructions.py` counts the whole coordinator's user-space
-instructions in a live relay under valgrind (20 providers, 200 streams, a token every 500 ms; the same code counts
-within about 1 %): from 40fb0fe to aaa7ede, 43,548 to 38,707 a token and 2.45M to 2.43M a request, so 55,797 to
-50,840 a token at 200 tokens a stream (−8.9 %); one relayed row in process (`scripts/bench_row_instructions.py`,
-the same day): 32,739 to 32,223. The after column's three runs were 23.2, 32.2 and 27.4 µs a token (user 16.6 +
-system 10.8 in the median one), beside floors of 4.32, 6.60 and 5.92 µs of kernel time for one loopback write in
-the same runs; the before side's three were 86.0, 69.9 and 101.6: this machine ran slower and less evenly than on
-the day of the previous run (24.0 then, on a33f7d2; json.loads of one chunk frame, the stdlib's unchanged code,
-took 2.17 µs in this run against 1.83 in that one), and the instruction counts, which it does not move, are the
-measure of the change. What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay
-(on 0dba565; `perf report --children --sort sym`), 33 % of the coordinator's samples are in the kernel, 26 % in
+hot tag is not tried by msgspec. Since 6694ecd a hot chunk takes the flow's text lane (`RequestFlow._text`: the
+seq and the usage meter's bounds, no check for the logprobs and tool calls it cannot carry), a content token is
+one string join, and a flow's Token and the hot frames' structs are msgspec Structs the collector does not
+track. `scripts/bench_relay_instructions.py` counts the whole coordinator's user-space instructions in a live
+relay under valgrind (20 providers, 200 streams, a token every 500 ms; the same code counts within 1 to 3 %):
+from 40fb0fe to aaa7ede, 43,548 to 38,707 a token and 2.45M to 2.43M a request, so 55,797 to 50,840 a token at
+200 tokens a stream (−8.9 %); from a02577b to 8d15a92, side by side on the day of this run, 39,897 to 34,398 a
+token and 2.38M to 2.42M a request, so 51,796 to 46,489 at 200 tokens (−10.2 %); one relayed row in process
+(`scripts/bench_row_instructions.py`, the same day): 32,231 to 27,249 (−15.5 %). The after column's three runs
+were 35.0, 33.3 and 27.8 µs a token (user 21.7 + system 11.6 in the median one), beside floors of 5.84, 8.26
+and 7.39 µs of kernel time for one loopback write in the same runs; the before side's three were 109.1, 101.8
+and 140.3: this machine ran slower again than on the day of the previous run (27.4 then, on aaa7ede, beside
+86.0 before; json.loads of one chunk frame, the stdlib's unchanged code, took 4.23 µs in this run against 2.17
+in that one), and the instruction counts, which it does not move, are the measure of the change. Heartbeats:
+a pre-warm plan reads every provider of its model, some 10 ms at 1,000 providers here, and since 8d15a92 those
+plans keep within `prewarm_max_core_share` (1 % of a core a model), so heartbeats plan about once a second
+there rather than every 0.25 s (bench_relay's heartbeat phase, two runs a side, by hand: 0.097 and 0.086 of a
+core before, 0.079 and 0.076 after, 0.055 to 0.062 with no plans at all).
+What is left: in one `perf record -F 2000 -g -p <coordinator pid>` of the batched relay (on 0dba565; `perf report --children --sort sym`), 33 % of the coordinator's samples are in the kernel, 26 % in
 write(), one per stream per step, and 12.6 % in net_rx_action under those writes: loopback delivers each packet
 to the consumer's socket (its TCP receive and its wake-up) inside the sender's system call, work a network
 card leaves to the client's machine, counted here as the coordinator's. The Python interpreter has 56 %, spread
 over the websocket layer (uvicorn's websockets-sansio), the fast path (the flow's checks, the usage meter, the
-SSE encode), each request's own path (HTTP, keys, hold, placement, its first token and its end: 2.43M
+SSE encode), each request's own path (HTTP, keys, hold, placement, its first token and its end: 2.42M
 instructions a request by `scripts/bench_relay_instructions.py`, a quarter of a relayed token's at 200 tokens a
 stream, spread thin: placement is the largest piece, about a sixth of it under cProfile) and the event loop;
 py-spy finds no piece above a few per cent. The CPU per token moves by a fifth or more between runs of the same tree here, so one run's figure is
