@@ -73,7 +73,7 @@ def run(tree: Path, args: list[str]) -> dict:
 def arguments(part: str, is_base: bool) -> list[str]:
     args = list(PARTS[part])
     if part == "relay" and is_base:
-        args += ["--frames", "single"]
+        args += ["--frames", "single", "--no-bare"]  # the bare relay is this tree's, with this tree's hot decoder
     return args
 
 

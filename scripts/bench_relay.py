@@ -15,6 +15,10 @@ counted; wall-clock rates are, and this machine's cores are shared, so read thos
                run: providers sending batched chunk frames, then one frame per row (an older agent).
                Tokens relayed per second (the consumers' count), the coordinator's CPU µs per token (and its
                user and system parts).
+  relay_bare   the same relay of batched frames through scripts/bare_relay.py instead of the coordinator: the
+               least a relay in Python spends a token (uvloop, websockets' sans-I/O link, the hot decoder, one
+               write a token), with none of the coordinator's checks, meter, deadlines, backpressure or billing.
+               The coordinator's figure less this one is what all of that costs a token.
   socket_write the floor under it, in the same run: one 250-byte write to one of 500 loopback connections
                (scripts/bench_socket_write.py), each relayed token's one write. This machine's cores are shared,
                and the floor moves with them (3.9 to 7.1 µs of kernel time in runs on this machine), so a run's
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+BARE_RELAY = ROOT / "scripts" / "bare_relay.py"
 NUM_WORKERS = 2  # processes for the peers, and for the consumers: one per core of this machine
 
 
@@ -123,9 +128,11 @@ async def run_consumers(base_url: str, count: int, tokens: int) -> None:
 
 # ---- the phases -----------------------------------------------------------------------------------
 
-def start_fleet(num_peers: int, batched: bool, step_s: float) -> tuple[subprocess.Popen, str, list[subprocess.Popen],
-                                                                      int]:
-    coordinator = child("--role", "coordinator")
+def start_fleet(num_peers: int, batched: bool, step_s: float, relay_script: Path | None = None
+                ) -> tuple[subprocess.Popen, str, list[subprocess.Popen], int]:
+    """The coordinator (or `relay_script`, another relay run as a script that prints its base URL), and the peers."""
+    coordinator = child("--role", "coordinator") if relay_script is None else subprocess.Popen(
+        [sys.executable, str(relay_script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     base_url = coordinator.stdout.readline().strip()
     ws_url = base_url.replace("http://", "ws://") + "/ws/provider"
     shares = [num_peers // NUM_WORKERS + (i < num_peers % NUM_WORKERS) for i in range(NUM_WORKERS)]
@@ -161,8 +168,9 @@ def consume(base_url: str, streams: int, tokens: int) -> list[dict]:
     return [json.loads(proc.communicate(timeout=1800)[0].strip().splitlines()[-1]) for proc in consumers]
 
 
-def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: bool) -> dict:
-    coordinator, base_url, peers, _ = start_fleet(num_peers, batched, step_s)
+def relay(num_peers: int, streams: int, tokens: int, step_s: float, batched: bool,
+          relay_script: Path | None = None) -> dict:
+    coordinator, base_url, peers, _ = start_fleet(num_peers, batched, step_s, relay_script)
     try:
         # Unmeasured: every provider shows its first tokens, so it is proven (reputation.py) as in a running
         # fleet, not a fresh one whose every request is an overflow search past unproven providers.
@@ -220,6 +228,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--frames", choices=["both", "batched", "single"], default="both",
                         help="what the providers send (a coordinator before protocol 1.4 takes only single)")
+    parser.add_argument("--no-bare", action="store_true", help="leave out relay_bare (a tree without the hot decoder)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -236,6 +245,8 @@ def main() -> None:
     step_s = args.step_ms / 1000
     results = {f"relay_{frames}": relay(args.providers, args.streams, args.tokens, step_s, frames == "batched")
                for frames in ("batched", "single") if args.frames in ("both", frames)}
+    if not args.no_bare:
+        results["relay_bare"] = relay(args.providers, args.streams, args.tokens, step_s, True, BARE_RELAY)
     results |= {"heartbeat": heartbeats(args.heartbeat_providers, args.window_s),
                 "routing": routing(args.heartbeat_providers),
                 "socket_write": bench_socket_write.measure(args.streams, 100_000, 250)}

@@ -26,7 +26,9 @@ can keep up with. Two runs, one for each of --tokens (T1 > T2), separate the two
 
 A heartbeat's cost lands in per_token (heartbeats come with time, and a longer stream takes longer): at
 --step-ms 500 that is a few per cent of it. The same code and load count within about 1 % from run to run.
---tree counts another checkout (a worktree of an older commit) with the same load. Needs valgrind.
+--tree counts another checkout (a worktree of an older commit) with the same load; --bare counts
+scripts/bare_relay.py instead of the coordinator, the least a relay in Python executes (bench_relay's
+relay_bare). Needs valgrind.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ sys.path.insert(0, str(HERE))
 import bench_relay  # noqa: E402
 
 
-def _count(tree: Path, num_providers: int, streams: int, tokens: int, step_s: float) -> dict:
-    """One measured relay of `streams` streams of `tokens` tokens: the coordinator's instructions meanwhile."""
+def _count(relay_command: list[str], tree: Path, num_providers: int, streams: int, tokens: int, step_s: float) -> dict:
+    """One measured relay of `streams` streams of `tokens` tokens: the relay's instructions meanwhile."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "callgrind.out"
         coordinator = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-             sys.executable, str(tree / "scripts" / "bench_relay.py"), "--role", "coordinator"],
+             sys.executable, *relay_command],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tree,
             env={**os.environ, "PYTHONHASHSEED": "0"})
         base_url = coordinator.stdout.readline().strip()
@@ -89,17 +91,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs=2, default=[50, 10], metavar=("T1", "T2"))
     parser.add_argument("--step-ms", type=float, default=500.0)
     parser.add_argument("--tree", type=Path, default=HERE.parent, help="the checkout whose coordinator is counted")
+    parser.add_argument("--bare", action="store_true", help="count scripts/bare_relay.py, not the coordinator")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     long_tokens, short_tokens = args.tokens
     if long_tokens <= short_tokens:
         raise SystemExit("--tokens T1 T2 needs T1 > T2")
     tree, step_s = args.tree.resolve(), args.step_ms / 1000
-    long = _count(tree, args.providers, args.streams, long_tokens, step_s)
-    short = _count(tree, args.providers, args.streams, short_tokens, step_s)
+    relay_command = ([str(tree / "scripts" / "bare_relay.py")] if args.bare
+                     else [str(tree / "scripts" / "bench_relay.py"), "--role", "coordinator"])
+    long = _count(relay_command, tree, args.providers, args.streams, long_tokens, step_s)
+    short = _count(relay_command, tree, args.providers, args.streams, short_tokens, step_s)
     per_token = (long["instructions"] - short["instructions"]) / (long["tokens"] - short["tokens"])
     per_request = (short["instructions"] - short["tokens"] * per_token) / args.streams
-    result = {"tree": str(tree), "providers": args.providers, "streams": args.streams, "step_ms": args.step_ms,
+    result = {"tree": str(tree), "relay": "bare" if args.bare else "coordinator", "providers": args.providers, "streams": args.streams, "step_ms": args.step_ms,
               "runs": {str(long_tokens): long, str(short_tokens): short},
               "per_token": round(per_token), "per_request": round(per_request),
               "at_200": round(per_token + per_request / 200)}

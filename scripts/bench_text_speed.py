@@ -67,6 +67,12 @@ def _relay_rows(part: dict) -> list[str]:
                     f"{_relay_spread(part, 'before', 'relay_single')}) | {r['cpu_us_per_token']} "
                     f"({f(r['tokens_per_s'])} tok/s{_cpu_split(r)}{_relay_spread(part, 'after', key)}) | "
                     f"{_met(r['cpu_us_per_token'] <= TARGETS['cpu_us_per_token'])} |")
+    if "relay_bare" in a:  # the same relay through scripts/bare_relay.py: the least a relay in Python spends
+        r = a["relay_bare"]
+        rows.append(f"| the same batched relay through scripts/bare_relay.py (decode and write only: none of the "
+                    f"coordinator's checks, meter, deadlines, backpressure or billing), µs a token | – | "
+                    f"{r['cpu_us_per_token']} ({f(r['tokens_per_s'])} tok/s{_cpu_split(r)}"
+                    f"{_relay_spread(part, 'after', 'relay_bare')}) | |")
     if "socket_write" in a:  # the floor of the same runs (bench_relay.py): the shared cores' state that day
         floor_b, floor_a = b.get("socket_write"), a["socket_write"]
         cell_b = f"{floor_b['system_us_per_write']} + {floor_b['user_us_per_write']}" if floor_b else "–"

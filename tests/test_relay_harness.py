@@ -55,6 +55,30 @@ async def test_a_coordinator_that_never_answers_register_leaves_its_peers_out_in
     assert peers == []
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched frames", "one frame per row"])
+async def test_the_bare_relay_streams_every_scripted_token_to_raw_consumers(batched):
+    """scripts/bare_relay.py, bench_relay's floor of a relay in Python, relays what the coordinator does for the
+    same peers and consumers: every token, in an SSE stream the light consumer reads to its usage and [DONE]."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bare_relay.py"
+    relay = await asyncio.create_subprocess_exec(sys.executable, str(script), stdin=asyncio.subprocess.PIPE,
+                                                 stdout=asyncio.subprocess.PIPE)
+    try:
+        base_url = (await asyncio.wait_for(relay.stdout.readline(), timeout=30)).decode().strip()
+        peers = await start_peers(base_url.replace("http://", "ws://") + "/ws/provider", 2, batched=batched,
+                                  step_s=0.005)
+        assert len(peers) == 2
+        host, port = base_url.removeprefix("http://").split(":")
+        body = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "relay"}], "max_tokens": 12}
+        results = await asyncio.gather(*(stream_once(host, int(port), body, timeout_s=10) for _ in range(4)))
+        assert [(r.ok, r.tokens) for r in results] == [(True, 12)] * 4
+        assert all(r.ttft_s is not None for r in results)
+        await stop_peers(peers)
+    finally:
+        relay.stdin.close()
+        await asyncio.wait_for(relay.wait(), timeout=30)
+    assert relay.returncode == 0
+
+
 def test_the_instruction_counters_workload_writes_every_row_it_handles_straight_out():
     """scripts/bench_row_instructions.py counts the relay's fast path only if every row takes it: its workload
     exits non-zero when a row was not written straight out (run here without valgrind, at a small size)."""
