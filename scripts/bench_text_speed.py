@@ -215,11 +215,12 @@ from 40fb0fe to aaa7ede, 43,548 to 38,707 a token and 2.45M to 2.43M a request, 
 200 tokens a stream (−8.9 %); from a02577b to 8d15a92, side by side on the day of this run, 39,897 to 34,398 a
 token and 2.38M to 2.42M a request, so 51,796 to 46,489 at 200 tokens (−10.2 %); one relayed row in process
 (`scripts/bench_row_instructions.py`, the same day): 32,231 to 27,249 (−15.5 %). The after column's three runs
-were 35.0, 33.3 and 27.8 µs a token (user 21.7 + system 11.6 in the median one), beside floors of 5.84, 8.26
-and 7.39 µs of kernel time for one loopback write in the same runs; the before side's three were 109.1, 101.8
-and 140.3: this machine ran slower again than on the day of the previous run (27.4 then, on aaa7ede, beside
-86.0 before; json.loads of one chunk frame, the stdlib's unchanged code, took 4.23 µs in this run against 2.17
-in that one), and the instruction counts, which it does not move, are the measure of the change. Heartbeats:
+were 29.3, 24.8 and 31.7 µs a token (user 19.0 + system 10.3 in the median one), beside floors of 6.6, 6.87
+and 5.12 µs of kernel time for one loopback write in the same runs; the before side's three were 104.0, 102.5
+and 105.0. The coordinator's code is that of 8d15a92, whose own run earlier the same day gave 33.3 (runs 27.8
+to 35.0; 109.1 before): the two differ by this machine's state alone (json.loads of one chunk frame, the
+stdlib's unchanged code, took 4.92 µs in this run, 4.23 in that one and 2.17 on the day of aaa7ede's 27.4),
+and the instruction counts, which it does not move, are the measure of a change. Heartbeats:
 a pre-warm plan reads every provider of its model, some 10 ms at 1,000 providers here, and since 8d15a92 those
 plans keep within `prewarm_max_core_share` (1 % of a core a model), so heartbeats plan about once a second
 there rather than every 0.25 s (bench_relay's heartbeat phase, two runs a side, by hand: 0.097 and 0.086 of a
@@ -234,6 +235,24 @@ instructions a request by `scripts/bench_relay_instructions.py`, a quarter of a 
 stream, spread thin: placement is the largest piece, about a sixth of it under cProfile) and the event loop;
 py-spy finds no piece above a few per cent. The CPU per token moves by a fifth or more between runs of the same tree here, so one run's figure is
 read beside its own floor.
+The floor of a relay in Python, measured: `scripts/bare_relay.py` relays the same batched frames from the same
+providers to the same consumers with the coordinator's libraries (uvloop, websockets' sans-I/O link, the hot
+decoder, one chunk write a token in the coordinator's SSE bytes) and does nothing else: no keys, admission,
+holds, seq or usage checks, stall deadlines, backpressure, metrics, logs or billing. bench_relay runs it
+beside the coordinator (the relay_bare row): 16.1 to 16.6 µs a token in this run's three, user 7.0 to 7.6 and
+system 8.9 to 9.5, while the coordinator's system part was 9.3 to 11.1. The kernel's share is the same for
+both, about 9 to 10 µs a token, one loopback write per stream per step; it is half of the 20 µs target before
+any Python runs. Counted by valgrind, side by side on d036343 (`scripts/bench_relay_instructions.py`, with and
+without `--bare`): the bare relay executes 18,363 instructions a token and 391,861 a request (20,322 a token
+at 200 tokens a stream), the coordinator 34,584 and 2,384,930 (46,509). So the coordinator's own work is
+26,187 instructions a relayed token at 200 tokens a stream, 56 % of what it executes: 16,221 a token (the
+flow's checks, the meter, the stall deadline, the direct write's readiness, the router's lookups) and 2.0M
+a request (HTTP and its middleware, the body's validation, the hold, placement, attempts, metrics, the
+stream's head and tail), a tenth of that a token. Against the target, the bare relay leaves 3.4 to 3.9 µs a
+token in this run: at the rate the median run executed the coordinator's instructions (46,509 in 19.0 µs of
+user time), about 9,000 instructions, a third of the coordinator's work, and less than its per-request part
+alone. No rearrangement of that Python fits there; a relay that meets 20 µs on this machine keeps its
+per-token path out of the interpreter (a compiled relay core, or the Go coordinator the issue names).
 Routing at 1,000 providers was a scan in Python, a microsecond or two per provider every decision (the
 profile put the time in the scan and its sort, not in the admission checks); a dispatch now reads the router's
 index of warm slots by rank (routing/warm_index.py), refiled as heartbeats and sends change a slot's rank, so
