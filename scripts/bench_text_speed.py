@@ -248,7 +248,12 @@ at 200 tokens a stream), the coordinator 34,584 and 2,384,930 (46,509). So the c
 26,187 instructions a relayed token at 200 tokens a stream, 56 % of what it executes: 16,221 a token (the
 flow's checks, the meter, the stall deadline, the direct write's readiness, the router's lookups) and 2.0M
 a request (HTTP and its middleware, the body's validation, the hold, placement, attempts, metrics, the
-stream's head and tail), a tenth of that a token. Against the target, the bare relay leaves 3.4 to 3.9 µs a
+stream's head and tail), a tenth of that a token. `scripts/bench_relay_opcodes.py` names the functions, by
+the bytecodes each runs (the coordinator of 8a1a508, two runs: 603 and 625 a token, 19,427 and 18,900 a request; the bare
+relay 192 and 2,873): a token's largest are the usage meter's count, the direct stream's take, the websocket
+frame parse (websockets' Python, a share of a frame a row), the flow's text lane and take, and the router's
+rows, 40 to 55 each; a request's are spread over uvicorn's send, json encodes, websocket parses, prometheus
+labels and placement's reputation and holder checks, none above 3 %. Against the target, the bare relay leaves 3.4 to 3.9 µs a
 token in this run: at the rate the median run executed the coordinator's instructions (46,509 in 19.0 µs of
 user time), about 9,000 instructions, a third of the coordinator's work, and less than its per-request part
 alone. No rearrangement of that Python fits there; a relay that meets 20 µs on this machine keeps its

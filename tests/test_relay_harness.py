@@ -5,6 +5,7 @@ reads every token the coordinator counted, and a heartbeating fleet stays regist
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,29 @@ def test_the_instruction_counters_workload_writes_every_row_it_handles_straight_
     done = subprocess.run([sys.executable, str(script), "--workload", "handle", "--providers", "3", "--streams", "7",
                            "--rounds", "4"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_opcode_counter_splits_each_functions_bytecodes_into_per_token_and_per_request():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_relay_opcodes
+
+    # 10 streams: `relay` runs 3 bytecodes a token and 50 a request, `setup` 20 a request, `tail` only in the long run
+    long = {"tokens": 400, "counts": {"relay": 3 * 400 + 50 * 10, "setup": 200, "tail": 40}}
+    short = {"tokens": 100, "counts": {"relay": 3 * 100 + 50 * 10, "setup": 200}}
+    per_token, per_request = bench_relay_opcodes.split(long, short, streams=10)
+    assert per_token == {"relay": 3.0, "setup": 0.0, "tail": 40 / 300}
+    assert per_request["relay"] == 50.0 and per_request["setup"] == 20.0
+
+
+def test_the_opcode_counter_sees_the_coordinators_hot_path_in_a_live_relay():
+    """scripts/bench_relay_opcodes.py traces a real coordinator relaying scripted providers' tokens (a small fleet):
+    the flow's text lane and the stream's direct write are among what a token costs, and the run was whole."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_relay_opcodes.py"
+    done = subprocess.run([sys.executable, str(script), "--providers", "2", "--streams", "4", "--tokens", "8", "3",
+                           "--top", "40", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    per_token = dict(result["top_per_token"])
+    assert result["per_token"] > 0 and result["per_request"] > result["per_token"]
+    assert any(name.endswith("RequestFlow._text") for name in per_token)
+    assert any(name.endswith("DirectStream.take") for name in per_token)
