@@ -57,7 +57,6 @@ class Stream:
         self.head = (f'data: {{"id":"{completion_id}","object":"chat.completion.chunk","created":{self.created},'
                      f'"model":"{MODEL}","system_fingerprint":null,"choices":[{{"index":0,"delta":{{"content":')
         self.tail = '},"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
-
         self.role = f'{self.head}""{self.tail}'.replace('{"content":""', '{"role":"assistant","content":""', 1)
 
     def write(self, data: bytes) -> None:

@@ -104,7 +104,8 @@ def main() -> None:
     short = _count(relay_command, tree, args.providers, args.streams, short_tokens, step_s)
     per_token = (long["instructions"] - short["instructions"]) / (long["tokens"] - short["tokens"])
     per_request = (short["instructions"] - short["tokens"] * per_token) / args.streams
-    result = {"tree": str(tree), "relay": "bare" if args.bare else "coordinator", "providers": args.providers, "streams": args.streams, "step_ms": args.step_ms,
+    result = {"tree": str(tree), "relay": "bare" if args.bare else "coordinator", "providers": args.providers,
+              "streams": args.streams, "step_ms": args.step_ms,
               "runs": {str(long_tokens): long, str(short_tokens): short},
               "per_token": round(per_token), "per_request": round(per_request),
               "at_200": round(per_token + per_request / 200)}
