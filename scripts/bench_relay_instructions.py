@@ -80,6 +80,21 @@ def _count(relay_command: list[str], tree: Path, num_providers: int, streams: in
     return {"tokens": relayed, "instructions": instructions}
 
 
+def stream_lengths(tokens: list[int]) -> tuple[int, int]:
+    """--tokens T1 T2: the two stream lengths whose counts split_cost separates."""
+    long_tokens, short_tokens = tokens
+    if long_tokens <= short_tokens:
+        raise SystemExit("--tokens T1 T2 needs T1 > T2")
+    return long_tokens, short_tokens
+
+
+def split_cost(long: float, long_tokens: int, short: float, short_tokens: int, streams: int) -> tuple[float, float]:
+    """(per token, per request) from what two relays of `streams` streams cost in all, `long_tokens` and
+    `short_tokens` relayed: one more token's cost, and what is left of the short run's over its streams."""
+    per_token = (long - short) / (long_tokens - short_tokens)
+    return per_token, (short - short_tokens * per_token) / streams
+
+
 def _instrument(pid: int, state: str) -> None:
     subprocess.run(["callgrind_control", "--instr=" + state, str(pid)], check=True, capture_output=True)
 
@@ -94,16 +109,14 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="count scripts/bare_relay.py, not the coordinator")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    long_tokens, short_tokens = args.tokens
-    if long_tokens <= short_tokens:
-        raise SystemExit("--tokens T1 T2 needs T1 > T2")
+    long_tokens, short_tokens = stream_lengths(args.tokens)
     tree, step_s = args.tree.resolve(), args.step_ms / 1000
     relay_command = ([str(tree / "scripts" / "bare_relay.py")] if args.bare
                      else [str(tree / "scripts" / "bench_relay.py"), "--role", "coordinator"])
     long = _count(relay_command, tree, args.providers, args.streams, long_tokens, step_s)
     short = _count(relay_command, tree, args.providers, args.streams, short_tokens, step_s)
-    per_token = (long["instructions"] - short["instructions"]) / (long["tokens"] - short["tokens"])
-    per_request = (short["instructions"] - short["tokens"] * per_token) / args.streams
+    per_token, per_request = split_cost(long["instructions"], long["tokens"], short["instructions"], short["tokens"],
+                                        args.streams)
     result = {"tree": str(tree), "relay": "bare" if args.bare else "coordinator", "providers": args.providers,
               "streams": args.streams, "step_ms": args.step_ms,
               "runs": {str(long_tokens): long, str(short_tokens): short},

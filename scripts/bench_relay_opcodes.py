@@ -10,7 +10,7 @@ in. Work done in C (msgspec's decode, pydantic's validation, a json encode, uvlo
 and shows only as the call that asked for it. The fleet is bench_relay's, smaller so the traced coordinator
 keeps up: --providers scripted providers (a token a row every 50 ms) and --streams streaming consumers, in
 other processes; every provider first serves a few untraced requests.
-Two traced runs, of T1 and T2 tokens a stream, separate the costs as bench_relay_instructions does:
+Two traced runs, of T1 and T2 tokens a stream, separate the costs with bench_relay_instructions' split_cost:
 
     per_token     (B(T1) - B(T2)) / (tokens(T1) - tokens(T2)), in all and for each function
     per_request   (B(T2) - tokens(T2) * per_token) / streams
@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_relay  # noqa: E402
+from bench_relay_instructions import split_cost, stream_lengths  # noqa: E402
 
 ROLE = "--traced-relay"  # this script as the relay's process: the relay, with a counter the parent turns on and off
 SETTLE_S = 0.5  # for a signal to be handled between the counter's switch and the load it is meant to see
@@ -132,12 +133,10 @@ def _count(kind: str, num_providers: int, streams: int, tokens: int) -> dict:
 
 def split(long: dict, short: dict, streams: int) -> tuple[dict[str, float], dict[str, float]]:
     """Each function's bytecodes per token and per request, from two runs of different stream lengths."""
-    extra_tokens = long["tokens"] - short["tokens"]
     per_token, per_request = {}, {}
     for name in long["counts"].keys() | short["counts"].keys():
-        a, b = long["counts"].get(name, 0), short["counts"].get(name, 0)
-        per_token[name] = (a - b) / extra_tokens
-        per_request[name] = (b - short["tokens"] * per_token[name]) / streams
+        per_token[name], per_request[name] = split_cost(long["counts"].get(name, 0), long["tokens"],
+                                                        short["counts"].get(name, 0), short["tokens"], streams)
     return per_token, per_request
 
 
@@ -156,9 +155,7 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="count scripts/bare_relay.py, not the coordinator")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    long_tokens, short_tokens = args.tokens
-    if long_tokens <= short_tokens:
-        raise SystemExit("--tokens T1 T2 needs T1 > T2")
+    long_tokens, short_tokens = stream_lengths(args.tokens)
     kind = "bare" if args.bare else "coordinator"
     long = _count(kind, args.providers, args.streams, long_tokens)
     short = _count(kind, args.providers, args.streams, short_tokens)
